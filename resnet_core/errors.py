@@ -1,0 +1,19 @@
+"""The one error type for bad settings, shared by every layer that validates user input."""
+from __future__ import annotations
+
+__all__ = ["ConfigError"]
+
+
+class ConfigError(ValueError):
+    """A setting with a bad value. ``field`` is the dotted key users write (``model.depth``),
+    so the CLI and the sweep validator can point at the flag or YAML line."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.reason = message
+
+
+def choice_error(field: str, value: object, choices) -> ConfigError:
+    shown = ", ".join(str(c) for c in choices)
+    return ConfigError(field, f"{value!r} is not one of: {shown}")

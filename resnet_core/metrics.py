@@ -1,0 +1,32 @@
+"""Names shared by the trainer, the Tune trainable, MLflow and the report: define them once."""
+from __future__ import annotations
+
+from enum import Enum
+
+__all__ = ["EPOCH", "METRICS", "Status"]
+
+EPOCH = "epoch"
+TRAIN_LOSS = "train_loss"
+TRAIN_ERROR = "train_error"
+VAL_LOSS = "val_loss"
+VAL_ERROR = "val_error"
+TEST_ERROR = "test_error"
+LR = "lr"
+IMAGES_PER_SECOND = "images_per_second"
+EPOCH_SECONDS = "epoch_seconds"
+
+# Per-epoch metrics, in the order the progress table shows them. Errors are fractions in [0, 1].
+METRICS = (TRAIN_LOSS, TRAIN_ERROR, VAL_LOSS, VAL_ERROR, TEST_ERROR, LR, IMAGES_PER_SECOND, EPOCH_SECONDS)
+
+
+class Status(str, Enum):
+    """How a trial ended: the same words in the progress table, MLflow tags and the report."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    STOPPED_EARLY = "stopped_early"  # by the scheduler (ASHA)
+    DIVERGED = "diverged"  # non-finite training loss
+    FAILED = "failed"  # an exception
+
+    def __str__(self) -> str:
+        return self.value

@@ -1,0 +1,370 @@
+"""The training loop: the paper's recipe by default (2015 §3.4, §4.2), device-resident data,
+exact checkpoint/resume, divergence handling, and the layer responses of Fig. 7.
+
+It reports each epoch through a callback and knows nothing of Ray or MLflow.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from . import metrics as M
+from .analysis import count_params, layer_responses
+from .data import DataConfig, DeviceLoader, Splits, load_splits, normalization_stats
+from .errors import ConfigError, choice_error
+from .metrics import Status
+from .resnet import ModelConfig, build_model
+
+__all__ = ["EpochReport", "RunConfig", "TrainConfig", "Trainer", "lr_factor", "resolve_device", "train"]
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+SCHEDULES = ("multistep", "cosine", "constant")
+PAPER_ITERATIONS = 64_000  # 2015 §4.2: stop at 64k iterations (≈182 epochs on 45k images)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The recipe (YAML ``train.*``). Defaults are the paper's CIFAR recipe (2015 §4.2): SGD,
+    momentum 0.9, weight decay 1e-4, batch 128, lr 0.1 divided by 10 at 50% and 75% of the run
+    (32k and 48k of 64k iterations)."""
+
+    __pydantic_config__ = {"extra": "forbid"}
+
+    epochs: int | None = None  # give epochs or iterations; neither = the paper's 64k iterations
+    iterations: int | None = None
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    bn_weight_decay: bool = True  # the paper decays every weight, BN's included
+    schedule: str = "multistep"
+    milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of the run where lr drops
+    gamma: float = 0.1
+    warmup_iterations: int = 0  # ResNet-110 (2015 §4.2): 400 iterations at 0.01, then back to lr
+    warmup_lr: float = 0.01
+    label_smoothing: float = 0.0
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "milestones", tuple(self.milestones))
+        if self.epochs is not None and self.iterations is not None:
+            raise ConfigError("train.epochs", "give train.epochs or train.iterations, not both")
+        for name in ("epochs", "iterations"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"train.{name}", f"{value} must be at least 1")
+        if self.batch_size < 1:
+            raise ConfigError("train.batch_size", f"{self.batch_size} must be at least 1")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError("train.lr", f"{self.lr} must be a positive number")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError("train.momentum", f"{self.momentum} must be in [0, 1)")
+        if self.weight_decay < 0:
+            raise ConfigError("train.weight_decay", f"{self.weight_decay} must be non-negative")
+        if self.schedule not in SCHEDULES:
+            raise choice_error("train.schedule", self.schedule, SCHEDULES)
+        if list(self.milestones) != sorted(self.milestones) or any(not 0 < m < 1 for m in self.milestones):
+            raise ConfigError("train.milestones", f"{list(self.milestones)} must be increasing fractions in (0, 1)")
+        if not 0 < self.gamma < 1:
+            raise ConfigError("train.gamma", f"{self.gamma} must be in (0, 1)")
+        if self.warmup_iterations < 0:
+            raise ConfigError("train.warmup_iterations", f"{self.warmup_iterations} must be non-negative")
+        if self.warmup_lr <= 0:
+            raise ConfigError("train.warmup_lr", f"{self.warmup_lr} must be positive")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError("train.label_smoothing", f"{self.label_smoothing} must be in [0, 1)")
+        if self.precision not in PRECISIONS:
+            raise choice_error("train.precision", self.precision, PRECISIONS)
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except RuntimeError:
+                raise ConfigError("train.device", f"{self.device!r} is not a device (auto, cpu, cuda, cuda:1, …)") from None
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One trial: model + dataset + recipe. Its flat form (``model.depth``, ``train.lr``, …) is
+    what sweeps vary and what MLflow logs."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dataset: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    SECTIONS = {"model": ModelConfig, "dataset": DataConfig, "train": TrainConfig}
+
+    @classmethod
+    def from_flat(cls, flat: dict[str, Any]) -> "RunConfig":
+        parts: dict[str, dict] = {name: {} for name in cls.SECTIONS}
+        for key, value in flat.items():
+            section, _, name = key.partition(".")
+            if section not in parts or name not in {f.name for f in fields(cls.SECTIONS[section])}:
+                raise ConfigError(key, "unknown setting")
+            parts[section][name] = value
+        return cls(**{name: kind(**parts[name]) for name, kind in cls.SECTIONS.items()})
+
+    def to_flat(self) -> dict[str, Any]:
+        flat = {}
+        for name in self.SECTIONS:
+            section = getattr(self, name)
+            for f in fields(section):
+                value = getattr(section, f.name)
+                flat[f"{name}.{f.name}"] = list(value) if isinstance(value, tuple) else value
+        return flat
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def lr_factor(step: int, total_steps: int, cfg: TrainConfig) -> float:
+    """Multiplier of ``cfg.lr`` at optimizer step ``step`` (0-based). After warm-up it is exactly
+    the schedule's value, so the lr truly returns to ``cfg.lr`` (the MultiStepLR pitfall)."""
+    if step < cfg.warmup_iterations:
+        return cfg.warmup_lr / cfg.lr
+    if cfg.schedule == "multistep":
+        passed = sum(step >= round(m * total_steps) for m in cfg.milestones)
+        return cfg.gamma**passed
+    if cfg.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    return 1.0
+
+
+@dataclass
+class EpochReport:
+    """What the trainer hands its callback after each epoch."""
+
+    epoch: int
+    epochs: int
+    metrics: dict[str, float]
+    trainer: "Trainer"
+
+    def checkpoint(self) -> dict:
+        """The full training state after this epoch (for ``Trainer.load_state_dict``)."""
+        return self.trainer.state_dict()
+
+
+class Trainer:
+    """One training run. ``run()`` trains to the end (or divergence) and returns the result."""
+
+    def __init__(self, cfg: RunConfig, *, splits: Splits | None = None) -> None:
+        self.cfg = cfg
+        tc = cfg.train
+        self.device = resolve_device(tc.device)
+        splits = splits if splits is not None else load_splits(cfg.dataset)
+        self.splits = splits.to(self.device)
+        self.num_classes = splits.num_classes
+
+        torch.manual_seed(tc.seed)
+        self.model = build_model(cfg.model, num_classes=splits.num_classes).to(self.device)
+        if tc.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.forward = torch.compile(self.model) if tc.compile else self.model
+
+        mean, std = normalization_stats(self.splits.train_x, cfg.dataset.normalize)
+        self.generator = torch.Generator(device=self.device).manual_seed(tc.seed + 1)
+        common = dict(batch_size=tc.batch_size, mean=mean, std=std, channels_last=tc.channels_last)
+        self.train_loader = DeviceLoader(
+            self.splits.train_x,
+            self.splits.train_y,
+            train=True,
+            augment=cfg.dataset.augment,
+            generator=self.generator,
+            **common,
+        )
+        self.val_loader = DeviceLoader(self.splits.val_x, self.splits.val_y, **common)
+        self.test_loader = DeviceLoader(self.splits.test_x, self.splits.test_y, **common)
+
+        steps_per_epoch = len(self.train_loader)
+        if tc.epochs is not None:
+            self.epochs = tc.epochs
+        else:
+            self.epochs = max(1, round((tc.iterations or PAPER_ITERATIONS) / steps_per_epoch))
+        self.total_steps = self.epochs * steps_per_epoch
+
+        self.optimizer = torch.optim.SGD(
+            self._param_groups(), lr=tc.lr, momentum=tc.momentum, nesterov=tc.nesterov
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(step, self.total_steps, tc)
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=tc.precision == "fp16")
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.precision)
+        self.epoch = 0
+        self.history: list[dict[str, float]] = []
+        self.status = Status.RUNNING
+
+    def _param_groups(self) -> list[dict]:
+        tc = self.cfg.train
+        if tc.bn_weight_decay:
+            return [{"params": list(self.model.parameters()), "weight_decay": tc.weight_decay}]
+        decay = [p for p in self.model.parameters() if p.ndim > 1]
+        no_decay = [p for p in self.model.parameters() if p.ndim <= 1]
+        return [
+            {"params": decay, "weight_decay": tc.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
+
+    # --- checkpoints -----------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "config": self.cfg.to_flat(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "loader_rng": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
+            "history": list(self.history),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.generator.set_state(state["loader_rng"].cpu() if self.device.type == "cpu" else state["loader_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.epoch = state["epoch"]
+        self.history = list(state["history"])
+
+    # --- the loop --------------------------------------------------------------------------
+    def _train_epoch(self) -> dict[str, float] | None:
+        """One pass over the training split; None when the loss stopped being finite."""
+        self.model.train()
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        wrong = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        lr = self.optimizer.param_groups[0]["lr"]
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        for step, (x, y) in enumerate(self.train_loader, 1):
+            with self._autocast():
+                logits = self.forward(x)
+                loss = self.criterion(logits, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            loss_sum += loss.detach().double() * len(y)
+            wrong += (logits.detach().argmax(1) != y).sum()
+            seen += len(y)
+            # Checking finiteness syncs the device, so only every 50 steps and at the end.
+            if step % 50 == 0 and not torch.isfinite(loss_sum):
+                return None
+        if not torch.isfinite(loss_sum):
+            return None
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - start
+        return {
+            M.TRAIN_LOSS: loss_sum.item() / seen,
+            M.TRAIN_ERROR: wrong.item() / seen,
+            M.LR: lr,
+            M.IMAGES_PER_SECOND: seen / seconds,
+            M.EPOCH_SECONDS: seconds,
+        }
+
+    @torch.no_grad()
+    def evaluate(self, loader: DeviceLoader) -> tuple[float, float]:
+        """(mean loss, error) of the single original view of each image."""
+        self.model.eval()
+        loss_sum, wrong, seen = 0.0, 0, 0
+        for x, y in loader:
+            with self._autocast():
+                logits = self.forward(x)
+            loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum").item()
+            wrong += (logits.argmax(1) != y).sum().item()
+            seen += len(y)
+        return loss_sum / max(seen, 1), wrong / max(seen, 1)
+
+    def best_epoch(self) -> dict[str, float] | None:
+        """The epoch with the lowest val error (earliest on ties): chosen on val, never on test."""
+        if not self.history:
+            return None
+        return min(self.history, key=lambda h: (h[M.VAL_ERROR], h[M.EPOCH]))
+
+    def run(self, report: Callable[[EpochReport], None] | None = None) -> dict[str, Any]:
+        while self.epoch < self.epochs:
+            train_metrics = self._train_epoch()
+            if train_metrics is None:
+                self.status = Status.DIVERGED
+                break
+            self.epoch += 1
+            val_loss, val_error = self.evaluate(self.val_loader)
+            _, test_error = self.evaluate(self.test_loader)  # reported only, never used to choose
+            epoch_metrics = {
+                M.EPOCH: self.epoch,
+                **train_metrics,
+                M.VAL_LOSS: val_loss,
+                M.VAL_ERROR: val_error,
+                M.TEST_ERROR: test_error,
+            }
+            self.history.append(epoch_metrics)
+            if report is not None:
+                report(EpochReport(self.epoch, self.epochs, epoch_metrics, self))
+        else:
+            self.status = Status.COMPLETED
+        return self.result()
+
+    def result(self) -> dict[str, Any]:
+        best = self.best_epoch()
+        diverged = self.status == Status.DIVERGED
+        responses = [] if diverged else layer_responses(self.model, (x for x, _ in self.val_loader))
+        speeds = [h[M.IMAGES_PER_SECOND] for h in self.history[1:]] or [
+            h[M.IMAGES_PER_SECOND] for h in self.history
+        ]
+        return {
+            "status": str(self.status),
+            "name": self.cfg.model.name,
+            "epochs": self.epochs,
+            "epochs_run": self.epoch,
+            "best_epoch": best[M.EPOCH] if best else None,
+            M.TRAIN_ERROR: best[M.TRAIN_ERROR] if best else None,
+            M.VAL_ERROR: best[M.VAL_ERROR] if best else None,
+            M.TEST_ERROR: best[M.TEST_ERROR] if best else None,
+            "final_train_error": self.history[-1][M.TRAIN_ERROR] if self.history else None,
+            # Steady-state speed: the first epoch (warm-up, compilation) is left out when possible.
+            M.IMAGES_PER_SECOND: sum(speeds) / len(speeds) if speeds else None,
+            "layer_response_std": responses,
+            "params": count_params(self.model),
+            "device": str(self.device),
+            "config": self.cfg.to_flat(),
+            "history": self.history,
+        }
+
+
+def train(
+    cfg: RunConfig,
+    *,
+    report: Callable[[EpochReport], None] | None = None,
+    resume: dict | None = None,
+    splits: Splits | None = None,
+) -> dict[str, Any]:
+    """Train one run of ``cfg`` (from ``resume``'s state when given) and return its result."""
+    trainer = Trainer(cfg, splits=splits)
+    if resume is not None:
+        trainer.load_state_dict(resume)
+    return trainer.run(report)
