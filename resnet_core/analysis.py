@@ -59,6 +59,10 @@ def describe_model(cfg: ModelConfig, *, input_size: int | None = None, num_class
         "num_classes": model.fc.out_features,
         "input_size": size,
         "params": count_params(model),
+        # The 2016 paper's counts (164 → 1.7M, 1001 → 10.2M) leave BN's scale and shift out.
+        "params_without_bn": count_params(model) - sum(
+            count_params(m) for m in model.modules() if isinstance(m, nn.BatchNorm2d)
+        ),
         "macs": count_macs(model, size),
         "weighted_layers": weighted_layers(model),
         "blocks_per_stage": list(cfg.blocks_per_stage),

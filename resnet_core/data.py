@@ -25,6 +25,7 @@ __all__ = [
     "Splits",
     "default_cache_dir",
     "load_splits",
+    "split_sizes",
 ]
 
 DATASETS = ("cifar10", "cifar100", "digits", "synthetic")
@@ -49,7 +50,9 @@ class DataConfig:
     split_seed: int = 0
     cache_dir: str | None = None
     normalize: str = "pixel-mean"
-    augment: bool = True
+    # Pad-crop-flip (2015 §4.2). Default: on for CIFAR, off for digits (a flipped 2 is not a 2)
+    # and synthetic.
+    augment: bool | None = None
     image_size: int = 32
     # Use only the first N training images (smoke tests, quick looks); None = all.
     train_limit: int | None = None
@@ -60,6 +63,10 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.name not in DATASETS:
             raise choice_error("dataset.name", self.name, DATASETS)
+        if self.augment is None:
+            object.__setattr__(self, "augment", self.name.startswith("cifar"))
+        if self.name.startswith("cifar") and self.image_size != 32:
+            raise ConfigError("dataset.image_size", f"{self.image_size}: CIFAR images are 32 px")
         if self.normalize not in NORMALIZATIONS:
             raise choice_error("dataset.normalize", self.normalize, NORMALIZATIONS)
         if self.val_size is not None and self.val_size < 1:
@@ -153,6 +160,21 @@ def _synthetic(cfg: DataConfig):
     return x[:n], y[:n], x[n:], y[n:], k
 
 
+def split_sizes(cfg: DataConfig) -> tuple[int, int, int]:
+    """(train, val, test) image counts of ``cfg`` without loading anything (for planning)."""
+    total, test = {
+        "cifar10": (50000, 10000),
+        "cifar100": (50000, 10000),
+        "digits": (1797 - 1797 // 5, 1797 // 5),
+        "synthetic": (cfg.synthetic_size, max(cfg.synthetic_size // 4, 16)),
+    }[cfg.name]
+    val = cfg.val_size if cfg.val_size is not None else DEFAULT_VAL_SIZE[cfg.name]
+    train = total - val
+    if cfg.train_limit is not None:
+        train = min(train, cfg.train_limit)
+    return train, val, test
+
+
 def load_splits(cfg: DataConfig) -> Splits:
     """Load ``cfg``'s dataset (CPU tensors). The test set is always the held-out one; val is a
     seeded split of the training set, so choosing the best epoch never sees the test set."""
@@ -185,18 +207,15 @@ class DeviceLoader:
         augment: bool = False,
         generator: torch.Generator | None = None,
         channels_last: bool = False,
-        drop_last: bool = False,
     ) -> None:
         self.images, self.labels = images, labels
         self.batch_size, self.train, self.augment = batch_size, train, augment and train
         self.mean, self.std = mean, std
         self.generator = generator
         self.channels_last = channels_last
-        self.drop_last = drop_last
 
     def __len__(self) -> int:
-        n = len(self.images)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return -(-len(self.images) // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n, device = len(self.images), self.images.device

@@ -20,7 +20,7 @@ from .errors import ConfigError, choice_error
 from .metrics import Status
 from .resnet import ModelConfig, build_model
 
-__all__ = ["EpochReport", "RunConfig", "TrainConfig", "Trainer", "lr_factor", "resolve_device", "train"]
+__all__ = ["EpochReport", "RunConfig", "TrainConfig", "Trainer", "lr_factor", "planned_epochs", "resolve_device", "steps_per_epoch", "train"]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULES = ("multistep", "cosine", "constant")
@@ -129,6 +129,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def planned_epochs(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """Epochs of a run: ``epochs``, or ``iterations`` (default: the paper's 64k) in whole epochs."""
+    if cfg.epochs is not None:
+        return cfg.epochs
+    return max(1, round((cfg.iterations or PAPER_ITERATIONS) / steps_per_epoch))
+
+
+def steps_per_epoch(train_images: int, batch_size: int) -> int:
+    return -(-train_images // batch_size)
+
+
 def lr_factor(step: int, total_steps: int, cfg: TrainConfig) -> float:
     """Multiplier of ``cfg.lr`` at optimizer step ``step`` (0-based). After warm-up it is exactly
     the schedule's value, so the lr truly returns to ``cfg.lr`` (the MultiStepLR pitfall)."""
@@ -187,12 +198,8 @@ class Trainer:
         self.val_loader = DeviceLoader(self.splits.val_x, self.splits.val_y, **common)
         self.test_loader = DeviceLoader(self.splits.test_x, self.splits.test_y, **common)
 
-        steps_per_epoch = len(self.train_loader)
-        if tc.epochs is not None:
-            self.epochs = tc.epochs
-        else:
-            self.epochs = max(1, round((tc.iterations or PAPER_ITERATIONS) / steps_per_epoch))
-        self.total_steps = self.epochs * steps_per_epoch
+        self.epochs = planned_epochs(tc, len(self.train_loader))
+        self.total_steps = self.epochs * len(self.train_loader)
 
         self.optimizer = torch.optim.SGD(
             self._param_groups(), lr=tc.lr, momentum=tc.momentum, nesterov=tc.nesterov
@@ -329,10 +336,14 @@ class Trainer:
             self.status = Status.COMPLETED
         return self.result()
 
+    def layer_response_std(self) -> list[float]:
+        """2015 Fig. 7 on the val split (held out from training, never the test set)."""
+        return layer_responses(self.model, (x for x, _ in self.val_loader))
+
     def result(self) -> dict[str, Any]:
         best = self.best_epoch()
         diverged = self.status == Status.DIVERGED
-        responses = [] if diverged else layer_responses(self.model, (x for x, _ in self.val_loader))
+        responses = [] if diverged else self.layer_response_std()
         speeds = [h[M.IMAGES_PER_SECOND] for h in self.history[1:]] or [
             h[M.IMAGES_PER_SECOND] for h in self.history
         ]

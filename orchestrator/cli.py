@@ -1,0 +1,275 @@
+"""`resnet-sweep …`: the command line. Exit codes: 0 success, 1 runtime failure, 2 bad input
+(nothing was started), 3 the training run diverged (`train`)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from resnet_core.errors import ConfigError
+
+from .spec import SpecError
+from .flags import MODEL_FLAGS, TRAIN_FLAGS, add_flags, add_variant_flag, field_to_flag, flat_from_args
+
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 1, 2, 3
+
+
+class UsageError(Exception):
+    """Bad input found after argument parsing: printed as one line, exit code 2."""
+
+
+def _fmt_count(n: int) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(n)
+
+
+def _config_from_args(args, flags):
+    from resnet_core.train import RunConfig
+
+    flat = flat_from_args(args, flags)
+    try:
+        return RunConfig.from_flat(flat)
+    except ConfigError as err:
+        raise UsageError(f"{field_to_flag(err.field)}: {err.reason}") from None
+
+
+def cmd_describe(args) -> int:
+    from resnet_core.analysis import describe_model
+
+    cfg = _config_from_args(args, MODEL_FLAGS)
+    if args.input_size is not None and args.input_size < 8:
+        raise UsageError(f"--input-size: {args.input_size} must be at least 8")
+    info = describe_model(cfg.model, input_size=args.input_size)
+    if args.json:
+        print(json.dumps(info))
+        return EXIT_OK
+    stages = " / ".join(map(str, info["blocks_per_stage"]))
+    print(f"{info['name']}  ({info['arch']}, {info['block']} blocks, shortcut {info['shortcut']}, "
+          f"{'residual' if info['residual'] else 'plain'})")
+    print(f"  params            {info['params']:>14,}  ({_fmt_count(info['params'])})")
+    print(f"  params w/o BN     {info['params_without_bn']:>14,}  ({_fmt_count(info['params_without_bn'])})")
+    print(f"  multiply-adds     {info['macs']:>14,}  ({_fmt_count(info['macs'])} at {info['input_size']} px)")
+    print(f"  weighted layers   {info['weighted_layers']:>14}")
+    print(f"  blocks per stage  {stages:>14}")
+    print(f"  shortcut projections {info['shortcut_projections']} ({info['shortcut_params']:,} params)")
+    return EXIT_OK
+
+
+def _progress_line(report) -> str:
+    m = report.metrics
+    width = len(str(report.epochs))
+    return (
+        f"epoch {report.epoch:>{width}}/{report.epochs}  loss {m['train_loss']:.4f}  "
+        f"train err {m['train_error']:6.2%}  val err {m['val_error']:6.2%}  test err {m['test_error']:6.2%}  "
+        f"lr {m['lr']:.4g}  {m['images_per_second']:7.0f} img/s  {m['epoch_seconds']:5.1f}s"
+    )
+
+
+def cmd_train(args) -> int:
+    import torch
+
+    from resnet_core.data import DataUnavailableError
+    from resnet_core.train import Trainer
+
+    cfg = _config_from_args(args, MODEL_FLAGS + TRAIN_FLAGS)
+    if args.dataset__name is None:
+        raise UsageError("--dataset: required (cifar10, cifar100, digits, synthetic)")
+    resume_state = None
+    if args.resume:
+        path = Path(args.resume)
+        if not path.is_file():
+            raise UsageError(f"--resume: no checkpoint file at {path}")
+        resume_state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        trainer = Trainer(cfg)
+    except DataUnavailableError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILURE
+    if resume_state is not None:
+        trainer.load_state_dict(resume_state)
+        print(f"resumed from {args.resume} at epoch {trainer.epoch}", file=sys.stderr)
+    ckpt_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else None
+    if ckpt_dir:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+    print(f"training {cfg.model.name} on {cfg.dataset.name} for {trainer.epochs} epochs "
+          f"({trainer.total_steps} steps) on {trainer.device}", flush=True)
+
+    def report(r):
+        print(_progress_line(r), flush=True)
+        if ckpt_dir:
+            torch.save(r.checkpoint(), ckpt_dir / f"epoch{r.epoch:04d}.pt")
+
+    result = trainer.run(report)
+    summary = {k: v for k, v in result.items() if k != "history"} | {"history": result["history"]}
+    if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(json.dumps(summary, indent=2))
+    if result["status"] == "diverged":
+        print(f"diverged: the training loss became non-finite in epoch {trainer.epoch + 1} "
+              f"(lr {cfg.train.lr}); try a lower --lr or --warmup-iterations", file=sys.stderr)
+        return EXIT_DIVERGED
+    print(f"done: best epoch {result['best_epoch']} (chosen on val)  train err {result['train_error']:.2%}  "
+          f"val err {result['val_error']:.2%}  test err {result['test_error']:.2%}  "
+          f"{result['images_per_second']:.0f} img/s")
+    return EXIT_OK
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", help="address of an existing Ray cluster (default: start Ray on this machine)")
+    p.add_argument("--storage-path", help="where Tune keeps results and checkpoints (default: ./ray_results; s3://… or a shared folder for clusters)")
+
+
+def _load(path: str):
+    from .spec import load_spec
+
+    return load_spec(path)
+
+
+def cmd_plan(args) -> int:
+    from .space import DEFAULT_GPU_TFLOPS, make_plan
+    from .sweep import plan_summary
+
+    plan = make_plan(_load(args.sweep), gpu_tflops=args.gpu_tflops or DEFAULT_GPU_TFLOPS)
+    summary = plan_summary(plan)
+    if args.json:
+        print(json.dumps(summary))
+        return EXIT_OK
+    print(f"{plan.spec.name}: {plan.spec.description}".rstrip(": "))
+    if plan.trials is not None:
+        keys = list(dict.fromkeys(k for t in plan.trials for k in t.varying))
+        print(f"\n{'#':>3}  {'trial':<46} " + " ".join(f"{k:>14}" for k in keys) + f" {'params':>9} {'MACs':>9}")
+        for t in plan.trials:
+            model = plan.models[_model_name(t.config)]
+            print(f"{t.index:>3}  {t.name:<46} " + " ".join(f"{str(t.varying.get(k, '')):>14}" for k in keys)
+                  + f" {_fmt_count(model['params']):>9} {_fmt_count(model['macs']):>9}")
+    else:
+        print(f"\n{plan.num_trials} trials drawn by Optuna (TPE) from:")
+        for key, dim in plan.spec.search.space.items():
+            print(f"  {key:<28} {dim}")
+    print(f"\nmodels ({len(plan.models)} distinct):")
+    for name, m in plan.models.items():
+        print(f"  {name:<36} {m['params']:>12,} params  {_fmt_count(m['macs']):>8} MACs")
+    print(f"\ntrials: {plan.num_trials}, up to {plan.epochs_per_trial} epochs each on {plan.train_images:,} images")
+    print(f"epochs without early stopping: {plan.total_epochs:,}")
+    if plan.asha_epochs is not None:
+        print(f"epochs expected with ASHA:     {plan.asha_epochs:,.0f} ({plan.asha_epochs / plan.total_epochs:.0%})")
+    tflops = args.gpu_tflops or DEFAULT_GPU_TFLOPS
+    print(f"GPU-hours (estimate at {tflops:g} TFLOP/s sustained): {plan.gpu_hours:.2f}")
+    return EXIT_OK
+
+
+def _model_name(config: dict) -> str:
+    from resnet_core.train import RunConfig
+
+    return RunConfig.from_flat(config).model.name
+
+
+def cmd_run(args) -> int:
+    from .sweep import SweepError, prepare_sweep, run_sweep
+
+    parsed = _load(args.sweep)
+    try:
+        prep = prepare_sweep(
+            parsed,
+            address=args.address,
+            storage_path=args.storage_path,
+            tracking_uri=args.tracking_uri,
+            smoke_test=args.smoke_test,
+        )
+    except SweepError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILURE
+    return run_sweep(prep, address=args.address)
+
+
+def cmd_resume(args) -> int:
+    from .sweep import find_experiment, resume_sweep
+
+    return resume_sweep(find_experiment(args.sweep, args.storage_path), address=args.address)
+
+
+def cmd_ui(args) -> int:
+    import subprocess
+
+    from .tracking import default_tracking_uri, normalize_tracking_uri
+
+    uri = normalize_tracking_uri(args.tracking_uri or default_tracking_uri())
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise UsageError(f"--tracking-uri: no MLflow store at {uri.removeprefix('sqlite:///')}; run a sweep here first or pass --tracking-uri")
+    url = f"http://{args.host}:{args.port}"
+    print(f"MLflow UI for {uri} at {url}  (Ctrl-C to stop)", flush=True)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    try:
+        return subprocess.call(cmd)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="resnet-sweep",
+        description="Reproduce and extend the ResNet papers as Ray Tune sweeps tracked in MLflow.",
+        epilog="exit codes: 0 success, 1 runtime failure, 2 bad input (nothing started), 3 training diverged",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("describe", help="parameters, multiply-adds and layers of one model")
+    add_variant_flag(p)
+    add_flags(p, MODEL_FLAGS, "model")
+    p.add_argument("--input-size", type=int, help="input side in pixels for the MAC count (default: 32 CIFAR, 224 ImageNet)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_describe)
+
+    p = sub.add_parser("train", help="train one model without Ray (a progress line per epoch)")
+    add_variant_flag(p)
+    add_flags(p, MODEL_FLAGS, "model")
+    add_flags(p, TRAIN_FLAGS, "data and recipe")
+    p.add_argument("--json-out", metavar="FILE", help="write the result (status, errors, history, …) as JSON")
+    p.add_argument("--checkpoint-dir", metavar="DIR", help="save a checkpoint after every epoch")
+    p.add_argument("--resume", metavar="FILE", help="continue from a checkpoint written by --checkpoint-dir")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("plan", help="validate a sweep file and show its trials, models and budget (starts nothing)")
+    p.add_argument("sweep", metavar="SWEEP.yaml")
+    p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+    p.add_argument("--gpu-tflops", type=float, default=None, help="sustained TFLOP/s assumed for the GPU-hour estimate (default 40)")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("run", help="run a sweep on Ray Tune, tracked in MLflow")
+    p.add_argument("sweep", metavar="SWEEP.yaml")
+    _add_run_flags(p)
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db here, or the sweep's tracking.tracking_uri)")
+    p.add_argument("--smoke-test", action="store_true", help=f"tiny version: 2 epochs on 256 images, at most 4 trials")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("resume", help="continue an interrupted sweep (finished trials are not rerun)")
+    p.add_argument("sweep", metavar="NAME|PATH", help="the sweep's name (under the storage path) or its folder")
+    _add_run_flags(p)
+    p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("ui", help="the MLflow UI for the local store, on 127.0.0.1")
+    p.add_argument("--tracking-uri", help="store to browse (default: sqlite:///mlflow.db in this folder)")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default loopback only)")
+    p.set_defaults(func=cmd_ui)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (UsageError, SpecError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,304 @@
+"""YAML → validated sweep spec. Every error names the YAML path and line and, where it can,
+the valid values; the CLI turns it into exit code 2 before anything starts."""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import re
+import typing
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+from resnet_core import metrics as M
+from resnet_core.train import RunConfig
+
+__all__ = ["SpecError", "SweepSpec", "load_spec", "parse_spec"]
+
+# Keys a search space may vary besides the config fields: `model.n` sets the depth from the
+# blocks per stage (6n+2 basic / 9n+2 bottleneck on CIFAR, 2015 §4.2, 2016 §4).
+DERIVED_KEYS = {"model.n": int}
+DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
+OPTIMIZABLE_METRICS = (M.VAL_ERROR, M.VAL_LOSS, M.TRAIN_ERROR, M.TRAIN_LOSS)
+
+
+class SpecError(Exception):
+    """A bad sweep file or setting: ``path`` is the dotted YAML path, ``line`` 1-based or None."""
+
+    def __init__(self, path: str, message: str, line: int | None = None, source: str | None = None) -> None:
+        self.path, self.message, self.line, self.source = path, message, line, source
+        where = f"{source}:{line}: " if source and line else (f"line {line}: " if line else "")
+        super().__init__(f"{where}{path}: {message}" if path else f"{where}{message}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MetricSpec(_Strict):
+    name: Literal[OPTIMIZABLE_METRICS] = M.VAL_ERROR  # type: ignore[valid-type]
+    mode: Literal["min", "max"] = "min"
+
+
+class SearchSpec(_Strict):
+    algorithm: Literal["grid", "random", "optuna"] = "grid"
+    space: dict[str, Any] = Field(default_factory=dict)
+    num_samples: int = Field(1, ge=1)  # random/optuna: trials drawn; grid: must stay 1 (use seeds)
+    seeds: list[int] | None = None  # every configuration once per seed (train.seed)
+    exclude: list[dict[str, Any]] = Field(default_factory=list)
+    seed: int = 0  # of the random / TPE sampler itself
+
+
+class SchedulerSpec(_Strict):
+    name: Literal["asha", "none"] = "none"
+    time_attr: Literal["epoch"] = "epoch"
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(3, gt=1)
+    max_t: int | None = Field(None, ge=1)
+
+
+class ResourcesSpec(_Strict):
+    cpu: float = Field(1, gt=0)
+    gpu: float = Field(0, ge=0)
+
+    @field_validator("gpu")
+    @classmethod
+    def _whole_or_fraction(cls, v: float) -> float:
+        if v > 1 and v != int(v):
+            raise ValueError("more than one GPU per trial must be a whole number")
+        return v
+
+
+class TrackingSpec(_Strict):
+    experiment: str | None = None  # default: the sweep's name
+    tracking_uri: str | None = None  # default: sqlite:///mlflow.db in the working directory
+    log_best_checkpoint: bool = False
+
+
+class FailureSpec(_Strict):
+    max_failures: int = Field(0, ge=-1)
+
+
+class BudgetSpec(_Strict):
+    max_trials: int | None = Field(None, ge=1)
+    max_epochs: int | None = Field(None, ge=1)
+
+
+class SweepSpec(_Strict):
+    name: str
+    description: str = ""
+    dataset: dict[str, Any] = Field(default_factory=dict)
+    model: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict)
+    metric: MetricSpec = Field(default_factory=MetricSpec)
+    search: SearchSpec = Field(default_factory=SearchSpec)
+    scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    max_concurrent: int | None = Field(None, ge=1)
+    storage_path: str | None = None  # default: ./ray_results
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    failure: FailureSpec = Field(default_factory=FailureSpec)
+    budget: BudgetSpec = Field(default_factory=BudgetSpec)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", v):
+            raise ValueError(f"{v!r} must be letters, digits, '-', '_' or '.' (it names folders and runs)")
+        return v
+
+    def fixed_flat(self) -> dict[str, Any]:
+        """The fixed settings as flat keys (``model.depth``…)."""
+        return {f"{section}.{k}": v for section in RunConfig.SECTIONS for k, v in getattr(self, section).items()}
+
+    def spec_hash(self) -> str:
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
+
+
+def _field_types() -> dict[str, Any]:
+    """Flat key → type annotation, for every config field a sweep may set or vary."""
+    types = dict(DERIVED_KEYS)
+    for section, kind in RunConfig.SECTIONS.items():
+        hints = typing.get_type_hints(kind)
+        for f in fields(kind):
+            types[f"{section}.{f.name}"] = hints[f.name]
+    return types
+
+
+FIELD_TYPES = _field_types()
+
+
+def unknown_key(path: str, key: str, valid) -> str:
+    close = difflib.get_close_matches(key, list(valid), n=3)
+    hint = f"did you mean {', '.join(close)}?" if close else f"valid: {', '.join(sorted(valid))}"
+    return f"unknown key {key!r}; {hint}"
+
+
+def check_value(flat_key: str, value: Any) -> Any:
+    """Validate one value against its config field's type; raises ValueError with a reason."""
+    try:
+        return TypeAdapter(FIELD_TYPES[flat_key]).validate_python(value)
+    except ValidationError as err:
+        raise ValueError(f"{value!r}: {err.errors()[0]['msg'].lower()}") from None
+
+
+class _LineMap:
+    """YAML path → line number, from the composed node tree."""
+
+    def __init__(self, text: str) -> None:
+        self.lines: dict[tuple, int] = {}
+        try:
+            root = yaml.compose(text)
+        except yaml.YAMLError:
+            root = None
+        if root is not None:
+            self._walk(root, ())
+
+    def _walk(self, node, path) -> None:
+        self.lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                sub = path + (key.value,)
+                self.lines[sub] = key.start_mark.line + 1
+                self._walk_value(value, sub)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._walk(item, path + (i,))
+
+    def _walk_value(self, node, path) -> None:
+        line = self.lines[path]
+        self._walk(node, path)
+        self.lines[path] = line  # a key's line is where the key is written
+
+    def line(self, path: tuple) -> int | None:
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path[:-1]
+        return None
+
+
+class ParsedSpec:
+    """A validated spec plus what is needed to point errors at its source."""
+
+    def __init__(self, spec: SweepSpec, text: str, source: str | None) -> None:
+        self.spec, self.text, self.source = spec, text, source
+        self._lines = _LineMap(text)
+
+    def error(self, path: tuple, message: str) -> SpecError:
+        return SpecError(".".join(map(str, path)), message, self._lines.line(path), self.source)
+
+
+def _check_sections(parsed: ParsedSpec) -> None:
+    spec = parsed.spec
+    for section in RunConfig.SECTIONS:
+        for key, value in getattr(spec, section).items():
+            flat = f"{section}.{key}"
+            if flat not in FIELD_TYPES or flat in DERIVED_KEYS:
+                valid = [k.split(".", 1)[1] for k in FIELD_TYPES if k.startswith(section + ".") and k not in DERIVED_KEYS]
+                raise parsed.error((section, key), unknown_key(f"{section}.{key}", key, valid))
+            try:
+                getattr(spec, section)[key] = check_value(flat, value)
+            except ValueError as err:
+                raise parsed.error((section, key), str(err)) from None
+    search = spec.search
+    for key, dim in search.space.items():
+        path = ("search", "space", key)
+        if key not in FIELD_TYPES:
+            raise parsed.error(path, unknown_key(key, key, FIELD_TYPES))
+        if key == "model.n" and "model.depth" in search.space:
+            raise parsed.error(path, "vary model.n or model.depth, not both")
+        _check_dimension(parsed, path, key, dim, search.algorithm)
+        if key.split(".", 1)[1] in getattr(spec, key.split(".", 1)[0]):
+            raise parsed.error(path, f"{key} is both fixed in '{key.split('.')[0]}:' and searched; keep one")
+    if search.seeds is not None:
+        if "train.seed" in search.space or "seed" in spec.train:
+            raise parsed.error(("search", "seeds"), "give seeds here or train.seed, not both")
+        if not search.seeds or len(set(search.seeds)) != len(search.seeds):
+            raise parsed.error(("search", "seeds"), f"{search.seeds} must be a non-empty list of distinct integers")
+    if search.algorithm == "grid" and search.num_samples != 1:
+        raise parsed.error(("search", "num_samples"), "a grid runs every point once; use search.seeds for repeats")
+    if search.algorithm == "optuna" and search.exclude:
+        raise parsed.error(("search", "exclude"), "exclude rules work with grid and random, not optuna")
+    for i, rule in enumerate(search.exclude):
+        for key in rule:
+            if key not in FIELD_TYPES:
+                raise parsed.error(("search", "exclude", i, key), unknown_key(key, key, FIELD_TYPES))
+    if spec.scheduler.name == "asha" and spec.metric.name not in (M.VAL_ERROR, M.VAL_LOSS):
+        pass  # ASHA on a training metric is legitimate (Fig. 6 studies training error)
+
+
+def _check_dimension(parsed: ParsedSpec, path: tuple, key: str, dim: Any, algorithm: str) -> None:
+    if isinstance(dim, list):
+        if not dim:
+            raise parsed.error(path, "an empty list of values")
+        for i, v in enumerate(dim):
+            try:
+                check_value(key, v) if key not in DERIVED_KEYS else TypeAdapter(int).validate_python(v)
+            except (ValueError, ValidationError) as err:
+                raise parsed.error(path + (i,), str(err)) from None
+        return
+    if not isinstance(dim, dict) or len(dim) != 1 or next(iter(dim)) not in DISTRIBUTIONS:
+        raise parsed.error(
+            path, f"{dim!r} is not a list of values or one of {{{', '.join(d + ': …' for d in DISTRIBUTIONS)}}}"
+        )
+    kind, arg = next(iter(dim.items()))
+    if algorithm == "grid" and kind != "choice":
+        raise parsed.error(path, f"a grid needs a list of values; '{kind}' needs search.algorithm random or optuna")
+    if kind == "choice":
+        _check_dimension(parsed, path + (kind,), key, arg, algorithm)
+        return
+    if not (isinstance(arg, list) and len(arg) == 2 and all(isinstance(v, (int, float)) for v in arg) and arg[0] < arg[1]):
+        raise parsed.error(path + (kind,), f"{arg!r} must be [low, high] with low < high")
+    if kind == "loguniform" and arg[0] <= 0:
+        raise parsed.error(path + (kind,), f"{arg!r}: loguniform bounds must be positive")
+    for v in arg:
+        try:
+            check_value(key, int(v) if kind == "int" else v) if key not in DERIVED_KEYS else None
+        except ValueError as err:
+            raise parsed.error(path + (kind,), str(err)) from None
+
+
+def parse_spec(text: str, source: str | None = None) -> ParsedSpec:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise SpecError("", f"YAML syntax error: {problem}", mark.line + 1 if mark else None, source) from None
+    if not isinstance(data, dict):
+        raise SpecError("", "a sweep file must be a YAML mapping (name:, model:, search:, …)", 1, source)
+    lines = _LineMap(text)
+    try:
+        spec = SweepSpec.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = tuple(first["loc"])
+        if first["type"] == "extra_forbidden":
+            parent = SweepSpec
+            for part in loc[:-1]:
+                parent = parent.model_fields[part].annotation
+            message = unknown_key(".".join(map(str, loc)), loc[-1], parent.model_fields)
+        elif first["type"] == "missing":
+            message = "required"
+        else:
+            shown = first.get("input")
+            message = f"{shown!r}: {first['msg']}" if not isinstance(shown, dict) else first["msg"]
+        raise SpecError(".".join(map(str, loc)), message, lines.line(loc), source) from None
+    parsed = ParsedSpec(spec, text, source)
+    _check_sections(parsed)
+    return parsed
+
+
+def load_spec(path: str | Path) -> ParsedSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError("", f"no sweep file at {path}" + (" (it is a folder)" if path.is_dir() else ""))
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise SpecError("", f"cannot read {path}: {err}") from None
+    return parse_spec(text, source=str(path))

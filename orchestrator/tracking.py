@@ -1,0 +1,291 @@
+"""MLflow as the home of results: one parent run per sweep, one child run per trial.
+
+Every MLflow call happens in the driver, in a Tune callback: workers need no MLflow access and a
+SQLite store sees a single writer. Runs are found again by their tags, so a resumed sweep reuses
+its parent and child runs instead of duplicating them (upstream's ray#19909, #36257 …). A write
+that fails (server down) is queued and replayed on the next callback and at the end.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable
+
+from ray.tune import Callback
+
+from resnet_core import metrics as M
+from resnet_core.metrics import Status
+
+from .trainable import LAYER_RESPONSES, STATUS, final_status
+
+__all__ = [
+    "TAG_SWEEP",
+    "TrackingUnavailableError",
+    "SweepTracker",
+    "check_tracking_uri",
+    "default_tracking_uri",
+]
+
+TAG_SWEEP = "resnet_sweep.sweep"  # on parent and children: the sweep's key
+TAG_ROLE = "resnet_sweep.role"  # "sweep" | "trial"
+TAG_TRIAL_ID = "resnet_sweep.trial_id"
+TAG_STATUS = "status"
+TAG_BEST_EPOCH = "best_epoch"
+TAG_STOPPED_AT = "stopped_at_epoch"
+PARENT_TAG = "mlflow.parentRunId"
+
+
+class TrackingUnavailableError(RuntimeError):
+    pass
+
+
+def default_tracking_uri() -> str:
+    """MLflow's own default since 3.7: a SQLite file in the working directory."""
+    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def normalize_tracking_uri(uri: str) -> str:
+    """Relative SQLite paths are made absolute so the UI and resume find the same file."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        return prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri
+
+
+def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast (before Ray starts) when an MLflow server is not reachable."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+            if response.status != 200:
+                raise TrackingUnavailableError(f"MLflow server at {uri} answered {response.status} on /health")
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise TrackingUnavailableError(
+            f"no MLflow server answers at {uri} ({reason}); start one (mlflow server …) or pass "
+            f"another --tracking-uri"
+        ) from None
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class SweepTracker(Callback):
+    """The Tune callback that writes the sweep to MLflow."""
+
+    def __init__(
+        self,
+        *,
+        tracking_uri: str,
+        experiment: str,
+        sweep_key: str,
+        sweep_name: str,
+        tags: dict[str, str],
+        artifacts: dict[str, str],
+        trial_namer: Callable[[dict], str],
+        planned_epochs: int,
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.sweep_key = sweep_key
+        self.sweep_name = sweep_name
+        self.tags = tags
+        self.artifacts = artifacts  # file name → text, logged on the parent run
+        self.trial_namer = trial_namer
+        self.planned_epochs = planned_epochs
+        self.parent_id: str | None = None
+        self.runs: dict[str, str] = {}  # Tune trial id → MLflow run id
+        self.logged_epoch: dict[str, int] = {}  # run id → last epoch logged
+        self.last_result: dict[str, dict] = {}
+        self._client = None
+        self._pending: list[tuple[Callable, tuple]] = []
+        self._warned = False
+
+    # --- state kept with the Tune experiment (restored by Tuner.restore) ----------------------
+    def get_state(self) -> dict:
+        return {"parent_id": self.parent_id, "runs": dict(self.runs)}
+
+    def set_state(self, state: dict) -> None:
+        self.parent_id = state.get("parent_id")
+        self.runs.update(state.get("runs", {}))
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_client"] = None
+        state["_pending"] = []
+        return state
+
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    # --- failure-tolerant writes ----------------------------------------------------------------
+    def _call(self, fn: Callable, *args) -> Any:
+        self._replay()
+        try:
+            return fn(*args)
+        except Exception as err:  # noqa: BLE001 — tracking must never stop training
+            self._pending.append((fn, args))
+            if not self._warned:
+                print(f"warning: MLflow write failed ({type(err).__name__}: {err}); will retry", file=sys.stderr)
+                self._warned = True
+            return None
+
+    def _replay(self) -> None:
+        while self._pending:
+            fn, args = self._pending[0]
+            try:
+                fn(*args)
+            except Exception:  # noqa: BLE001
+                return
+            self._pending.pop(0)
+
+    # --- the sweep's parent run ---------------------------------------------------------------------
+    def setup(self, **info) -> None:
+        client = self.client
+        exp = client.get_experiment_by_name(self.experiment)
+        self.experiment_id = exp.experiment_id if exp else client.create_experiment(self.experiment)
+        if self.parent_id is None:
+            found = client.search_runs(
+                [self.experiment_id],
+                f"tags.`{TAG_SWEEP}` = '{self.sweep_key}' and tags.`{TAG_ROLE}` = 'sweep'",
+                max_results=1,
+            )
+            self.parent_id = found[0].info.run_id if found else None
+        if self.parent_id is None:
+            run = client.create_run(
+                self.experiment_id,
+                run_name=self.sweep_name,
+                tags={TAG_SWEEP: self.sweep_key, TAG_ROLE: "sweep", TAG_STATUS: str(Status.RUNNING), **self.tags},
+            )
+            self.parent_id = run.info.run_id
+            for name, text in self.artifacts.items():
+                client.log_text(self.parent_id, text, name)
+        else:
+            client.update_run(self.parent_id, status="RUNNING")
+            client.set_tag(self.parent_id, TAG_STATUS, str(Status.RUNNING))
+        # Rebuild the trial → run map from tags (the persisted state may be lost or stale).
+        for run in client.search_runs([self.experiment_id], f"tags.`{PARENT_TAG}` = '{self.parent_id}'", max_results=10000):
+            trial_id = run.data.tags.get(TAG_TRIAL_ID)
+            if trial_id:
+                self.runs[trial_id] = run.info.run_id
+
+    # --- one child run per trial ----------------------------------------------------------------------
+    def _run_for(self, trial) -> str:
+        run_id = self.runs.get(trial.trial_id)
+        if run_id is not None:
+            return run_id
+        from mlflow.entities import Param
+
+        names = {self.client.get_run(r).info.run_name for r in self.runs.values()} if self.runs else set()
+        name, k = self.trial_namer(trial.config), 2
+        base = name
+        while name in names:
+            name, k = f"{base}-{k}", k + 1
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=name,
+            tags={
+                PARENT_TAG: self.parent_id,
+                TAG_SWEEP: self.sweep_key,
+                TAG_ROLE: "trial",
+                TAG_TRIAL_ID: trial.trial_id,
+                TAG_STATUS: str(Status.RUNNING),
+            },
+        )
+        run_id = run.info.run_id
+        self.runs[trial.trial_id] = run_id
+        params = [Param(k, str(v)) for k, v in sorted(trial.config.items())]
+        for i in range(0, len(params), 100):
+            self.client.log_batch(run_id, params=params[i : i + 100])
+        return run_id
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        run_id = self._call(self._run_for, trial)
+        if run_id and trial.trial_id in self.runs:
+            self._call(self.client.update_run, run_id, "RUNNING")
+
+    def on_trial_restore(self, iteration, trials, trial, **info) -> None:
+        self.on_trial_start(iteration, trials, trial)
+
+    def _last_logged(self, run_id: str) -> int:
+        if run_id not in self.logged_epoch:
+            history = self.client.get_metric_history(run_id, M.VAL_ERROR)
+            self.logged_epoch[run_id] = max((m.step for m in history), default=0)
+        return self.logged_epoch[run_id]
+
+    def _log_result(self, trial, result: dict) -> None:
+        from mlflow.entities import Metric
+
+        run_id = self._run_for(trial)
+        epoch = int(result.get(M.EPOCH, 0))
+        # A trial resumed from an older checkpoint re-reports epochs MLflow already has: the
+        # trainer reproduces them exactly, so they are skipped to keep each history continuous.
+        if result.get(STATUS) == str(Status.DIVERGED) or epoch <= self._last_logged(run_id):
+            return
+        now = int(time.time() * 1000)
+        batch = [Metric(key, float(result[key]), now, epoch) for key in M.METRICS if key in result]
+        self.client.log_batch(run_id, metrics=batch)
+        self.logged_epoch[run_id] = epoch
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self.last_result[trial.trial_id] = result
+        self._call(self._log_result, trial, result)
+
+    def _finish(self, trial, failed: bool) -> None:
+        run_id = self._run_for(trial)
+        result = self.last_result.get(trial.trial_id) or trial.last_result or {}
+        epoch = int(result.get(M.EPOCH, 0))
+        status = final_status(result, errored=failed, planned_epochs=self.planned_epochs)
+        tags = {TAG_STATUS: str(status)}
+        if status == Status.STOPPED_EARLY:
+            tags[TAG_STOPPED_AT] = str(epoch)
+        history = self.client.get_metric_history(run_id, M.VAL_ERROR)
+        if history:
+            best = min(history, key=lambda m: (m.value, m.step))
+            tags[TAG_BEST_EPOCH] = str(best.step)
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, value)
+        self._log_figures(run_id, result)
+        self.client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+
+    def _log_figures(self, run_id: str, result: dict) -> None:
+        from . import figures
+
+        curves = {key: self.client.get_metric_history(run_id, key) for key in (M.TRAIN_ERROR, M.VAL_ERROR, M.TEST_ERROR)}
+        if any(curves.values()):
+            png = figures.learning_curve({k: [(m.step, m.value) for m in v] for k, v in curves.items()})
+            self.client.log_image(run_id, png, "learning_curve.png")
+        responses = result.get(LAYER_RESPONSES)
+        if responses:
+            self.client.log_dict(run_id, {"layer_response_std": list(responses)}, "layer_responses.json")
+            self.client.log_image(run_id, figures.layer_responses(list(responses)), "layer_responses.png")
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._call(self._finish, trial, False)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._call(self._finish, trial, True)
+
+    def on_experiment_end(self, trials, **info) -> None:
+        self._replay()
+        if self._pending:
+            print(f"warning: {len(self._pending)} MLflow writes could not be delivered", file=sys.stderr)
+        done = all(t.status in ("TERMINATED", "ERROR") for t in trials)
+        self._call(self.client.set_tag, self.parent_id, TAG_STATUS, str(Status.COMPLETED if done else Status.RUNNING))
+        if done:
+            self._call(self.client.set_terminated, self.parent_id, "FINISHED")
