@@ -108,8 +108,9 @@ def cmd_train(args) -> int:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(json.dumps(summary, indent=2))
     if result["status"] == "diverged":
-        print(f"diverged: the training loss became non-finite in epoch {trainer.epoch + 1} "
-              f"(lr {cfg.train.lr}); try a lower --lr or --warmup-iterations", file=sys.stderr)
+        print(f"diverged in epoch {trainer.epoch + 1}: the training loss became non-finite or exceeded "
+              f"{cfg.train.divergence_factor:g}× chance level (lr {cfg.train.lr:g}); try a lower --lr or "
+              f"--warmup-iterations", file=sys.stderr)
         return EXIT_DIVERGED
     print(f"done: best epoch {result['best_epoch']} (chosen on val)  train err {result['train_error']:.2%}  "
           f"val err {result['val_error']:.2%}  test err {result['test_error']:.2%}  "

@@ -72,6 +72,7 @@ TRAIN_FLAGS = (
     Flag("train.warmup_iterations", "--warmup-iterations", "steps at --warmup-lr before --lr (ResNet-110: 400)", int),
     Flag("train.warmup_lr", "--warmup-lr", "learning rate during warm-up", float),
     Flag("train.label_smoothing", "--label-smoothing", "label smoothing of the loss", float),
+    Flag("train.divergence_factor", "--divergence-factor", "declare divergence when a step loss exceeds this × ln(classes) (0: off)", float),
     Flag("train.precision", "--precision", "fp32, bf16 autocast or fp16 with a grad scaler", choices=PRECISIONS),
     Flag("train.channels_last", "--channels-last", "NHWC memory layout", boolean=True),
     Flag("train.compile", "--compile", "torch.compile the model", boolean=True),

@@ -229,6 +229,8 @@ def _init_ray(address: str | None) -> None:
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # One checkpoint per epoch is the design (ASHA, retries and node loss cost at most an epoch).
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if address:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     else:

@@ -49,6 +49,9 @@ class TrainConfig:
     warmup_iterations: int = 0  # ResNet-110 (2015 §4.2): 400 iterations at 0.01, then back to lr
     warmup_lr: float = 0.01
     label_smoothing: float = 0.0
+    # A step loss above this multiple of chance level (ln K) means the weights blew up: the run
+    # is declared diverged. BN keeps such nets finite, so non-finite alone misses e.g. lr 10.
+    divergence_factor: float = 50.0
     precision: str = "fp32"
     channels_last: bool = False
     compile: bool = False
@@ -83,6 +86,8 @@ class TrainConfig:
             raise ConfigError("train.warmup_lr", f"{self.warmup_lr} must be positive")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError("train.label_smoothing", f"{self.label_smoothing} must be in [0, 1)")
+        if self.divergence_factor < 0:
+            raise ConfigError("train.divergence_factor", f"{self.divergence_factor} must be non-negative (0 disables)")
         if self.precision not in PRECISIONS:
             raise choice_error("train.precision", self.precision, PRECISIONS)
         if self.device != "auto":
@@ -256,10 +261,15 @@ class Trainer:
         self.history = list(state["history"])
 
     # --- the loop --------------------------------------------------------------------------
+    def _diverged(self, loss_sum: torch.Tensor, max_loss: torch.Tensor) -> bool:
+        limit = self.cfg.train.divergence_factor * math.log(self.num_classes)
+        return not torch.isfinite(loss_sum) or (limit > 0 and max_loss.item() > limit)
+
     def _train_epoch(self) -> dict[str, float] | None:
-        """One pass over the training split; None when the loss stopped being finite."""
+        """One pass over the training split; None when the run diverged."""
         self.model.train()
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        max_loss = torch.zeros((), device=self.device)
         wrong = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
         lr = self.optimizer.param_groups[0]["lr"]
@@ -276,12 +286,13 @@ class Trainer:
             self.scaler.update()
             self.scheduler.step()
             loss_sum += loss.detach().double() * len(y)
+            max_loss = torch.maximum(max_loss, loss.detach().float())
             wrong += (logits.detach().argmax(1) != y).sum()
             seen += len(y)
-            # Checking finiteness syncs the device, so only every 50 steps and at the end.
-            if step % 50 == 0 and not torch.isfinite(loss_sum):
+            # Checking syncs the device, so only every 50 steps and at the end.
+            if step % 50 == 0 and self._diverged(loss_sum, max_loss):
                 return None
-        if not torch.isfinite(loss_sum):
+        if self._diverged(loss_sum, max_loss):
             return None
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
