@@ -29,7 +29,7 @@ step() {  # step NAME LOGFILE COMMAND...: run, tee to LOGFILE, record status and
     shift 2
     echo "== $name: $*"
     "$@" 2>&1 | tee "$log" || status=$?
-    printf '%-28s %-6s %4ds\n' "$name" "$([ "$status" = 0 ] && echo ok || echo "rc=$status")" \
+    printf '%-34s %-6s %4ds\n' "$name" "$([ "$status" = 0 ] && echo ok || echo "rc=$status")" \
         $((SECONDS - start)) | tee -a "$OUT/summary.txt"
     [ "$status" = 0 ] || failed+=("$name")
 }

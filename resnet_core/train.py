@@ -5,6 +5,7 @@ It reports each epoch through a callback and knows nothing of Ray or MLflow.
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass, field, fields
@@ -235,7 +236,8 @@ class Trainer:
 
     # --- checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {
+        """A snapshot (deep copy) of everything a resume needs, loader position included."""
+        return copy.deepcopy({
             "epoch": self.epoch,
             "config": self.cfg.to_flat(),
             "model": self.model.state_dict(),
@@ -245,8 +247,8 @@ class Trainer:
             "loader_rng": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
-            "history": list(self.history),
-        }
+            "history": self.history,
+        })
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
