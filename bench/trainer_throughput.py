@@ -12,9 +12,11 @@ Both train the same model (``resnet_core.resnet.build_model``, same seed) on the
 images with the same augmentation, per-channel normalisation, batch size, loss, SGD step
 (lr 0.1, momentum 0.9, weight decay 1e-4) and per-step lr scheduler, and both keep their running
 loss/error on the device. The baseline is given persistent workers, so worker start-up is not
-counted against it. One warm-up epoch (CUDA context, cuDNN, ``torch.compile``, worker start) runs
-first and is left out; the timed epochs are bracketed by ``torch.cuda.synchronize`` on GPU and
-timed with ``time.perf_counter``. The ratio column is measured in this run only.
+counted against it. Each pipeline first runs one untimed warm-up epoch (CUDA context, cuDNN,
+``torch.compile``, worker start); then the pipelines take turns epoch by epoch, so load from other
+work on a shared machine falls on all of them. Each timed epoch is bracketed by
+``torch.cuda.synchronize`` on GPU and timed with ``time.perf_counter``. The ratio column is
+measured in this run only.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -54,31 +57,32 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_epochs(run_epoch, epochs: int, images: int, device: torch.device) -> float:
-    """Images/s over ``epochs`` calls of ``run_epoch`` after one untimed warm-up call."""
-    run_epoch()
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(epochs):
+def measure(pipelines: dict[str, Callable[[], None]], epochs: int, images: int, device: torch.device) -> dict[str, float]:
+    """Images/s of each pipeline's epochs. After one untimed warm-up epoch each, the timed epochs
+    take turns (A B A B ...), so load from other work on a shared machine falls on all of them."""
+    for run_epoch in pipelines.values():
         run_epoch()
-    sync(device)
-    return epochs * images / (time.perf_counter() - start)
+    seconds = dict.fromkeys(pipelines, 0.0)
+    for _ in range(epochs):
+        for name, run_epoch in pipelines.items():
+            sync(device)
+            start = time.perf_counter()
+            run_epoch()
+            sync(device)
+            seconds[name] += time.perf_counter() - start
+    return {name: epochs * images / s for name, s in seconds.items()}
 
 
 # --- ours ------------------------------------------------------------------------------------
-def bench_ours(cfg: RunConfig, splits, epochs: int, images: int) -> float:
+def ours(cfg: RunConfig, splits) -> Callable[[], None]:
+    """One epoch of ``Trainer``'s own loop per call."""
     trainer = Trainer(cfg, splits=splits)
 
     def run_epoch() -> None:
         if trainer._train_epoch() is None:
             raise RuntimeError(f"ours ({cfg.train.precision}): the training loss stopped being finite")
 
-    try:
-        return time_epochs(run_epoch, epochs, images, trainer.device)
-    finally:
-        del trainer
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+    return run_epoch
 
 
 # --- conventional ----------------------------------------------------------------------------
@@ -99,7 +103,8 @@ class PILImages(torch.utils.data.Dataset):
         return self.transform(self.images[index]), self.labels[index]
 
 
-def bench_conventional(cfg: RunConfig, splits, epochs: int, workers: int) -> float:
+def conventional(cfg: RunConfig, splits, workers: int) -> Callable[[], None]:
+    """One epoch of a plain fp32 loop fed by DataLoader workers per call."""
     from torchvision import transforms as T
 
     device, tc = resolve_device(cfg.train.device), cfg.train
@@ -126,7 +131,7 @@ def bench_conventional(cfg: RunConfig, splits, epochs: int, workers: int) -> flo
     optimizer = torch.optim.SGD(
         model.parameters(), lr=tc.lr, momentum=tc.momentum, nesterov=tc.nesterov, weight_decay=tc.weight_decay
     )
-    total_steps = (1 + epochs) * len(loader)
+    total_steps = (cfg.train.epochs or 1) * len(loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, tc))
     criterion = nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
 
@@ -147,12 +152,7 @@ def bench_conventional(cfg: RunConfig, splits, epochs: int, workers: int) -> flo
         if not torch.isfinite(loss_sum):
             raise RuntimeError("conventional: the training loss stopped being finite")
 
-    try:
-        return time_epochs(run_epoch, epochs, len(splits.train_x), device)
-    finally:
-        del loader, model, optimizer
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+    return run_epoch
 
 
 # --- the table -------------------------------------------------------------------------------
@@ -267,19 +267,16 @@ def main(argv: list[str] | None = None) -> int:
         f"{device_name(device)}, torch {torch.__version__}, {datetime.now(timezone.utc):%Y-%m-%d}"
     )
     print(title, flush=True)
-    print(f"{steps_per_epoch(images, args.batch_size)} steps per epoch, 1 warm-up epoch not timed", flush=True)
+    print(f"{steps_per_epoch(images, args.batch_size)} steps per epoch; 1 untimed warm-up epoch each, then timed epochs take turns", flush=True)
 
     ours_options = ", ".join(o for o, on in (("channels_last", args.channels_last), ("compile", args.compile)) if on) or "-"
     conventional_options = f"workers={args.workers}" + (", pin_memory" if device.type == "cuda" else "")
-    rows = [
-        Row("conventional", device.type, "fp32", conventional_options,
-            bench_conventional(run_config("fp32"), splits, args.epochs, args.workers))
-    ]
-    print(f"  conventional: {rows[-1].images_per_second:,.0f} images/s", flush=True)
+    pipelines = {"conventional": conventional(run_config("fp32"), splits, args.workers)}
     for precision in args.precision:
-        speed = bench_ours(run_config(precision), splits, args.epochs, images)
-        rows.append(Row("ours", device.type, precision, ours_options, speed))
-        print(f"  ours ({precision}): {speed:,.0f} images/s", flush=True)
+        pipelines[precision] = ours(run_config(precision), splits)
+    speeds = measure(pipelines, args.epochs, images, device)
+    rows = [Row("conventional", device.type, "fp32", conventional_options, speeds["conventional"])]
+    rows += [Row("ours", device.type, p, ours_options, speeds[p]) for p in args.precision]
 
     print()
     print(format_table(rows))

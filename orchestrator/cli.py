@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -17,6 +18,13 @@ EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 1, 2, 3
 
 class UsageError(Exception):
     """Bad input found after argument parsing: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (exit 2), like every other bad input."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def _fmt_count(n: int) -> str:
@@ -141,11 +149,13 @@ def cmd_plan(args) -> int:
     print(f"{plan.spec.name}: {plan.spec.description}".rstrip(": "))
     if plan.trials is not None:
         keys = list(dict.fromkeys(k for t in plan.trials for k in t.varying))
-        print(f"\n{'#':>3}  {'trial':<46} " + " ".join(f"{k:>14}" for k in keys) + f" {'params':>9} {'MACs':>9}")
+        width = max(len(t.name) for t in plan.trials)
+        cols = {k: max(len(k), *(len(str(t.varying.get(k, ""))) for t in plan.trials)) for k in keys}
+        print(f"\n{'#':>3}  {'trial':<{width}}  " + "  ".join(f"{k:>{cols[k]}}" for k in keys) + f"  {'params':>8}  {'MACs':>8}")
         for t in plan.trials:
             model = plan.models[_model_name(t.config)]
-            print(f"{t.index:>3}  {t.name:<46} " + " ".join(f"{str(t.varying.get(k, '')):>14}" for k in keys)
-                  + f" {_fmt_count(model['params']):>9} {_fmt_count(model['macs']):>9}")
+            print(f"{t.index:>3}  {t.name:<{width}}  " + "  ".join(f"{str(t.varying.get(k, '')):>{cols[k]}}" for k in keys)
+                  + f"  {_fmt_count(model['params']):>8}  {_fmt_count(model['macs']):>8}")
     else:
         print(f"\n{plan.num_trials} trials drawn by Optuna (TPE) from:")
         for key, dim in plan.spec.search.space.items():
@@ -210,12 +220,12 @@ def cmd_ui(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="resnet-sweep",
         description="Reproduce and extend the ResNet papers as Ray Tune sweeps tracked in MLflow.",
         epilog="exit codes: 0 success, 1 runtime failure, 2 bad input (nothing started), 3 training diverged",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("describe", help="parameters, multiply-adds and layers of one model")
     add_variant_flag(p)
@@ -236,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="validate a sweep file and show its trials, models and budget (starts nothing)")
     p.add_argument("sweep", metavar="SWEEP.yaml")
     p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
-    p.add_argument("--gpu-tflops", type=float, default=None, help="sustained TFLOP/s assumed for the GPU-hour estimate (default 40)")
+    p.add_argument("--gpu-tflops", type=float, default=None, help="sustained TFLOP/s assumed for the GPU-hour estimate (default 5)")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("run", help="run a sweep on Ray Tune, tracked in MLflow")
@@ -260,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `resnet-sweep plan … | head` ends quietly
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -18,9 +18,9 @@ from .spec import ParsedSpec, SpecError
 
 __all__ = ["Plan", "Trial", "make_plan", "optuna_space", "resolve_trial", "trial_name"]
 
-# Assumed sustained training throughput for the GPU-hour estimate (small ResNets reach a
-# fraction of a modern GPU's peak); `plan --gpu-tflops` changes it.
-DEFAULT_GPU_TFLOPS = 40.0
+# Assumed sustained training throughput for the GPU-hour estimate: small CIFAR ResNets reach a
+# few TFLOP/s, far from a GPU's peak; `plan --gpu-tflops` changes it (calibrate with bench/).
+DEFAULT_GPU_TFLOPS = 5.0
 
 
 @dataclass
@@ -68,7 +68,9 @@ def trial_name(config: dict[str, Any], varying: dict[str, Any]) -> str:
     parts = [cfg.model.name, f"lr{cfg.train.lr:g}"]
     skip = {"model.depth", "model.n", "model.block", "model.shortcut", "model.residual", "model.width", "train.lr", "train.seed"}
     for key, value in varying.items():
-        if key not in skip:
+        if key == "dataset.name":
+            parts.insert(1, str(value))
+        elif key not in skip:
             short = key.split(".", 1)[1].replace("_", "")
             parts.append(f"{short}{value:g}" if isinstance(value, float) else f"{short}{value}")
     parts.append(f"s{cfg.train.seed}")
@@ -124,7 +126,8 @@ def _points(parsed: ParsedSpec) -> list[dict[str, Any]]:
         points = [{k: _draw(d, rng) for k, d in search.space.items()} for _ in range(search.num_samples)]
     if search.seeds is not None:
         points = [{**p, "train.seed": s} for p in points for s in search.seeds]
-    return [p for p in points if not _excluded(p, search.exclude)]
+    fixed = parsed.spec.fixed_flat()
+    return [p for p in points if not _excluded({**fixed, **p}, search.exclude)]
 
 
 def _optuna_probe_points(parsed: ParsedSpec) -> list[dict[str, Any]]:
