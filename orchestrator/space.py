@@ -230,13 +230,16 @@ def asha_expected_epochs(num_trials: int, max_t: int, scheduler) -> float:
     return total
 
 
-def optuna_space(parsed: ParsedSpec):
+class OptunaSpace:
     """A define-by-run space for OptunaSearch: suggests the searched keys and returns the fixed
-    settings as constants. Trials are validated when they start (the trainable)."""
-    space, fixed = parsed.spec.search.space, parsed.spec.fixed_flat()
+    settings as constants. A class, not a closure, so Tune can pickle the searcher's state.
+    Trials are validated when they start (the trainable)."""
 
-    def define(trial) -> dict[str, Any]:
-        for key, dim in space.items():
+    def __init__(self, space: dict[str, Any], fixed: dict[str, Any]) -> None:
+        self.space, self.fixed = space, fixed
+
+    def __call__(self, trial) -> dict[str, Any]:
+        for key, dim in self.space.items():
             if isinstance(dim, list):
                 trial.suggest_categorical(key, dim)
                 continue
@@ -247,6 +250,8 @@ def optuna_space(parsed: ParsedSpec):
                 trial.suggest_int(key, int(arg[0]), int(arg[1]))
             else:
                 trial.suggest_float(key, float(arg[0]), float(arg[1]), log=kind == "loguniform")
-        return fixed
+        return self.fixed
 
-    return define
+
+def optuna_space(parsed: ParsedSpec) -> OptunaSpace:
+    return OptunaSpace(parsed.spec.search.space, parsed.spec.fixed_flat())

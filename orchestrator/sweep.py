@@ -15,10 +15,11 @@ from typing import Any
 
 from resnet_core import metrics as M
 from resnet_core.data import DataUnavailableError, load_splits
+from resnet_core.errors import ConfigError
 from resnet_core.metrics import Status
 from resnet_core.train import RunConfig
 
-from .space import Plan, make_plan, optuna_space, trial_name
+from .space import Plan, make_plan, optuna_space, resolve_trial, trial_name
 from .spec import ParsedSpec, SpecError, parse_spec
 from .tracking import SweepTracker, check_tracking_uri, default_tracking_uri, git_commit, normalize_tracking_uri
 from .trainable import STATUS, final_status, train_trial
@@ -124,7 +125,11 @@ class TrialNamer:
         self.varying = varying
 
     def __call__(self, config: dict[str, Any]) -> str:
-        return trial_name(config, {k: config[k] for k in self.varying if k in config})
+        try:
+            resolved = resolve_trial(config, {})
+        except ConfigError:  # an invalid Optuna draw: the trial itself will fail and say why
+            return "invalid-" + "-".join(f"{v}" for k, v in sorted(config.items()) if k in self.varying)
+        return trial_name(resolved, {k: resolved[k] for k in self.varying if k in resolved})
 
 
 class Progress:

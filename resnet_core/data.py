@@ -79,6 +79,8 @@ class DataConfig:
             raise ConfigError("dataset.synthetic_size", f"{self.synthetic_size} must be at least 16")
         if self.synthetic_classes < 2:
             raise ConfigError("dataset.synthetic_classes", f"{self.synthetic_classes} must be at least 2")
+        if split_sizes(self)[0] < 1:
+            raise ConfigError("dataset.val_size", f"{self.val_size or DEFAULT_VAL_SIZE[self.name]} leaves no training images")
 
 
 class DataUnavailableError(RuntimeError):

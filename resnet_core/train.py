@@ -255,8 +255,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        self.generator.set_state(state["loader_rng"].cpu() if self.device.type == "cpu" else state["loader_rng"])
-        torch.set_rng_state(state["torch_rng"])
+        self.generator.set_state(state["loader_rng"].cpu())  # RNG states are CPU byte tensors
+        torch.set_rng_state(state["torch_rng"].cpu())
         if state.get("cuda_rng") is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.epoch = state["epoch"]

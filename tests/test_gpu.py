@@ -66,7 +66,7 @@ def test_resume_on_cuda_reproduces_next_epoch():
     checkpoints = {}
 
     def keep(report):
-        buffer = io.BytesIO()  # serialise now: the state dict's tensors keep training in place
+        buffer = io.BytesIO()  # through torch.save / torch.load, as a real checkpoint goes
         torch.save(report.checkpoint(), buffer)
         checkpoints[report.epoch] = buffer.getvalue()
 
