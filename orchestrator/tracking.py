@@ -37,6 +37,8 @@ TAG_STATUS = "status"
 TAG_BEST_EPOCH = "best_epoch"
 TAG_STOPPED_AT = "stopped_at_epoch"
 PARENT_TAG = "mlflow.parentRunId"
+# A failed trial may be retried on resume; these are never touched again.
+FINAL_STATUSES = {str(Status.COMPLETED), str(Status.STOPPED_EARLY), str(Status.DIVERGED)}
 
 
 class TrackingUnavailableError(RuntimeError):
@@ -214,10 +216,17 @@ class SweepTracker(Callback):
             self.client.log_batch(run_id, params=params[i : i + 100])
         return run_id
 
+    def _is_final(self, run_id: str) -> bool:
+        """Finished runs stay as they are when a resumed sweep meets their trial again."""
+        return self.client.get_run(run_id).data.tags.get(TAG_STATUS) in FINAL_STATUSES
+
+    def _start(self, trial) -> None:
+        run_id = self._run_for(trial)
+        if not self._is_final(run_id):
+            self.client.update_run(run_id, "RUNNING")
+
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        run_id = self._call(self._run_for, trial)
-        if run_id and trial.trial_id in self.runs:
-            self._call(self.client.update_run, run_id, "RUNNING")
+        self._call(self._start, trial)
 
     def on_trial_restore(self, iteration, trials, trial, **info) -> None:
         self.on_trial_start(iteration, trials, trial)
@@ -248,6 +257,8 @@ class SweepTracker(Callback):
 
     def _finish(self, trial, failed: bool) -> None:
         run_id = self._run_for(trial)
+        if self._is_final(run_id):
+            return
         result = self.last_result.get(trial.trial_id) or trial.last_result or {}
         epoch = int(result.get(M.EPOCH, 0))
         status = final_status(result, errored=failed, planned_epochs=self.planned_epochs)

@@ -43,6 +43,11 @@ def train_trial(config: dict[str, Any]) -> None:
             torch.save(r.checkpoint(), Path(folder) / CHECKPOINT_FILE)
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
 
+    if trainer.history and trainer.epoch >= trainer.epochs:
+        # Restored from its final checkpoint (the driver died before recording the end): say
+        # the trial is complete again without training or checkpointing anything.
+        tune.report({**trainer.history[-1], STATUS: str(Status.COMPLETED), LAYER_RESPONSES: trainer.layer_response_std()})
+        return
     trainer.run(report)
     if trainer.status == Status.DIVERGED:
         # A diverged trial is the worst possible result for the searcher and scheduler, not a crash.
