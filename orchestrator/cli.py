@@ -203,7 +203,9 @@ def cmd_resume(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    import subprocess
+    import os
+
+    from mlflow import MlflowClient
 
     from .tracking import default_tracking_uri, normalize_tracking_uri
 
@@ -211,12 +213,14 @@ def cmd_ui(args) -> int:
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise UsageError(f"--tracking-uri: no MLflow store at {uri.removeprefix('sqlite:///')}; run a sweep here first or pass --tracking-uri")
     url = f"http://{args.host}:{args.port}"
-    print(f"MLflow UI for {uri} at {url}  (Ctrl-C to stop)", flush=True)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
-    try:
-        return subprocess.call(cmd)
-    except KeyboardInterrupt:
-        return EXIT_OK
+    print(f"MLflow UI for {uri} at {url}  (Ctrl-C to stop)")
+    for exp in MlflowClient(uri).search_experiments():
+        if exp.name != "Default":  # MLflow 3 opens on GenAI pages: link the runs tables directly
+            print(f"  {exp.name}: {url}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning")
+    sys.stdout.flush()
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
+           "--port", str(args.port), "--workers", str(args.workers)]
+    os.execv(sys.executable, cmd)  # the UI becomes this process: signals reach it directly
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -265,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="store to browse (default: sqlite:///mlflow.db in this folder)")
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default loopback only)")
+    p.add_argument("--workers", type=int, default=1, help="server worker processes (default 1: enough for one user)")
     p.set_defaults(func=cmd_ui)
     return parser
 

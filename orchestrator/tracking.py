@@ -292,10 +292,33 @@ class SweepTracker(Callback):
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._call(self._finish, trial, True)
 
+    def _summarize(self) -> None:
+        """The best trial (lowest val error, chosen on val) on the parent run, for the runs table."""
+        from mlflow.entities import Metric
+
+        best = None
+        for run_id in self.runs.values():
+            history = self.client.get_metric_history(run_id, M.VAL_ERROR)
+            if history:
+                top = min(history, key=lambda m: (m.value, m.step))
+                if best is None or top.value < best[0]:
+                    best = (top.value, top.step, run_id)
+        if best is None:
+            return
+        value, epoch, run_id = best
+        test = [m.value for m in self.client.get_metric_history(run_id, M.TEST_ERROR) if m.step == epoch]
+        now = int(time.time() * 1000)
+        metrics = [Metric(M.VAL_ERROR, value, now, 0)]
+        if test:
+            metrics.append(Metric(M.TEST_ERROR, test[0], now, 0))
+        self.client.log_batch(self.parent_id, metrics=metrics)
+        self.client.set_tag(self.parent_id, "best_trial", self.client.get_run(run_id).info.run_name)
+
     def on_experiment_end(self, trials, **info) -> None:
         self._replay()
         if self._pending:
             print(f"warning: {len(self._pending)} MLflow writes could not be delivered", file=sys.stderr)
+        self._call(self._summarize)
         done = all(t.status in ("TERMINATED", "ERROR") for t in trials)
         self._call(self.client.set_tag, self.parent_id, TAG_STATUS, str(Status.COMPLETED if done else Status.RUNNING))
         if done:
