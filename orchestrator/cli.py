@@ -8,6 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
+from resnet_core.data import DATASETS
 from resnet_core.errors import ConfigError
 
 from .spec import SpecError
@@ -47,10 +48,20 @@ def _config_from_args(args, flags):
 def cmd_describe(args) -> int:
     from resnet_core.analysis import describe_model
 
+    from resnet_core.data import DataConfig
+
     cfg = _config_from_args(args, MODEL_FLAGS)
     if args.input_size is not None and args.input_size < 8:
         raise UsageError(f"--input-size: {args.input_size} must be at least 8")
-    info = describe_model(cfg.model, input_size=args.input_size)
+    input_size, classes = args.input_size, None
+    if args.dataset:  # the dataset's image size and class count
+        data = DataConfig(name=args.dataset)
+        input_size = input_size or data.image_size
+        classes = {"cifar100": 100}.get(args.dataset, data.synthetic_classes if args.dataset == "synthetic" else 10)
+    try:
+        info = describe_model(cfg.model, input_size=input_size, num_classes=classes)
+    except ConfigError as err:
+        raise UsageError(f"{field_to_flag(err.field)}: {err.reason}") from None
     if args.json:
         print(json.dumps(info))
         return EXIT_OK
@@ -234,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("describe", help="parameters, multiply-adds and layers of one model")
     add_variant_flag(p)
     add_flags(p, MODEL_FLAGS, "model")
-    p.add_argument("--input-size", type=int, help="input side in pixels for the MAC count (default: 32 CIFAR, 224 ImageNet)")
+    p.add_argument("--dataset", choices=DATASETS, help="count at this dataset's image size and classes")
+    p.add_argument("--input-size", type=int, help="input side in pixels for the MAC count (default: the dataset's, else 32 CIFAR, 224 ImageNet)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_describe)
 

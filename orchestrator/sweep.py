@@ -94,8 +94,6 @@ def prepare_sweep(
         plan.trials = plan.trials[:SMOKE_TRIALS]
         plan.num_trials = len(plan.trials)
     spec = parsed.spec
-    if address is None:
-        check_resources(spec)
     uri = normalize_tracking_uri(tracking_uri or spec.tracking.tracking_uri or default_tracking_uri())
     try:
         check_tracking_uri(uri)
@@ -110,6 +108,8 @@ def prepare_sweep(
         load_splits(first.dataset)
     except DataUnavailableError as err:
         raise SweepError(str(err)) from None
+    if address is None:
+        check_resources(spec)
     name = spec.name
     if _is_local(storage):
         k = 2
@@ -140,8 +140,9 @@ class Progress:
 
         # Built lazily so importing this module does not import Ray.
         class _Progress(Callback):
-            def __init__(self, namer: TrialNamer, epochs: int) -> None:
+            def __init__(self, namer: TrialNamer, epochs: int, stopped_by: str) -> None:
                 self.namer, self.epochs, self.start = namer, epochs, time.time()
+                self.stopped_by = stopped_by
                 self.done = 0
 
             def _say(self, text: str) -> None:
@@ -162,7 +163,7 @@ class Progress:
             def on_trial_complete(self, iteration, trials, trial, **info):
                 self.done += 1
                 status = final_status(trial.last_result, errored=False, planned_epochs=self.epochs)
-                self._say(f"{_describe_status(status, trial.last_result):<9} {self.namer(trial.config)}  ({self.done} done)")
+                self._say(f"{_describe_status(status, trial.last_result, self.stopped_by):<9} {self.namer(trial.config)}  ({self.done} done)")
 
             def on_trial_error(self, iteration, trials, trial, **info):
                 self.done += 1
@@ -171,10 +172,15 @@ class Progress:
         return _Progress(*args, **kwargs)
 
 
-def _describe_status(status: Status, result: dict | None) -> str:
+def _describe_status(status: Status, result: dict | None, stopped_by: str) -> str:
     if status == Status.STOPPED_EARLY:
-        return f"stopped by ASHA at epoch {int((result or {}).get(M.EPOCH, 0))}"
+        return f"stopped by {stopped_by} at epoch {int((result or {}).get(M.EPOCH, 0))}"
     return str(status)
+
+
+def _stopped_by(spec) -> str:
+    """Who stops trials early: the scheduler, else the sweep's epoch budget."""
+    return "ASHA" if spec.scheduler.name == "asha" else "budget"
 
 
 def _epoch_budget_stopper(max_epochs: int):
@@ -318,8 +324,8 @@ def run_sweep(prep: Prepared, *, address: str | None = None) -> int:
             name=prep.name,
             storage_path=prep.storage_path,
             failure_config=tune.FailureConfig(max_failures=spec.failure.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[tracker, Progress(namer, plan.epochs_per_trial)],
+            checkpoint_config=_checkpoint_config(spec),
+            callbacks=[tracker, Progress(namer, plan.epochs_per_trial, _stopped_by(spec))],
             stop=_epoch_budget_stopper(spec.budget.max_epochs) if spec.budget.max_epochs else None,
             verbose=0,
         ),
@@ -329,6 +335,18 @@ def run_sweep(prep: Prepared, *, address: str | None = None) -> int:
           f"(experiment {prep.experiment!r})", flush=True)
     results = tuner.fit()
     return _finish(prep, results, namer, plan.epochs_per_trial, tracker)
+
+
+def _checkpoint_config(spec):
+    """Keep one checkpoint per trial: the latest (Tune always keeps it, for resume) and, when the
+    sweep logs the best checkpoint to MLflow, the best by the sweep's metric as well."""
+    from ray import tune
+
+    if spec.tracking.log_best_checkpoint:
+        return tune.CheckpointConfig(
+            num_to_keep=1, checkpoint_score_attribute=spec.metric.name, checkpoint_score_order=spec.metric.mode
+        )
+    return tune.CheckpointConfig(num_to_keep=1)
 
 
 class _TrialDirName:
@@ -365,7 +383,7 @@ def plan_summary(plan: Plan) -> dict:
     }
 
 
-def _rows(results, namer: TrialNamer, epochs: int) -> list[dict]:
+def _rows(results, namer: TrialNamer, epochs: int, stopped_by: str) -> list[dict]:
     rows = []
     for result in results:
         config = result.config or {}
@@ -374,7 +392,7 @@ def _rows(results, namer: TrialNamer, epochs: int) -> list[dict]:
         if history is not None and STATUS in history:
             history = history[history[STATUS] != str(Status.DIVERGED)]
         status = final_status(result.metrics, errored=result.error is not None, planned_epochs=epochs)
-        row = {"name": namer(config) if config else "?", "status": _describe_status(status, result.metrics),
+        row = {"name": namer(config) if config else "?", "status": _describe_status(status, result.metrics, stopped_by),
                "epochs": int(result.metrics.get(M.EPOCH, 0)) if result.metrics else 0}
         if history is not None and len(history):
             best = history.sort_values([M.VAL_ERROR, M.EPOCH]).iloc[0]
@@ -386,7 +404,7 @@ def _rows(results, namer: TrialNamer, epochs: int) -> list[dict]:
 
 def _finish(prep: Prepared, results, namer: TrialNamer, epochs: int, tracker: SweepTracker | None) -> int:
     spec = prep.parsed.spec
-    rows = _rows(results, namer, epochs)
+    rows = _rows(results, namer, epochs, _stopped_by(spec))
     reverse = spec.metric.mode == "max"
     rows.sort(key=lambda r: (r.get("val_error") is None, r.get("val_error", math.inf)), reverse=False)
     print()

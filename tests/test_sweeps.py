@@ -181,3 +181,19 @@ def test_sigkill_midway_then_resume_has_no_duplicates(tmp_path):
         assert run.data.tags["status"] == "completed"
         if run.info.run_id in finished:  # finished trials untouched
             assert run.info.end_time == finished[run.info.run_id].info.end_time
+
+
+def test_cifar_sweep_without_the_data_fails_fast_with_the_data_error(tmp_path):
+    empty = tmp_path / "no-data"
+    # A dead proxy makes sure no download can succeed, wherever the test runs.
+    env = {"RESNET_SWEEP_DATA": str(empty), "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"}
+    out = cli("run", SWEEPS / "cifar_depth.yaml", cwd=tmp_path, env=env, timeout=300)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "cifar-10-python.tar.gz" in out.stderr and str(empty) in out.stderr
+    assert "Traceback" not in out.stderr and out.stderr.strip().count("\n") == 0
+    assert not (tmp_path / "ray_results").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_trainable_never_imports_mlflow():
+    code = "import sys, orchestrator.trainable; sys.exit('mlflow' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
