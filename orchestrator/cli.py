@@ -201,16 +201,20 @@ def cmd_run(args) -> int:
             tracking_uri=args.tracking_uri,
             smoke_test=args.smoke_test,
         )
+        return run_sweep(prep, address=args.address)
     except SweepError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_FAILURE
-    return run_sweep(prep, address=args.address)
 
 
 def cmd_resume(args) -> int:
-    from .sweep import find_experiment, resume_sweep
+    from .sweep import SweepError, find_experiment, resume_sweep
 
-    return resume_sweep(find_experiment(args.sweep, args.storage_path), address=args.address)
+    try:
+        return resume_sweep(find_experiment(args.sweep, args.storage_path), address=args.address)
+    except SweepError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 def cmd_ui(args) -> int:

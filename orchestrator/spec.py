@@ -227,8 +227,6 @@ def _check_sections(parsed: ParsedSpec) -> None:
         for key in rule:
             if key not in FIELD_TYPES:
                 raise parsed.error(("search", "exclude", i, key), unknown_key(key, key, FIELD_TYPES))
-    if spec.scheduler.name == "asha" and spec.metric.name not in (M.VAL_ERROR, M.VAL_LOSS):
-        pass  # ASHA on a training metric is legitimate (Fig. 6 studies training error)
 
 
 def _check_dimension(parsed: ParsedSpec, path: tuple, key: str, dim: Any, algorithm: str) -> None:

@@ -2,6 +2,7 @@
 MLflow tracking in the driver, live progress and the final table of every trial."""
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -27,6 +28,7 @@ from .trainable import STATUS, final_status, train_trial
 __all__ = ["SweepError", "prepare_sweep", "resume_sweep", "run_sweep", "SPEC_FILE"]
 
 SPEC_FILE = "sweep.yaml"  # the sweep file, saved in the experiment folder for `resume`
+TRACKING_FILE = "tracking.json"  # where its MLflow runs are, for `resume`
 SMOKE_EPOCHS, SMOKE_IMAGES, SMOKE_TRIALS = 2, 256, 4
 
 
@@ -238,6 +240,32 @@ def _init_ray(address: str | None) -> None:
 
     if ray.is_initialized():
         return
+    _check_reachable(address)
+    try:
+        _start_ray(address)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+        raise SweepError(f"could not start or reach {where}: {err}") from None
+
+
+def _check_reachable(address: str | None) -> None:
+    """Ray retries an unreachable head for minutes; a host:port that refuses fails at once."""
+    import socket
+
+    if not address or address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise SpecError("--address", f"{address!r} is not host:port, ray://host:port or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as err:
+        raise SweepError(f"no Ray cluster answers at {address} ({err}); start one with `ray start --head` or drop --address") from None
+
+
+def _start_ray(address: str | None) -> None:
+    import ray
+
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # One checkpoint per epoch is the design (ASHA, retries and node loss cost at most an epoch).
@@ -283,6 +311,8 @@ def run_sweep(prep: Prepared, *, address: str | None = None) -> int:
     search_alg, param_space = _search_and_space(prep, concurrency)
     namer = TrialNamer(_varying_keys(prep))
     _write_text(prep.storage_path, prep.name, SPEC_FILE, prep.parsed.text)
+    tracking = {"tracking_uri": prep.tracking_uri, "experiment": prep.experiment}
+    _write_text(prep.storage_path, prep.name, TRACKING_FILE, json.dumps(tracking))
 
     scheduler = None
     if spec.scheduler.name == "asha":
@@ -358,8 +388,6 @@ class _TrialDirName:
 
 
 def plan_json(plan: Plan) -> str:
-    import json
-
     return json.dumps(plan_summary(plan), indent=2)
 
 
@@ -405,18 +433,19 @@ def _rows(results, namer: TrialNamer, epochs: int, stopped_by: str) -> list[dict
 def _finish(prep: Prepared, results, namer: TrialNamer, epochs: int, tracker: SweepTracker | None) -> int:
     spec = prep.parsed.spec
     rows = _rows(results, namer, epochs, _stopped_by(spec))
-    reverse = spec.metric.mode == "max"
-    rows.sort(key=lambda r: (r.get("val_error") is None, r.get("val_error", math.inf)), reverse=False)
+    rows.sort(key=lambda r: (r.get("val_error") is None, r.get("val_error", math.inf)))
     print()
     print(format_table(rows))
     ok = [r for r in rows if r.get("val_error") is not None]
     if ok:
-        best = ok[0] if not reverse else ok[-1]
+        best = ok[0]
         print(f"\nbest (lowest val error, chosen on val): {best['name']}  val err {best['val_error']:.2%}  "
               f"test err {best['test_error']:.2%} at epoch {best['best_epoch']}")
     if spec.tracking.log_best_checkpoint and tracker is not None:
         _log_best_checkpoints(results, spec, tracker)
     print(f"MLflow: {prep.tracking_uri} (experiment {prep.experiment!r}); browse with `resnet-sweep ui`")
+    if results.num_terminated + results.num_errors < len(results) or len(rows) < prep.plan.num_trials:
+        print(f"the sweep is not finished; continue it with `resnet-sweep resume {prep.storage_path}/{prep.name}`")
     failed = [r for r in rows if r["status"] == str(Status.FAILED)]
     if failed:
         print(f"{len(failed)} trial(s) failed", file=sys.stderr)
@@ -475,7 +504,8 @@ def resume_sweep(experiment_path: str, *, address: str | None = None) -> int:
     print(f"resuming {experiment_path}", flush=True)
     results = tuner.fit()
     name = experiment_path.rstrip("/").rsplit("/", 1)[-1]
-    uri = normalize_tracking_uri(spec.tracking.tracking_uri or default_tracking_uri())
-    prep = Prepared(parsed, plan, experiment_path.rsplit("/", 1)[0], name, uri, spec.tracking.experiment or spec.name)
+    tracking = json.loads(_read_text(experiment_path, TRACKING_FILE) or "{}")
+    uri = tracking.get("tracking_uri") or normalize_tracking_uri(spec.tracking.tracking_uri or default_tracking_uri())
+    prep = Prepared(parsed, plan, experiment_path.rsplit("/", 1)[0], name, uri, tracking.get("experiment") or spec.name)
     varying = _varying_keys(prep)
     return _finish(prep, results, TrialNamer(varying), plan.epochs_per_trial, None)

@@ -1,4 +1,5 @@
 """[3/8] + [4/8] Sweeps end to end on real Ray and real MLflow (SQLite file and HTTP server)."""
+import json
 import os
 import re
 import signal
@@ -146,8 +147,11 @@ def test_quickstart_store_has_one_parent_and_a_child_per_trial(tmp_path):
 
 def test_tracking_over_http_to_a_real_mlflow_server(tmp_path, mlflow_server):
     (tmp_path / "small.yaml").write_text(SMALL_GRID.format(epochs=2))
+    planned = json.loads(cli("plan", "small.yaml", "--json", cwd=tmp_path).stdout)
     out = cli("run", "small.yaml", "--tracking-uri", mlflow_server, cwd=tmp_path, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
+    assert len(table_rows(out.stdout)) == planned["num_trials"] == 4
+    assert sorted(r.split()[0] for r in table_rows(out.stdout)) == sorted(t["name"] for t in planned["trials"])
     assert not (tmp_path / "mlflow.db").exists()  # everything went to the server
     _check_store(MlflowClient(mlflow_server), "small", trials=4, epochs=2)
 
