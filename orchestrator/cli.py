@@ -273,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sweep", metavar="SWEEP.yaml")
     _add_run_flags(p)
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db here, or the sweep's tracking.tracking_uri)")
-    p.add_argument("--smoke-test", action="store_true", help=f"tiny version: 2 epochs on 256 images, at most 4 trials")
+    p.add_argument("--smoke-test", action="store_true", help="tiny version: 2 epochs on 256 images, at most 4 trials")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("resume", help="continue an interrupted sweep (finished trials are not rerun)")

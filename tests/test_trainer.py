@@ -60,7 +60,7 @@ def test_resume_reproduces_the_uninterrupted_run_exactly():
     resumed.load_state_dict(state)
     result = resumed.run()
     keys = (M.TRAIN_LOSS, M.TRAIN_ERROR, M.VAL_LOSS, M.VAL_ERROR, M.TEST_ERROR, M.LR)
-    for a, b in zip(full["history"], result["history"]):
+    for a, b in zip(full["history"], result["history"], strict=True):
         assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
     assert full["layer_response_std"] == result["layer_response_std"]
 
