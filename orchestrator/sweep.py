@@ -58,12 +58,12 @@ def _smoke(parsed: ParsedSpec) -> None:
     """--smoke-test: the same sweep, tiny: 2 epochs on 256 images, at most 4 trials."""
     spec = parsed.spec
     spec.train.pop("iterations", None)
-    spec.train["epochs"] = SMOKE_EPOCHS
-    spec.dataset["train_limit"] = SMOKE_IMAGES
+    spec.train["epochs"] = min(spec.train.get("epochs") or SMOKE_EPOCHS, SMOKE_EPOCHS)
+    spec.dataset["train_limit"] = min(spec.dataset.get("train_limit") or SMOKE_IMAGES, SMOKE_IMAGES)
     for key in ("train.epochs", "train.iterations", "dataset.train_limit"):
         spec.search.space.pop(key, None)
     spec.scheduler.grace_period = 1
-    spec.scheduler.max_t = SMOKE_EPOCHS
+    spec.scheduler.max_t = spec.train["epochs"]
     if spec.search.algorithm != "grid":
         spec.search.num_samples = min(spec.search.num_samples, SMOKE_TRIALS)
 
@@ -118,6 +118,17 @@ def prepare_sweep(
         while (Path(storage) / name).exists():
             name, k = f"{spec.name}-{k}", k + 1
     return Prepared(parsed, plan, storage, name, uri, spec.tracking.experiment or spec.name)
+
+
+def saved_spec_text(parsed: ParsedSpec) -> str:
+    """The sweep file kept with the experiment: the user's text, or after --smoke-test changed
+    the spec in memory, the spec as it ran (so `resume` continues the same, tiny sweep)."""
+    if parse_spec(parsed.text).spec == parsed.spec:
+        return parsed.text
+    import yaml
+
+    header = f"# {parsed.source or 'sweep'} as run with --smoke-test\n"
+    return header + yaml.safe_dump(parsed.spec.model_dump(mode="json"), sort_keys=False)
 
 
 class TrialNamer:
@@ -310,7 +321,7 @@ def run_sweep(prep: Prepared, *, address: str | None = None) -> int:
         concurrency = min(concurrency, max(1, int(ray.cluster_resources().get("GPU", 0) // spec.resources.gpu)))
     search_alg, param_space = _search_and_space(prep, concurrency)
     namer = TrialNamer(_varying_keys(prep))
-    _write_text(prep.storage_path, prep.name, SPEC_FILE, prep.parsed.text)
+    _write_text(prep.storage_path, prep.name, SPEC_FILE, saved_spec_text(prep.parsed))
     tracking = {"tracking_uri": prep.tracking_uri, "experiment": prep.experiment}
     _write_text(prep.storage_path, prep.name, TRACKING_FILE, json.dumps(tracking))
 
@@ -444,7 +455,7 @@ def _finish(prep: Prepared, results, namer: TrialNamer, epochs: int, tracker: Sw
     if spec.tracking.log_best_checkpoint and tracker is not None:
         _log_best_checkpoints(results, spec, tracker)
     print(f"MLflow: {prep.tracking_uri} (experiment {prep.experiment!r}); browse with `resnet-sweep ui`")
-    if results.num_terminated + results.num_errors < len(results) or len(rows) < prep.plan.num_trials:
+    if results.num_terminated + results.num_errors < len(results):
         print(f"the sweep is not finished; continue it with `resnet-sweep resume {prep.storage_path}/{prep.name}`")
     failed = [r for r in rows if r["status"] == str(Status.FAILED)]
     if failed:
