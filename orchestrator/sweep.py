@@ -360,6 +360,8 @@ def run_sweep(prep: Prepared, *, address: str | None = None) -> int:
             num_samples=plan.num_trials,
             trial_name_creator=_TrialDirName(namer),
             trial_dirname_creator=_TrialDirName(namer),
+            # A trial's actor is kept for the next one: no worker start-up between trials.
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=prep.name,

@@ -157,16 +157,18 @@ def test_tracking_over_http_to_a_real_mlflow_server(tmp_path, mlflow_server):
 
 
 def test_sigkill_midway_then_resume_has_no_duplicates(tmp_path):
-    epochs = 6
+    epochs = 8
     (tmp_path / "small.yaml").write_text(SMALL_GRID.format(epochs=epochs))
     exe = Path(sys.executable).parent / "resnet-sweep"
     proc = subprocess.Popen([str(exe), "run", "small.yaml"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen = []
-    for line in proc.stdout:  # kill once one trial has finished and others are midway
+    seen, done = [], set()
+    for line in proc.stdout:  # kill once a trial has finished and another is midway
         seen.append(line)
-        if re.match(r"^\[\d\d:\d\d\] completed ", line):
+        if m := re.match(r"^\[\d\d:\d\d\] completed (\S+)", line):
+            done.add(m.group(1))
+        m = re.match(r"^\[\d\d:\d\d\] epoch +(\d+)/\d+ +(\S+)", line)
+        if done and m and m.group(2) not in done and int(m.group(1)) < epochs:
             break
-    time.sleep(4)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
