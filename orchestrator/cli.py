@@ -48,7 +48,7 @@ def _config_from_args(args, flags):
 def cmd_describe(args) -> int:
     from resnet_core.analysis import describe_model
 
-    from resnet_core.data import DataConfig
+    from resnet_core.data import DataConfig, num_classes
 
     cfg = _config_from_args(args, MODEL_FLAGS)
     if args.input_size is not None and args.input_size < 8:
@@ -56,8 +56,7 @@ def cmd_describe(args) -> int:
     input_size, classes = args.input_size, None
     if args.dataset:  # the dataset's image size and class count
         data = DataConfig(name=args.dataset)
-        input_size = input_size or data.image_size
-        classes = {"cifar100": 100}.get(args.dataset, data.synthetic_classes if args.dataset == "synthetic" else 10)
+        input_size, classes = input_size or data.image_size, num_classes(data)
     try:
         info = describe_model(cfg.model, input_size=input_size, num_classes=classes)
     except ConfigError as err:
@@ -87,6 +86,40 @@ def _progress_line(report) -> str:
     )
 
 
+def _load_checkpoint(path_text: str, current: dict) -> dict:
+    """A `train --checkpoint-dir` checkpoint, checked against the settings of this run."""
+    import torch
+
+    path = Path(path_text)
+    if not path.is_file():
+        raise UsageError(f"--resume: no checkpoint file at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 — any unreadable file is the same user error
+        raise UsageError(f"--resume: {path} is not a checkpoint ({type(err).__name__})") from None
+    if not isinstance(state, dict) or "config" not in state or "model" not in state:
+        raise UsageError(f"--resume: {path} is not a resnet-sweep checkpoint")
+    changed = [k for k in sorted(set(state["config"]) | set(current))
+               if k != "train.device" and state["config"].get(k) != current.get(k)]
+    if changed:
+        shown = ", ".join(f"{field_to_flag(k)} {state['config'].get(k)!r} (now {current.get(k)!r})" for k in changed[:4])
+        raise UsageError(f"--resume: the checkpoint was trained with other settings: {shown}; pass the same flags")
+    return state
+
+
+def _writable(path_text: str, flag: str, *, folder: bool = False) -> Path:
+    """Fail before training, not after, when an output path cannot be written."""
+    path = Path(path_text)
+    try:
+        (path if folder else path.parent).mkdir(parents=True, exist_ok=True)
+        if not folder:
+            with open(path, "a"):
+                pass
+    except OSError as err:
+        raise UsageError(f"{flag}: cannot write {path} ({err.strerror or err})") from None
+    return path
+
+
 def cmd_train(args) -> int:
     import torch
 
@@ -96,23 +129,19 @@ def cmd_train(args) -> int:
     cfg = _config_from_args(args, MODEL_FLAGS + TRAIN_FLAGS)
     if args.dataset__name is None:
         raise UsageError("--dataset: required (cifar10, cifar100, digits, synthetic)")
-    resume_state = None
-    if args.resume:
-        path = Path(args.resume)
-        if not path.is_file():
-            raise UsageError(f"--resume: no checkpoint file at {path}")
-        resume_state = torch.load(path, map_location="cpu", weights_only=True)
+    json_out = _writable(args.json_out, "--json-out") if args.json_out else None
+    ckpt_dir = _writable(args.checkpoint_dir, "--checkpoint-dir", folder=True) if args.checkpoint_dir else None
+    resume_state = _load_checkpoint(args.resume, cfg.to_flat()) if args.resume else None
     try:
         trainer = Trainer(cfg)
+    except ConfigError as err:
+        raise UsageError(f"{field_to_flag(err.field)}: {err.reason}") from None
     except DataUnavailableError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_FAILURE
     if resume_state is not None:
         trainer.load_state_dict(resume_state)
         print(f"resumed from {args.resume} at epoch {trainer.epoch}", file=sys.stderr)
-    ckpt_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else None
-    if ckpt_dir:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
     print(f"training {cfg.model.name} on {cfg.dataset.name} for {trainer.epochs} epochs "
           f"({trainer.total_steps} steps) on {trainer.device}", flush=True)
 
@@ -122,10 +151,8 @@ def cmd_train(args) -> int:
             torch.save(r.checkpoint(), ckpt_dir / f"epoch{r.epoch:04d}.pt")
 
     result = trainer.run(report)
-    summary = {k: v for k, v in result.items() if k != "history"} | {"history": result["history"]}
-    if args.json_out:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps(summary, indent=2))
+    if json_out:
+        json_out.write_text(json.dumps(result, indent=2))
     if result["status"] == "diverged":
         print(f"diverged in epoch {trainer.epoch + 1}: the training loss became non-finite or exceeded "
               f"{cfg.train.divergence_factor:g}× chance level (lr {cfg.train.lr:g}); try a lower --lr or "
@@ -225,6 +252,8 @@ def cmd_ui(args) -> int:
     from .tracking import default_tracking_uri, normalize_tracking_uri
 
     uri = normalize_tracking_uri(args.tracking_uri or default_tracking_uri())
+    if uri.startswith(("http://", "https://")):
+        raise UsageError(f"--tracking-uri: {uri} is an MLflow server: it serves its own UI, open it in a browser")
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise UsageError(f"--tracking-uri: no MLflow store at {uri.removeprefix('sqlite:///')}; run a sweep here first or pass --tracking-uri")
     url = f"http://{args.host}:{args.port}"

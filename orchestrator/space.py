@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from resnet_core.analysis import count_macs, count_params
-from resnet_core.data import split_sizes
+from resnet_core.data import num_classes, split_sizes
 from resnet_core.errors import ConfigError
 from resnet_core.resnet import ModelConfig, build_model, layers_per_block
 from resnet_core.train import RunConfig, planned_epochs, steps_per_epoch
@@ -36,6 +36,7 @@ class Plan:
     parsed: ParsedSpec
     trials: list[Trial] | None  # None for optuna (drawn while it runs)
     num_trials: int
+    configs: list[dict[str, Any]]  # resolved configs: the trials', or Optuna's probe points
     epochs_per_trial: int
     models: dict[str, dict] = field(default_factory=dict)  # model name → params, macs
     total_epochs: int = 0
@@ -127,7 +128,17 @@ def _points(parsed: ParsedSpec) -> list[dict[str, Any]]:
     if search.seeds is not None:
         points = [{**p, "train.seed": s} for p in points for s in search.seeds]
     fixed = parsed.spec.fixed_flat()
-    return [p for p in points if not _excluded({**fixed, **p}, search.exclude)]
+    return [p for p in points if not _excluded(_resolved_view(fixed, p), search.exclude)]
+
+
+def _resolved_view(fixed: dict[str, Any], point: dict[str, Any]) -> dict[str, Any]:
+    """What exclude rules are matched against: the point with every default filled in (or, when
+    the point is invalid, what it says), so rules can name fixed and default settings too."""
+    try:
+        resolved = resolve_trial(fixed, point)
+    except ConfigError:
+        resolved = {}
+    return {**resolved, **fixed, **point}
 
 
 def _optuna_probe_points(parsed: ParsedSpec) -> list[dict[str, Any]]:
@@ -158,6 +169,9 @@ def make_plan(parsed: ParsedSpec, *, gpu_tflops: float = DEFAULT_GPU_TFLOPS, wit
     for point in points:
         try:
             config = resolve_trial(fixed, point)
+            run = RunConfig.from_flat(config)
+            if run.model.num_classes not in (None, num_classes(run.dataset)):
+                raise ConfigError("model.num_classes", f"{run.model.num_classes} disagrees with {run.dataset.name}'s {num_classes(run.dataset)} classes")
         except ConfigError as err:
             raise _trial_error(parsed, err, point) from None
         configs.append(config)
@@ -173,7 +187,7 @@ def make_plan(parsed: ParsedSpec, *, gpu_tflops: float = DEFAULT_GPU_TFLOPS, wit
     for run in runs:
         train_images = split_sizes(run.dataset)[0]
         epochs.append(planned_epochs(run.train, steps_per_epoch(train_images, run.train.batch_size)))
-    plan = Plan(parsed, None if optuna else trials, num_trials, max(epochs))
+    plan = Plan(parsed, None if optuna else trials, num_trials, configs, max(epochs))
     plan.train_images = split_sizes(runs[0].dataset)[0]
     if spec.scheduler.name == "asha" and spec.scheduler.max_t is not None and spec.scheduler.max_t < plan.epochs_per_trial:
         plan.epochs_per_trial = spec.scheduler.max_t
@@ -201,10 +215,10 @@ def _count_models(plan: Plan, runs: list[RunConfig], gpu_tflops: float) -> None:
     for run in runs:
         name = run.model.name
         if name not in plan.models:
-            model = build_model(run.model)
+            model = build_model(run.model, num_classes=num_classes(run.dataset))
             plan.models[name] = {
                 "params": count_params(model),
-                "macs": count_macs(model, run.dataset.image_size if run.model.arch == "cifar" else 224),
+                "macs": count_macs(model, run.dataset.image_size),  # the data's size, whatever the arch
             }
         train, val, test = split_sizes(run.dataset)
         # Training costs ≈ 3 forward passes (forward + backward), 2 flops per multiply-add.

@@ -40,7 +40,7 @@ class _Strict(BaseModel):
 
 class MetricSpec(_Strict):
     name: Literal[OPTIMIZABLE_METRICS] = M.VAL_ERROR  # type: ignore[valid-type]
-    mode: Literal["min", "max"] = "min"
+    mode: Literal["min"] = "min"  # every metric here is an error or a loss
 
 
 class SearchSpec(_Strict):
@@ -54,7 +54,7 @@ class SearchSpec(_Strict):
 
 class SchedulerSpec(_Strict):
     name: Literal["asha", "none"] = "none"
-    time_attr: Literal["epoch"] = "epoch"
+    time_attr: Literal["epoch"] = "epoch"  # the only unit trials report in; kept explicit for readers
     grace_period: int = Field(1, ge=1)
     reduction_factor: float = Field(3, gt=1)
     max_t: int | None = Field(None, ge=1)
@@ -131,7 +131,14 @@ def _field_types() -> dict[str, Any]:
 FIELD_TYPES = _field_types()
 
 
-def unknown_key(path: str, key: str, valid) -> str:
+def _numeric_kind(key: str) -> type | None:
+    """int or float when the field is (optionally) that number type, else None."""
+    hint = FIELD_TYPES[key]
+    args = set(typing.get_args(hint)) - {type(None)} or {hint}
+    return next((t for t in (float, int) if args == {t}), None)
+
+
+def unknown_key(key: str, valid) -> str:
     close = difflib.get_close_matches(key, list(valid), n=3)
     hint = f"did you mean {', '.join(close)}?" if close else f"valid: {', '.join(sorted(valid))}"
     return f"unknown key {key!r}; {hint}"
@@ -199,7 +206,7 @@ def _check_sections(parsed: ParsedSpec) -> None:
             flat = f"{section}.{key}"
             if flat not in FIELD_TYPES or flat in DERIVED_KEYS:
                 valid = [k.split(".", 1)[1] for k in FIELD_TYPES if k.startswith(section + ".") and k not in DERIVED_KEYS]
-                raise parsed.error((section, key), unknown_key(f"{section}.{key}", key, valid))
+                raise parsed.error((section, key), unknown_key(key, valid))
             try:
                 getattr(spec, section)[key] = check_value(flat, value)
             except ValueError as err:
@@ -208,13 +215,15 @@ def _check_sections(parsed: ParsedSpec) -> None:
     for key, dim in search.space.items():
         path = ("search", "space", key)
         if key not in FIELD_TYPES:
-            raise parsed.error(path, unknown_key(key, key, FIELD_TYPES))
-        if key == "model.n" and "model.depth" in search.space:
-            raise parsed.error(path, "vary model.n or model.depth, not both")
+            raise parsed.error(path, unknown_key(key, FIELD_TYPES))
+        if key == "model.n" and ({"model.depth", "model.stages"} & set(search.space) or {"depth", "stages"} & set(spec.model)):
+            raise parsed.error(path, "model.n sets the depth: do not also give model.depth or model.stages")
         _check_dimension(parsed, path, key, dim, search.algorithm)
         if key.split(".", 1)[1] in getattr(spec, key.split(".", 1)[0]):
             raise parsed.error(path, f"{key} is both fixed in '{key.split('.')[0]}:' and searched; keep one")
     if search.seeds is not None:
+        if search.algorithm == "optuna":
+            raise parsed.error(("search", "seeds"), "Optuna runs each draw once; search train.seed or use grid/random for seeds")
         if "train.seed" in search.space or "seed" in spec.train:
             raise parsed.error(("search", "seeds"), "give seeds here or train.seed, not both")
         if not search.seeds or len(set(search.seeds)) != len(search.seeds):
@@ -224,19 +233,24 @@ def _check_sections(parsed: ParsedSpec) -> None:
     if search.algorithm == "optuna" and search.exclude:
         raise parsed.error(("search", "exclude"), "exclude rules work with grid and random, not optuna")
     for i, rule in enumerate(search.exclude):
-        for key in rule:
+        for key, value in rule.items():
             if key not in FIELD_TYPES:
-                raise parsed.error(("search", "exclude", i, key), unknown_key(key, key, FIELD_TYPES))
+                raise parsed.error(("search", "exclude", i, key), unknown_key(key, FIELD_TYPES))
+            try:
+                rule[key] = check_value(key, value)
+            except ValueError as err:
+                raise parsed.error(("search", "exclude", i, key), str(err)) from None
 
 
 def _check_dimension(parsed: ParsedSpec, path: tuple, key: str, dim: Any, algorithm: str) -> None:
+    """Validate one search dimension in place: list values are converted to the field's type."""
     if isinstance(dim, list):
         if not dim:
             raise parsed.error(path, "an empty list of values")
         for i, v in enumerate(dim):
             try:
-                check_value(key, v) if key not in DERIVED_KEYS else TypeAdapter(int).validate_python(v)
-            except (ValueError, ValidationError) as err:
+                dim[i] = check_value(key, v)
+            except ValueError as err:
                 raise parsed.error(path + (i,), str(err)) from None
         return
     if not isinstance(dim, dict) or len(dim) != 1 or next(iter(dim)) not in DISTRIBUTIONS:
@@ -247,26 +261,48 @@ def _check_dimension(parsed: ParsedSpec, path: tuple, key: str, dim: Any, algori
     if algorithm == "grid" and kind != "choice":
         raise parsed.error(path, f"a grid needs a list of values; '{kind}' needs search.algorithm random or optuna")
     if kind == "choice":
+        if not isinstance(arg, list):
+            raise parsed.error(path + (kind,), f"{arg!r}: choice takes a list of values")
         _check_dimension(parsed, path + (kind,), key, arg, algorithm)
         return
+    number = _numeric_kind(key)
+    if number is None or (kind != "int" and number is not float):
+        wanted = "a list of values or {choice: […]}" if number is None else "{int: [low, high]} or a list"
+        raise parsed.error(path + (kind,), f"{key} is not a real number: use {wanted}")
     if not (isinstance(arg, list) and len(arg) == 2 and all(isinstance(v, (int, float)) for v in arg) and arg[0] < arg[1]):
         raise parsed.error(path + (kind,), f"{arg!r} must be [low, high] with low < high")
     if kind == "loguniform" and arg[0] <= 0:
         raise parsed.error(path + (kind,), f"{arg!r}: loguniform bounds must be positive")
+    if kind == "int" and not all(float(v).is_integer() for v in arg):
+        raise parsed.error(path + (kind,), f"{arg!r}: int bounds must be whole numbers")
     for v in arg:
         try:
-            check_value(key, int(v) if kind == "int" else v) if key not in DERIVED_KEYS else None
+            check_value(key, int(v) if kind == "int" else v)
         except ValueError as err:
             raise parsed.error(path + (kind,), str(err)) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys silently; a sweep file with one is a mistake."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def parse_spec(text: str, source: str | None = None) -> ParsedSpec:
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise SpecError("", f"YAML syntax error: {problem}", mark.line + 1 if mark else None, source) from None
+        kind = "YAML error" if isinstance(err, yaml.constructor.ConstructorError) else "YAML syntax error"
+        raise SpecError("", f"{kind}: {problem}", mark.line + 1 if mark else None, source) from None
     if not isinstance(data, dict):
         raise SpecError("", "a sweep file must be a YAML mapping (name:, model:, search:, …)", 1, source)
     lines = _LineMap(text)
@@ -279,7 +315,7 @@ def parse_spec(text: str, source: str | None = None) -> ParsedSpec:
             parent = SweepSpec
             for part in loc[:-1]:
                 parent = parent.model_fields[part].annotation
-            message = unknown_key(".".join(map(str, loc)), loc[-1], parent.model_fields)
+            message = unknown_key(loc[-1], parent.model_fields)
         elif first["type"] == "missing":
             message = "required"
         else:

@@ -105,7 +105,7 @@ def prepare_sweep(
     if _is_local(storage):
         storage = str(Path(storage.removeprefix("file://")).expanduser().resolve())
     # Fail fast on data: the driver loads (or downloads into the cache) what trials will need.
-    first = RunConfig.from_flat(plan.trials[0].config) if plan.trials else RunConfig.from_flat(spec.fixed_flat())
+    first = RunConfig.from_flat(plan.configs[0])
     try:
         load_splits(first.dataset)
     except DataUnavailableError as err:
@@ -200,17 +200,18 @@ def _epoch_budget_stopper(max_epochs: int):
     from ray.tune import Stopper
 
     class EpochBudget(Stopper):
-        """budget.max_epochs: stop the sweep once trials have trained this many epochs in all."""
+        """budget.max_epochs: stop the sweep once its trials have trained this many epochs."""
 
         def __init__(self) -> None:
-            self.epochs = 0
+            self.seen: set[tuple[str, int]] = set()
 
         def __call__(self, trial_id, result) -> bool:
-            self.epochs += 1
+            if M.EPOCH in result:  # each (trial, epoch) once: resumes and final results repeat them
+                self.seen.add((trial_id, int(result[M.EPOCH])))
             return False
 
         def stop_all(self) -> bool:
-            return self.epochs >= max_epochs
+            return len(self.seen) >= max_epochs
 
     return EpochBudget()
 
@@ -299,11 +300,11 @@ def _write_text(storage_path: str, name: str, filename: str, text: str) -> None:
 def _read_text(experiment_path: str, filename: str) -> str | None:
     import pyarrow.fs
 
-    fs, root = pyarrow.fs.FileSystem.from_uri(experiment_path if "://" in experiment_path else str(Path(experiment_path).resolve()))
     try:
+        fs, root = pyarrow.fs.FileSystem.from_uri(experiment_path if "://" in experiment_path else str(Path(experiment_path).resolve()))
         with fs.open_input_stream(f"{root}/{filename}") as f:
             return f.read().decode()
-    except (FileNotFoundError, OSError):
+    except (OSError, ValueError, pyarrow.ArrowException):
         return None
 
 
@@ -322,7 +323,7 @@ def run_sweep(prep: Prepared, *, address: str | None = None) -> int:
     search_alg, param_space = _search_and_space(prep, concurrency)
     namer = TrialNamer(_varying_keys(prep))
     _write_text(prep.storage_path, prep.name, SPEC_FILE, saved_spec_text(prep.parsed))
-    tracking = {"tracking_uri": prep.tracking_uri, "experiment": prep.experiment}
+    tracking = {"tracking_uri": prep.tracking_uri, "experiment": prep.experiment, "num_trials": plan.num_trials}
     _write_text(prep.storage_path, prep.name, TRACKING_FILE, json.dumps(tracking))
 
     scheduler = None
@@ -377,7 +378,7 @@ def run_sweep(prep: Prepared, *, address: str | None = None) -> int:
           f"{concurrency} at a time; results in {prep.storage_path}/{prep.name}, MLflow {prep.tracking_uri} "
           f"(experiment {prep.experiment!r})", flush=True)
     results = tuner.fit()
-    return _finish(prep, results, namer, plan.epochs_per_trial, tracker)
+    return _finish(prep, results, namer, plan.epochs_per_trial, tracker, plan.num_trials)
 
 
 def _checkpoint_config(spec):
@@ -443,7 +444,7 @@ def _rows(results, namer: TrialNamer, epochs: int, stopped_by: str) -> list[dict
     return rows
 
 
-def _finish(prep: Prepared, results, namer: TrialNamer, epochs: int, tracker: SweepTracker | None) -> int:
+def _finish(prep: Prepared, results, namer: TrialNamer, epochs: int, tracker: SweepTracker | None, num_trials: int) -> int:
     spec = prep.parsed.spec
     rows = _rows(results, namer, epochs, _stopped_by(spec))
     rows.sort(key=lambda r: (r.get("val_error") is None, r.get("val_error", math.inf)))
@@ -457,6 +458,9 @@ def _finish(prep: Prepared, results, namer: TrialNamer, epochs: int, tracker: Sw
     if spec.tracking.log_best_checkpoint and tracker is not None:
         _log_best_checkpoints(results, spec, tracker)
     print(f"MLflow: {prep.tracking_uri} (experiment {prep.experiment!r}); browse with `resnet-sweep ui`")
+    if len(rows) < num_trials:
+        reason = " (budget.max_epochs reached)" if spec.budget.max_epochs else ""
+        print(f"{num_trials - len(rows)} of {num_trials} planned trials did not run{reason}")
     if results.num_terminated + results.num_errors < len(results):
         print(f"the sweep is not finished; continue it with `resnet-sweep resume {prep.storage_path}/{prep.name}`")
     failed = [r for r in rows if r["status"] == str(Status.FAILED)]
@@ -492,6 +496,8 @@ def find_experiment(name_or_path: str, storage_path: str | None) -> str:
     """A sweep's experiment folder from its name (under the storage path) or its path."""
     candidate = Path(name_or_path).expanduser()
     if "://" in name_or_path:
+        if _read_text(name_or_path, SPEC_FILE) is None:
+            raise SpecError("", f"no sweep at {name_or_path} (no {SPEC_FILE} there, or the storage is unreachable)")
         return name_or_path
     if (candidate / SPEC_FILE).is_file():
         return str(candidate.resolve())
@@ -521,4 +527,4 @@ def resume_sweep(experiment_path: str, *, address: str | None = None) -> int:
     uri = tracking.get("tracking_uri") or normalize_tracking_uri(spec.tracking.tracking_uri or default_tracking_uri())
     prep = Prepared(parsed, plan, experiment_path.rsplit("/", 1)[0], name, uri, tracking.get("experiment") or spec.name)
     varying = _varying_keys(prep)
-    return _finish(prep, results, TrialNamer(varying), plan.epochs_per_trial, None)
+    return _finish(prep, results, TrialNamer(varying), plan.epochs_per_trial, None, tracking.get("num_trials", len(results)))

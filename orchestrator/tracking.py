@@ -211,10 +211,20 @@ class SweepTracker(Callback):
         )
         run_id = run.info.run_id
         self.runs[trial.trial_id] = run_id
-        params = [Param(k, str(v)) for k, v in sorted(trial.config.items())]
+        params = [Param(k, str(v)) for k, v in sorted(self._config(trial).items())]
         for i in range(0, len(params), 100):
             self.client.log_batch(run_id, params=params[i : i + 100])
         return run_id
+
+    @staticmethod
+    def _config(trial) -> dict:
+        """The trial's full, resolved flat config (Optuna trials carry only what they draw)."""
+        from .space import resolve_trial
+
+        try:
+            return resolve_trial(trial.config, {})
+        except ValueError:  # an invalid draw: log what was drawn; the trial fails and says why
+            return dict(trial.config)
 
     def _is_final(self, run_id: str) -> bool:
         """Finished runs stay as they are when a resumed sweep meets their trial again."""
@@ -269,10 +279,11 @@ class SweepTracker(Callback):
         if history:
             best = min(history, key=lambda m: (m.value, m.step))
             tags[TAG_BEST_EPOCH] = str(best.step)
-        for key, value in tags.items():
-            self.client.set_tag(run_id, key, value)
         self._log_figures(run_id, result)
         self.client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+        # The status tag goes last: a run that has it is complete (see _is_final).
+        for key, value in sorted(tags.items(), key=lambda kv: kv[0] == TAG_STATUS):
+            self.client.set_tag(run_id, key, value)
 
     def _log_figures(self, run_id: str, result: dict) -> None:
         from . import figures

@@ -25,6 +25,7 @@ __all__ = [
     "Splits",
     "default_cache_dir",
     "load_splits",
+    "num_classes",
     "split_sizes",
 ]
 
@@ -160,6 +161,11 @@ def _synthetic(cfg: DataConfig):
     x = (x * 255).round().to(torch.uint8)
     n = cfg.synthetic_size
     return x[:n], y[:n], x[n:], y[n:], k
+
+
+def num_classes(cfg: DataConfig) -> int:
+    """Classes of ``cfg``'s dataset, without loading it."""
+    return {"cifar100": 100, "synthetic": cfg.synthetic_classes}.get(cfg.name, 10)
 
 
 def split_sizes(cfg: DataConfig) -> tuple[int, int, int]:

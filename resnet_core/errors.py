@@ -13,6 +13,9 @@ class ConfigError(ValueError):
         self.field = field
         self.reason = message
 
+    def __reduce__(self):  # picklable: Ray sends a trial's exception to the driver
+        return (type(self), (self.field, self.reason))
+
 
 def choice_error(field: str, value: object, choices) -> ConfigError:
     shown = ", ".join(str(c) for c in choices)

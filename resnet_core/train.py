@@ -61,6 +61,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "milestones", tuple(self.milestones))
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"train.{f.name}", f"{value} is not a finite number")
         if self.epochs is not None and self.iterations is not None:
             raise ConfigError("train.epochs", "give train.epochs or train.iterations, not both")
         for name in ("epochs", "iterations"):
@@ -93,9 +97,11 @@ class TrainConfig:
             raise choice_error("train.precision", self.precision, PRECISIONS)
         if self.device != "auto":
             try:
-                torch.device(self.device)
+                kind = torch.device(self.device).type
             except RuntimeError:
-                raise ConfigError("train.device", f"{self.device!r} is not a device (auto, cpu, cuda, cuda:1, …)") from None
+                kind = None
+            if kind not in ("cpu", "cuda", "mps"):
+                raise ConfigError("train.device", f"{self.device!r} is not a device (auto, cpu, cuda, cuda:1, mps)")
 
 
 @dataclass(frozen=True)
@@ -130,9 +136,15 @@ class RunConfig:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The training device. Checked here, where the run happens (a sweep's driver may have no GPU)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise ConfigError("train.device", f"{name!r} is not available here ({torch.cuda.device_count()} CUDA devices)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("train.device", f"{name!r} is not available here")
+    return device
 
 
 def planned_epochs(cfg: TrainConfig, steps_per_epoch: int) -> int:

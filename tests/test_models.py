@@ -130,3 +130,12 @@ def test_describe_bad_flag_exits_2_with_one_line(tmp_path):
     out = cli("describe", "--depth", "21", cwd=tmp_path)
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "--depth" in out.stderr and "6n+2" in out.stderr
+
+
+def test_config_error_survives_pickling():
+    import pickle
+
+    from resnet_core.errors import ConfigError
+
+    err = pickle.loads(pickle.dumps(ConfigError("model.depth", "21 is not 6n+2")))
+    assert err.field == "model.depth" and str(err) == "model.depth: 21 is not 6n+2"

@@ -52,6 +52,14 @@ MALFORMED = [
     ("everything excluded", VALID + "  exclude:\n    - {model.block: basic}\n", ["no trials left"], None),
     ("over the trial budget", VALID + "budget: {max_trials: 1}\n", ["budget.max_trials", "2 trials"], 9),
     ("unreachable MLflow server", VALID + "tracking: {tracking_uri: 'http://127.0.0.1:9'}\n", ["tracking.tracking_uri", "no MLflow server"], None),
+    ("duplicate key", VALID + "train: {epochs: 3}\n", ["duplicate key 'train'"], 9),
+    ("uniform on an int", VALID.replace("grid", "random") + "    train.epochs: {uniform: [1, 3]}\n", ["train.epochs", "not a real number"], 9),
+    ("uniform on a bool", VALID.replace("grid", "random") + "    model.residual: {uniform: [0, 1]}\n", ["model.residual", "not a real number"], 9),
+    ("nested choice", VALID.replace("grid", "random") + "    train.lr: {choice: {uniform: [0.01, 0.1]}}\n", ["train.lr", "choice takes a list"], 9),
+    ("model.n with a fixed depth", VALID.replace("block: basic, ", "block: basic, depth: 56, ").replace("model.depth: [8, 14]", "model.n: [1, 2]"), ["model.n", "sets the depth"], 8),
+    ("seeds with optuna", VALID.replace("grid", "optuna") + "  seeds: [0, 1]\n", ["search.seeds", "Optuna"], 9),
+    ("exclude value of the wrong type", VALID + "  exclude:\n    - {model.depth: deep}\n", ["search.exclude.0.model.depth", "'deep'"], 10),
+    ("classes disagree with the data", VALID.replace("shortcut: A}", "shortcut: A, num_classes: 5}"), ["model.num_classes", "5", "10 classes"], 3),
     ("both fixed and searched", VALID.replace("block: basic, ", "block: basic, depth: 8, "), ["model.depth", "both fixed"], 8),
 ]
 
@@ -127,6 +135,21 @@ def test_random_search_is_seeded_and_excludes():
     assert [t.config for t in a.trials] == [t.config for t in b.trials]
     assert all(t.config["model.depth"] == 8 for t in a.trials)
     assert {t.config["train.seed"] for t in a.trials} == {0, 1}
+
+
+def test_space_values_are_converted_and_excludes_see_defaults():
+    text = VALID.replace("[8, 14]", "['8', '14']").replace("block: basic, ", "") + "    model.residual: [true, false]\n"
+    text += "  exclude:\n    - {model.block: basic, model.residual: false, model.depth: 14}\n"  # block: the default
+    plan = make_plan(parse_spec(text), with_models=False)
+    assert sorted((t.config["model.depth"], t.config["model.residual"]) for t in plan.trials) == [(8, False), (8, True), (14, True)]
+
+
+def test_plan_counts_models_at_the_data_size_and_classes():
+    text = VALID.replace("arch: cifar, block: basic, shortcut: A", "arch: imagenet, block: basic, shortcut: B").replace("[8, 14]", "[18]")
+    plan = make_plan(parse_spec(text))
+    (model,) = plan.models.values()
+    assert model["macs"] < 0.05e9  # 16-px digits, not 224 px
+    assert model["params"] == 11_689_512 - 1000 * 512 - 1000 + 10 * 512 + 10  # a 10-way classifier
 
 
 def test_asha_budget_estimate():

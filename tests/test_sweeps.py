@@ -80,6 +80,7 @@ def test_unseen_sweep_optuna_asha_end_to_end(tmp_path):
     assert "stopped_early" in statuses and statuses <= {"completed", "stopped_early", "diverged"}
     for c in children:
         assert c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert "model.depth" in c.data.params and "model.n" not in c.data.params  # resolved config
         if c.data.tags["status"] == "stopped_early":
             assert int(c.data.tags["stopped_at_epoch"]) < 4
 
@@ -203,3 +204,12 @@ def test_cifar_sweep_without_the_data_fails_fast_with_the_data_error(tmp_path):
 def test_trainable_never_imports_mlflow():
     code = "import sys, orchestrator.trainable; sys.exit('mlflow' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_epoch_budget_stops_the_sweep_and_says_so(tmp_path):
+    text = SMALL_GRID.format(epochs=2) + "max_concurrent: 1\nbudget: {max_epochs: 3}\n"
+    (tmp_path / "small.yaml").write_text(text)
+    out = cli("run", "small.yaml", cwd=tmp_path, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "planned trials did not run (budget.max_epochs reached)" in out.stdout
+    assert len(table_rows(out.stdout)) < 4
