@@ -107,6 +107,7 @@ class SweepTracker(Callback):
         self.planned_epochs = planned_epochs
         self.parent_id: str | None = None
         self.runs: dict[str, str] = {}  # Tune trial id → MLflow run id
+        self.names: set[str] = set()  # child run names in use (kept unique)
         self.logged_epoch: dict[str, int] = {}  # run id → last epoch logged
         self.last_result: dict[str, dict] = {}
         self._client = None
@@ -185,6 +186,7 @@ class SweepTracker(Callback):
             trial_id = run.data.tags.get(TAG_TRIAL_ID)
             if trial_id:
                 self.runs[trial_id] = run.info.run_id
+                self.names.add(run.info.run_name)
 
     # --- one child run per trial ----------------------------------------------------------------------
     def _run_for(self, trial) -> str:
@@ -193,11 +195,11 @@ class SweepTracker(Callback):
             return run_id
         from mlflow.entities import Param
 
-        names = {self.client.get_run(r).info.run_name for r in self.runs.values()} if self.runs else set()
         name, k = self.trial_namer(trial.config), 2
         base = name
-        while name in names:
+        while name in self.names:
             name, k = f"{base}-{k}", k + 1
+        self.names.add(name)
         run = self.client.create_run(
             self.experiment_id,
             run_name=name,
