@@ -79,7 +79,9 @@ class TrackingSpec(_Strict):
 
 
 class FailureSpec(_Strict):
-    max_failures: int = Field(0, ge=-1)
+    # Retries of a failed trial from its latest checkpoint (a lost node, a crashed worker);
+    # -1 = unlimited, 0 = a failure is final.
+    max_failures: int = Field(3, ge=-1)
 
 
 class BudgetSpec(_Strict):

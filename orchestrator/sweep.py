@@ -3,11 +3,9 @@ MLflow tracking in the driver, live progress and the final table of every trial.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import sys
-import time
 import uuid
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -16,16 +14,17 @@ from typing import Any
 
 from resnet_core import metrics as M
 from resnet_core.data import DataUnavailableError, load_splits
-from resnet_core.errors import ConfigError
 from resnet_core.metrics import Status
 from resnet_core.train import RunConfig
 
-from .space import Plan, make_plan, optuna_space, resolve_trial, trial_name
+from . import cluster, storage
+from .progress import Progress, TrialDirName, TrialNamer, format_table, table_rows
+from .space import Plan, make_plan, optuna_space
 from .spec import ParsedSpec, SpecError, parse_spec
 from .tracking import SweepTracker, check_tracking_uri, default_tracking_uri, git_commit, normalize_tracking_uri
-from .trainable import STATUS, final_status, train_trial
+from .trainable import train_trial
 
-__all__ = ["SweepError", "prepare_sweep", "resume_sweep", "run_sweep", "SPEC_FILE"]
+__all__ = ["SweepError", "find_experiment", "prepare_sweep", "resume_sweep", "run_sweep", "SPEC_FILE"]
 
 SPEC_FILE = "sweep.yaml"  # the sweep file, saved in the experiment folder for `resume`
 TRACKING_FILE = "tracking.json"  # where its MLflow runs are, for `resume`
@@ -45,13 +44,9 @@ class Prepared:
     tracking_uri: str
     experiment: str
 
-
-def default_storage_path() -> str:
-    return str(Path.cwd() / "ray_results")
-
-
-def _is_local(path: str) -> bool:
-    return "://" not in path or path.startswith("file://")
+    @property
+    def experiment_path(self) -> str:
+        return storage.join(self.storage_path, self.name)
 
 
 def _smoke(parsed: ParsedSpec) -> None:
@@ -101,9 +96,9 @@ def prepare_sweep(
         check_tracking_uri(uri)
     except Exception as err:
         raise SpecError("tracking.tracking_uri", str(err)) from None
-    storage = storage_path or spec.storage_path or default_storage_path()
-    if _is_local(storage):
-        storage = str(Path(storage.removeprefix("file://")).expanduser().resolve())
+    field = "--storage-path" if storage_path else "storage_path"
+    where = storage.normalize(storage_path or spec.storage_path or storage.default_storage_path(), field)
+    storage.check_usable(where)
     # Fail fast on data: the driver loads (or downloads into the cache) what trials will need.
     first = RunConfig.from_flat(plan.configs[0])
     try:
@@ -112,12 +107,8 @@ def prepare_sweep(
         raise SweepError(str(err)) from None
     if address is None:
         check_resources(spec)
-    name = spec.name
-    if _is_local(storage):
-        k = 2
-        while (Path(storage) / name).exists():
-            name, k = f"{spec.name}-{k}", k + 1
-    return Prepared(parsed, plan, storage, name, uri, spec.tracking.experiment or spec.name)
+    name = storage.unique_name(where, spec.name)
+    return Prepared(parsed, plan, where, name, uri, spec.tracking.experiment or spec.name)
 
 
 def saved_spec_text(parsed: ParsedSpec) -> str:
@@ -129,66 +120,6 @@ def saved_spec_text(parsed: ParsedSpec) -> str:
 
     header = f"# {parsed.source or 'sweep'} as run with --smoke-test\n"
     return header + yaml.safe_dump(parsed.spec.model_dump(mode="json"), sort_keys=False)
-
-
-class TrialNamer:
-    """Readable child-run names from a trial's config (picklable, for Tuner.restore)."""
-
-    def __init__(self, varying: list[str]) -> None:
-        self.varying = varying
-
-    def __call__(self, config: dict[str, Any]) -> str:
-        try:
-            resolved = resolve_trial(config, {})
-        except ConfigError:  # an invalid Optuna draw: the trial itself will fail and say why
-            return "invalid-" + "-".join(f"{v}" for k, v in sorted(config.items()) if k in self.varying)
-        return trial_name(resolved, {k: resolved[k] for k in self.varying if k in resolved})
-
-
-class Progress:
-    """Live progress: one line per trial epoch and per status change (a Tune callback)."""
-
-    def __new__(cls, *args, **kwargs):
-        from ray.tune import Callback
-
-        # Built lazily so importing this module does not import Ray.
-        class _Progress(Callback):
-            def __init__(self, namer: TrialNamer, epochs: int, stopped_by: str) -> None:
-                self.namer, self.epochs, self.start = namer, epochs, time.time()
-                self.stopped_by = stopped_by
-                self.done = 0
-
-            def _say(self, text: str) -> None:
-                elapsed = time.time() - self.start
-                print(f"[{int(elapsed // 60):02d}:{int(elapsed % 60):02d}] {text}", flush=True)
-
-            def on_trial_start(self, iteration, trials, trial, **info):
-                self._say(f"start     {self.namer(trial.config)}")
-
-            def on_trial_result(self, iteration, trials, trial, result, **info):
-                if result.get(STATUS) == str(Status.DIVERGED):
-                    return
-                self._say(
-                    f"epoch {int(result[M.EPOCH]):>3}/{self.epochs}  {self.namer(trial.config):<44} "
-                    f"train err {result[M.TRAIN_ERROR]:6.2%}  val err {result[M.VAL_ERROR]:6.2%}"
-                )
-
-            def on_trial_complete(self, iteration, trials, trial, **info):
-                self.done += 1
-                status = final_status(trial.last_result, errored=False, planned_epochs=self.epochs)
-                self._say(f"{_describe_status(status, trial.last_result, self.stopped_by):<9} {self.namer(trial.config)}  ({self.done} done)")
-
-            def on_trial_error(self, iteration, trials, trial, **info):
-                self.done += 1
-                self._say(f"failed    {self.namer(trial.config)}  ({self.done} done; see {trial.local_path})")
-
-        return _Progress(*args, **kwargs)
-
-
-def _describe_status(status: Status, result: dict | None, stopped_by: str) -> str:
-    if status == Status.STOPPED_EARLY:
-        return f"stopped by {stopped_by} at epoch {int((result or {}).get(M.EPOCH, 0))}"
-    return str(status)
 
 
 def _stopped_by(spec) -> str:
@@ -217,19 +148,21 @@ def _epoch_budget_stopper(max_epochs: int):
 
 
 def _search_and_space(prep: Prepared, concurrency: int):
+    """Tune's search algorithm and param_space; ``concurrency`` 0 means no limit."""
     from ray import tune
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
     spec = prep.parsed.spec
     if spec.search.algorithm == "optuna":
+        limit = concurrency or prep.plan.num_trials
         # ray#46965: with a searcher Tune keeps one pending trial at a time by default, which
         # serialises an Optuna sweep; allow as many pending trials as can run at once.
-        os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(concurrency)
+        os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(limit)
         searcher = OptunaSearch(
             space=optuna_space(prep.parsed), metric=spec.metric.name, mode=spec.metric.mode, seed=spec.search.seed
         )
-        return ConcurrencyLimiter(searcher, max_concurrent=concurrency), {}
+        return ConcurrencyLimiter(searcher, max_concurrent=limit), {}
     points = [t.config for t in prep.plan.trials]
     param_space: dict[str, Any] = dict(points[0])
     for key in points[0]:
@@ -247,65 +180,25 @@ def _varying_keys(prep: Prepared) -> list[str]:
     return keys
 
 
-def _init_ray(address: str | None) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    _check_reachable(address)
+def _connect(address: str | None, storage_path: str) -> None:
     try:
-        _start_ray(address)
-    except (ConnectionError, RuntimeError, ValueError) as err:
-        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-        raise SweepError(f"could not start or reach {where}: {err}") from None
+        cluster.connect(address)
+    except cluster.ClusterError as err:
+        raise SweepError(str(err)) from None
+    if address is not None:
+        print(f"checking that every node of the cluster can use {storage_path} …", flush=True)
+        cluster.check_storage_on_nodes(storage_path)
 
 
-def _check_reachable(address: str | None) -> None:
-    """Ray retries an unreachable head for minutes; a host:port that refuses fails at once."""
-    import socket
-
-    if not address or address == "auto":
-        return
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
-        raise SpecError("--address", f"{address!r} is not host:port, ray://host:port or auto")
-    try:
-        socket.create_connection((host, int(port)), timeout=5).close()
-    except OSError as err:
-        raise SweepError(f"no Ray cluster answers at {address} ({err}); start one with `ray start --head` or drop --address") from None
-
-
-def _start_ray(address: str | None) -> None:
-    import ray
-
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # One checkpoint per epoch is the design (ASHA, retries and node loss cost at most an epoch).
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-    else:
-        ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
-
-
-def _write_text(storage_path: str, name: str, filename: str, text: str) -> None:
-    import pyarrow.fs
-
-    fs, root = pyarrow.fs.FileSystem.from_uri(storage_path)
-    fs.create_dir(f"{root}/{name}", recursive=True)
-    with fs.open_output_stream(f"{root}/{name}/{filename}") as out:
-        out.write(text.encode())
-
-
-def _read_text(experiment_path: str, filename: str) -> str | None:
-    import pyarrow.fs
-
-    try:
-        fs, root = pyarrow.fs.FileSystem.from_uri(experiment_path if "://" in experiment_path else str(Path(experiment_path).resolve()))
-        with fs.open_input_stream(f"{root}/{filename}") as f:
-            return f.read().decode()
-    except (OSError, ValueError, pyarrow.ArrowException):
-        return None
+def _where_it_runs(spec, concurrency: int, address: str | None) -> str:
+    if address is None:
+        return f"{concurrency} at a time on this machine"
+    nodes = cluster.alive_nodes()
+    fits = sum(int(n["Resources"].get("CPU", 0) // spec.resources.cpu) for n in nodes)
+    if spec.resources.gpu:
+        fits = min(fits, sum(int(n["Resources"].get("GPU", 0) // spec.resources.gpu) for n in nodes))
+    limit = f"up to {concurrency}" if concurrency else "as many as the cluster fits"
+    return f"{limit} at a time on the Ray cluster at {address} ({len(nodes)} nodes now, room for {fits}; more nodes get trials as they join)"
 
 
 def run_sweep(prep: Prepared, *, address: str | None = None) -> int:
@@ -313,18 +206,13 @@ def run_sweep(prep: Prepared, *, address: str | None = None) -> int:
     from ray.tune.schedulers import ASHAScheduler
 
     spec, plan = prep.parsed.spec, prep.plan
-    _init_ray(address)
-    import ray
-
-    cluster_cpus = ray.cluster_resources().get("CPU", 1)
-    concurrency = spec.max_concurrent or max(1, int(cluster_cpus // spec.resources.cpu))
-    if spec.resources.gpu:
-        concurrency = min(concurrency, max(1, int(ray.cluster_resources().get("GPU", 0) // spec.resources.gpu)))
+    _connect(address, prep.storage_path)
+    concurrency = cluster.trial_concurrency(spec, local=address is None)
     search_alg, param_space = _search_and_space(prep, concurrency)
     namer = TrialNamer(_varying_keys(prep))
-    _write_text(prep.storage_path, prep.name, SPEC_FILE, saved_spec_text(prep.parsed))
+    storage.write_text(prep.experiment_path, SPEC_FILE, saved_spec_text(prep.parsed))
     tracking = {"tracking_uri": prep.tracking_uri, "experiment": prep.experiment, "num_trials": plan.num_trials}
-    _write_text(prep.storage_path, prep.name, TRACKING_FILE, json.dumps(tracking))
+    storage.write_text(prep.experiment_path, TRACKING_FILE, json.dumps(tracking))
 
     scheduler = None
     if spec.scheduler.name == "asha":
@@ -342,7 +230,7 @@ def run_sweep(prep: Prepared, *, address: str | None = None) -> int:
         tags={
             "resnet_sweep.spec_hash": spec.spec_hash(),
             "resnet_sweep.version": version("resnet-sweep"),
-            "resnet_sweep.storage": f"{prep.storage_path}/{prep.name}",
+            "resnet_sweep.storage": prep.experiment_path,
             **({"mlflow.source.git.commit": c} if (c := git_commit()) else {}),
             "mlflow.note.content": spec.description,
         },
@@ -359,8 +247,8 @@ def run_sweep(prep: Prepared, *, address: str | None = None) -> int:
             search_alg=search_alg,
             scheduler=scheduler,
             num_samples=plan.num_trials,
-            trial_name_creator=_TrialDirName(namer),
-            trial_dirname_creator=_TrialDirName(namer),
+            trial_name_creator=TrialDirName(namer),
+            trial_dirname_creator=TrialDirName(namer),
             # A trial's actor is kept for the next one: no worker start-up between trials.
             reuse_actors=True,
         ),
@@ -369,16 +257,16 @@ def run_sweep(prep: Prepared, *, address: str | None = None) -> int:
             storage_path=prep.storage_path,
             failure_config=tune.FailureConfig(max_failures=spec.failure.max_failures),
             checkpoint_config=_checkpoint_config(spec),
-            callbacks=[tracker, Progress(namer, plan.epochs_per_trial, _stopped_by(spec))],
+            callbacks=[tracker, Progress(namer, plan.epochs_per_trial, _stopped_by(spec), spec.failure.max_failures)],
             stop=_epoch_budget_stopper(spec.budget.max_epochs) if spec.budget.max_epochs else None,
             verbose=0,
         ),
     )
     print(f"sweep {prep.name}: {plan.num_trials} trials, up to {plan.epochs_per_trial} epochs each, "
-          f"{concurrency} at a time; results in {prep.storage_path}/{prep.name}, MLflow {prep.tracking_uri} "
+          f"{_where_it_runs(spec, concurrency, address)}; results in {prep.experiment_path}, MLflow {prep.tracking_uri} "
           f"(experiment {prep.experiment!r})", flush=True)
     results = tuner.fit()
-    return _finish(prep, results, namer, plan.epochs_per_trial, tracker, plan.num_trials)
+    return _finish(prep, results, namer, plan.epochs_per_trial, tracker, plan.num_trials, cluster_run=address is not None)
 
 
 def _checkpoint_config(spec):
@@ -391,14 +279,6 @@ def _checkpoint_config(spec):
             num_to_keep=1, checkpoint_score_attribute=spec.metric.name, checkpoint_score_order=spec.metric.mode
         )
     return tune.CheckpointConfig(num_to_keep=1)
-
-
-class _TrialDirName:
-    def __init__(self, namer: TrialNamer) -> None:
-        self.namer = namer
-
-    def __call__(self, trial) -> str:
-        return f"{self.namer(trial.config)}_{trial.trial_id}"
 
 
 def plan_json(plan: Plan) -> str:
@@ -425,31 +305,13 @@ def plan_summary(plan: Plan) -> dict:
     }
 
 
-def _rows(results, namer: TrialNamer, epochs: int, stopped_by: str) -> list[dict]:
-    rows = []
-    for result in results:
-        config = result.config or {}
-        df = result.metrics_dataframe
-        history = df[df[M.VAL_ERROR].notna()] if df is not None and M.VAL_ERROR in df else None
-        if history is not None and STATUS in history:
-            history = history[history[STATUS] != str(Status.DIVERGED)]
-        status = final_status(result.metrics, errored=result.error is not None, planned_epochs=epochs)
-        row = {"name": namer(config) if config else "?", "status": _describe_status(status, result.metrics, stopped_by),
-               "epochs": int(result.metrics.get(M.EPOCH, 0)) if result.metrics else 0}
-        if history is not None and len(history):
-            best = history.sort_values([M.VAL_ERROR, M.EPOCH]).iloc[0]
-            row.update(best_epoch=int(best[M.EPOCH]), val_error=float(best[M.VAL_ERROR]),
-                       test_error=float(best[M.TEST_ERROR]), train_error=float(history.iloc[-1][M.TRAIN_ERROR]))
-        rows.append(row)
-    return rows
-
-
-def _finish(prep: Prepared, results, namer: TrialNamer, epochs: int, tracker: SweepTracker | None, num_trials: int) -> int:
+def _finish(prep: Prepared, results, namer: TrialNamer, epochs: int, tracker: SweepTracker | None, num_trials: int,
+            *, cluster_run: bool = False) -> int:
     spec = prep.parsed.spec
-    rows = _rows(results, namer, epochs, _stopped_by(spec))
+    rows = table_rows(results, namer, epochs, _stopped_by(spec))
     rows.sort(key=lambda r: (r.get("val_error") is None, r.get("val_error", math.inf)))
     print()
-    print(format_table(rows))
+    print(format_table(rows, show_nodes=cluster_run))
     ok = [r for r in rows if r.get("val_error") is not None]
     if ok:
         best = ok[0]
@@ -462,7 +324,7 @@ def _finish(prep: Prepared, results, namer: TrialNamer, epochs: int, tracker: Sw
         reason = " (budget.max_epochs reached)" if spec.budget.max_epochs else ""
         print(f"{num_trials - len(rows)} of {num_trials} planned trials did not run{reason}")
     if results.num_terminated + results.num_errors < len(results):
-        print(f"the sweep is not finished; continue it with `resnet-sweep resume {prep.storage_path}/{prep.name}`")
+        print(f"the sweep is not finished; continue it with `resnet-sweep resume {prep.experiment_path}`")
     failed = [r for r in rows if r["status"] == str(Status.FAILED)]
     if failed:
         print(f"{len(failed)} trial(s) failed", file=sys.stderr)
@@ -479,52 +341,42 @@ def _log_best_checkpoints(results, spec, tracker: SweepTracker) -> None:
                 tracker.client.log_artifacts(run_id, folder, "best_checkpoint")
 
 
-def format_table(rows: list[dict]) -> str:
-    header = f"{'trial':<46} {'status':<27} {'epochs':>6} {'best ep':>7} {'train err':>9} {'val err':>8} {'test err':>8}"
-    lines = [header, "-" * len(header)]
-    pct = lambda v: f"{v:.2%}" if v is not None else "-"  # noqa: E731
-    for r in rows:
-        lines.append(
-            f"{r['name']:<46} {r['status']:<27} {r['epochs']:>6} {r.get('best_epoch', '-'):>7} "
-            f"{pct(r.get('train_error')):>9} {pct(r.get('val_error')):>8} {pct(r.get('test_error')):>8}"
-        )
-    lines.append("(train err: last epoch; val/test err: at the best val epoch; test never chooses)")
-    return "\n".join(lines)
-
-
 def find_experiment(name_or_path: str, storage_path: str | None) -> str:
-    """A sweep's experiment folder from its name (under the storage path) or its path."""
-    candidate = Path(name_or_path).expanduser()
-    if "://" in name_or_path:
-        if _read_text(name_or_path, SPEC_FILE) is None:
-            raise SpecError("", f"no sweep at {name_or_path} (no {SPEC_FILE} there, or the storage is unreachable)")
-        return name_or_path
+    """A sweep's experiment folder from its name (under the storage path) or its path/URI."""
+    if "://" in name_or_path and not storage.is_local(name_or_path):
+        uri = storage.normalize(name_or_path, "NAME|PATH")
+        if storage.read_text(uri, SPEC_FILE) is None:
+            raise SpecError("", f"no sweep at {uri} (no {SPEC_FILE} there, or the storage is unreachable with this environment's credentials)")
+        return uri.rstrip("/")
+    candidate = Path(name_or_path.removeprefix("file://")).expanduser()
     if (candidate / SPEC_FILE).is_file():
         return str(candidate.resolve())
-    storage = storage_path or default_storage_path()
-    path = f"{storage.rstrip('/')}/{name_or_path}"
-    if _read_text(path, SPEC_FILE) is None:
-        raise SpecError("", f"no sweep named {name_or_path!r} in {storage} (and no sweep folder at that path)")
-    return path if "://" in path else str(Path(path).resolve())
+    root = storage.normalize(storage_path or storage.default_storage_path(), "--storage-path")
+    path = storage.join(root, name_or_path)
+    if storage.read_text(path, SPEC_FILE) is None:
+        raise SpecError("", f"no sweep named {name_or_path!r} in {root} (and no sweep folder at that path)")
+    return path
 
 
 def resume_sweep(experiment_path: str, *, address: str | None = None) -> int:
     from ray import tune
 
-    text = _read_text(experiment_path, SPEC_FILE)
+    text = storage.read_text(experiment_path, SPEC_FILE)
     parsed = parse_spec(text, source=f"{experiment_path}/{SPEC_FILE}")
     spec = parsed.spec
     plan = make_plan(parsed, with_models=False)
-    _init_ray(address)
+    storage_path, name = experiment_path.rstrip("/").rsplit("/", 1)
+    _connect(address, storage_path)
     if spec.search.algorithm == "optuna":
-        os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(spec.max_concurrent or os.cpu_count() or 1)
+        limit = cluster.trial_concurrency(spec, local=address is None) or plan.num_trials
+        os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(limit)
     trainable = tune.with_resources(train_trial, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=True)
     print(f"resuming {experiment_path}", flush=True)
     results = tuner.fit()
-    name = experiment_path.rstrip("/").rsplit("/", 1)[-1]
-    tracking = json.loads(_read_text(experiment_path, TRACKING_FILE) or "{}")
+    tracking = json.loads(storage.read_text(experiment_path, TRACKING_FILE) or "{}")
     uri = tracking.get("tracking_uri") or normalize_tracking_uri(spec.tracking.tracking_uri or default_tracking_uri())
-    prep = Prepared(parsed, plan, experiment_path.rsplit("/", 1)[0], name, uri, tracking.get("experiment") or spec.name)
+    prep = Prepared(parsed, plan, storage_path, name, uri, tracking.get("experiment") or spec.name)
     varying = _varying_keys(prep)
-    return _finish(prep, results, TrialNamer(varying), plan.epochs_per_trial, None, tracking.get("num_trials", len(results)))
+    return _finish(prep, results, TrialNamer(varying), plan.epochs_per_trial, None, tracking.get("num_trials", len(results)),
+                   cluster_run=address is not None)

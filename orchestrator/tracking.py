@@ -20,7 +20,7 @@ from ray.tune import Callback
 from resnet_core import metrics as M
 from resnet_core.metrics import Status
 
-from .trainable import LAYER_RESPONSES, STATUS, final_status
+from .trainable import HOSTNAME, LAYER_RESPONSES, NODE_ID, STATUS, final_status
 
 __all__ = [
     "TAG_SWEEP",
@@ -36,6 +36,8 @@ TAG_TRIAL_ID = "resnet_sweep.trial_id"
 TAG_STATUS = "status"
 TAG_BEST_EPOCH = "best_epoch"
 TAG_STOPPED_AT = "stopped_at_epoch"
+TAG_NODE_ID, TAG_HOST = "node_id", "host"  # where the trial ran last
+TAG_NODES = "nodes"  # every node it ran on, in order (more than one after a node loss)
 PARENT_TAG = "mlflow.parentRunId"
 # A failed trial may be retried on resume; these are never touched again.
 FINAL_STATUSES = {str(Status.COMPLETED), str(Status.STOPPED_EARLY), str(Status.DIVERGED)}
@@ -109,6 +111,7 @@ class SweepTracker(Callback):
         self.runs: dict[str, str] = {}  # Tune trial id → MLflow run id
         self.names: set[str] = set()  # child run names in use (kept unique)
         self.logged_epoch: dict[str, int] = {}  # run id → last epoch logged
+        self.nodes: dict[str, list[str]] = {}  # run id → node ids it ran on
         self.last_result: dict[str, dict] = {}
         self._client = None
         self._pending: list[tuple[Callable, tuple]] = []
@@ -253,6 +256,7 @@ class SweepTracker(Callback):
         from mlflow.entities import Metric
 
         run_id = self._run_for(trial)
+        self._log_node(run_id, result)
         epoch = int(result.get(M.EPOCH, 0))
         # A trial resumed from an older checkpoint re-reports epochs MLflow already has: the
         # trainer reproduces them exactly, so they are skipped to keep each history continuous.
@@ -262,6 +266,22 @@ class SweepTracker(Callback):
         batch = [Metric(key, float(result[key]), now, epoch) for key in M.METRICS if key in result]
         self.client.log_batch(run_id, metrics=batch)
         self.logged_epoch[run_id] = epoch
+
+    def _log_node(self, run_id: str, result: dict) -> None:
+        node = result.get(NODE_ID)
+        if not node:
+            return
+        if run_id not in self.nodes:  # a resumed sweep keeps the nodes logged before
+            logged = self.client.get_run(run_id).data.tags.get(TAG_NODES)
+            self.nodes[run_id] = logged.split(",") if logged else []
+        nodes = self.nodes[run_id]
+        if nodes and nodes[-1] == node:
+            return
+        from mlflow.entities import RunTag
+
+        nodes.append(node)
+        tags = {TAG_NODE_ID: node, TAG_HOST: str(result.get(HOSTNAME, "")), TAG_NODES: ",".join(nodes)}
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         self.last_result[trial.trial_id] = result

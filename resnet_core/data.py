@@ -7,7 +7,9 @@ ops, so a GPU never waits for a CPU worker (the airbench94 approach). It behaves
 """
 from __future__ import annotations
 
+import fcntl
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -114,14 +116,29 @@ def _split_off(x: torch.Tensor, y: torch.Tensor, size: int, seed: int):
     return x[rest], y[rest], x[part], y[part]
 
 
+@contextmanager
+def _download_lock(root: Path):
+    """One download/extraction at a time per cache folder: trials starting together on a node
+    (or on nodes sharing the folder over NFS) would otherwise race to write the same files.
+    torchvision has no lock of its own; an exclusive flock on a file in the folder is enough."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".download.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _cifar(cfg: DataConfig):
     from torchvision.datasets import CIFAR10, CIFAR100
 
     cls = CIFAR10 if cfg.name == "cifar10" else CIFAR100
-    root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+    root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
     try:
-        train = cls(root=str(root), train=True, download=True)
-        test = cls(root=str(root), train=False, download=True)
+        with _download_lock(root):
+            train = cls(root=str(root), train=True, download=True)
+            test = cls(root=str(root), train=False, download=True)
     except Exception as err:  # torchvision raises URLError/OSError/RuntimeError offline
         archive = "cifar-10-python.tar.gz" if cfg.name == "cifar10" else "cifar-100-python.tar.gz"
         raise DataUnavailableError(

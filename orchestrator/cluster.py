@@ -1,0 +1,208 @@
+"""Ray: a private local instance, or an existing cluster (`--address`), reached with a clear
+line instead of minutes of retries when it is dead, unreachable or wants a token; and what the
+sweep needs to know of the cluster (nodes, shared storage, concurrency)."""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+
+from . import storage
+from .spec import SpecError
+
+__all__ = ["ClusterError", "check_storage_on_nodes", "connect", "describe_node", "trial_concurrency"]
+
+AUTH_MODE = "RAY_AUTH_MODE"
+TOKEN_ENV, TOKEN_PATH_ENV = "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
+PROBE_TIMEOUT_S = 120
+
+
+class ClusterError(Exception):
+    """Ray could not be started or reached (exit code 1)."""
+
+
+def _token_source() -> str | None:
+    """Where a Ray auth token is, in Ray's own order (never the token itself)."""
+    if os.environ.get(TOKEN_ENV):
+        return f"${TOKEN_ENV}"
+    path = Path(os.environ.get(TOKEN_PATH_ENV) or Path.home() / ".ray" / "auth_token").expanduser()
+    return str(path) if path.is_file() else None
+
+
+def _enable_token_auth() -> None:
+    """Ray turns token auth on by itself only for a cluster it finds (`auto`), not for an
+    explicit address; a token-authenticated cluster then refuses us. Send the token whenever one
+    is available (a cluster without auth ignores it) unless the user chose RAY_AUTH_MODE."""
+    if AUTH_MODE in os.environ or _token_source() is None:
+        return
+    os.environ[AUTH_MODE] = "token"
+    try:  # Ray caches its config at import: refresh it, as ray.init does for `auto`
+        from ray._raylet import Config
+
+        Config.initialize("")
+    except (ImportError, AttributeError):
+        pass
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise SpecError("--address", f"{address!r} is not host:port, ray://host:port or auto")
+    return host.strip("[]"), int(port)
+
+
+def _resolve_auto() -> str:
+    """`auto`: $RAY_ADDRESS, else the cluster `ray start` recorded on this machine."""
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    from ray._private.services import find_bootstrap_address
+
+    address = find_bootstrap_address(None)
+    if not address:
+        raise ClusterError("--address auto: no Ray cluster was started on this machine (`ray start --head`) and RAY_ADDRESS is not set")
+    return address
+
+
+def _check_reachable(address: str, shown: str) -> None:
+    """Ray retries a dead head for minutes; a port that refuses fails here at once."""
+    host, port = _host_port(address)
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as err:
+        raise ClusterError(
+            f"no Ray cluster answers at {shown} ({err.strerror or err}); is it running (`ray status`)? "
+            f"Start one with `ray start --head`, or drop --address to run on this machine"
+        ) from None
+
+
+def _check_auth(address: str, shown: str) -> None:
+    """Ask the cluster's GCS once: a cluster that wants another token says so at once, where
+    ray.init would retry for a minute and then report only "Failed to connect"."""
+    try:
+        from ray._raylet import GcsClient
+        from ray.exceptions import AuthenticationError
+    except ImportError:  # a Ray without these: let ray.init report
+        return
+    try:
+        GcsClient(address=address)
+    except AuthenticationError:
+        source = _token_source()
+        if source is None:
+            raise ClusterError(
+                f"the Ray cluster at {shown} requires an auth token and none was found here: copy the "
+                f"head node's ~/.ray/auth_token to this machine (or set {TOKEN_ENV} or {TOKEN_PATH_ENV})"
+            ) from None
+        raise ClusterError(
+            f"the Ray cluster at {shown} rejected the auth token from {source}: use the head node's "
+            f"token (its ~/.ray/auth_token)"
+        ) from None
+    except Exception:  # noqa: BLE001 — other failures are ray.init's to report
+        return
+
+
+def connect(address: str | None) -> None:
+    """Start a private local Ray (no --address), or attach to the cluster at ``address``."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # One checkpoint per epoch is the design (ASHA, retries and node loss cost at most an epoch).
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
+    if address is None:
+        if os.environ.get("RAY_ADDRESS"):
+            print("note: RAY_ADDRESS is set but this sweep runs on a local Ray; pass --address auto to use that cluster",
+                  file=sys.stderr)
+        # "local", not None: a bare ray.init() attaches to any cluster `ray start` recorded on
+        # the machine, and retries it for minutes when that cluster has died.
+        target = "local"
+    else:
+        target = _resolve_auto() if address == "auto" else address
+        shown = address if address == target else f"{target} (--address {address})"
+        _check_reachable(target, shown)
+        if not target.startswith("ray://"):
+            _enable_token_auth()
+            _check_auth(target, shown)
+    try:
+        if address is None:
+            ray.init(address="local", include_dashboard=False, **quiet)
+        else:
+            ray.init(address=target, **quiet)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+        raise ClusterError(f"could not start or reach {where}: {err}") from None
+
+
+def alive_nodes() -> list[dict]:
+    import ray
+
+    return [n for n in ray.nodes() if n.get("Alive")]
+
+
+def describe_node(node_id: str | None, hostname: str | None) -> str:
+    """How a node is named in progress lines: host and the start of its Ray node id."""
+    short = (node_id or "?")[:8]
+    return f"{hostname} (node {short})" if hostname else f"node {short}"
+
+
+def check_storage_on_nodes(storage_path: str) -> None:
+    """Every node of the cluster must see the same storage_path (Tune ≥ 2.7 no longer syncs
+    through the head): a path that one node cannot use fails here, in seconds, instead of as a
+    trial traceback after minutes of training. Nodes that join later are not checked."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    name, token = storage.probe_file(storage_path)
+
+    @ray.remote(num_cpus=0, max_retries=0)
+    def probe(node_file: str) -> str | None:
+        return storage.check_from_node(storage_path, name, token, node_file)
+
+    nodes = alive_nodes()
+    files = {n["NodeID"]: f"{name}-{n['NodeID'][:12]}" for n in nodes}
+    refs = {
+        n["NodeID"]: probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(files[n["NodeID"]])
+        for n in nodes
+    }
+    problems = []
+    try:
+        for node in nodes:
+            where = describe_node(node["NodeID"], node.get("NodeManagerHostname") or node.get("NodeManagerAddress"))
+            try:
+                reason = ray.get(refs[node["NodeID"]], timeout=PROBE_TIMEOUT_S)
+            except Exception as err:  # noqa: BLE001 — a node that cannot even run the probe
+                reason = f"the check could not run there ({type(err).__name__})"
+            if reason is None and storage.read_text(storage_path, files[node["NodeID"]]) != token:
+                reason = "a file it wrote there is not visible from the driver"
+            if reason:
+                problems.append(f"{where}: {reason}")
+    finally:
+        storage.remove(storage_path, name, *files.values())
+    if problems:
+        raise SpecError(
+            storage.FIELD,
+            f"{storage_path} is not usable from every node of the cluster ({'; '.join(problems)}); every node "
+            f"needs it: a folder mounted at the same path on all nodes, or s3://… / gs://… with credentials "
+            f"in each node's environment",
+        )
+
+
+def trial_concurrency(spec, *, local: bool) -> int:
+    """Trials run at once. Locally: what this machine fits. On a cluster: every trial may be
+    pending at once (or max_concurrent), so an autoscaler sees the whole demand and adds nodes;
+    the count is never frozen at what the cluster had when the sweep started. 0 = no limit."""
+    if spec.max_concurrent:
+        return spec.max_concurrent
+    if not local:
+        return 0
+    import ray
+
+    resources = ray.cluster_resources()
+    concurrency = max(1, int(resources.get("CPU", 1) // spec.resources.cpu))
+    if spec.resources.gpu:
+        concurrency = min(concurrency, max(1, int(resources.get("GPU", 0) // spec.resources.gpu)))
+    return concurrency

@@ -1,0 +1,144 @@
+"""What the user sees while a sweep runs and when it ends: readable trial names, one line per
+trial epoch and per status change (with the node the trial runs on), and the final table."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from resnet_core import metrics as M
+from resnet_core.errors import ConfigError
+from resnet_core.metrics import Status
+
+from .cluster import describe_node
+from .space import resolve_trial, trial_name
+from .trainable import HOSTNAME, NODE_ID, STATUS, final_status
+
+__all__ = ["Progress", "TrialNamer", "describe_status", "format_table", "table_rows"]
+
+
+class TrialNamer:
+    """Readable child-run names from a trial's config (picklable, for Tuner.restore)."""
+
+    def __init__(self, varying: list[str]) -> None:
+        self.varying = varying
+
+    def __call__(self, config: dict[str, Any]) -> str:
+        try:
+            resolved = resolve_trial(config, {})
+        except ConfigError:  # an invalid Optuna draw: the trial itself will fail and say why
+            return "invalid-" + "-".join(f"{v}" for k, v in sorted(config.items()) if k in self.varying)
+        return trial_name(resolved, {k: resolved[k] for k in self.varying if k in resolved})
+
+
+class TrialDirName:
+    """Tune's trial (folder) name: the readable name plus Tune's unique trial id."""
+
+    def __init__(self, namer: TrialNamer) -> None:
+        self.namer = namer
+
+    def __call__(self, trial) -> str:
+        return f"{self.namer(trial.config)}_{trial.trial_id}"
+
+
+def describe_status(status: Status, result: dict | None, stopped_by: str) -> str:
+    if status == Status.STOPPED_EARLY:
+        return f"stopped by {stopped_by} at epoch {int((result or {}).get(M.EPOCH, 0))}"
+    return str(status)
+
+
+def where(result: dict | None) -> str:
+    result = result or {}
+    return describe_node(result.get(NODE_ID), result.get(HOSTNAME)) if result.get(NODE_ID) else ""
+
+
+class Progress:
+    """Live progress: one line per trial epoch and per status change (a Tune callback)."""
+
+    def __new__(cls, *args, **kwargs):
+        from ray.tune import Callback
+
+        # Built lazily so importing this module does not import Ray.
+        class _Progress(Callback):
+            def __init__(self, namer: TrialNamer, epochs: int, stopped_by: str, max_failures: int) -> None:
+                self.namer, self.epochs, self.start = namer, epochs, time.time()
+                self.stopped_by, self.max_failures = stopped_by, max_failures
+                self.done = 0
+                self.node: dict[str, str] = {}  # trial id → the node it last reported from
+
+            def _say(self, text: str) -> None:
+                elapsed = time.time() - self.start
+                print(f"[{int(elapsed // 60):02d}:{int(elapsed % 60):02d}] {text}", flush=True)
+
+            def on_trial_start(self, iteration, trials, trial, **info):
+                self._say(f"start     {self.namer(trial.config)}")
+
+            def on_trial_result(self, iteration, trials, trial, result, **info):
+                node = result.get(NODE_ID)
+                if node and self.node.get(trial.trial_id) != node:
+                    self.node[trial.trial_id] = node
+                    self._say(f"running   {self.namer(trial.config)} on {where(result)}")
+                if result.get(STATUS) == str(Status.DIVERGED):
+                    return
+                self._say(
+                    f"epoch {int(result[M.EPOCH]):>3}/{self.epochs}  {self.namer(trial.config):<44} "
+                    f"train err {result[M.TRAIN_ERROR]:6.2%}  val err {result[M.VAL_ERROR]:6.2%}"
+                )
+
+            def on_trial_recover(self, iteration, trials, trial, **info):
+                # A failure Tune will retry (a lost node, a crashed worker): from the last checkpoint.
+                epoch = int((trial.last_result or {}).get(M.EPOCH, 0))
+                limit = "unlimited" if self.max_failures < 0 else str(self.max_failures)
+                self._say(
+                    f"retrying  {self.namer(trial.config)} (was on {where(trial.last_result) or 'an unknown node'}; "
+                    f"failure {trial.num_failures} of {limit} allowed) from its checkpoint at epoch {epoch}"
+                )
+
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                self.done += 1
+                status = final_status(trial.last_result, errored=False, planned_epochs=self.epochs)
+                on = f" on {where(trial.last_result)}" if where(trial.last_result) else ""
+                self._say(f"{describe_status(status, trial.last_result, self.stopped_by):<9} "
+                          f"{self.namer(trial.config)}{on}  ({self.done} done)")
+
+            def on_trial_error(self, iteration, trials, trial, **info):
+                self.done += 1
+                self._say(f"failed    {self.namer(trial.config)}  ({self.done} done; see {trial.local_path})")
+
+        return _Progress(*args, **kwargs)
+
+
+def table_rows(results, namer: TrialNamer, epochs: int, stopped_by: str) -> list[dict]:
+    """One row per trial of a Tune ResultGrid: status, epochs, the best epoch chosen on val."""
+    rows = []
+    for result in results:
+        config = result.config or {}
+        df = result.metrics_dataframe
+        history = df[df[M.VAL_ERROR].notna()] if df is not None and M.VAL_ERROR in df else None
+        if history is not None and STATUS in history:
+            history = history[history[STATUS] != str(Status.DIVERGED)]
+        status = final_status(result.metrics, errored=result.error is not None, planned_epochs=epochs)
+        row = {"name": namer(config) if config else "?", "status": describe_status(status, result.metrics, stopped_by),
+               "epochs": int(result.metrics.get(M.EPOCH, 0)) if result.metrics else 0,
+               "node": where(result.metrics)}
+        if history is not None and len(history):
+            best = history.sort_values([M.VAL_ERROR, M.EPOCH]).iloc[0]
+            row.update(best_epoch=int(best[M.EPOCH]), val_error=float(best[M.VAL_ERROR]),
+                       test_error=float(best[M.TEST_ERROR]), train_error=float(history.iloc[-1][M.TRAIN_ERROR]))
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict], *, show_nodes: bool = False) -> str:
+    header = f"{'trial':<46} {'status':<27} {'epochs':>6} {'best ep':>7} {'train err':>9} {'val err':>8} {'test err':>8}"
+    if show_nodes:
+        header += "  node"
+    lines = [header, "-" * len(header)]
+    pct = lambda v: f"{v:.2%}" if v is not None else "-"  # noqa: E731
+    for r in rows:
+        line = (
+            f"{r['name']:<46} {r['status']:<27} {r['epochs']:>6} {r.get('best_epoch', '-'):>7} "
+            f"{pct(r.get('train_error')):>9} {pct(r.get('val_error')):>8} {pct(r.get('test_error')):>8}"
+        )
+        lines.append(line + (f"  {r.get('node') or '-'}" if show_nodes else ""))
+    lines.append("(train err: last epoch; val/test err: at the best val epoch; test never chooses)")
+    return "\n".join(lines)

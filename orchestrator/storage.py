@@ -1,0 +1,154 @@
+"""Where a sweep's Tune results live: a local folder, a folder every node mounts (NFS), or an
+object store (``s3://`` incl. S3-compatible servers, ``gs://``), read and written through
+pyarrow's filesystems, the same ones Ray Tune uses.
+
+Credentials never travel in the storage URI: pyarrow and Tune take them from each process's
+environment (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL`` for
+S3-compatible servers, or the instance's role), so they reach no log, tag or saved file.
+"""
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .spec import SpecError
+
+__all__ = [
+    "check_from_node",
+    "check_usable",
+    "default_storage_path",
+    "exists",
+    "is_local",
+    "join",
+    "normalize",
+    "probe_file",
+    "read_text",
+    "remove",
+    "unique_name",
+    "write_text",
+]
+
+FIELD = "storage_path"
+
+
+def default_storage_path() -> str:
+    return str(Path.cwd() / "ray_results")
+
+
+def is_local(path: str) -> bool:
+    return "://" not in path or path.startswith("file://")
+
+
+def normalize(path: str, field: str = FIELD) -> str:
+    """An absolute local path, or a remote URI that carries no credentials."""
+    if is_local(path):
+        return str(Path(path.removeprefix("file://")).expanduser().resolve())
+    parts = urlsplit(path)
+    if parts.query:
+        raise SpecError(
+            field,
+            f"{path}: no query in the URI (Tune appends folder names to it); give an S3-compatible "
+            f"server's address in AWS_ENDPOINT_URL instead",
+        )
+    if parts.password or parts.username:
+        raise SpecError(
+            field,
+            f"{parts.scheme}:// URI with credentials in it; keep them out of the URI (it is printed and "
+            f"saved) and set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for an "
+            f"S3-compatible server) in the environment instead",
+        )
+    return path
+
+
+def join(storage: str, name: str) -> str:
+    return f"{storage.rstrip('/')}/{name}"
+
+
+def _filesystem(uri: str):
+    import pyarrow.fs
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(uri if "://" in uri else str(Path(uri).resolve()))
+    return fs, root.rstrip("/")
+
+
+def write_text(folder: str, filename: str, text: str) -> None:
+    fs, root = _filesystem(folder)
+    fs.create_dir(root, recursive=True)
+    with fs.open_output_stream(f"{root}/{filename}") as out:
+        out.write(text.encode())
+
+
+def read_text(folder: str, filename: str) -> str | None:
+    """The file's text, or None when it (or the storage) is not there."""
+    import pyarrow
+
+    try:
+        fs, root = _filesystem(folder)
+        with fs.open_input_stream(f"{root}/{filename}") as f:
+            return f.read().decode()
+    except (OSError, ValueError, pyarrow.ArrowException):
+        return None
+
+
+def exists(uri: str) -> bool:
+    import pyarrow.fs
+
+    fs, root = _filesystem(uri)
+    return fs.get_file_info(root).type != pyarrow.fs.FileType.NotFound
+
+
+def unique_name(storage: str, name: str) -> str:
+    """``name``, or ``name-2``, ``name-3`` … when a sweep of that name is already in the storage
+    (local or remote): a new sweep never writes into an old one."""
+    candidate, k = name, 2
+    while exists(join(storage, candidate)):
+        candidate, k = f"{name}-{k}", k + 1
+    return candidate
+
+
+def _reason(err: Exception) -> str:
+    return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")
+
+
+def check_usable(storage: str) -> None:
+    """Write, read back and delete a small file from the driver; SpecError naming storage_path
+    when the storage cannot be used (no bucket, no credentials, endpoint down, read-only…)."""
+    probe = f".resnet-sweep-probe-{uuid.uuid4().hex}"
+    try:
+        write_text(storage, probe, "probe")
+        if read_text(storage, probe) != "probe":
+            raise OSError("a file written there could not be read back")
+        fs, root = _filesystem(storage)
+        fs.delete_file(f"{root}/{probe}")
+    except Exception as err:  # noqa: BLE001 — any failure here is the same user-facing problem
+        raise SpecError(FIELD, f"cannot use {storage} from this machine ({_reason(err)})") from None
+
+
+def probe_file(storage: str) -> tuple[str, str]:
+    """A fresh probe file's name and content, written by the driver for the nodes to read."""
+    name, token = f".resnet-sweep-probe-{uuid.uuid4().hex}", uuid.uuid4().hex
+    write_text(storage, name, token)
+    return name, token
+
+
+def check_from_node(storage: str, name: str, token: str, node_file: str) -> str | None:
+    """Run on a node: read the driver's probe and write one of the node's own; None when both
+    work, else why not. Reading what the driver wrote proves the storage is shared, not a
+    folder that merely exists on both machines."""
+    try:
+        if read_text(storage, name) != token:
+            return "a file the driver wrote there is not visible from this node"
+        write_text(storage, node_file, token)
+    except Exception as err:  # noqa: BLE001
+        return _reason(err)
+    return None
+
+
+def remove(storage: str, *names: str) -> None:
+    fs, root = _filesystem(storage)
+    for name in names:
+        try:
+            fs.delete_file(f"{root}/{name}")
+        except OSError:
+            pass
