@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import storage
@@ -86,7 +87,8 @@ def _check_auth(address: str, shown: str) -> None:
     except ImportError:  # a Ray without these: let ray.init report
         return
     try:
-        GcsClient(address=address)
+        with _native_stderr_silenced():  # Ray's C++ client logs each refusal on fd 2
+            GcsClient(address=address)
     except AuthenticationError:
         source = _token_source()
         if source is None:
@@ -100,6 +102,19 @@ def _check_auth(address: str, shown: str) -> None:
         ) from None
     except Exception:  # noqa: BLE001 — other failures are ray.init's to report
         return
+
+
+@contextmanager
+def _native_stderr_silenced():
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def connect(address: str | None) -> None:

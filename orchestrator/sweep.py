@@ -96,8 +96,7 @@ def prepare_sweep(
         check_tracking_uri(uri)
     except Exception as err:
         raise SpecError("tracking.tracking_uri", str(err)) from None
-    field = "--storage-path" if storage_path else "storage_path"
-    where = storage.normalize(storage_path or spec.storage_path or storage.default_storage_path(), field)
+    where = storage.normalize(storage_path or spec.storage_path or storage.default_storage_path())
     storage.check_usable(where)
     # Fail fast on data: the driver loads (or downloads into the cache) what trials will need.
     first = RunConfig.from_flat(plan.configs[0])

@@ -1,7 +1,10 @@
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -30,3 +33,38 @@ def workdir(tmp_path, monkeypatch):
     """An empty working directory (where a user would run the commands)."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+S3_KEY_ID, S3_SECRET = "AKIARESNETSWEEPTEST", "s3cr3t-resnet-sweep-do-not-leak-4f1b9c"
+
+
+@pytest.fixture
+def s3_server(tmp_path):
+    """A real S3-compatible server (moto's server mode) on 127.0.0.1 with one bucket; yields the
+    AWS environment a user would export (``env``: endpoint and credentials) and a boto3 client
+    to read the bucket back."""
+    import boto3
+
+    from tests.ray_nodes import free_port
+
+    port = free_port()
+    exe = Path(sys.executable).parent / "moto_server"
+    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": S3_KEY_ID,
+           "AWS_SECRET_ACCESS_KEY": S3_SECRET, "AWS_DEFAULT_REGION": "us-east-1"}
+    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id=S3_KEY_ID,
+                          aws_secret_access_key=S3_SECRET, region_name="us-east-1")
+    deadline = time.time() + 60
+    while True:
+        try:
+            client.create_bucket(Bucket="sweeps")
+            break
+        except Exception:
+            if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("moto server did not start")
+            time.sleep(0.5)
+    yield SimpleNamespace(env=env, client=client, bucket="sweeps")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)

@@ -1,0 +1,168 @@
+"""[5/11] Beyond one machine: sweeps on a real multi-node Ray cluster (separate `ray start`
+processes on 127.0.0.1, token auth on as Ray 2.60 does by default), node loss, nodes that join,
+and the clear one-line failures (no token, dead cluster, storage a node cannot see)."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import cli
+from tests.ray_nodes import LocalCluster, free_port, token_home
+from tests.test_sweeps import child_runs, table_rows
+
+SWEEP = """\
+name: {name}
+dataset: {{name: digits, image_size: {size}, train_limit: {limit}}}
+model: {{arch: cifar, block: basic, shortcut: A}}
+train: {{epochs: {epochs}, batch_size: 64}}
+search:
+  algorithm: grid
+  space:
+    model.depth: [8, 14]
+    model.residual: [true, false]
+resources: {{cpu: 1}}
+"""
+
+
+def sweep_file(folder: Path, name: str = "small", epochs: int = 3, size: int = 8, limit: int = 256) -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(SWEEP.format(name=name, epochs=epochs, size=size, limit=limit))
+    return path
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = LocalCluster(token_home(tmp_path))
+    try:
+        yield c
+    finally:
+        c.shutdown()
+
+
+def one_line(stderr: str) -> str:
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def test_two_node_sweep_with_token_auth_runs_on_both_nodes(tmp_path, cluster, s3_server):
+    head = cluster.start_head()
+    # The worker node cannot reach the S3 endpoint (its environment points elsewhere).
+    worker = cluster.add_worker(env={"AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"})
+    user = {"HOME": str(cluster.env["HOME"])}  # the token is in ~/.ray; RAY_AUTH_MODE is not set
+    sweep_file(tmp_path)
+
+    out = cli("run", "small.yaml", "--address", cluster.address, cwd=tmp_path, env=user)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = table_rows(out.stdout)
+    assert len(rows) == 4 and all(" completed " in r for r in rows), out.stdout
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parents, children = child_runs(client, "small")
+    assert len(parents) == 1 and len(children) == 4
+    nodes = {c.data.tags["node_id"] for c in children}
+    assert nodes == {head.node_id, worker.node_id}  # both nodes trained trials
+    for child in children:
+        assert child.data.tags["status"] == "completed" and child.data.tags["host"]
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_error")]
+        assert steps == [1, 2, 3]
+        assert f"(node {child.data.tags['node_id'][:8]})" in out.stdout  # progress lines say where
+
+    # Storage that one node cannot use: one line naming storage_path, before any trial.
+    env = {**user, **s3_server.env}
+    out = cli("run", "small.yaml", "--address", cluster.address, "--storage-path", "s3://sweeps/ray", cwd=tmp_path, env=env)
+    assert out.returncode == 2, out.stdout + out.stderr
+    line = one_line(out.stderr)
+    assert line.startswith("error: storage_path: s3://sweeps/ray is not usable from every node") and worker.node_id[:8] in line, line
+    assert "epoch" not in out.stdout and s3_server.env["AWS_SECRET_ACCESS_KEY"] not in out.stdout + out.stderr
+
+    # No token here: one line that says so, in seconds (Ray alone retries for a minute).
+    start = time.time()
+    out = cli("run", "small.yaml", "--address", cluster.address, cwd=tmp_path, env={"HOME": str(tmp_path / "nobody")})
+    assert out.returncode == 1 and "requires an auth token" in one_line(out.stderr), out.stderr
+    assert time.time() - start < 30
+
+    # The cluster is gone: one line, in seconds.
+    cluster.shutdown()
+    start = time.time()
+    out = cli("run", "small.yaml", "--address", cluster.address, cwd=tmp_path, env=user)
+    assert out.returncode == 1 and "no Ray cluster answers at" in one_line(out.stderr), out.stderr
+    assert time.time() - start < 30
+
+
+def test_local_means_local_even_when_a_dead_cluster_is_recorded(tmp_path):
+    """`ray start` records its cluster for bare `ray.init()`; once that cluster has died, a sweep
+    without --address must still start its own Ray, and `--address auto` must say it is dead."""
+    ray_tmp = tempfile.mkdtemp(prefix="rsl", dir="/tmp")  # short: Ray's socket paths live here
+    dead = f"127.0.0.1:{free_port()}"
+    (Path(ray_tmp) / "ray").mkdir()
+    (Path(ray_tmp) / "ray" / "ray_current_cluster").write_text(dead)
+    env = {"RAY_TMPDIR": ray_tmp}
+    sweep_file(tmp_path, epochs=1)
+    try:
+        out = cli("run", "small.yaml", cwd=tmp_path, env=env, timeout=300)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+        assert "at a time on this machine" in out.stdout and len(table_rows(out.stdout)) == 4
+
+        start = time.time()
+        out = cli("run", "small.yaml", "--address", "auto", cwd=tmp_path, env=env)
+        assert out.returncode == 1 and f"no Ray cluster answers at {dead}" in one_line(out.stderr), out.stderr
+        assert time.time() - start < 30
+    finally:
+        import shutil
+
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_node_that_joins_gets_trials_and_a_node_that_dies_costs_at_most_an_epoch(tmp_path, cluster):
+    epochs = 10
+    head = cluster.start_head(cpus=1)
+    sweep_file(tmp_path, epochs=epochs, size=16, limit=1024)
+    exe = Path(sys.executable).parent / "resnet-sweep"
+    proc = subprocess.Popen([str(exe), "run", "small.yaml", "--address", cluster.address], cwd=tmp_path,
+                            env={**os.environ, "HOME": str(cluster.env["HOME"])},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+
+    def read_until(pattern: str) -> re.Match:
+        for line in proc.stdout:
+            lines.append(line)
+            if m := re.search(pattern, line):
+                return m
+        raise AssertionError("".join(lines))
+
+    read_until(r"^\[\d\d:\d\d\] epoch +1/")  # the sweep is under way on the head alone
+    worker = cluster.add_worker(cpus=1)
+    short = worker.node_id[:8]
+    moved = read_until(rf"running +(\S+) on .*\(node {short}\)").group(1)  # the new node got a trial
+    read_until(rf"epoch +[2-{min(epochs - 1, 9)}]/{epochs} +{re.escape(moved)} ")  # midway on it
+    worker.kill()
+    for line in proc.stdout:
+        lines.append(line)
+    proc.wait(timeout=600)
+    out = "".join(lines)
+    assert proc.returncode == 0, out[-4000:]
+    rows = table_rows(out)
+    assert len(rows) == 4 and all(" completed " in r for r in rows), out
+    assert re.search(rf"retrying +{re.escape(moved)} \(was on .*\(node {short}\)", out), out
+    for name in {r.split()[0] for r in rows}:  # every epoch reported exactly once
+        reported = [int(m.group(1)) for m in re.finditer(rf"epoch +(\d+)/{epochs} +{re.escape(name)} ", out)]
+        assert reported == list(range(1, epochs + 1)), (name, reported)
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parents, children = child_runs(client, "small")
+    assert len(parents) == 1 and len(children) == 4
+    for child in children:
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_error")]
+        assert steps == list(range(1, epochs + 1)), (child.info.run_name, steps)
+        assert child.data.tags["status"] == "completed"
+    by_name = {c.info.run_name: c for c in children}
+    assert by_name[moved].data.tags["nodes"].split(",") == [worker.node_id, head.node_id]
+    assert by_name[moved].data.tags["node_id"] == head.node_id
