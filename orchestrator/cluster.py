@@ -36,8 +36,11 @@ def _enable_token_auth() -> None:
     """Ray turns token auth on by itself only for a cluster it finds (`auto`), not for an
     explicit address; a token-authenticated cluster then refuses us. Send the token whenever one
     is available (a cluster without auth ignores it) unless the user chose RAY_AUTH_MODE."""
-    if AUTH_MODE in os.environ or _token_source() is None:
-        return
+    if AUTH_MODE not in os.environ and _token_source() is not None:
+        _set_token_mode()
+
+
+def _set_token_mode() -> None:
     os.environ[AUTH_MODE] = "token"
     try:  # Ray caches its config at import: refresh it, as ray.init does for `auto`
         from ray._raylet import Config
@@ -117,12 +120,30 @@ def _native_stderr_silenced():
         os.close(saved)
 
 
+CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+
+
+def _keep_credentials_out_of_runtime_envs() -> None:
+    """Ray Tune copies the driver's AWS credentials into every trial's runtime_env, which Ray
+    logs in plain text (runtime_env_agent.log) and keeps in its GCS. Trials do not need the
+    copy: on this machine they inherit the driver's environment, on a cluster each node's own
+    (check_storage_on_nodes proves it works), so the copy is switched off. No Ray option does."""
+    try:
+        from ray.tune.execution import class_cache
+    except ImportError:
+        return
+    propagated = getattr(class_cache, "ENV_VARS_TO_PROPAGATE", None)
+    if isinstance(propagated, set):
+        propagated.difference_update(CREDENTIAL_ENV)
+
+
 def connect(address: str | None) -> None:
     """Start a private local Ray (no --address), or attach to the cluster at ``address``."""
     import ray
 
     if ray.is_initialized():
         return
+    _keep_credentials_out_of_runtime_envs()
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # One checkpoint per epoch is the design (ASHA, retries and node loss cost at most an epoch).
@@ -135,6 +156,8 @@ def connect(address: str | None) -> None:
         # "local", not None: a bare ray.init() attaches to any cluster `ray start` recorded on
         # the machine, and retries it for minutes when that cluster has died.
         target = "local"
+        if AUTH_MODE not in os.environ:  # Ray's default for a new cluster, without its warning
+            _set_token_mode()
     else:
         target = _resolve_auto() if address == "auto" else address
         shown = address if address == target else f"{target} (--address {address})"

@@ -11,7 +11,7 @@ from resnet_core.metrics import Status
 
 from .cluster import describe_node
 from .space import resolve_trial, trial_name
-from .trainable import HOSTNAME, NODE_ID, STATUS, final_status
+from .trainable import HOSTNAME, NODE_ID, REPLAYED, STATUS, final_status
 
 __all__ = ["Progress", "TrialNamer", "describe_status", "format_table", "table_rows"]
 
@@ -73,6 +73,8 @@ class Progress:
                 self._say(f"start     {self.namer(trial.config)}")
 
             def on_trial_result(self, iteration, trials, trial, result, **info):
+                if result.get(REPLAYED):  # trained before the interruption: nothing new to show
+                    return
                 node = result.get(NODE_ID)
                 if node and self.node.get(trial.trial_id) != node:
                     self.node[trial.trial_id] = node
@@ -97,6 +99,8 @@ class Progress:
                 self.done += 1
                 status = final_status(trial.last_result, errored=False, planned_epochs=self.epochs)
                 on = f" on {where(trial.last_result)}" if where(trial.last_result) else ""
+                if (trial.last_result or {}).get(REPLAYED):
+                    on = " (had finished before the interruption; not trained again)"
                 self._say(f"{describe_status(status, trial.last_result, self.stopped_by):<9} "
                           f"{self.namer(trial.config)}{on}  ({self.done} done)")
 

@@ -23,8 +23,10 @@ __all__ = [
     "join",
     "normalize",
     "probe_file",
+    "read_bytes",
     "read_text",
     "remove",
+    "subfolders",
     "unique_name",
     "write_text",
 ]
@@ -89,6 +91,31 @@ def read_text(folder: str, filename: str) -> str | None:
             return f.read().decode()
     except (OSError, ValueError, pyarrow.ArrowException):
         return None
+
+
+def read_bytes(folder: str, filename: str) -> bytes | None:
+    import pyarrow
+
+    try:
+        fs, root = _filesystem(folder)
+        with fs.open_input_stream(f"{root}/{filename}") as f:
+            return f.read()
+    except (OSError, ValueError, pyarrow.ArrowException):
+        return None
+
+
+def subfolders(folder: str, prefix: str) -> list[str]:
+    """URIs of the folders directly under ``folder`` whose names start with ``prefix``."""
+    import pyarrow
+    import pyarrow.fs
+
+    try:
+        fs, root = _filesystem(folder)
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
+    except (OSError, ValueError, pyarrow.ArrowException):
+        return []
+    return [join(folder, Path(i.path).name) for i in infos
+            if i.type == pyarrow.fs.FileType.Directory and Path(i.path).name.startswith(prefix)]
 
 
 def exists(uri: str) -> bool:

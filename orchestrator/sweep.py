@@ -238,7 +238,7 @@ def run_sweep(prep: Prepared, *, address: str | None = None) -> int:
         planned_epochs=plan.epochs_per_trial,
     )
     tuner = tune.Tuner(
-        tune.with_resources(train_trial, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}),
+        _trainable(spec, prep.experiment_path),
         param_space=param_space,
         tune_config=tune.TuneConfig(
             metric=spec.metric.name,
@@ -266,6 +266,13 @@ def run_sweep(prep: Prepared, *, address: str | None = None) -> int:
           f"(experiment {prep.experiment!r})", flush=True)
     results = tuner.fit()
     return _finish(prep, results, namer, plan.epochs_per_trial, tracker, plan.num_trials, cluster_run=address is not None)
+
+
+def _trainable(spec, experiment_path: str):
+    from ray import tune
+
+    trainable = tune.with_parameters(train_trial, experiment_path=experiment_path)
+    return tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
 
 def _checkpoint_config(spec):
@@ -369,8 +376,7 @@ def resume_sweep(experiment_path: str, *, address: str | None = None) -> int:
     if spec.search.algorithm == "optuna":
         limit = cluster.trial_concurrency(spec, local=address is None) or plan.num_trials
         os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(limit)
-    trainable = tune.with_resources(train_trial, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
-    tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=True)
+    tuner = tune.Tuner.restore(experiment_path, _trainable(spec, experiment_path), resume_unfinished=True, resume_errored=True)
     print(f"resuming {experiment_path}", flush=True)
     results = tuner.fit()
     tracking = json.loads(storage.read_text(experiment_path, TRACKING_FILE) or "{}")

@@ -20,7 +20,7 @@ from ray.tune import Callback
 from resnet_core import metrics as M
 from resnet_core.metrics import Status
 
-from .trainable import HOSTNAME, LAYER_RESPONSES, NODE_ID, STATUS, final_status
+from .trainable import EARLIER_EPOCHS, HOSTNAME, LAYER_RESPONSES, NODE_ID, STATUS, final_status
 
 __all__ = [
     "TAG_SWEEP",
@@ -257,15 +257,20 @@ class SweepTracker(Callback):
 
         run_id = self._run_for(trial)
         self._log_node(run_id, result)
-        epoch = int(result.get(M.EPOCH, 0))
+        if result.get(STATUS) == str(Status.DIVERGED):
+            return
         # A trial resumed from an older checkpoint re-reports epochs MLflow already has: the
         # trainer reproduces them exactly, so they are skipped to keep each history continuous.
-        if result.get(STATUS) == str(Status.DIVERGED) or epoch <= self._last_logged(run_id):
-            return
+        # One resumed from a newer one sends the epochs before it, for those MLflow lacks.
         now = int(time.time() * 1000)
-        batch = [Metric(key, float(result[key]), now, epoch) for key in M.METRICS if key in result]
-        self.client.log_batch(run_id, metrics=batch)
-        self.logged_epoch[run_id] = epoch
+        batch = []
+        for record in [*result.get(EARLIER_EPOCHS, []), result]:
+            epoch = int(record.get(M.EPOCH, 0))
+            if epoch > self._last_logged(run_id):
+                batch += [Metric(key, float(record[key]), now, epoch) for key in M.METRICS if key in record]
+                self.logged_epoch[run_id] = epoch
+        for i in range(0, len(batch), 1000):  # MLflow takes at most 1000 metrics per batch
+            self.client.log_batch(run_id, metrics=batch[i : i + 1000])
 
     def _log_node(self, run_id: str, result: dict) -> None:
         node = result.get(NODE_ID)

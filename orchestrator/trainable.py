@@ -2,6 +2,7 @@
 checkpoint per epoch. It never talks to MLflow: the driver's callback does (tracking.py)."""
 from __future__ import annotations
 
+import io
 import socket
 import tempfile
 from pathlib import Path
@@ -13,18 +14,41 @@ from resnet_core import metrics as M
 from resnet_core.metrics import Status
 from resnet_core.train import RunConfig, Trainer
 
+from . import storage
 from .space import resolve_trial
 
-__all__ = ["CHECKPOINT_FILE", "HOSTNAME", "LAYER_RESPONSES", "NODE_ID", "STATUS", "train_trial"]
+__all__ = ["CHECKPOINT_FILE", "EARLIER_EPOCHS", "HOSTNAME", "LAYER_RESPONSES", "NODE_ID", "REPLAYED", "STATUS", "train_trial"]
 
 CHECKPOINT_FILE = "state.pt"
 STATUS = "status"  # result key: the trial's status so far (resnet_core.metrics.Status)
 LAYER_RESPONSES = "layer_response_std"
+EARLIER_EPOCHS = "earlier_epochs"  # result key: after a restore, the epochs trained before it
+REPLAYED = "replayed"  # result key: a finished trial's last result, reported again after a restore
 NODE_ID = "node_id"  # result keys: where the trial ran (the Ray node id, and its host name)
 HOSTNAME = "hostname"  # the same key Tune fills in itself
 
 
-def train_trial(config: dict[str, Any]) -> None:
+def _newest_stored_state(trial_uri: str, current: dict | None) -> dict | None:
+    """The trial's newest complete checkpoint in storage, when newer than the one Tune restores.
+
+    Tune restores a trial from the checkpoint its experiment state names. With remote storage
+    the driver uploads that state in the background: a driver killed between a trial's upload
+    of a checkpoint and its own upload of the state leaves newer checkpoints (even a finished
+    trial's last) that Tune does not know of, and the trial would train those epochs again.
+    No Tune option covers this, so the trial looks for itself."""
+    best = current
+    for folder in storage.subfolders(trial_uri, "checkpoint_"):
+        data = storage.read_bytes(folder, CHECKPOINT_FILE)
+        try:
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True) if data else None
+        except Exception:  # noqa: BLE001 — a checkpoint cut short by a dying worker: skip it
+            state = None
+        if state and (best is None or state["epoch"] > best["epoch"]):
+            best = state
+    return best
+
+
+def train_trial(config: dict[str, Any], experiment_path: str | None = None) -> None:
     import ray
     from ray import tune
 
@@ -33,13 +57,22 @@ def train_trial(config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(cpus)))
     placement = {NODE_ID: context.get_node_id(), HOSTNAME: socket.gethostname()}
     trainer = Trainer(RunConfig.from_flat(resolve_trial(config, {})))
-    checkpoint = tune.get_checkpoint()
+    checkpoint, state = tune.get_checkpoint(), None
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            trainer.load_state_dict(torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=True))
+            state = torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=True)
+    if experiment_path is not None:
+        trial_uri = storage.join(experiment_path, Path(tune.get_context().get_trial_dir()).name)
+        state = _newest_stored_state(trial_uri, state)
+    if state is not None:
+        trainer.load_state_dict(state)
+    # The epochs before the restore go with the first result, once: the driver logs any that
+    # it had not (it may have died before they reached it), so MLflow keeps epochs 1…N.
+    earlier = {EARLIER_EPOCHS: list(trainer.history)} if trainer.history else {}
 
     def report(r) -> None:
-        result = {**r.metrics, **placement}
+        result = {**r.metrics, **placement, **earlier}
+        earlier.clear()
         last = r.epoch == r.epochs
         result[STATUS] = str(Status.COMPLETED if last else Status.RUNNING)
         if last:
@@ -51,7 +84,7 @@ def train_trial(config: dict[str, Any]) -> None:
     if trainer.history and trainer.epoch >= trainer.epochs:
         # Restored from its final checkpoint (the driver died before recording the end): say
         # the trial is complete again without training or checkpointing anything.
-        tune.report({**trainer.history[-1], **placement, STATUS: str(Status.COMPLETED),
+        tune.report({**trainer.history[-1], **placement, **earlier, REPLAYED: True, STATUS: str(Status.COMPLETED),
                      LAYER_RESPONSES: trainer.layer_response_std()})
         return
     trainer.run(report)
