@@ -8,6 +8,7 @@ S3-compatible servers, or the instance's role), so they reach no log, tag or sav
 """
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -139,15 +140,22 @@ def _reason(err: Exception) -> str:
 
 
 def check_usable(storage: str) -> None:
-    """Write, read back and delete a small file from the driver; SpecError naming storage_path
-    when the storage cannot be used (no bucket, no credentials, endpoint down, read-only…)."""
+    """SpecError naming storage_path when the driver cannot use the storage (no bucket, no
+    credentials, endpoint down, read-only…). A local folder is not created here: nothing is
+    written before the sweep starts."""
+    if is_local(storage):
+        path = Path(storage)
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            what = "is not a folder" if not existing.is_dir() else "is not writable"
+            raise SpecError(FIELD, f"cannot use {storage}: {existing} {what}")
+        return
     probe = f".resnet-sweep-probe-{uuid.uuid4().hex}"
     try:
         write_text(storage, probe, "probe")
         if read_text(storage, probe) != "probe":
             raise OSError("a file written there could not be read back")
-        fs, root = _filesystem(storage)
-        fs.delete_file(f"{root}/{probe}")
+        remove(storage, probe)
     except Exception as err:  # noqa: BLE001 — any failure here is the same user-facing problem
         raise SpecError(FIELD, f"cannot use {storage} from this machine ({_reason(err)})") from None
 

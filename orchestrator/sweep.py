@@ -96,8 +96,6 @@ def prepare_sweep(
         check_tracking_uri(uri)
     except Exception as err:
         raise SpecError("tracking.tracking_uri", str(err)) from None
-    where = storage.normalize(storage_path or spec.storage_path or storage.default_storage_path())
-    storage.check_usable(where)
     # Fail fast on data: the driver loads (or downloads into the cache) what trials will need.
     first = RunConfig.from_flat(plan.configs[0])
     try:
@@ -106,6 +104,8 @@ def prepare_sweep(
         raise SweepError(str(err)) from None
     if address is None:
         check_resources(spec)
+    where = storage.normalize(storage_path or spec.storage_path or storage.default_storage_path())
+    storage.check_usable(where)
     name = storage.unique_name(where, spec.name)
     return Prepared(parsed, plan, where, name, uri, spec.tracking.experiment or spec.name)
 
