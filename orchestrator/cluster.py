@@ -13,7 +13,15 @@ from pathlib import Path
 from . import storage
 from .spec import SpecError
 
-__all__ = ["ClusterError", "check_storage_on_nodes", "connect", "describe_node", "trial_concurrency"]
+__all__ = [
+    "ClusterError",
+    "TuneDriverSetup",
+    "check_storage_on_nodes",
+    "connect",
+    "describe_node",
+    "runs_tune_remotely",
+    "trial_concurrency",
+]
 
 AUTH_MODE = "RAY_AUTH_MODE"
 TOKEN_ENV, TOKEN_PATH_ENV = "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
@@ -137,18 +145,27 @@ def _keep_credentials_out_of_runtime_envs() -> None:
         propagated.difference_update(CREDENTIAL_ENV)
 
 
-def connect(address: str | None) -> None:
-    """Start a private local Ray (no --address), or attach to the cluster at ``address``."""
+def connect(address: str | None, driver_env: dict[str, str] | None = None) -> None:
+    """Start a private local Ray (no --address), or attach to the cluster at ``address``.
+
+    ``driver_env`` are settings for the process that runs Tune's loop: this one, or with a
+    ``ray://`` address (Ray Client) an actor on the cluster's head, which gets them through the
+    job's runtime_env."""
     import ray
 
     if ray.is_initialized():
         return
-    _keep_credentials_out_of_runtime_envs()
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # One checkpoint per epoch is the design (ASHA, retries and node loss cost at most an epoch).
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
+    driver_env = {
+        "RAY_AIR_NEW_OUTPUT": "0",
+        # One checkpoint per epoch is the design (ASHA, retries and node loss cost at most an epoch).
+        "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+        # The progress lines and the final table name the runs; MLflow's own links are noise.
+        "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+        **(driver_env or {}),
+    }
+    os.environ.update(driver_env)
+    options: dict = {"logging_level": logging.WARNING, "log_to_driver": False,
+                     "logging_config": ray.LoggingConfig(log_level="WARNING")}
     if address is None:
         if os.environ.get("RAY_ADDRESS"):
             print("note: RAY_ADDRESS is set but this sweep runs on a local Ray; pass --address auto to use that cluster",
@@ -156,23 +173,48 @@ def connect(address: str | None) -> None:
         # "local", not None: a bare ray.init() attaches to any cluster `ray start` recorded on
         # the machine, and retries it for minutes when that cluster has died.
         target = "local"
+        options["include_dashboard"] = False
         if AUTH_MODE not in os.environ:  # Ray's default for a new cluster, without its warning
             _set_token_mode()
     else:
         target = _resolve_auto() if address == "auto" else address
         shown = address if address == target else f"{target} (--address {address})"
         _check_reachable(target, shown)
-        if not target.startswith("ray://"):
-            _enable_token_auth()
+        _enable_token_auth()
+        if target.startswith("ray://"):
+            # Tune's loop runs on the head: its progress lines come back as its logs.
+            options.update(log_to_driver=True, runtime_env={"env_vars": driver_env})
+        else:
             _check_auth(target, shown)
     try:
-        if address is None:
-            ray.init(address="local", include_dashboard=False, **quiet)
-        else:
-            ray.init(address=target, **quiet)
+        ray.init(address=target, **options)
     except (ConnectionError, RuntimeError, ValueError) as err:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-        raise ClusterError(f"could not start or reach {where}: {err}") from None
+        hint = ""
+        if target.startswith("ray://") and _token_source() is None:
+            hint = (f"; if the cluster uses token auth (Ray's default), copy the head node's ~/.ray/auth_token "
+                    f"to this machine (or set {TOKEN_ENV})")
+        raise ClusterError(f"could not start or reach {where}: {err}{hint}") from None
+
+
+def runs_tune_remotely(address: str | None) -> bool:
+    """With Ray Client (ray://) Tune's loop, and so every MLflow write, runs on the head node."""
+    return bool(address) and address.startswith("ray://")
+
+
+class TuneDriverSetup:
+    """A Tune callback for the process that runs Tune's loop, wherever that is (here, or on the
+    head with ray://): keeps AWS credentials out of the trials' runtime_envs."""
+
+    def __new__(cls):
+        from ray.tune import Callback
+
+        # Built lazily so importing this module does not import Ray.
+        class _TuneDriverSetup(Callback):
+            def setup(self, **info):
+                _keep_credentials_out_of_runtime_envs()
+
+        return _TuneDriverSetup()
 
 
 def alive_nodes() -> list[dict]:

@@ -96,6 +96,13 @@ def prepare_sweep(
         check_tracking_uri(uri)
     except Exception as err:
         raise SpecError("tracking.tracking_uri", str(err)) from None
+    if cluster.runs_tune_remotely(address) and not uri.startswith(("http://", "https://")):
+        raise SpecError(
+            "tracking.tracking_uri",
+            f"{uri} is a file on this machine, but with a ray:// address Tune's loop (which writes to MLflow) "
+            f"runs on the cluster's head node: use an MLflow server the head can reach (--tracking-uri http://…), "
+            f"or the head's GCS address (--address HEAD:6379) to keep the loop here",
+        )
     # Fail fast on data: the driver loads (or downloads into the cache) what trials will need.
     first = RunConfig.from_flat(plan.configs[0])
     try:
@@ -179,9 +186,13 @@ def _varying_keys(prep: Prepared) -> list[str]:
     return keys
 
 
-def _connect(address: str | None, storage_path: str) -> None:
+def _connect(address: str | None, storage_path: str, spec, num_trials: int) -> None:
+    driver_env = {}
+    if spec.search.algorithm == "optuna" and address is not None:
+        # For a Tune loop on a ray:// head, known before Ray starts (see _search_and_space).
+        driver_env["TUNE_MAX_PENDING_TRIALS_PG"] = str(spec.max_concurrent or num_trials)
     try:
-        cluster.connect(address)
+        cluster.connect(address, driver_env)
     except cluster.ClusterError as err:
         raise SweepError(str(err)) from None
     if address is not None:
@@ -205,7 +216,7 @@ def run_sweep(prep: Prepared, *, address: str | None = None) -> int:
     from ray.tune.schedulers import ASHAScheduler
 
     spec, plan = prep.parsed.spec, prep.plan
-    _connect(address, prep.storage_path)
+    _connect(address, prep.storage_path, spec, plan.num_trials)
     concurrency = cluster.trial_concurrency(spec, local=address is None)
     search_alg, param_space = _search_and_space(prep, concurrency)
     namer = TrialNamer(_varying_keys(prep))
@@ -256,7 +267,8 @@ def run_sweep(prep: Prepared, *, address: str | None = None) -> int:
             storage_path=prep.storage_path,
             failure_config=tune.FailureConfig(max_failures=spec.failure.max_failures),
             checkpoint_config=_checkpoint_config(spec),
-            callbacks=[tracker, Progress(namer, plan.epochs_per_trial, _stopped_by(spec), spec.failure.max_failures)],
+            callbacks=[cluster.TuneDriverSetup(), tracker,
+                       Progress(namer, plan.epochs_per_trial, _stopped_by(spec), spec.failure.max_failures)],
             stop=_epoch_budget_stopper(spec.budget.max_epochs) if spec.budget.max_epochs else None,
             verbose=0,
         ),
@@ -339,6 +351,8 @@ def _finish(prep: Prepared, results, namer: TrialNamer, epochs: int, tracker: Sw
 
 
 def _log_best_checkpoints(results, spec, tracker: SweepTracker) -> None:
+    if not tracker.runs:  # the Tune loop ran elsewhere (a ray:// cluster's head): look the runs up
+        tracker.find_runs()
     for result in results:
         run_id = tracker.runs.get(result.metrics.get("trial_id", "")) if result.metrics else None
         checkpoint = result.get_best_checkpoint(spec.metric.name, spec.metric.mode) if result.best_checkpoints else result.checkpoint
@@ -372,7 +386,7 @@ def resume_sweep(experiment_path: str, *, address: str | None = None) -> int:
     spec = parsed.spec
     plan = make_plan(parsed, with_models=False)
     storage_path, name = experiment_path.rstrip("/").rsplit("/", 1)
-    _connect(address, storage_path)
+    _connect(address, storage_path, spec, plan.num_trials)
     if spec.search.algorithm == "optuna":
         limit = cluster.trial_concurrency(spec, local=address is None) or plan.num_trials
         os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(limit)

@@ -163,16 +163,7 @@ class SweepTracker(Callback):
     # --- the sweep's parent run ---------------------------------------------------------------------
     def setup(self, **info) -> None:
         client = self.client
-        exp = client.get_experiment_by_name(self.experiment)
-        self.experiment_id = exp.experiment_id if exp else client.create_experiment(self.experiment)
-        if self.parent_id is None:
-            found = client.search_runs(
-                [self.experiment_id],
-                f"tags.`{TAG_SWEEP}` = '{self.sweep_key}' and tags.`{TAG_ROLE}` = 'sweep'",
-                max_results=1,
-            )
-            self.parent_id = found[0].info.run_id if found else None
-        if self.parent_id is None:
+        if not self.find_runs():
             run = client.create_run(
                 self.experiment_id,
                 run_name=self.sweep_name,
@@ -184,12 +175,29 @@ class SweepTracker(Callback):
         else:
             client.update_run(self.parent_id, status="RUNNING")
             client.set_tag(self.parent_id, TAG_STATUS, str(Status.RUNNING))
-        # Rebuild the trial → run map from tags (the persisted state may be lost or stale).
+
+    def find_runs(self) -> bool:
+        """Find the sweep's parent run and rebuild the trial → run map from the child runs' tags
+        (the persisted state may be lost or stale, or held by a driver elsewhere); False when the
+        sweep has no parent run yet."""
+        client = self.client
+        exp = client.get_experiment_by_name(self.experiment)
+        self.experiment_id = exp.experiment_id if exp else client.create_experiment(self.experiment)
+        if self.parent_id is None:
+            found = client.search_runs(
+                [self.experiment_id],
+                f"tags.`{TAG_SWEEP}` = '{self.sweep_key}' and tags.`{TAG_ROLE}` = 'sweep'",
+                max_results=1,
+            )
+            self.parent_id = found[0].info.run_id if found else None
+        if self.parent_id is None:
+            return False
         for run in client.search_runs([self.experiment_id], f"tags.`{PARENT_TAG}` = '{self.parent_id}'", max_results=10000):
             trial_id = run.data.tags.get(TAG_TRIAL_ID)
             if trial_id:
                 self.runs[trial_id] = run.info.run_id
                 self.names.add(run.info.run_name)
+        return True
 
     # --- one child run per trial ----------------------------------------------------------------------
     def _run_for(self, trial) -> str:

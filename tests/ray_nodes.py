@@ -51,12 +51,13 @@ class LocalCluster:
         self.temp_dir = tempfile.mkdtemp(prefix="rsw", dir="/tmp")
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
+        self.client_address = f"ray://127.0.0.1:{free_port()}"  # Ray Client, on the head
         self.nodes: list[RayNode] = []
         self.logs = Path(self.temp_dir)
 
     def start_head(self, cpus: int = 1) -> RayNode:
         args = ["--head", "--port", str(self.port), "--num-cpus", str(cpus), "--temp-dir", self.temp_dir,
-                "--include-dashboard=false"]
+                "--include-dashboard=false", "--ray-client-server-port", self.client_address.rsplit(":", 1)[1]]
         return self._start(args, "head")
 
     def add_worker(self, cpus: int = 1, env: dict[str, str] | None = None) -> RayNode:

@@ -3,7 +3,6 @@ processes on 127.0.0.1, token auth on as Ray 2.60 does by default), node loss, n
 and the clear one-line failures (no token, dead cluster, storage a node cannot see)."""
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -52,7 +51,7 @@ def one_line(stderr: str) -> str:
     return lines[0]
 
 
-def test_two_node_sweep_with_token_auth_runs_on_both_nodes(tmp_path, cluster, s3_server):
+def test_two_node_sweep_with_token_auth_runs_on_both_nodes(tmp_path, cluster, s3_server, mlflow_server):
     head = cluster.start_head()
     # The worker node cannot reach the S3 endpoint (its environment points elsewhere).
     worker = cluster.add_worker(env={"AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"})
@@ -73,6 +72,17 @@ def test_two_node_sweep_with_token_auth_runs_on_both_nodes(tmp_path, cluster, s3
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_error")]
         assert steps == [1, 2, 3]
         assert f"(node {child.data.tags['node_id'][:8]})" in out.stdout  # progress lines say where
+
+    # Ray Client (ray://): Tune's loop runs on the head, so MLflow must be a server it reaches.
+    out = cli("run", "small.yaml", "--address", cluster.client_address, cwd=tmp_path, env=user)
+    assert out.returncode == 2 and "tracking.tracking_uri" in one_line(out.stderr), out.stderr
+    out = cli("run", "small.yaml", "--address", cluster.client_address, "--tracking-uri", mlflow_server,
+              cwd=tmp_path, env=user)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert len(table_rows(out.stdout)) == 4 and "small-2" in out.stdout
+    parents, children = child_runs(MlflowClient(mlflow_server), "small")
+    assert len(parents) == 1 and len(children) == 4
+    assert {c.data.tags["node_id"] for c in children} <= {head.node_id, worker.node_id}
 
     # Storage that one node cannot use: one line naming storage_path, before any trial.
     env = {**user, **s3_server.env}

@@ -1,15 +1,11 @@
 """[3/8] + [4/8] Sweeps end to end on real Ray and real MLflow (SQLite file and HTTP server)."""
 import json
-import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import SWEEPS, cli
@@ -83,42 +79,6 @@ def test_unseen_sweep_optuna_asha_end_to_end(tmp_path):
         assert "model.depth" in c.data.params and "model.n" not in c.data.params  # resolved config
         if c.data.tags["status"] == "stopped_early":
             assert int(c.data.tags["stopped_at_epoch"]) < 4
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    """A real `mlflow server` process on 127.0.0.1, over HTTP."""
-    port = _free_port()
-    store = tmp_path / "server"
-    store.mkdir()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}", "--artifacts-destination", str(store / "artifacts"),
-         "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    import urllib.request
-
-    while True:
-        try:
-            urllib.request.urlopen(uri + "/health", timeout=2)
-            break
-        except OSError:
-            if time.time() > deadline or proc.poll() is not None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                raise RuntimeError("mlflow server did not start")
-            time.sleep(1)
-    yield uri
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=30)
 
 
 def _check_store(client: MlflowClient, experiment: str, trials: int, epochs: int, depths=frozenset({"8", "14"})) -> None:
