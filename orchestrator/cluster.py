@@ -186,6 +186,8 @@ def connect(address: str | None, driver_env: dict[str, str] | None = None) -> No
             options.update(log_to_driver=True, runtime_env={"env_vars": driver_env})
         else:
             _check_auth(target, shown)
+    # On resume, Tune warns of every trial that has not started yet: it has no results, rightly.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     try:
         ray.init(address=target, **options)
     except (ConnectionError, RuntimeError, ValueError) as err:

@@ -17,6 +17,7 @@ from .spec import SpecError
 
 __all__ = [
     "check_from_node",
+    "claim_name",
     "check_usable",
     "default_storage_path",
     "exists",
@@ -28,7 +29,6 @@ __all__ = [
     "read_text",
     "remove",
     "subfolders",
-    "unique_name",
     "write_text",
 ]
 
@@ -126,13 +126,25 @@ def exists(uri: str) -> bool:
     return fs.get_file_info(root).type != pyarrow.fs.FileType.NotFound
 
 
-def unique_name(storage: str, name: str) -> str:
-    """``name``, or ``name-2``, ``name-3`` … when a sweep of that name is already in the storage
-    (local or remote): a new sweep never writes into an old one."""
+def claim_name(storage: str, name: str, marker: str, text: str) -> str:
+    """A folder for a new sweep: ``name``, or ``name-2``, ``name-3`` … when a sweep of that name
+    is already in the storage (local or remote), so a new sweep never writes into an old one.
+    The folder is claimed by writing ``marker`` into it; locally the claim is atomic (mkdir), so
+    two sweeps started at once get two names."""
     candidate, k = name, 2
-    while exists(join(storage, candidate)):
-        candidate, k = f"{name}-{k}", k + 1
-    return candidate
+    while True:
+        folder = join(storage, candidate)
+        if is_local(storage):
+            try:
+                Path(folder).mkdir(parents=True)
+            except FileExistsError:
+                candidate, k = f"{name}-{k}", k + 1
+                continue
+        elif exists(folder):
+            candidate, k = f"{name}-{k}", k + 1
+            continue
+        write_text(folder, marker, text)
+        return candidate
 
 
 def _reason(err: Exception) -> str:

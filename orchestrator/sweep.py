@@ -40,7 +40,7 @@ class Prepared:
     parsed: ParsedSpec
     plan: Plan
     storage_path: str
-    name: str  # the Tune experiment's folder name
+    name: str  # the Tune experiment's folder name (made unique when the sweep starts)
     tracking_uri: str
     experiment: str
 
@@ -113,8 +113,7 @@ def prepare_sweep(
         check_resources(spec)
     where = storage.normalize(storage_path or spec.storage_path or storage.default_storage_path())
     storage.check_usable(where)
-    name = storage.unique_name(where, spec.name)
-    return Prepared(parsed, plan, where, name, uri, spec.tracking.experiment or spec.name)
+    return Prepared(parsed, plan, where, spec.name, uri, spec.tracking.experiment or spec.name)
 
 
 def saved_spec_text(parsed: ParsedSpec) -> str:
@@ -188,8 +187,9 @@ def _varying_keys(prep: Prepared) -> list[str]:
 
 def _connect(address: str | None, storage_path: str, spec, num_trials: int) -> None:
     driver_env = {}
-    if spec.search.algorithm == "optuna" and address is not None:
-        # For a Tune loop on a ray:// head, known before Ray starts (see _search_and_space).
+    if address is not None:
+        # Every trial that may run at once is requested at once (Tune's default is 16 pending):
+        # an autoscaler sees the sweep's whole demand and adds nodes for it.
         driver_env["TUNE_MAX_PENDING_TRIALS_PG"] = str(spec.max_concurrent or num_trials)
     try:
         cluster.connect(address, driver_env)
@@ -220,7 +220,7 @@ def run_sweep(prep: Prepared, *, address: str | None = None) -> int:
     concurrency = cluster.trial_concurrency(spec, local=address is None)
     search_alg, param_space = _search_and_space(prep, concurrency)
     namer = TrialNamer(_varying_keys(prep))
-    storage.write_text(prep.experiment_path, SPEC_FILE, saved_spec_text(prep.parsed))
+    prep.name = storage.claim_name(prep.storage_path, spec.name, SPEC_FILE, saved_spec_text(prep.parsed))
     tracking = {"tracking_uri": prep.tracking_uri, "experiment": prep.experiment, "num_trials": plan.num_trials}
     storage.write_text(prep.experiment_path, TRACKING_FILE, json.dumps(tracking))
 
@@ -337,7 +337,8 @@ def _finish(prep: Prepared, results, namer: TrialNamer, epochs: int, tracker: Sw
               f"test err {best['test_error']:.2%} at epoch {best['best_epoch']}")
     if spec.tracking.log_best_checkpoint and tracker is not None:
         _log_best_checkpoints(results, spec, tracker)
-    print(f"MLflow: {prep.tracking_uri} (experiment {prep.experiment!r}); browse with `resnet-sweep ui`")
+    browse = "open it in a browser" if prep.tracking_uri.startswith(("http://", "https://")) else "browse with `resnet-sweep ui`"
+    print(f"MLflow: {prep.tracking_uri} (experiment {prep.experiment!r}); {browse}")
     if len(rows) < num_trials:
         reason = " (budget.max_epochs reached)" if spec.budget.max_epochs else ""
         print(f"{num_trials - len(rows)} of {num_trials} planned trials did not run{reason}")

@@ -7,6 +7,7 @@ that fails (server down) is queued and replayed on the next callback and at the 
 """
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -272,7 +273,7 @@ class SweepTracker(Callback):
         # One resumed from a newer one sends the epochs before it, for those MLflow lacks.
         now = int(time.time() * 1000)
         batch = []
-        for record in [*result.get(EARLIER_EPOCHS, []), result]:
+        for record in [*json.loads(result.get(EARLIER_EPOCHS) or "[]"), result]:
             epoch = int(record.get(M.EPOCH, 0))
             if epoch > self._last_logged(run_id):
                 batch += [Metric(key, float(record[key]), now, epoch) for key in M.METRICS if key in record]

@@ -3,6 +3,7 @@ checkpoint per epoch. It never talks to MLflow: the driver's callback does (trac
 from __future__ import annotations
 
 import io
+import json
 import socket
 import tempfile
 from pathlib import Path
@@ -68,7 +69,8 @@ def train_trial(config: dict[str, Any], experiment_path: str | None = None) -> N
         trainer.load_state_dict(state)
     # The epochs before the restore go with the first result, once: the driver logs any that
     # it had not (it may have died before they reached it), so MLflow keeps epochs 1…N.
-    earlier = {EARLIER_EPOCHS: list(trainer.history)} if trainer.history else {}
+    # (As JSON text: Tune's TensorBoard logger warns about lists of dicts and skips text.)
+    earlier = {EARLIER_EPOCHS: json.dumps(trainer.history)} if trainer.history else {}
 
     def report(r) -> None:
         result = {**r.metrics, **placement, **earlier}

@@ -1,4 +1,5 @@
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,6 +27,25 @@ def cli(*args: str, cwd: Path, timeout: float = 600, env: dict | None = None) ->
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+def kill_when_midway(*args: str, cwd: Path, epochs: int, env: dict | None = None) -> tuple[str, set[str]]:
+    """Run `resnet-sweep ARGS…` and SIGKILL it once a trial has finished and another is midway,
+    as a crash would; returns what it printed and the names of the finished trials."""
+    exe = Path(sys.executable).parent / "resnet-sweep"
+    proc = subprocess.Popen([str(exe), *map(str, args)], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, **(env or {})})
+    seen, done = [], set()
+    for line in proc.stdout:
+        seen.append(line)
+        if m := re.match(r"^\[\d\d:\d\d\] completed (\S+)", line):
+            done.add(m.group(1))
+        m = re.match(r"^\[\d\d:\d\d\] epoch +(\d+)/\d+ +(\S+)", line)
+        if done and m and m.group(2) not in done and int(m.group(1)) < epochs:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return "".join(seen), done
 
 
 @pytest.fixture

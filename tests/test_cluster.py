@@ -14,25 +14,11 @@ from mlflow import MlflowClient
 
 from tests.conftest import cli
 from tests.ray_nodes import LocalCluster, free_port, token_home
-from tests.test_sweeps import child_runs, table_rows
+from tests.test_sweeps import SMALL_GRID, child_runs, table_rows
 
-SWEEP = """\
-name: {name}
-dataset: {{name: digits, image_size: {size}, train_limit: {limit}}}
-model: {{arch: cifar, block: basic, shortcut: A}}
-train: {{epochs: {epochs}, batch_size: 64}}
-search:
-  algorithm: grid
-  space:
-    model.depth: [8, 14]
-    model.residual: [true, false]
-resources: {{cpu: 1}}
-"""
-
-
-def sweep_file(folder: Path, name: str = "small", epochs: int = 3, size: int = 8, limit: int = 256) -> Path:
-    path = folder / f"{name}.yaml"
-    path.write_text(SWEEP.format(name=name, epochs=epochs, size=size, limit=limit))
+def sweep_file(folder: Path, epochs: int = 3, size: int = 8, limit: int = 256) -> Path:
+    path = folder / "small.yaml"
+    path.write_text(SMALL_GRID.format(epochs=epochs).replace("image_size: 8, train_limit: 256", f"image_size: {size}, train_limit: {limit}"))
     return path
 
 

@@ -1,16 +1,12 @@
 """[5/11] Sweeps whose results live in S3 (a real S3-compatible server on 127.0.0.1): the driver
 killed midway and `resume s3://…` finishing it, names never reused, credentials never written."""
-import os
 import re
-import signal
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 from mlflow import MlflowClient
 
-from tests.conftest import S3_KEY_ID, S3_SECRET, cli
+from tests.conftest import S3_KEY_ID, S3_SECRET, cli, kill_when_midway
 from tests.ray_nodes import free_port
 from tests.test_sweeps import SMALL_GRID, child_runs, table_rows
 
@@ -39,20 +35,7 @@ def test_s3_sweep_killed_midway_resumes_without_duplicates_or_leaked_credentials
     (tmp_path / "small.yaml").write_text(SMALL_GRID.format(epochs=epochs) + "storage_path: s3://sweeps/ray\n")
     ray_tmp = tempfile.mkdtemp(prefix="rss", dir="/tmp")  # this test's Ray logs, searched below
     env = {**s3_server.env, "RAY_TMPDIR": ray_tmp}
-    exe = Path(sys.executable).parent / "resnet-sweep"
-    proc = subprocess.Popen([str(exe), "run", "small.yaml"], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, **env})
-    seen, done = [], set()
-    for line in proc.stdout:  # kill once a trial has finished and another is midway
-        seen.append(line)
-        if m := re.match(r"^\[\d\d:\d\d\] completed (\S+)", line):
-            done.add(m.group(1))
-        m = re.match(r"^\[\d\d:\d\d\] epoch +(\d+)/\d+ +(\S+)", line)
-        if done and m and m.group(2) not in done and int(m.group(1)) < epochs:
-            break
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    first = "".join(seen)
+    first, done = kill_when_midway("run", "small.yaml", cwd=tmp_path, epochs=epochs, env=env)
     assert "results in s3://sweeps/ray/small" in first, first
     assert not (tmp_path / "ray_results").exists()  # nothing of the sweep on local disk
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -1,14 +1,13 @@
 """[3/8] + [4/8] Sweeps end to end on real Ray and real MLflow (SQLite file and HTTP server)."""
 import json
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from mlflow import MlflowClient
 
-from tests.conftest import SWEEPS, cli
+from tests.conftest import SWEEPS, cli, kill_when_midway
 
 UNSEEN = """\
 name: unseen
@@ -120,22 +119,11 @@ def test_tracking_over_http_to_a_real_mlflow_server(tmp_path, mlflow_server):
 def test_sigkill_midway_then_resume_has_no_duplicates(tmp_path):
     epochs = 8
     (tmp_path / "small.yaml").write_text(SMALL_GRID.format(epochs=epochs))
-    exe = Path(sys.executable).parent / "resnet-sweep"
-    proc = subprocess.Popen([str(exe), "run", "small.yaml"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen, done = [], set()
-    for line in proc.stdout:  # kill once a trial has finished and another is midway
-        seen.append(line)
-        if m := re.match(r"^\[\d\d:\d\d\] completed (\S+)", line):
-            done.add(m.group(1))
-        m = re.match(r"^\[\d\d:\d\d\] epoch +(\d+)/\d+ +(\S+)", line)
-        if done and m and m.group(2) not in done and int(m.group(1)) < epochs:
-            break
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    seen, done = kill_when_midway("run", "small.yaml", cwd=tmp_path, epochs=epochs)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     _, before = child_runs(client, "small")
     finished = {r.info.run_id: r for r in before if r.data.tags.get("status") == "completed"}
-    assert finished and len(finished) < 4, "".join(seen)
+    assert finished and len(finished) < 4, seen
 
     out = cli("resume", "small", cwd=tmp_path, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -173,3 +161,17 @@ def test_epoch_budget_stops_the_sweep_and_says_so(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "planned trials did not run (budget.max_epochs reached)" in out.stdout
     assert len(table_rows(out.stdout)) < 4
+
+
+def test_the_same_sweep_in_two_terminals_at_once_gets_two_folders(tmp_path):
+    """A second terminal starting the same sweep never writes into the first one's folder."""
+    (tmp_path / "small.yaml").write_text(SMALL_GRID.format(epochs=1) + "max_concurrent: 1\n")
+    exe = Path(sys.executable).parent / "resnet-sweep"
+    procs = [subprocess.Popen([str(exe), "run", "small.yaml"], cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    folders = sorted(re.search(r"results in (\S+?),", out).group(1) for out in outs)
+    assert folders == [str(tmp_path / "ray_results" / "small"), str(tmp_path / "ray_results" / "small-2")]
+    for out in outs:
+        assert len(table_rows(out)) == 4
