@@ -7,6 +7,7 @@ that fails (server down) is queued and replayed on the next callback and at the 
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import subprocess
 import sys
@@ -77,6 +78,21 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
         ) from None
 
 
+def open_client(uri: str):
+    """An MlflowClient whose store is ready. MLflow creates and migrates a new SQLite store on
+    first use; two sweeps started at once on the same file (two terminals) would race in its
+    migrations and fail, so the first use takes a lock beside the file."""
+    from mlflow import MlflowClient
+
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(uri)
+    with open(f"{uri.removeprefix('sqlite:///')}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        client = MlflowClient(uri)
+        client.search_experiments(max_results=1)
+    return client
+
+
 def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
@@ -135,9 +151,8 @@ class SweepTracker(Callback):
     @property
     def client(self):
         if self._client is None:
-            from mlflow import MlflowClient
 
-            self._client = MlflowClient(self.tracking_uri)
+            self._client = open_client(self.tracking_uri)
         return self._client
 
     # --- failure-tolerant writes ----------------------------------------------------------------
@@ -177,13 +192,23 @@ class SweepTracker(Callback):
             client.update_run(self.parent_id, status="RUNNING")
             client.set_tag(self.parent_id, TAG_STATUS, str(Status.RUNNING))
 
+    def _experiment_id(self) -> str:
+        from mlflow.exceptions import MlflowException
+
+        exp = self.client.get_experiment_by_name(self.experiment)
+        if exp is not None:
+            return exp.experiment_id
+        try:
+            return self.client.create_experiment(self.experiment)
+        except MlflowException:  # created a moment ago by another sweep (a second terminal)
+            return self.client.get_experiment_by_name(self.experiment).experiment_id
+
     def find_runs(self) -> bool:
         """Find the sweep's parent run and rebuild the trial → run map from the child runs' tags
         (the persisted state may be lost or stale, or held by a driver elsewhere); False when the
         sweep has no parent run yet."""
         client = self.client
-        exp = client.get_experiment_by_name(self.experiment)
-        self.experiment_id = exp.experiment_id if exp else client.create_experiment(self.experiment)
+        self.experiment_id = self._experiment_id()
         if self.parent_id is None:
             found = client.search_runs(
                 [self.experiment_id],
