@@ -306,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("resume", help="continue an interrupted sweep (finished trials are not rerun)")
-    p.add_argument("sweep", metavar="NAME|PATH", help="the sweep's name (under the storage path) or its folder")
+    p.add_argument("sweep", metavar="NAME|PATH|URI", help="the sweep's name (under the storage path), its folder, or its s3://… / gs://… URI")
     _add_run_flags(p)
     p.set_defaults(func=cmd_resume)
 

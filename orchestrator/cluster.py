@@ -201,7 +201,20 @@ def connect(address: str | None, driver_env: dict[str, str] | None = None) -> No
 
 def runs_tune_remotely(address: str | None) -> bool:
     """With Ray Client (ray://) Tune's loop, and so every MLflow write, runs on the head node."""
+    if address == "auto":
+        address = os.environ.get("RAY_ADDRESS")
     return bool(address) and address.startswith("ray://")
+
+
+def check_tracking_reachable_from_tune(address: str | None, tracking_uri: str) -> None:
+    """A file-based MLflow store on this machine cannot be written by a Tune loop on the head."""
+    if runs_tune_remotely(address) and not tracking_uri.startswith(("http://", "https://")):
+        raise SpecError(
+            "tracking.tracking_uri",
+            f"{tracking_uri} is a file on this machine, but with a ray:// address Tune's loop (which writes to "
+            f"MLflow) runs on the cluster's head node: use an MLflow server the head can reach (--tracking-uri "
+            f"http://…), or the head's GCS address (--address HEAD:6379) to keep the loop here",
+        )
 
 
 class TuneDriverSetup:
@@ -238,7 +251,10 @@ def check_storage_on_nodes(storage_path: str) -> None:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    name, token = storage.probe_file(storage_path)
+    try:
+        name, token = storage.probe_file(storage_path)
+    except Exception as err:  # noqa: BLE001 — e.g. a folder that became read-only
+        raise SpecError(storage.FIELD, f"cannot write to {storage_path} from this machine ({type(err).__name__}: {err})") from None
 
     @ray.remote(num_cpus=0, max_retries=0)
     def probe(node_file: str) -> str | None:
@@ -251,13 +267,14 @@ def check_storage_on_nodes(storage_path: str) -> None:
         for n in nodes
     }
     problems = []
+    ray.wait(list(refs.values()), num_returns=len(refs), timeout=PROBE_TIMEOUT_S)  # one deadline for all
     try:
         for node in nodes:
             where = describe_node(node["NodeID"], node.get("NodeManagerHostname") or node.get("NodeManagerAddress"))
             try:
-                reason = ray.get(refs[node["NodeID"]], timeout=PROBE_TIMEOUT_S)
-            except Exception as err:  # noqa: BLE001 — a node that cannot even run the probe
-                reason = f"the check could not run there ({type(err).__name__})"
+                reason = ray.get(refs[node["NodeID"]], timeout=0)
+            except Exception as err:  # noqa: BLE001 — a node that cannot run the probe, or not in time
+                reason = f"the check could not run there in {PROBE_TIMEOUT_S} s ({type(err).__name__})"
             if reason is None and storage.read_text(storage_path, files[node["NodeID"]]) != token:
                 reason = "a file it wrote there is not visible from the driver"
             if reason:

@@ -90,9 +90,10 @@ class Progress:
                 # A failure Tune will retry (a lost node, a crashed worker): from the last checkpoint.
                 epoch = int((trial.last_result or {}).get(M.EPOCH, 0))
                 limit = "unlimited" if self.max_failures < 0 else str(self.max_failures)
+                since = f"from its checkpoint at epoch {epoch}" if epoch else "from the start"
                 self._say(
                     f"retrying  {self.namer(trial.config)} (was on {where(trial.last_result) or 'an unknown node'}; "
-                    f"failure {trial.num_failures} of {limit} allowed) from its checkpoint at epoch {epoch}"
+                    f"failure {trial.num_failures} of {limit} allowed) {since}"
                 )
 
             def on_trial_complete(self, iteration, trials, trial, **info):

@@ -80,8 +80,9 @@ class TrackingSpec(_Strict):
 
 class FailureSpec(_Strict):
     # Retries of a failed trial from its latest checkpoint (a lost node, a crashed worker);
-    # -1 = unlimited, 0 = a failure is final.
-    max_failures: int = Field(3, ge=-1)
+    # -1 = unlimited, 0 = a failure is final. Default: 3 on a cluster (nodes get lost), 0 on
+    # one machine (a failure there is the trial's own, and would only repeat).
+    max_failures: int | None = Field(None, ge=-1)
 
 
 class BudgetSpec(_Strict):

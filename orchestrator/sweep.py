@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import sys
 import uuid
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ __all__ = ["SweepError", "find_experiment", "prepare_sweep", "resume_sweep", "ru
 SPEC_FILE = "sweep.yaml"  # the sweep file, saved in the experiment folder for `resume`
 TRACKING_FILE = "tracking.json"  # where its MLflow runs are, for `resume`
 SMOKE_EPOCHS, SMOKE_IMAGES, SMOKE_TRIALS = 2, 256, 4
+CLUSTER_MAX_FAILURES = 3  # failure.max_failures when unset and the sweep runs on a cluster
 
 
 class SweepError(Exception):
@@ -96,13 +98,7 @@ def prepare_sweep(
         check_tracking_uri(uri)
     except Exception as err:
         raise SpecError("tracking.tracking_uri", str(err)) from None
-    if cluster.runs_tune_remotely(address) and not uri.startswith(("http://", "https://")):
-        raise SpecError(
-            "tracking.tracking_uri",
-            f"{uri} is a file on this machine, but with a ray:// address Tune's loop (which writes to MLflow) "
-            f"runs on the cluster's head node: use an MLflow server the head can reach (--tracking-uri http://…), "
-            f"or the head's GCS address (--address HEAD:6379) to keep the loop here",
-        )
+    cluster.check_tracking_reachable_from_tune(address, uri)
     # Fail fast on data: the driver loads (or downloads into the cache) what trials will need.
     first = RunConfig.from_flat(plan.configs[0])
     try:
@@ -265,10 +261,10 @@ def run_sweep(prep: Prepared, *, address: str | None = None) -> int:
         run_config=tune.RunConfig(
             name=prep.name,
             storage_path=prep.storage_path,
-            failure_config=tune.FailureConfig(max_failures=spec.failure.max_failures),
+            failure_config=tune.FailureConfig(max_failures=_max_failures(spec, address)),
             checkpoint_config=_checkpoint_config(spec),
             callbacks=[cluster.TuneDriverSetup(), tracker,
-                       Progress(namer, plan.epochs_per_trial, _stopped_by(spec), spec.failure.max_failures)],
+                       Progress(namer, plan.epochs_per_trial, _stopped_by(spec), _max_failures(spec, address))],
             stop=_epoch_budget_stopper(spec.budget.max_epochs) if spec.budget.max_epochs else None,
             verbose=0,
         ),
@@ -277,7 +273,13 @@ def run_sweep(prep: Prepared, *, address: str | None = None) -> int:
           f"{_where_it_runs(spec, concurrency, address)}; results in {prep.experiment_path}, MLflow {prep.tracking_uri} "
           f"(experiment {prep.experiment!r})", flush=True)
     results = tuner.fit()
-    return _finish(prep, results, namer, plan.epochs_per_trial, tracker, plan.num_trials, cluster_run=address is not None)
+    return _finish(prep, results, namer, plan.epochs_per_trial, tracker, plan.num_trials, address=address)
+
+
+def _max_failures(spec, address: str | None) -> int:
+    if spec.failure.max_failures is not None:
+        return spec.failure.max_failures
+    return 0 if address is None else CLUSTER_MAX_FAILURES
 
 
 def _trainable(spec, experiment_path: str):
@@ -324,12 +326,12 @@ def plan_summary(plan: Plan) -> dict:
 
 
 def _finish(prep: Prepared, results, namer: TrialNamer, epochs: int, tracker: SweepTracker | None, num_trials: int,
-            *, cluster_run: bool = False) -> int:
+            *, address: str | None) -> int:
     spec = prep.parsed.spec
     rows = table_rows(results, namer, epochs, _stopped_by(spec))
     rows.sort(key=lambda r: (r.get("val_error") is None, r.get("val_error", math.inf)))
     print()
-    print(format_table(rows, show_nodes=cluster_run))
+    print(format_table(rows, show_nodes=address is not None))
     ok = [r for r in rows if r.get("val_error") is not None]
     if ok:
         best = ok[0]
@@ -343,7 +345,8 @@ def _finish(prep: Prepared, results, namer: TrialNamer, epochs: int, tracker: Sw
         reason = " (budget.max_epochs reached)" if spec.budget.max_epochs else ""
         print(f"{num_trials - len(rows)} of {num_trials} planned trials did not run{reason}")
     if results.num_terminated + results.num_errors < len(results):
-        print(f"the sweep is not finished; continue it with `resnet-sweep resume {prep.experiment_path}`")
+        again = " ".join(shlex.quote(a) for a in ["resnet-sweep", "resume", prep.experiment_path, *(["--address", address] if address else [])])
+        print(f"the sweep is not finished; continue it with `{again}`")
     failed = [r for r in rows if r["status"] == str(Status.FAILED)]
     if failed:
         print(f"{len(failed)} trial(s) failed", file=sys.stderr)
@@ -387,6 +390,9 @@ def resume_sweep(experiment_path: str, *, address: str | None = None) -> int:
     spec = parsed.spec
     plan = make_plan(parsed, with_models=False)
     storage_path, name = experiment_path.rstrip("/").rsplit("/", 1)
+    tracking = json.loads(storage.read_text(experiment_path, TRACKING_FILE) or "{}")
+    uri = tracking.get("tracking_uri") or normalize_tracking_uri(spec.tracking.tracking_uri or default_tracking_uri())
+    cluster.check_tracking_reachable_from_tune(address, uri)
     _connect(address, storage_path, spec, plan.num_trials)
     if spec.search.algorithm == "optuna":
         limit = cluster.trial_concurrency(spec, local=address is None) or plan.num_trials
@@ -394,9 +400,7 @@ def resume_sweep(experiment_path: str, *, address: str | None = None) -> int:
     tuner = tune.Tuner.restore(experiment_path, _trainable(spec, experiment_path), resume_unfinished=True, resume_errored=True)
     print(f"resuming {experiment_path}", flush=True)
     results = tuner.fit()
-    tracking = json.loads(storage.read_text(experiment_path, TRACKING_FILE) or "{}")
-    uri = tracking.get("tracking_uri") or normalize_tracking_uri(spec.tracking.tracking_uri or default_tracking_uri())
     prep = Prepared(parsed, plan, storage_path, name, uri, tracking.get("experiment") or spec.name)
     varying = _varying_keys(prep)
     return _finish(prep, results, TrialNamer(varying), plan.epochs_per_trial, None, tracking.get("num_trials", len(results)),
-                   cluster_run=address is not None)
+                   address=address)

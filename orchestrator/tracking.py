@@ -291,20 +291,23 @@ class SweepTracker(Callback):
 
         run_id = self._run_for(trial)
         self._log_node(run_id, result)
-        if result.get(STATUS) == str(Status.DIVERGED):
-            return
         # A trial resumed from an older checkpoint re-reports epochs MLflow already has: the
         # trainer reproduces them exactly, so they are skipped to keep each history continuous.
         # One resumed from a newer one sends the epochs before it, for those MLflow lacks.
-        now = int(time.time() * 1000)
+        records = json.loads(result.get(EARLIER_EPOCHS) or "[]")
+        if result.get(STATUS) != str(Status.DIVERGED):  # a diverged epoch has no metrics to log
+            records.append(result)
+        now, last = int(time.time() * 1000), self._last_logged(run_id)
         batch = []
-        for record in [*json.loads(result.get(EARLIER_EPOCHS) or "[]"), result]:
+        for record in records:
             epoch = int(record.get(M.EPOCH, 0))
-            if epoch > self._last_logged(run_id):
+            if epoch > last:
                 batch += [Metric(key, float(record[key]), now, epoch) for key in M.METRICS if key in record]
-                self.logged_epoch[run_id] = epoch
+                last = epoch
         for i in range(0, len(batch), 1000):  # MLflow takes at most 1000 metrics per batch
             self.client.log_batch(run_id, metrics=batch[i : i + 1000])
+        # Counted as logged only once written: a failed write is replayed in full (see _call).
+        self.logged_epoch[run_id] = last
 
     def _log_node(self, run_id: str, result: dict) -> None:
         node = result.get(NODE_ID)
@@ -313,14 +316,14 @@ class SweepTracker(Callback):
         if run_id not in self.nodes:  # a resumed sweep keeps the nodes logged before
             logged = self.client.get_run(run_id).data.tags.get(TAG_NODES)
             self.nodes[run_id] = logged.split(",") if logged else []
-        nodes = self.nodes[run_id]
-        if nodes and nodes[-1] == node:
+        if self.nodes[run_id][-1:] == [node]:
             return
         from mlflow.entities import RunTag
 
-        nodes.append(node)
+        nodes = [*self.nodes[run_id], node]
         tags = {TAG_NODE_ID: node, TAG_HOST: str(result.get(HOSTNAME, "")), TAG_NODES: ",".join(nodes)}
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        self.nodes[run_id] = nodes
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         self.last_result[trial.trial_id] = result

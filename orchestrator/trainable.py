@@ -29,7 +29,13 @@ NODE_ID = "node_id"  # result keys: where the trial ran (the Ray node id, and it
 HOSTNAME = "hostname"  # the same key Tune fills in itself
 
 
-def _newest_stored_state(trial_uri: str, current: dict | None) -> dict | None:
+def _checkpoint_index(folder: str) -> int:
+    """Tune's checkpoint folders are checkpoint_000007: the number, or -1."""
+    tail = folder.rstrip("/").rsplit("/", 1)[-1].removeprefix("checkpoint_")
+    return int(tail) if tail.isdigit() else -1
+
+
+def _newest_stored_state(trial_uri: str, current: dict | None, current_index: int) -> dict | None:
     """The trial's newest complete checkpoint in storage, when newer than the one Tune restores.
 
     Tune restores a trial from the checkpoint its experiment state names. With remote storage
@@ -39,6 +45,8 @@ def _newest_stored_state(trial_uri: str, current: dict | None) -> dict | None:
     No Tune option covers this, so the trial looks for itself."""
     best = current
     for folder in storage.subfolders(trial_uri, "checkpoint_"):
+        if _checkpoint_index(folder) <= current_index:  # Tune numbers them in order: not newer
+            continue
         data = storage.read_bytes(folder, CHECKPOINT_FILE)
         try:
             state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True) if data else None
@@ -58,13 +66,14 @@ def train_trial(config: dict[str, Any], experiment_path: str | None = None) -> N
     torch.set_num_threads(max(1, int(cpus)))
     placement = {NODE_ID: context.get_node_id(), HOSTNAME: socket.gethostname()}
     trainer = Trainer(RunConfig.from_flat(resolve_trial(config, {})))
-    checkpoint, state = tune.get_checkpoint(), None
+    checkpoint, state, index = tune.get_checkpoint(), None, -1
     if checkpoint is not None:
+        index = _checkpoint_index(checkpoint.path)
         with checkpoint.as_directory() as folder:
             state = torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=True)
     if experiment_path is not None:
         trial_uri = storage.join(experiment_path, Path(tune.get_context().get_trial_dir()).name)
-        state = _newest_stored_state(trial_uri, state)
+        state = _newest_stored_state(trial_uri, state, index)
     if state is not None:
         trainer.load_state_dict(state)
     # The epochs before the restore go with the first result, once: the driver logs any that
@@ -86,13 +95,14 @@ def train_trial(config: dict[str, Any], experiment_path: str | None = None) -> N
     if trainer.history and trainer.epoch >= trainer.epochs:
         # Restored from its final checkpoint (the driver died before recording the end): say
         # the trial is complete again without training or checkpointing anything.
-        tune.report({**trainer.history[-1], **placement, **earlier, REPLAYED: True, STATUS: str(Status.COMPLETED),
+        # (No node: this one trained nothing; the node that did is in the earlier results.)
+        tune.report({**trainer.history[-1], **earlier, REPLAYED: True, STATUS: str(Status.COMPLETED),
                      LAYER_RESPONSES: trainer.layer_response_std()})
         return
     trainer.run(report)
     if trainer.status == Status.DIVERGED:
         # A diverged trial is the worst possible result for the searcher and scheduler, not a crash.
-        tune.report({M.EPOCH: trainer.epoch + 1, M.VAL_ERROR: 1.0, M.TRAIN_ERROR: 1.0, **placement,
+        tune.report({M.EPOCH: trainer.epoch + 1, M.VAL_ERROR: 1.0, M.TRAIN_ERROR: 1.0, **placement, **earlier,
                      STATUS: str(Status.DIVERGED)})
 
 

@@ -122,7 +122,12 @@ def _download_lock(root: Path):
     (or on nodes sharing the folder over NFS) would otherwise race to write the same files.
     torchvision has no lock of its own; an exclusive flock on a file in the folder is enough."""
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".download.lock", "w") as handle:
+    try:
+        handle = open(root / ".download.lock", "a")
+    except OSError:  # a read-only folder (archives put in place): nothing will be written there
+        yield
+        return
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
