@@ -49,6 +49,17 @@ def kill_when_midway(*args: str, cwd: Path, epochs: int, env: dict | None = None
 
 
 @pytest.fixture
+def ray_tmpdir():
+    """A RAY_TMPDIR of the test's own, removed afterwards; short, as Ray's socket paths live in it."""
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="rs", dir="/tmp")
+    yield Path(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
 def workdir(tmp_path, monkeypatch):
     """An empty working directory (where a user would run the commands)."""
     monkeypatch.chdir(tmp_path)

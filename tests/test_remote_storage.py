@@ -1,7 +1,6 @@
 """[5/11] Sweeps whose results live in S3 (a real S3-compatible server on 127.0.0.1): the driver
 killed midway and `resume s3://…` finishing it, names never reused, credentials never written."""
 import re
-import tempfile
 from pathlib import Path
 
 from mlflow import MlflowClient
@@ -30,11 +29,10 @@ def _files_containing(folder: Path, needle: bytes) -> list[str]:
     return hits
 
 
-def test_s3_sweep_killed_midway_resumes_without_duplicates_or_leaked_credentials(tmp_path, s3_server):
+def test_s3_sweep_killed_midway_resumes_without_duplicates_or_leaked_credentials(tmp_path, s3_server, ray_tmpdir):
     epochs = 8
     (tmp_path / "small.yaml").write_text(SMALL_GRID.format(epochs=epochs) + "storage_path: s3://sweeps/ray\n")
-    ray_tmp = tempfile.mkdtemp(prefix="rss", dir="/tmp")  # this test's Ray logs, searched below
-    env = {**s3_server.env, "RAY_TMPDIR": ray_tmp}
+    env = {**s3_server.env, "RAY_TMPDIR": str(ray_tmpdir)}  # this test's Ray logs, searched below
     first, done = kill_when_midway("run", "small.yaml", cwd=tmp_path, epochs=epochs, env=env)
     assert "results in s3://sweeps/ray/small" in first, first
     assert not (tmp_path / "ray_results").exists()  # nothing of the sweep on local disk
@@ -72,7 +70,7 @@ def test_s3_sweep_killed_midway_resumes_without_duplicates_or_leaked_credentials
         assert secret not in first + out.stdout + out.stderr + again.stdout + again.stderr
         assert not [k for k, body in objects.items() if secret.encode() in body]
         assert not _files_containing(tmp_path, secret.encode())  # mlflow.db, mlartifacts
-        assert not _files_containing(Path(ray_tmp), secret.encode())  # Ray's session logs
+        assert not _files_containing(ray_tmpdir, secret.encode())  # Ray's session logs
     for run in after:
         assert not [v for v in {**run.data.tags, **run.data.params}.values() if S3_SECRET in v]
 
