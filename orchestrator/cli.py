@@ -217,7 +217,7 @@ def _model_name(config: dict) -> str:
 
 
 def cmd_run(args) -> int:
-    from .sweep import SweepError, prepare_sweep, run_sweep
+    from .sweep import SweepError, prepare_sweep, run_or_resume, run_sweep
 
     parsed = _load(args.sweep)
     try:
@@ -228,6 +228,8 @@ def cmd_run(args) -> int:
             tracking_uri=args.tracking_uri,
             smoke_test=args.smoke_test,
         )
+        if args.resume_if_exists:
+            return run_or_resume(prep, address=args.address)
         return run_sweep(prep, address=args.address)
     except SweepError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -303,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(p)
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db here, or the sweep's tracking.tracking_uri)")
     p.add_argument("--smoke-test", action="store_true", help="tiny version: 2 epochs on 256 images, at most 4 trials")
+    p.add_argument("--resume-if-exists", action="store_true",
+                   help="if this sweep (same name, same file) is already in the storage path, continue it instead of "
+                        "starting another (for entrypoints that may run twice, e.g. a retried Kubernetes job)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("resume", help="continue an interrupted sweep (finished trials are not rerun)")

@@ -25,7 +25,7 @@ from .spec import ParsedSpec, SpecError, parse_spec
 from .tracking import SweepTracker, check_tracking_uri, default_tracking_uri, git_commit, normalize_tracking_uri
 from .trainable import train_trial
 
-__all__ = ["SweepError", "find_experiment", "prepare_sweep", "resume_sweep", "run_sweep", "SPEC_FILE"]
+__all__ = ["SweepError", "find_experiment", "prepare_sweep", "resume_sweep", "run_or_resume", "run_sweep", "SPEC_FILE"]
 
 SPEC_FILE = "sweep.yaml"  # the sweep file, saved in the experiment folder for `resume`
 TRACKING_FILE = "tracking.json"  # where its MLflow runs are, for `resume`
@@ -207,7 +207,37 @@ def _where_it_runs(spec, concurrency: int, address: str | None) -> str:
     return f"{limit} at a time on the Ray cluster at {address} ({len(nodes)} nodes now, room for {fits}; more nodes get trials as they join)"
 
 
-def run_sweep(prep: Prepared, *, address: str | None = None) -> int:
+def existing_sweep(prep: Prepared) -> str | None:
+    """This sweep's folder when it is already in the storage path (same name, same sweep file):
+    an entrypoint that may run twice (a Kubernetes job retried after a lost head) continues it
+    instead of starting a second sweep. A different sweep of the same name is an error."""
+    name = prep.parsed.spec.name
+    path = storage.join(prep.storage_path, name)
+    saved = storage.read_text(path, SPEC_FILE)
+    if saved is None:
+        return None
+    if parse_spec(saved).spec.spec_hash() != prep.parsed.spec.spec_hash():
+        raise SpecError("name", f"another sweep named {name!r} is already in {prep.storage_path} (its {SPEC_FILE} differs "
+                                f"from this one); give this sweep another name, or continue that one with "
+                                f"`resnet-sweep resume {shlex.quote(path)}`")
+    return path
+
+
+def run_or_resume(prep: Prepared, *, address: str | None = None) -> int:
+    """`run --resume-if-exists`: continue this sweep when it is in the storage path, else start it."""
+    from ray import tune
+
+    path = existing_sweep(prep)
+    if path is None:
+        return run_sweep(prep, address=address)
+    if tune.Tuner.can_restore(path):
+        print(f"{prep.parsed.spec.name} is already in {prep.storage_path}: continuing it", flush=True)
+        return resume_sweep(path, address=address)
+    # Its driver died before Tune saved anything: nothing ran, so it starts again in that folder.
+    return run_sweep(prep, address=address, folder_taken=True)
+
+
+def run_sweep(prep: Prepared, *, address: str | None = None, folder_taken: bool = False) -> int:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -216,7 +246,10 @@ def run_sweep(prep: Prepared, *, address: str | None = None) -> int:
     concurrency = cluster.trial_concurrency(spec, local=address is None)
     search_alg, param_space = _search_and_space(prep, concurrency)
     namer = TrialNamer(_varying_keys(prep))
-    prep.name = storage.claim_name(prep.storage_path, spec.name, SPEC_FILE, saved_spec_text(prep.parsed))
+    if folder_taken:  # this sweep's own folder, from a start that never got under way
+        storage.write_text(prep.experiment_path, SPEC_FILE, saved_spec_text(prep.parsed))
+    else:
+        prep.name = storage.claim_name(prep.storage_path, spec.name, SPEC_FILE, saved_spec_text(prep.parsed))
     tracking = {"tracking_uri": prep.tracking_uri, "experiment": prep.experiment, "num_trials": plan.num_trials}
     storage.write_text(prep.experiment_path, TRACKING_FILE, json.dumps(tracking))
 

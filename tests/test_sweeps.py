@@ -175,3 +175,32 @@ def test_the_same_sweep_in_two_terminals_at_once_gets_two_folders(tmp_path):
     assert folders == [str(tmp_path / "ray_results" / "small"), str(tmp_path / "ray_results" / "small-2")]
     for out in outs:
         assert len(table_rows(out)) == 4
+
+
+def test_run_resume_if_exists_continues_the_same_sweep_instead_of_a_second(tmp_path):
+    """An entrypoint that runs twice (a Kubernetes job retried after its head pod was lost)."""
+    epochs = 8
+    (tmp_path / "small.yaml").write_text(SMALL_GRID.format(epochs=epochs))
+    seen, done = kill_when_midway("run", "small.yaml", "--resume-if-exists", cwd=tmp_path, epochs=epochs)
+    assert done, seen
+
+    out = cli("run", "small.yaml", "--resume-if-exists", cwd=tmp_path, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "small is already in" in out.stdout and len(table_rows(out.stdout)) == 4
+    trained = {m.group(1) for m in re.finditer(r"^\[\d\d:\d\d\] epoch +\d+/\d+ +(\S+)", out.stdout, re.M)}
+    assert trained and not trained & done, (trained, done)
+    assert sorted(p.name for p in (tmp_path / "ray_results").iterdir()) == ["small"]  # no small-2
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parents, children = child_runs(client, "small")
+    assert len(parents) == 1 and len(children) == 4
+    for run in children:
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val_error")] == list(range(1, epochs + 1))
+
+    again = cli("run", "small.yaml", "--resume-if-exists", cwd=tmp_path, timeout=600)  # finished: nothing to do
+    assert again.returncode == 0 and len(table_rows(again.stdout)) == 4, again.stderr[-3000:]
+    assert not re.search(r"^\[\d\d:\d\d\] epoch", again.stdout, re.M), again.stdout
+    assert len(child_runs(client, "small")[1]) == 4
+
+    (tmp_path / "small.yaml").write_text(SMALL_GRID.format(epochs=epochs + 1))  # another sweep, same name
+    other = cli("run", "small.yaml", "--resume-if-exists", cwd=tmp_path)
+    assert other.returncode == 2 and "another sweep named 'small'" in other.stderr, other.stderr
