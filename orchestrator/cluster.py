@@ -16,6 +16,7 @@ from .spec import SpecError
 __all__ = [
     "ClusterError",
     "TuneDriverSetup",
+    "check_address",
     "check_storage_on_nodes",
     "connect",
     "describe_node",
@@ -63,6 +64,12 @@ def _host_port(address: str) -> tuple[str, int]:
     if not host or not port.isdigit():
         raise SpecError("--address", f"{address!r} is not host:port, ray://host:port or auto")
     return host.strip("[]"), int(port)
+
+
+def check_address(address: str | None) -> None:
+    """A malformed --address is bad input, found before anything loads or starts."""
+    if address not in (None, "auto"):
+        _host_port(address)
 
 
 def _resolve_auto() -> str:

@@ -86,6 +86,7 @@ def prepare_sweep(
 ) -> Prepared:
     """Validate everything that can be checked before Ray starts; raises SpecError (bad input)
     or SweepError (data or tracking unavailable)."""
+    cluster.check_address(address)
     if smoke_test:
         _smoke(parsed)
     plan = make_plan(parsed, with_models=False)

@@ -89,6 +89,9 @@ def test_catalogue_is_large():
     (["run"], ["the following arguments are required"]),
     (["run", "sweep.yaml", "--bogus"], ["unrecognized arguments: --bogus"]),
     (["plan", "."], ["(it is a folder)"]),
+    (["run", "sweep.yaml", "--address", "head-without-port"], ["--address", "host:port, ray://host:port or auto"]),
+    (["run", "sweep.yaml", "--storage-path", "s3://KEY:SECRET@bucket/x"], ["storage_path", "credentials"]),
+    (["run", "sweep.yaml", "--storage-path", "s3://bucket/x?endpoint_override=h"], ["storage_path", "AWS_ENDPOINT_URL"]),
 ])
 def test_bad_command_lines_exit_2_with_one_line(workdir, capsys, args, words):
     (workdir / "sweep.yaml").write_text(VALID)
