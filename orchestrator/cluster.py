@@ -258,10 +258,7 @@ def check_storage_on_nodes(storage_path: str) -> None:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    try:
-        name, token = storage.probe_file(storage_path)
-    except Exception as err:  # noqa: BLE001 — e.g. a folder that became read-only
-        raise SpecError(storage.FIELD, f"cannot write to {storage_path} from this machine ({type(err).__name__}: {err})") from None
+    name, token = storage.probe_file(storage_path)
 
     @ray.remote(num_cpus=0, max_retries=0)
     def probe(node_file: str) -> str | None:

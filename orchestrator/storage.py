@@ -27,6 +27,7 @@ __all__ = [
     "probe_file",
     "read_bytes",
     "read_text",
+    "reason",
     "remove",
     "subfolders",
     "write_text",
@@ -51,8 +52,9 @@ def normalize(path: str, field: str = FIELD) -> str:
     if parts.query:
         raise SpecError(
             field,
-            f"{path}: no query in the URI (Tune appends folder names to it); give an S3-compatible "
-            f"server's address in AWS_ENDPOINT_URL instead",
+            f"{parts.scheme}:// URI with a query (?…); Tune appends folder names to the URI, and a query "
+            f"may hold keys that would be printed and saved: give an S3-compatible server's address in "
+            f"AWS_ENDPOINT_URL instead",
         )
     if parts.password or parts.username:
         raise SpecError(
@@ -84,14 +86,8 @@ def write_text(folder: str, filename: str, text: str) -> None:
 
 def read_text(folder: str, filename: str) -> str | None:
     """The file's text, or None when it (or the storage) is not there."""
-    import pyarrow
-
-    try:
-        fs, root = _filesystem(folder)
-        with fs.open_input_stream(f"{root}/{filename}") as f:
-            return f.read().decode()
-    except (OSError, ValueError, pyarrow.ArrowException):
-        return None
+    data = read_bytes(folder, filename)
+    return None if data is None else data.decode()
 
 
 def read_bytes(folder: str, filename: str) -> bytes | None:
@@ -147,7 +143,8 @@ def claim_name(storage: str, name: str, marker: str, text: str) -> str:
         return candidate
 
 
-def _reason(err: Exception) -> str:
+def reason(err: Exception) -> str:
+    """An exception as one short line (its type and first line)."""
     return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")
 
 
@@ -162,20 +159,22 @@ def check_usable(storage: str) -> None:
             what = "is not a folder" if not existing.is_dir() else "is not writable"
             raise SpecError(FIELD, f"cannot use {storage}: {existing} {what}")
         return
-    probe = f".resnet-sweep-probe-{uuid.uuid4().hex}"
-    try:
-        write_text(storage, probe, "probe")
-        if read_text(storage, probe) != "probe":
-            raise OSError("a file written there could not be read back")
-        remove(storage, probe)
-    except Exception as err:  # noqa: BLE001 — any failure here is the same user-facing problem
-        raise SpecError(FIELD, f"cannot use {storage} from this machine ({_reason(err)})") from None
+    name, token = probe_file(storage)
+    readable = read_text(storage, name) == token
+    remove(storage, name)
+    if not readable:
+        raise SpecError(FIELD, f"cannot use {storage} from this machine (a file written there could not be read back)")
 
 
 def probe_file(storage: str) -> tuple[str, str]:
-    """A fresh probe file's name and content, written by the driver for the nodes to read."""
+    """A fresh probe file's name and content, written by the driver (for itself or the nodes to
+    read back); SpecError naming storage_path when it cannot be written (no bucket, no
+    credentials, endpoint down, read-only…)."""
     name, token = f".resnet-sweep-probe-{uuid.uuid4().hex}", uuid.uuid4().hex
-    write_text(storage, name, token)
+    try:
+        write_text(storage, name, token)
+    except Exception as err:  # noqa: BLE001 — any failure here is the same user-facing problem
+        raise SpecError(FIELD, f"cannot use {storage} from this machine ({reason(err)})") from None
     return name, token
 
 
@@ -188,14 +187,20 @@ def check_from_node(storage: str, name: str, token: str, node_file: str) -> str 
             return "a file the driver wrote there is not visible from this node"
         write_text(storage, node_file, token)
     except Exception as err:  # noqa: BLE001
-        return _reason(err)
+        return reason(err)
     return None
 
 
 def remove(storage: str, *names: str) -> None:
-    fs, root = _filesystem(storage)
-    for name in names:
-        try:
-            fs.delete_file(f"{root}/{name}")
-        except OSError:
-            pass
+    """Delete probe files, best effort: one left behind is harmless."""
+    import pyarrow
+
+    try:
+        fs, root = _filesystem(storage)
+        for name in names:
+            try:
+                fs.delete_file(f"{root}/{name}")
+            except OSError:
+                pass
+    except (OSError, ValueError, pyarrow.ArrowException):
+        pass

@@ -30,6 +30,7 @@ __all__ = ["SweepError", "find_experiment", "prepare_sweep", "resume_sweep", "ru
 SPEC_FILE = "sweep.yaml"  # the sweep file, saved in the experiment folder for `resume`
 TRACKING_FILE = "tracking.json"  # where its MLflow runs are, for `resume`
 SMOKE_EPOCHS, SMOKE_IMAGES, SMOKE_TRIALS = 2, 256, 4
+PENDING_TRIALS = "TUNE_MAX_PENDING_TRIALS_PG"  # Tune's limit on trials waiting for resources
 CLUSTER_MAX_FAILURES = 3  # failure.max_failures when unset and the sweep runs on a cluster
 
 
@@ -158,9 +159,6 @@ def _search_and_space(prep: Prepared, concurrency: int):
     spec = prep.parsed.spec
     if spec.search.algorithm == "optuna":
         limit = concurrency or prep.plan.num_trials
-        # ray#46965: with a searcher Tune keeps one pending trial at a time by default, which
-        # serialises an Optuna sweep; allow as many pending trials as can run at once.
-        os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(limit)
         searcher = OptunaSearch(
             space=optuna_space(prep.parsed), metric=spec.metric.name, mode=spec.metric.mode, seed=spec.search.seed
         )
@@ -186,12 +184,17 @@ def _connect(address: str | None, storage_path: str, spec, num_trials: int) -> N
     driver_env = {}
     if address is not None:
         # Every trial that may run at once is requested at once (Tune's default is 16 pending):
-        # an autoscaler sees the sweep's whole demand and adds nodes for it.
-        driver_env["TUNE_MAX_PENDING_TRIALS_PG"] = str(spec.max_concurrent or num_trials)
+        # an autoscaler sees the sweep's whole demand and adds nodes for it. (Known before Ray
+        # starts: with ray:// these settings travel to Tune's loop on the head.)
+        driver_env[PENDING_TRIALS] = str(spec.max_concurrent or num_trials)
     try:
         cluster.connect(address, driver_env)
     except cluster.ClusterError as err:
         raise SweepError(str(err)) from None
+    if address is None and spec.search.algorithm == "optuna":
+        # ray#46965: with a searcher Tune keeps one pending trial at a time by default, which
+        # serialises an Optuna sweep; allow as many pending trials as can run at once.
+        os.environ[PENDING_TRIALS] = str(cluster.trial_concurrency(spec, local=True))
     if address is not None:
         print(f"checking that every node of the cluster can use {storage_path} …", flush=True)
         cluster.check_storage_on_nodes(storage_path)
@@ -428,9 +431,6 @@ def resume_sweep(experiment_path: str, *, address: str | None = None) -> int:
     uri = tracking.get("tracking_uri") or normalize_tracking_uri(spec.tracking.tracking_uri or default_tracking_uri())
     cluster.check_tracking_reachable_from_tune(address, uri)
     _connect(address, storage_path, spec, plan.num_trials)
-    if spec.search.algorithm == "optuna":
-        limit = cluster.trial_concurrency(spec, local=address is None) or plan.num_trials
-        os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(limit)
     tuner = tune.Tuner.restore(experiment_path, _trainable(spec, experiment_path), resume_unfinished=True, resume_errored=True)
     print(f"resuming {experiment_path}", flush=True)
     results = tuner.fit()

@@ -57,7 +57,7 @@ def _newest_stored_state(trial_uri: str, current: dict | None, current_index: in
     return best
 
 
-def train_trial(config: dict[str, Any], experiment_path: str | None = None) -> None:
+def train_trial(config: dict[str, Any], experiment_path: str) -> None:
     import ray
     from ray import tune
 
@@ -71,9 +71,8 @@ def train_trial(config: dict[str, Any], experiment_path: str | None = None) -> N
         index = _checkpoint_index(checkpoint.path)
         with checkpoint.as_directory() as folder:
             state = torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=True)
-    if experiment_path is not None:
-        trial_uri = storage.join(experiment_path, Path(tune.get_context().get_trial_dir()).name)
-        state = _newest_stored_state(trial_uri, state, index)
+    trial_uri = storage.join(experiment_path, Path(tune.get_context().get_trial_dir()).name)
+    state = _newest_stored_state(trial_uri, state, index)
     if state is not None:
         trainer.load_state_dict(state)
     # The epochs before the restore go with the first result, once: the driver logs any that

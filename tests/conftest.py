@@ -66,6 +66,20 @@ def workdir(tmp_path, monkeypatch):
     return tmp_path
 
 
+def _wait_for_server(proc: subprocess.Popen, what: str, ready, timeout: float = 120) -> None:
+    """Until ``ready()`` stops raising; the server's process group is killed if it never does."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            ready()
+            return
+        except Exception:
+            if time.time() > deadline or proc.poll() is not None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                raise RuntimeError(f"{what} did not start") from None
+            time.sleep(0.5)
+
+
 S3_KEY_ID, S3_SECRET = "AKIARESNETSWEEPTEST", "s3cr3t-resnet-sweep-do-not-leak-4f1b9c"
 
 
@@ -86,16 +100,7 @@ def s3_server(tmp_path):
            "AWS_SECRET_ACCESS_KEY": S3_SECRET, "AWS_DEFAULT_REGION": "us-east-1"}
     client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id=S3_KEY_ID,
                           aws_secret_access_key=S3_SECRET, region_name="us-east-1")
-    deadline = time.time() + 60
-    while True:
-        try:
-            client.create_bucket(Bucket="sweeps")
-            break
-        except Exception:
-            if time.time() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError("moto server did not start")
-            time.sleep(0.5)
+    _wait_for_server(proc, "moto server", lambda: client.create_bucket(Bucket="sweeps"))
     yield SimpleNamespace(env=env, client=client, bucket="sweeps")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
@@ -116,18 +121,9 @@ def mlflow_server(tmp_path):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
     import urllib.request
 
-    while True:
-        try:
-            urllib.request.urlopen(uri + "/health", timeout=2)
-            break
-        except OSError:
-            if time.time() > deadline or proc.poll() is not None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                raise RuntimeError("mlflow server did not start")
-            time.sleep(1)
+    _wait_for_server(proc, "mlflow server", lambda: urllib.request.urlopen(uri + "/health", timeout=2))
     yield uri
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=30)

@@ -44,8 +44,8 @@ class RayNode:
 class LocalCluster:
     """A head and any number of worker nodes, all on 127.0.0.1, each with ``cpus`` CPUs."""
 
-    def __init__(self, home: Path, env: dict[str, str] | None = None) -> None:
-        self.env = {**os.environ, "HOME": str(home), **(env or {})}
+    def __init__(self, home: Path) -> None:
+        self.env = {**os.environ, "HOME": str(home)}
         self.env.pop("RAY_ADDRESS", None)
         # Unix socket paths must stay short: a temp dir of its own under /tmp.
         self.temp_dir = tempfile.mkdtemp(prefix="rsw", dir="/tmp")
