@@ -269,6 +269,19 @@ def cmd_ui(args) -> int:
     os.execv(sys.executable, cmd)  # the UI becomes this process: signals reach it directly
 
 
+def cmd_k8s_render(args) -> int:
+    from .k8s import RenderError, render, render_yaml
+
+    parsed = _load(args.sweep)
+    try:
+        objects = render(parsed, image=args.image, gpus=args.gpus, namespace=args.namespace, name=args.name,
+                         tracking_uri=args.tracking_uri, storage_path=args.storage_path)
+    except RenderError as err:
+        raise UsageError(str(err)) from None
+    sys.stdout.write(render_yaml(objects))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="resnet-sweep",
@@ -321,6 +334,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default loopback only)")
     p.add_argument("--workers", type=int, default=1, help="server worker processes (default 1: enough for one user)")
     p.set_defaults(func=cmd_ui)
+
+    k8s = sub.add_parser("k8s", help="Kubernetes: manifests for running a sweep with KubeRay (docs/kubernetes.md)")
+    k8s_sub = k8s.add_subparsers(dest="k8s_command", required=True, metavar="COMMAND", parser_class=_Parser)
+    p = k8s_sub.add_parser("render", help="print the RayJob and the ConfigMap (holding the sweep file) for one sweep",
+                           description="Print, on stdout, a KubeRay RayJob that runs SWEEP.yaml and the ConfigMap that "
+                                       "holds the file; apply with `kubectl apply -f -`. Built from k8s/base/rayjob.yaml.")
+    p.add_argument("sweep", metavar="SWEEP.yaml")
+    p.add_argument("--image", required=True, help="the trial image (built from the Dockerfile), e.g. registry.example/resnet-sweep:0.1.0")
+    p.add_argument("--gpus", type=int, default=1, help="GPUs in all (default 1): worker pods hold whole trials, "
+                                                        "ceil(resources.gpu) GPUs each")
+    p.add_argument("--namespace", help="namespace of both objects (default: kubectl's current one)")
+    p.add_argument("--name", help="RayJob name (default: from the sweep's name; at most 47 characters)")
+    p.add_argument("--tracking-uri", help="MLflow server the sweep logs to (default: the sweep's http(s) tracking_uri, "
+                                          "else the cluster's http://mlflow:5000)")
+    p.add_argument("--storage-path", help="where Tune keeps the sweep: a folder on the shared volume (default "
+                                          "/mnt/sweeps) or s3://bucket/prefix")
+    p.set_defaults(func=cmd_k8s_render)
     return parser
 
 

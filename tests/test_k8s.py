@@ -1,0 +1,404 @@
+"""[6/11] Kubernetes: k8s/ builds with kustomize for every overlay, every object passes strict
+schema validation offline (built-in kinds with kubernetes-validate, RayJobs with our KubeRay v1
+check), `k8s render` prints the same RayJob the base and overlays hold, the validation fails
+on broken manifests, the Dockerfiles pass hadolint, and the RayJob's entrypoint continues the
+sweep when it runs a second time (on a real local Ray cluster, against an MLflow server started
+with the manifest's own flags and basic auth)."""
+import functools
+import http.client
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from tests import kuberay_v1
+from tests.conftest import REPO, SWEEPS, _wait_for_server, cli
+from tests.ray_nodes import LocalCluster, free_port, token_home
+from tests.test_sweeps import SMALL_GRID, child_runs, table_rows
+
+K8S = REPO / "k8s"
+OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir())
+BIN = Path(sys.executable).parent
+KUBECTL = str(BIN / "kubectl") if (BIN / "kubectl").exists() else "kubectl"
+HADOLINT = str(BIN / "hadolint")
+KUBERNETES_VERSIONS = (kuberay_v1.KUBERNETES_VERSION, kubernetes_validate.latest_version())
+RAY_KINDS = ("RayJob", "RayCluster")
+# What each overlay's sweep is, as `k8s render` arguments (docs/kubernetes.md says the same).
+RENDER_ARGS = {
+    "shared-volume": dict(image="registry.example/resnet-sweep:0.1.0", gpus=8, namespace="resnet-sweep"),
+    "s3": dict(image="registry.example/resnet-sweep:0.1.0", gpus=8, namespace="resnet-sweep",
+               storage_path="s3://my-bucket/sweeps"),
+}
+
+
+def kustomize(folder: Path) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all(_kustomize(folder)) if doc]
+
+
+@functools.cache
+def _kustomize(folder: Path) -> str:
+    out = subprocess.run([KUBECTL, "kustomize", str(folder)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def problems(objects: list[dict]) -> list[str]:
+    """Every validation problem in these objects (empty: all valid)."""
+    found = []
+    for obj in objects:
+        where = f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
+        if obj.get("kind") in RAY_KINDS:
+            found += [f"{where}: {p}" for p in kuberay_v1.check(obj)]
+            continue
+        for version in KUBERNETES_VERSIONS:
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+            except kubernetes_validate.SchemaNotFoundError:
+                found.append(f"{where}: no schema for this kind in Kubernetes {version}")
+            except kubernetes_validate.ValidationError as err:
+                found.append(f"{where}: {'.'.join(map(str, err.path))}: {err.message} (Kubernetes {version})")
+    return found
+
+
+def render(*args: str, cwd: Path = REPO) -> list[dict]:
+    out = cli("k8s", "render", *args, cwd=cwd)
+    assert out.returncode == 0, out.stderr
+    assert not out.stderr.strip(), out.stderr
+    return list(yaml.safe_load_all(out.stdout))
+
+
+def pods(job: dict) -> list[dict]:
+    cluster = job["spec"]["rayClusterSpec"]
+    return [cluster["headGroupSpec"]["template"]["spec"]] + [g["template"]["spec"] for g in cluster["workerGroupSpecs"]]
+
+
+def test_render_cifar_depth_on_8_gpus_is_a_valid_rayjob(tmp_path):
+    config_map, job = render(str(SWEEPS / "cifar_depth.yaml"), "--image", "example/resnet-sweep:1", "--gpus", "8",
+                             cwd=tmp_path)
+    assert problems([config_map, job]) == []
+    assert config_map["data"]["sweep.yaml"] == (SWEEPS / "cifar_depth.yaml").read_text()
+    assert job["metadata"]["name"] == "cifar10-depth" and "namespace" not in job["metadata"]
+    spec = job["spec"]
+    assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] > 0 and spec["backoffLimit"] >= 1
+    cluster = spec["rayClusterSpec"]
+    head = cluster["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0"
+    assert all("nvidia.com/gpu" not in str(c["resources"]) for c in head["template"]["spec"]["containers"])
+    assert cluster["enableInTreeAutoscaling"] is True
+    (workers,) = cluster["workerGroupSpecs"]
+    (container,) = workers["template"]["spec"]["containers"]
+    per_pod = int(container["resources"]["limits"]["nvidia.com/gpu"])
+    assert workers["minReplicas"] == 0 and workers["maxReplicas"] * per_pod == 8 and workers["replicas"] * per_pod == 8
+    # resources: {cpu: 4, gpu: 0.5}: two trials per 1-GPU pod, 8 CPUs for them
+    assert per_pod == 1 and container["resources"]["limits"]["cpu"] == "8"
+    assert container["resources"]["requests"] == container["resources"]["limits"]
+    pod = workers["template"]["spec"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert pod["nodeSelector"]
+    for c in (container, head["template"]["spec"]["containers"][0]):
+        assert c["image"] == "example/resnet-sweep:1"
+    argv = shlex.split(spec["entrypoint"])
+    assert argv[:3] == ["resnet-sweep", "run", "/etc/resnet-sweep/sweep.yaml"] and "--resume-if-exists" in argv
+    mounts = {m["name"]: m["mountPath"] for m in head["template"]["spec"]["containers"][0]["volumeMounts"]}
+    assert mounts["sweep"] == "/etc/resnet-sweep"
+    assert argv[argv.index("--storage-path") + 1] == mounts["storage"]  # the shared volume, mounted in every pod
+    assert all(any(m["mountPath"] == mounts["storage"] for m in p["containers"][0]["volumeMounts"]) for p in pods(job))
+
+
+def test_render_sizes_workers_from_the_sweeps_resources(tmp_path):
+    (tmp_path / "big.yaml").write_text(SMALL_GRID.format(epochs=2).replace("resources: {cpu: 1}", "resources: {cpu: 6, gpu: 2}"))
+    _, job = render("big.yaml", "--image", "r/x:1", "--gpus", "8", "--namespace", "team-a", "--name", "big-one",
+                    "--tracking-uri", "https://mlflow.example.org", "--storage-path", "s3://bucket/sweeps", cwd=tmp_path)
+    assert problems([job]) == []
+    (workers,) = job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    limits = workers["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert (workers["replicas"], limits["nvidia.com/gpu"], limits["cpu"]) == (4, "2", "6")
+    assert job["metadata"]["namespace"] == "team-a" and job["metadata"]["name"] == "big-one"
+    argv = shlex.split(job["spec"]["entrypoint"])
+    assert argv[argv.index("--storage-path") + 1] == "s3://bucket/sweeps"
+    assert argv[argv.index("--tracking-uri") + 1] == "https://mlflow.example.org"
+    for pod in pods(job):  # no shared volume with an object store
+        assert "storage" not in {v["name"] for v in pod["volumes"]}
+        assert pod["containers"][0]["envFrom"] == [{"secretRef": {"name": "resnet-sweep-s3", "optional": True}}]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--gpus", "3"], "--gpus: 3 is not a multiple of the 2 GPUs one trial needs"),
+    (["--gpus", "0"], "--gpus: 0 must be at least 1"),
+    (["--name", "x" * 48], "--name: "),
+    (["--name", "Big_Sweep"], "--name: 'Big_Sweep' is not a RayJob name"),
+    (["--namespace", "Team A"], "--namespace: 'Team A' is not a namespace name"),
+    (["--tracking-uri", "http://admin:hunter2hunter2@mlflow:5000"], "--tracking-uri: credentials in the URI"),
+    (["--tracking-uri", "sqlite:///mlflow.db"], "--tracking-uri: 'sqlite:///mlflow.db': the pods need an MLflow server"),
+    (["--storage-path", "/data/sweeps"], "--storage-path: '/data/sweeps' is not on the shared volume"),
+    (["--storage-path", "s3://key:secret@bucket/x"], "--storage-path: credentials or options in the URI"),
+    (["--storage-path", "ftp://host/x"], "--storage-path: 'ftp://host/x': expected s3://bucket/…"),
+    (["--image", ""], "--image: '' is not an image reference"),
+])
+def test_render_bad_input_is_one_line_exit_2(tmp_path, args, message):
+    (tmp_path / "two.yaml").write_text(SMALL_GRID.format(epochs=2).replace("resources: {cpu: 1}", "resources: {cpu: 1, gpu: 2}"))
+    base = {"--image": "r/x:1", "--gpus": "2"}
+    for flag, value in zip(args[::2], args[1::2]):
+        base[flag] = value
+    out = cli("k8s", "render", "two.yaml", *[a for kv in base.items() for a in kv], cwd=tmp_path)
+    assert out.returncode == 2 and out.stdout == "", out
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), out.stderr
+    assert "hunter2" not in out.stderr and "secret@" not in out.stderr
+
+
+def test_render_refuses_sweeps_without_gpus_and_bad_sweep_files(tmp_path):
+    out = cli("k8s", "render", str(SWEEPS / "quickstart.yaml"), "--image", "r/x:1", cwd=tmp_path)
+    assert out.returncode == 2 and "resources.gpu: 0: trials that use no GPU" in out.stderr, out.stderr
+    (tmp_path / "bad.yaml").write_text(SMALL_GRID.format(epochs=2).replace("train: {", "train: {lr: 1e-3, lrr: 1, "))
+    out = cli("k8s", "render", "bad.yaml", "--image", "r/x:1", cwd=tmp_path)
+    assert out.returncode == 2 and "train.lrr" in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    out = cli("k8s", "render", "bad.yaml", cwd=tmp_path)
+    assert out.returncode == 2 and "--image" in out.stderr
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_builds_and_every_object_is_valid(overlay):
+    objects = kustomize(K8S / "overlays" / overlay)
+    assert problems(objects) == []
+    kinds = {o["kind"] for o in objects}
+    assert {"RayJob", "Deployment", "StatefulSet", "Service", "NetworkPolicy", "ConfigMap", "Namespace"} <= kinds
+    assert "Secret" not in kinds  # credentials only from Secrets the user creates
+    for obj in objects:  # every container has requests and limits, and runs as non-root
+        for pod in _pod_specs(obj):
+            assert pod["securityContext"]["runAsNonRoot"] is True
+            for c in pod["containers"]:
+                assert c["resources"]["requests"] and c["resources"]["limits"], (obj["metadata"]["name"], c["name"])
+                assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    mlflow = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "mlflow")
+    args = mlflow["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--app-name=basic-auth" in args and "--serve-artifacts" in args
+    hosts = next(a for a in args if a.startswith("--allowed-hosts=")).split("=", 1)[1].split(",")
+    assert "mlflow:5000" in hosts and "localhost:*" in hosts
+    artifacts = next(a for a in args if a.startswith("--artifacts-destination="))
+    assert artifacts.endswith("s3://my-bucket/mlflow-artifacts" if overlay == "s3" else "=/mlartifacts")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_rayjob_is_what_render_prints(overlay):
+    """One definition: the RayJob and ConfigMap kustomize builds are those `k8s render` prints."""
+    objects = kustomize(K8S / "overlays" / overlay)
+    built = [o for o in objects if o["kind"] == "RayJob" or (o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-sweep"))]
+    from orchestrator.k8s import render as render_objects
+    from orchestrator.spec import load_spec
+
+    rendered = render_objects(load_spec(SWEEPS / "cifar_depth.yaml"), **RENDER_ARGS[overlay])
+    assert sorted(built, key=lambda o: o["kind"]) == sorted(rendered, key=lambda o: o["kind"])
+
+
+def _pod_specs(obj: dict) -> list[dict]:
+    if obj["kind"] in ("Deployment", "StatefulSet"):
+        return [obj["spec"]["template"]["spec"]]
+    if obj["kind"] == "RayJob":
+        return pods(obj)
+    return []
+
+
+def test_validation_fails_on_broken_manifests(tmp_path):
+    """Test the test: each of these mistakes is found, at the field."""
+    objects = kustomize(K8S / "overlays" / "shared-volume")
+    job = next(o for o in objects if o["kind"] == "RayJob")
+    cluster = job["spec"]["rayClusterSpec"]
+    worker = cluster["workerGroupSpecs"][0]
+    mistakes = {
+        "spec.shutdownAfterJobFinish: unknown field": lambda j: j["spec"].update(shutdownAfterJobFinish=True),
+        "rayClusterSpec.enableInTreeAutoscaler: unknown field": lambda j: j["spec"]["rayClusterSpec"].update(enableInTreeAutoscaler=True),
+        "workerGroupSpecs[0].minReplica: unknown field": lambda j: j["spec"]["rayClusterSpec"]["workerGroupSpecs"][0].update(minReplica=0),
+        "'resurces' was unexpected": lambda j: pods(j)[1]["containers"][0].update(resurces={}),
+        "rayStartParams.num-cpus: expected a string": lambda j: j["spec"]["rayClusterSpec"]["headGroupSpec"]["rayStartParams"].update({"num-cpus": 0}),
+        "no more than 47 characters": lambda j: j["metadata"].update(name="a" * 48),
+        "valid DNS1035 label": lambda j: j["metadata"].update(name="1st-sweep"),
+        "shutdownAfterJobFinishes set to false cannot have it": lambda j: j["spec"].update(shutdownAfterJobFinishes=False),
+        "submissionMode: 'SideCarMode' is not one of": lambda j: j["spec"].update(submissionMode="SideCarMode"),
+        "backoffLimit: expected a 32-bit integer": lambda j: j["spec"].update(backoffLimit="3"),
+        "workerGroupSpecs[0].template: required": lambda j: j["spec"]["rayClusterSpec"]["workerGroupSpecs"][0].pop("template"),
+    }
+    import copy
+
+    for expected, breaks in mistakes.items():
+        broken = copy.deepcopy(job)
+        breaks(broken)
+        found = problems([broken])
+        assert any(expected in p for p in found), (expected, found)
+    assert worker and cluster  # the originals are untouched
+    assert problems([job]) == []
+
+    deployment = copy.deepcopy(next(o for o in objects if o["kind"] == "Deployment"))
+    deployment["spec"]["replica"] = 1
+    assert any("'replica' was unexpected" in p for p in problems([deployment]))
+    deployment = copy.deepcopy(next(o for o in objects if o["kind"] == "Deployment"))
+    deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"] = ["2Gi"]
+    assert problems([deployment])
+    assert problems([{"apiVersion": "example.io/v1", "kind": "Unknown", "metadata": {"name": "x"}}])
+
+    # A kustomization whose patch no longer matches the base fails to build.
+    overlay = tmp_path / "k8s" / "overlays" / "broken"
+    overlay.mkdir(parents=True)
+    (tmp_path / "k8s" / "base").symlink_to(K8S / "base")
+    text = (K8S / "overlays" / "s3" / "kustomization.yaml").read_text().replace("volumes/1/name, value: storage", "volumes/1/name, value: sweep")
+    (overlay / "kustomization.yaml").write_text(text)
+    for name in ("drop-volumes.yaml", "mlflow-artifacts.yaml"):
+        (overlay / name).write_text((K8S / "overlays" / "s3" / name).read_text())
+    out = subprocess.run([KUBECTL, "kustomize", str(overlay)], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+
+
+def test_base_sweep_configmap_is_rendered_from_the_shipped_sweep():
+    (config_map,) = [o for o in yaml.safe_load_all((K8S / "base" / "sweep.yaml").read_text()) if o]
+    assert config_map["data"]["sweep.yaml"] == (SWEEPS / "cifar_depth.yaml").read_text(), \
+        "k8s/base/sweep.yaml is stale: regenerate it (docs/kubernetes.md, 'Changing the manifests')"
+
+
+def test_dockerfiles_pass_hadolint_and_a_bad_one_does_not(tmp_path):
+    for dockerfile in (REPO / "Dockerfile", K8S / "images" / "mlflow" / "Dockerfile"):
+        out = subprocess.run([HADOLINT, str(dockerfile)], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stdout + out.stderr
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM ubuntu:latest\nRUN apt-get update && apt-get install -y curl\nRUN pip install torch\n")
+    out = subprocess.run([HADOLINT, str(bad)], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "DL3007" in out.stdout and "DL3013" in out.stdout
+
+
+SECRET_NAMES = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY", re.I)
+
+
+def test_no_secret_values_in_manifests_or_rendered_output(tmp_path):
+    objects = [o for overlay in OVERLAYS for o in kustomize(K8S / "overlays" / overlay)]
+    objects += render(str(SWEEPS / "cifar_depth.yaml"), "--image", "r/x:1", "--gpus", "8", cwd=tmp_path)
+    for obj in objects:
+        assert obj["kind"] != "Secret"
+        for pod in _pod_specs(obj):
+            for c in pod["containers"]:
+                for env in c.get("env", []):
+                    if SECRET_NAMES.search(env["name"]):
+                        assert "value" not in env and "secretKeyRef" in env["valueFrom"], env
+                assert not any(re.search(r"://[^/\s]*:[^/\s]*@", a) for a in c.get("args", []) + c.get("command", []))
+    text = "\n".join(p.read_text() for p in K8S.rglob("*") if p.is_file())
+    assert not re.search(r"(?i)password\s*[:=]\s*\S", text.replace("PASSWORD", "")), "a password value in k8s/"
+
+
+def test_mlflow_server_with_the_manifests_flags_serves_health_and_requires_login(tmp_path):
+    """The Deployment's own `mlflow server` flags (basic auth, allowed hosts), with SQLite stores in
+    place of Postgres: /health answers a kubelet probe, the API needs the login, the in-cluster
+    Host header is accepted and an unknown one refused."""
+    server = MlflowFromManifest(tmp_path)
+    try:
+        assert server.get("/health", host="10.1.2.3:5000")[0] == 200  # probes come by pod IP
+        assert server.get("/api/2.0/mlflow/experiments/search?max_results=1", host="mlflow:5000")[0] == 401
+        assert server.get("/api/2.0/mlflow/experiments/search?max_results=1", host="mlflow:5000", login=True)[0] == 200
+        assert server.get("/api/2.0/mlflow/experiments/search?max_results=1", host="evil.example:5000", login=True)[0] == 403
+    finally:
+        server.stop()
+
+
+class MlflowFromManifest:
+    """`mlflow server` run with the args and environment of k8s/base/mlflow.yaml's Deployment;
+    the Postgres URIs become SQLite files, the artifacts volume a folder, the Secrets test values."""
+
+    USER, PASSWORD = "admin", "a-test-password-only"
+
+    def __init__(self, folder: Path) -> None:
+        objects = kustomize(K8S / "overlays" / "shared-volume")
+        deployment = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "mlflow")
+        ini = next(o for o in objects if o["metadata"]["name"] == "mlflow-auth-config")["data"]["basic_auth.ini"]
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert "postgresql://postgres:5432/mlflow_auth" in ini
+        (folder / "basic_auth.ini").write_text(ini.replace("postgresql://postgres:5432/mlflow_auth", f"sqlite:///{folder / 'auth.db'}"))
+        self.port = free_port()
+        swaps = {"--port=5000": f"--port={self.port}", "--host=0.0.0.0": "--host=127.0.0.1",
+                 "--backend-store-uri=postgresql://postgres:5432/mlflow": f"--backend-store-uri=sqlite:///{folder / 'mlflow.db'}",
+                 "--artifacts-destination=/mlartifacts": f"--artifacts-destination={folder / 'artifacts'}"}
+        args = [swaps.get(a, a) for a in container["args"]]
+        assert len(set(args) - set(container["args"])) == len(swaps)  # every swapped flag was in the manifest
+        secrets = {"admin-username": self.USER, "admin-password": self.PASSWORD, "flask-secret-key": "test-key"}
+        env = {e["name"]: e.get("value") or secrets.get(e["valueFrom"]["secretKeyRef"]["key"], "unused")
+               for e in container["env"]}
+        env["MLFLOW_AUTH_CONFIG_PATH"] = str(folder / "basic_auth.ini")
+        env["HOME"] = str(folder)
+        self.proc = subprocess.Popen([str(BIN / container["command"][0]), *container["command"][1:], *args],
+                                     env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        self.uri = f"http://127.0.0.1:{self.port}"
+        _wait_for_server(self.proc, "mlflow server", lambda: urllib.request.urlopen(self.uri + "/health", timeout=2))
+
+    def get(self, path: str, host: str, login: bool = False) -> tuple[int, str]:
+        import base64
+
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        headers = {"Host": host}
+        if login:
+            headers["Authorization"] = "Basic " + base64.b64encode(f"{self.USER}:{self.PASSWORD}".encode()).decode()
+        conn.request("GET", path, headers=headers)
+        response = conn.getresponse()
+        return response.status, response.read().decode(errors="replace")
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(timeout=30)
+
+
+def test_rayjob_entrypoint_run_twice_continues_the_sweep(tmp_path):
+    """A lost head pod: KubeRay retries the RayJob (backoffLimit) on a new Ray cluster with the
+    same entrypoint. Here: the rendered entrypoint on a real local Ray cluster (RAY_ADDRESS set,
+    as in a KubeRay head), logging to the manifest's MLflow server with basic auth; killed
+    midway, run again, it continues the same sweep; run after the end, it trains nothing."""
+    epochs = 6
+    sweep = tmp_path / "sweep dir" / "small.yaml"  # a path with a space
+    sweep.parent.mkdir()
+    sweep.write_text(SMALL_GRID.format(epochs=epochs).replace("resources: {cpu: 1}", "resources: {cpu: 1, gpu: 1}"))
+    _, job = render(str(sweep), "--image", "r/x:1", cwd=tmp_path)
+    argv = shlex.split(job["spec"]["entrypoint"])
+    mount = next(m["mountPath"] for m in pods(job)[0]["containers"][0]["volumeMounts"] if m["name"] == "sweep")
+    server = MlflowFromManifest(tmp_path)
+    cluster = LocalCluster(token_home(tmp_path))
+    try:
+        cluster.start_head(cpus=2)
+        # The trials ask for a GPU (resources.gpu: 1); this CPU cluster has none: a CPU copy.
+        local = {f"{mount}/sweep.yaml": str(_cpu_copy(sweep)), argv[argv.index("--storage-path") + 1]: str(tmp_path / "mnt sweeps"),
+                 argv[argv.index("--tracking-uri") + 1]: server.uri}
+        command = [local.get(a, a) for a in argv]
+        assert command[0] == "resnet-sweep" and len(set(command) - set(argv)) == 3
+        env = {"HOME": cluster.env["HOME"], "RAY_ADDRESS": cluster.address,
+               "MLFLOW_TRACKING_USERNAME": server.USER, "MLFLOW_TRACKING_PASSWORD": server.PASSWORD}
+        from tests.conftest import kill_when_midway
+
+        seen, done = kill_when_midway(*command[1:], cwd=tmp_path, epochs=epochs, env=env)
+        assert done, seen
+        out = cli(*command[1:], cwd=tmp_path, env=env)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        assert "small is already in" in out.stdout and len(table_rows(out.stdout)) == 4
+        assert sorted(p.name for p in (tmp_path / "mnt sweeps").iterdir()) == ["small"]
+        again = cli(*command[1:], cwd=tmp_path, env=env)
+        assert again.returncode == 0 and not re.search(r"^\[\d\d:\d\d\] epoch", again.stdout, re.M), again.stdout
+    finally:
+        cluster.shutdown()
+    try:
+        client = MlflowClient(server.uri)
+        os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = server.USER, server.PASSWORD
+        parents, children = child_runs(client, "small")
+        assert len(parents) == 1 and len(children) == 4  # no duplicate runs
+        assert all(c.data.tags["status"] == "completed" for c in children)
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_USERNAME", None)
+        os.environ.pop("MLFLOW_TRACKING_PASSWORD", None)
+        server.stop()
+
+
+def _cpu_copy(sweep: Path) -> Path:
+    copy = sweep.with_name("small-cpu.yaml")
+    copy.write_text(sweep.read_text().replace("resources: {cpu: 1, gpu: 1}", "resources: {cpu: 1}"))
+    return copy
