@@ -75,6 +75,11 @@ class ModelConfig:
                 raise ConfigError(f"model.{name}", f"{getattr(self, name)} must be in [0, 1)")
         if self.drop_path and not self.residual:
             raise ConfigError("model.drop_path", "stochastic depth needs shortcuts (residual: true)")
+        if self.zero_init_last and not self.residual:
+            # Zeroing each block's last BN (Goyal et al. 2017) makes a residual block start as its
+            # shortcut; without shortcuts every block outputs zeros: constant logits, no gradient.
+            raise ConfigError("model.zero_init_last", "needs shortcuts (residual: true): a plain net with each "
+                              "block's last BN at zero outputs constants and never trains")
         set_("depth", self._resolve_depth())
 
     def _resolve_depth(self) -> int:

@@ -107,6 +107,7 @@ def test_paper_vs_torchvision_bottleneck_stride():
         (dict(arch="vit"), ["vit", "cifar, imagenet"]),
         (dict(bottleneck_stride="2x2"), ["2x2", "1x1, 3x3"]),
         (dict(drop_path=0.1, residual=False), ["drop_path", "residual"]),
+        (dict(zero_init_last=True, residual=False), ["zero_init_last", "residual: true"]),
     ],
 )
 def test_invalid_models_raise_value_error_naming_value_and_choices(kwargs, words):
