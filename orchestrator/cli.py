@@ -191,7 +191,7 @@ def cmd_plan(args) -> int:
         cols = {k: max(len(k), *(len(str(t.varying.get(k, ""))) for t in plan.trials)) for k in keys}
         print(f"\n{'#':>3}  {'trial':<{width}}  " + "  ".join(f"{k:>{cols[k]}}" for k in keys) + f"  {'params':>8}  {'MACs':>8}")
         for t in plan.trials:
-            model = plan.models[_model_name(t.config)]
+            model = plan.models[plan.model_of[t.index]]
             print(f"{t.index:>3}  {t.name:<{width}}  " + "  ".join(f"{str(t.varying.get(k, '')):>{cols[k]}}" for k in keys)
                   + f"  {_fmt_count(model['params']):>8}  {_fmt_count(model['macs']):>8}")
     else:
@@ -199,8 +199,9 @@ def cmd_plan(args) -> int:
         for key, dim in plan.spec.search.space.items():
             print(f"  {key:<28} {dim}")
     print(f"\nmodels ({len(plan.models)} distinct):")
+    label_width = max(36, *map(len, plan.models))
     for name, m in plan.models.items():
-        print(f"  {name:<36} {m['params']:>12,} params  {_fmt_count(m['macs']):>8} MACs")
+        print(f"  {name:<{label_width}} {m['params']:>12,} params  {_fmt_count(m['macs']):>8} MACs")
     print(f"\ntrials: {plan.num_trials}, up to {plan.epochs_per_trial} epochs each on {plan.train_images:,} images")
     print(f"epochs without early stopping: {plan.total_epochs:,}")
     if plan.asha_epochs is not None:
@@ -208,12 +209,6 @@ def cmd_plan(args) -> int:
     tflops = args.gpu_tflops or DEFAULT_GPU_TFLOPS
     print(f"GPU-hours (estimate at {tflops:g} TFLOP/s sustained): {plan.gpu_hours:.2f}")
     return EXIT_OK
-
-
-def _model_name(config: dict) -> str:
-    from resnet_core.train import RunConfig
-
-    return RunConfig.from_flat(config).model.name
 
 
 def cmd_run(args) -> int:

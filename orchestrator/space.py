@@ -38,7 +38,8 @@ class Plan:
     num_trials: int
     configs: list[dict[str, Any]]  # resolved configs: the trials', or Optuna's probe points
     epochs_per_trial: int
-    models: dict[str, dict] = field(default_factory=dict)  # model name → params, macs
+    models: dict[str, dict] = field(default_factory=dict)  # model label → params, macs
+    model_of: list[str] = field(default_factory=list)  # the model label of each config
     total_epochs: int = 0
     asha_epochs: float | None = None
     train_images: int = 0
@@ -212,22 +213,43 @@ def _dedupe_names(trials: list[Trial]) -> None:
 
 def _count_models(plan: Plan, runs: list[RunConfig], gpu_tflops: float) -> None:
     flops = 0.0
+    labels: dict[tuple, str] = {}
+    first: dict[str, RunConfig] = {}
     for run in runs:
-        name = run.model.name
-        if name not in plan.models:
+        # Keyed by everything the count depends on, not the short name: models that differ only
+        # in bottleneck_stride, width, … or in the data's size and classes count differently.
+        key = (repr(run.model), num_classes(run.dataset), run.dataset.image_size)
+        if key not in labels:
+            labels[key] = _model_label(run, first)
             model = build_model(run.model, num_classes=num_classes(run.dataset))
-            plan.models[name] = {
+            plan.models[labels[key]] = {
                 "params": count_params(model),
                 "macs": count_macs(model, run.dataset.image_size),  # the data's size, whatever the arch
             }
+        plan.model_of.append(labels[key])
         train, val, test = split_sizes(run.dataset)
         # Training costs ≈ 3 forward passes (forward + backward), 2 flops per multiply-add.
-        per_epoch = 2 * plan.models[name]["macs"] * (3 * train + val + test)
+        per_epoch = 2 * plan.models[labels[key]]["macs"] * (3 * train + val + test)
         flops += per_epoch * plan.epochs_per_trial
     if plan.trials is None:  # optuna: all probe runs share one model family; scale to the trial count
         flops = flops / len(runs) * plan.num_trials
     budget = plan.asha_epochs / plan.total_epochs if plan.asha_epochs else 1.0
     plan.gpu_hours = flops * budget / (gpu_tflops * 1e12) / 3600
+
+
+def _model_label(run: RunConfig, first: dict[str, RunConfig]) -> str:
+    """The model's name; a later model of the same name also says how it differs from the first."""
+    name = run.model.name
+    if name not in first:
+        first[name] = run
+        return name
+    other = first[name]
+    diff = [f"{k}={v}" for k, v in vars(run.model).items() if getattr(other.model, k) != v]
+    if run.dataset.image_size != other.dataset.image_size:
+        diff.append(f"{run.dataset.image_size}px")
+    if num_classes(run.dataset) != num_classes(other.dataset):
+        diff.append(f"{num_classes(run.dataset)} classes")
+    return f"{name} ({', '.join(diff)})"
 
 
 def asha_expected_epochs(num_trials: int, max_t: int, scheduler) -> float:

@@ -156,6 +156,20 @@ def test_plan_counts_models_at_the_data_size_and_classes():
     assert model["params"] == 11_689_512 - 1000 * 512 - 1000 + 10 * 512 + 10  # a 10-way classifier
 
 
+def test_plan_counts_each_model_configuration_not_each_name():
+    """Models with one short name but another bottleneck_stride or input size cost differently."""
+    text = VALID.replace("arch: cifar, block: basic, shortcut: A", "arch: imagenet, block: bottleneck, depth: 50").replace(
+        "name: digits, image_size: 16", "name: digits").replace("model.depth: [8, 14]", "model.bottleneck_stride: [1x1, 3x3]\n    dataset.image_size: [32, 64]")
+    plan = make_plan(parse_spec(text))
+    assert len(plan.models) == 4 and len(set(plan.model_of)) == 4
+    macs = {t.varying["model.bottleneck_stride"] + str(t.varying["dataset.image_size"]): plan.models[plan.model_of[t.index]]["macs"]
+            for t in plan.trials}
+    assert macs["1x132"] < macs["3x332"] and 3.9 < macs["1x164"] / macs["1x132"] < 4.1
+    single = [make_plan(parse_spec(text.replace("[1x1, 3x3]", f"[{s}]").replace("[32, 64]", f"[{px}]"))).gpu_hours
+              for s in ("1x1", "3x3") for px in (32, 64)]
+    assert plan.gpu_hours == pytest.approx(sum(single))
+
+
 def test_asha_budget_estimate():
     sched = SchedulerSpec(name="asha", grace_period=1, reduction_factor=3)
     # 27 trials: 27×1 + 9×2 + 3×6 + 1×(27−9) epochs with rungs 1, 3, 9 and max_t 27
