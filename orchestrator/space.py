@@ -190,8 +190,13 @@ def make_plan(parsed: ParsedSpec, *, gpu_tflops: float = DEFAULT_GPU_TFLOPS, wit
         epochs.append(planned_epochs(run.train, steps_per_epoch(train_images, run.train.batch_size)))
     plan = Plan(parsed, None if optuna else trials, num_trials, configs, max(epochs))
     plan.train_images = split_sizes(runs[0].dataset)[0]
-    if spec.scheduler.name == "asha" and spec.scheduler.max_t is not None and spec.scheduler.max_t < plan.epochs_per_trial:
-        plan.epochs_per_trial = spec.scheduler.max_t
+    max_t = spec.scheduler.max_t
+    if spec.scheduler.name == "asha" and max_t is not None and max_t < plan.epochs_per_trial:
+        # One rule: the trials ASHA keeps train their whole schedule. A shorter max_t would end
+        # them before their learning rate drops and still call them completed.
+        raise parsed.error(("scheduler", "max_t"), f"{max_t} is below the {plan.epochs_per_trial} epochs a trial trains: "
+                           "ASHA would end the kept trials before their learning-rate schedule does; set max_t to "
+                           f"{plan.epochs_per_trial} or leave it out (it defaults to the trials' epochs)")
     plan.total_epochs = sum(min(e, plan.epochs_per_trial) for e in epochs) if not optuna else num_trials * plan.epochs_per_trial
     if spec.scheduler.name == "asha":
         plan.asha_epochs = asha_expected_epochs(num_trials, plan.epochs_per_trial, spec.scheduler)

@@ -53,6 +53,7 @@ MALFORMED = [
     ("over the trial budget", VALID + "budget: {max_trials: 1}\n", ["budget.max_trials", "2 trials"], 9),
     ("unreachable MLflow server", VALID + "tracking: {tracking_uri: 'http://127.0.0.1:9'}\n", ["tracking.tracking_uri", "no MLflow server"], None),
     ("zero_init_last crossed with plain nets", VALID.replace("shortcut: A}", "shortcut: A, zero_init_last: true}") + "    model.residual: [true, false]\n", ["model.zero_init_last", "residual: true", "model.residual=False"], 3),
+    ("ASHA max_t below the epochs", VALID + "scheduler: {name: asha, max_t: 1}\n", ["scheduler.max_t", "1 is below the 2 epochs", "leave it out"], 9),
     ("duplicate key", VALID + "train: {epochs: 3}\n", ["duplicate key 'train'"], 9),
     ("uniform on an int", VALID.replace("grid", "random") + "    train.epochs: {uniform: [1, 3]}\n", ["train.epochs", "not a real number"], 9),
     ("uniform on a bool", VALID.replace("grid", "random") + "    model.residual: {uniform: [0, 1]}\n", ["model.residual", "not a real number"], 9),
