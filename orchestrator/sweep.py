@@ -254,7 +254,9 @@ def run_sweep(prep: Prepared, *, address: str | None = None, folder_taken: bool 
         storage.write_text(prep.experiment_path, SPEC_FILE, saved_spec_text(prep.parsed))
     else:
         prep.name = storage.claim_name(prep.storage_path, spec.name, SPEC_FILE, saved_spec_text(prep.parsed))
-    tracking = {"tracking_uri": prep.tracking_uri, "experiment": prep.experiment, "num_trials": plan.num_trials}
+    sweep_key = uuid.uuid4().hex  # finds the sweep's runs in MLflow, also for `resume`
+    tracking = {"tracking_uri": prep.tracking_uri, "experiment": prep.experiment, "num_trials": plan.num_trials,
+                "sweep_key": sweep_key}
     storage.write_text(prep.experiment_path, TRACKING_FILE, json.dumps(tracking))
 
     scheduler = None
@@ -268,7 +270,7 @@ def run_sweep(prep: Prepared, *, address: str | None = None, folder_taken: bool 
     tracker = SweepTracker(
         tracking_uri=prep.tracking_uri,
         experiment=prep.experiment,
-        sweep_key=uuid.uuid4().hex,
+        sweep_key=sweep_key,
         sweep_name=prep.name,
         tags={
             "resnet_sweep.spec_hash": spec.spec_hash(),
@@ -392,8 +394,11 @@ def _finish(prep: Prepared, results, namer: TrialNamer, epochs: int, tracker: Sw
 
 
 def _log_best_checkpoints(results, spec, tracker: SweepTracker) -> None:
-    if not tracker.runs:  # the Tune loop ran elsewhere (a ray:// cluster's head): look the runs up
-        tracker.find_runs()
+    # The Tune loop ran elsewhere (a ray:// cluster's head) or was restored (`resume`): look the runs up.
+    if not tracker.runs and not tracker.find_runs():
+        print("warning: tracking.log_best_checkpoint: this sweep's MLflow runs were not found; "
+              "no checkpoint was logged", file=sys.stderr)
+        return
     for result in results:
         run_id = tracker.runs.get(result.metrics.get("trial_id", "")) if result.metrics else None
         checkpoint = result.get_best_checkpoint(spec.metric.name, spec.metric.mode) if result.best_checkpoints else result.checkpoint
@@ -435,6 +440,10 @@ def resume_sweep(experiment_path: str, *, address: str | None = None) -> int:
     print(f"resuming {experiment_path}", flush=True)
     results = tuner.fit()
     prep = Prepared(parsed, plan, storage_path, name, uri, tracking.get("experiment") or spec.name)
-    varying = _varying_keys(prep)
-    return _finish(prep, results, TrialNamer(varying), plan.epochs_per_trial, None, tracking.get("num_trials", len(results)),
+    namer = TrialNamer(_varying_keys(prep))
+    # The restored Tune loop holds its own tracker; this one only finds the runs (best checkpoints).
+    tracker = SweepTracker(tracking_uri=uri, experiment=prep.experiment, sweep_key=tracking.get("sweep_key", ""),
+                           sweep_name=name, tags={}, artifacts={}, trial_namer=namer,
+                           planned_epochs=plan.epochs_per_trial)
+    return _finish(prep, results, namer, plan.epochs_per_trial, tracker, tracking.get("num_trials", len(results)),
                    address=address)

@@ -118,7 +118,7 @@ def test_tracking_over_http_to_a_real_mlflow_server(tmp_path, mlflow_server):
 
 def test_sigkill_midway_then_resume_has_no_duplicates(tmp_path):
     epochs = 8
-    (tmp_path / "small.yaml").write_text(SMALL_GRID.format(epochs=epochs))
+    (tmp_path / "small.yaml").write_text(SMALL_GRID.format(epochs=epochs) + "tracking: {log_best_checkpoint: true}\n")
     seen, done = kill_when_midway("run", "small.yaml", cwd=tmp_path, epochs=epochs)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     _, before = child_runs(client, "small")
@@ -134,6 +134,8 @@ def test_sigkill_midway_then_resume_has_no_duplicates(tmp_path):
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_error")]
         assert steps == list(range(1, epochs + 1)), (run.info.run_name, steps)  # continuous, once each
         assert run.data.tags["status"] == "completed"
+        # `resume` keeps tracking.log_best_checkpoint
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "best_checkpoint")], run.info.run_name
         if run.info.run_id in finished:  # finished trials untouched
             assert run.info.end_time == finished[run.info.run_id].info.end_time
 
