@@ -2,6 +2,7 @@
 trial epoch and per status change (with the node the trial runs on), and the final table."""
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -13,7 +14,7 @@ from .cluster import describe_node
 from .space import resolve_trial, trial_name
 from .trainable import HOSTNAME, NODE_ID, REPLAYED, STATUS, final_status
 
-__all__ = ["Progress", "TrialNamer", "describe_status", "format_table", "table_rows"]
+__all__ = ["Progress", "TUNE_INTERRUPT", "TrialNamer", "was_interrupted", "describe_status", "format_table", "table_rows"]
 
 
 class TrialNamer:
@@ -41,9 +42,38 @@ class TrialDirName:
 
 
 def describe_status(status: Status, result: dict | None, stopped_by: str) -> str:
+    epoch = int((result or {}).get(M.EPOCH, 0))
     if status == Status.STOPPED_EARLY:
-        return f"stopped by {stopped_by} at epoch {int((result or {}).get(M.EPOCH, 0))}"
+        return f"stopped by {stopped_by} at epoch {epoch}"
+    if status == Status.INTERRUPTED:
+        return f"interrupted at epoch {epoch}"
     return str(status)
+
+
+class TuneInterrupt(logging.Filter):
+    """Whether Tune was told to stop (Ctrl-C, SIGUSR1): Tune says so only in its log, and ends
+    the interrupted trials as if they had finished. Its own resume hint (`Tuner.restore(…)`) is
+    dropped: `resnet-sweep resume …` is printed instead."""
+
+    LOGGER = "ray.tune.tune"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith("Stop signal received"):
+            self.seen = True
+        return "Tuner.restore" not in message and "Trials did not complete" not in message
+
+
+TUNE_INTERRUPT = TuneInterrupt()
+
+
+def was_interrupted(result: dict | None) -> bool:
+    """A trial Tune stopped because the sweep was interrupted: its last result is not `done`."""
+    return TUNE_INTERRUPT.seen and not (result or {}).get("done")
 
 
 def where(result: dict | None) -> str:
@@ -122,7 +152,9 @@ def table_rows(results, namer: TrialNamer, epochs: int, stopped_by: str) -> list
         if history is not None and STATUS in history:
             history = history[history[STATUS] != str(Status.DIVERGED)]
         status = final_status(result.metrics, errored=result.error is not None, planned_epochs=epochs)
-        row = {"name": namer(config) if config else "?", "status": describe_status(status, result.metrics, stopped_by),
+        if result.error is None and was_interrupted(result.metrics):
+            status = Status.INTERRUPTED
+        row = {"name": namer(config) if M.EPOCH in (result.metrics or {}) else _folder_name(result.path), "status": describe_status(status, result.metrics, stopped_by),
                "epochs": int(result.metrics.get(M.EPOCH, 0)) if result.metrics else 0,
                "node": where(result.metrics)}
         if history is not None and len(history):
@@ -131,6 +163,12 @@ def table_rows(results, namer: TrialNamer, epochs: int, stopped_by: str) -> list
                        test_error=float(best[M.TEST_ERROR]), train_error=float(history.iloc[-1][M.TRAIN_ERROR]))
         rows.append(row)
     return rows
+
+
+def _folder_name(path: str | None) -> str:
+    """A trial that never reported an epoch may have no (or a partial) config in Ray's results: its
+    folder, named by TrialDirName, still says which trial it is (Tune's ids are `xxxxx_NNNNN`)."""
+    return path.rstrip("/").rsplit("/", 1)[-1].rsplit("_", 2)[0] if path else "?"
 
 
 def format_table(rows: list[dict], *, show_nodes: bool = False) -> str:

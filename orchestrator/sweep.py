@@ -3,6 +3,7 @@ MLflow tracking in the driver, live progress and the final table of every trial.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shlex
@@ -19,7 +20,7 @@ from resnet_core.metrics import Status
 from resnet_core.train import RunConfig
 
 from . import cluster, storage
-from .progress import Progress, TrialDirName, TrialNamer, format_table, table_rows
+from .progress import TUNE_INTERRUPT, Progress, TrialDirName, TrialNamer, format_table, table_rows
 from .space import Plan, make_plan, optuna_space
 from .spec import ParsedSpec, SpecError, parse_spec
 from .tracking import SweepTracker, check_tracking_uri, default_tracking_uri, git_commit, normalize_tracking_uri
@@ -181,6 +182,8 @@ def _varying_keys(prep: Prepared) -> list[str]:
 
 
 def _connect(address: str | None, storage_path: str, spec, num_trials: int) -> None:
+    logging.getLogger(TUNE_INTERRUPT.LOGGER).addFilter(TUNE_INTERRUPT)
+    TUNE_INTERRUPT.seen = False
     driver_env = {}
     if address is not None:
         # Every trial that may run at once is requested at once (Tune's default is 16 pending):
@@ -383,9 +386,11 @@ def _finish(prep: Prepared, results, namer: TrialNamer, epochs: int, tracker: Sw
     if len(rows) < num_trials:
         reason = " (budget.max_epochs reached)" if spec.budget.max_epochs else ""
         print(f"{num_trials - len(rows)} of {num_trials} planned trials did not run{reason}")
-    if results.num_terminated + results.num_errors < len(results):
+    if TUNE_INTERRUPT.seen or results.num_terminated + results.num_errors < len(results):
         again = " ".join(shlex.quote(a) for a in ["resnet-sweep", "resume", prep.experiment_path, *(["--address", address] if address else [])])
-        print(f"the sweep is not finished; continue it with `{again}`")
+        left = sum(r["status"].startswith(str(Status.INTERRUPTED)) for r in rows)
+        print(f"interrupted: {left} trial(s) not finished; continue the sweep with `{again}`")
+        return 130  # as a shell reports Ctrl-C
     failed = [r for r in rows if r["status"] == str(Status.FAILED)]
     if failed:
         print(f"{len(failed)} trial(s) failed", file=sys.stderr)

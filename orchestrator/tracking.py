@@ -22,6 +22,7 @@ from ray.tune import Callback
 from resnet_core import metrics as M
 from resnet_core.metrics import Status
 
+from .progress import TUNE_INTERRUPT, was_interrupted
 from .trainable import EARLIER_EPOCHS, HOSTNAME, LAYER_RESPONSES, NODE_ID, STATUS, final_status
 
 __all__ = [
@@ -271,8 +272,9 @@ class SweepTracker(Callback):
 
     def _start(self, trial) -> None:
         run_id = self._run_for(trial)
-        if not self._is_final(run_id):
+        if not self._is_final(run_id):  # new, or continued after an interruption or a failure
             self.client.update_run(run_id, "RUNNING")
+            self.client.set_tag(run_id, TAG_STATUS, str(Status.RUNNING))
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self._call(self._start, trial)
@@ -367,6 +369,13 @@ class SweepTracker(Callback):
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._call(self._finish, trial, True)
 
+    def _interrupt(self, trial) -> None:
+        """A trial the sweep left midway (Ctrl-C): KILLED in MLflow, tagged until `resume`."""
+        run_id = self.runs.get(trial.trial_id)
+        if run_id is not None and not self._is_final(run_id):
+            self.client.set_terminated(run_id, "KILLED")
+            self.client.set_tag(run_id, TAG_STATUS, str(Status.INTERRUPTED))
+
     def _summarize(self) -> None:
         """The best trial (lowest val error, chosen on val) on the parent run, for the runs table."""
         from mlflow.entities import Metric
@@ -394,7 +403,9 @@ class SweepTracker(Callback):
         if self._pending:
             print(f"warning: {len(self._pending)} MLflow writes could not be delivered", file=sys.stderr)
         self._call(self._summarize)
-        done = all(t.status in ("TERMINATED", "ERROR") for t in trials)
-        self._call(self.client.set_tag, self.parent_id, TAG_STATUS, str(Status.COMPLETED if done else Status.RUNNING))
-        if done:
-            self._call(self.client.set_terminated, self.parent_id, "FINISHED")
+        left = [t for t in trials if t.status != "ERROR" and was_interrupted(t.last_result)]
+        for trial in left:
+            self._call(self._interrupt, trial)
+        done = not TUNE_INTERRUPT.seen and all(t.status in ("TERMINATED", "ERROR") for t in trials)
+        self._call(self.client.set_tag, self.parent_id, TAG_STATUS, str(Status.COMPLETED if done else Status.INTERRUPTED))
+        self._call(self.client.set_terminated, self.parent_id, "FINISHED" if done else "KILLED")

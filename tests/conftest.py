@@ -29,9 +29,11 @@ def cli(*args: str, cwd: Path, timeout: float = 600, env: dict | None = None) ->
     )
 
 
-def kill_when_midway(*args: str, cwd: Path, epochs: int, env: dict | None = None) -> tuple[str, set[str]]:
+def kill_when_midway(*args: str, cwd: Path, epochs: int, env: dict | None = None,
+                     sig: int = signal.SIGKILL) -> tuple[str, set[str]]:
     """Run `resnet-sweep ARGS…` and SIGKILL it once a trial has finished and another is midway,
-    as a crash would; returns what it printed and the names of the finished trials."""
+    as a crash would (or send ``sig``: SIGINT is Ctrl-C); returns all it printed and the names
+    of the finished trials. The exit code is in ``kill_when_midway.returncode``."""
     exe = Path(sys.executable).parent / "resnet-sweep"
     proc = subprocess.Popen([str(exe), *map(str, args)], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env={**os.environ, **(env or {})})
@@ -43,9 +45,10 @@ def kill_when_midway(*args: str, cwd: Path, epochs: int, env: dict | None = None
         m = re.match(r"^\[\d\d:\d\d\] epoch +(\d+)/\d+ +(\S+)", line)
         if done and m and m.group(2) not in done and int(m.group(1)) < epochs:
             break
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    return "".join(seen), done
+    proc.send_signal(sig)
+    rest = proc.communicate(timeout=300)[0]
+    kill_when_midway.returncode = proc.returncode
+    return "".join(seen) + rest, done
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """[3/8] + [4/8] Sweeps end to end on real Ray and real MLflow (SQLite file and HTTP server)."""
 import json
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -116,14 +117,30 @@ def test_tracking_over_http_to_a_real_mlflow_server(tmp_path, mlflow_server):
     _check_store(MlflowClient(mlflow_server), "small", trials=4, epochs=2)
 
 
-def test_sigkill_midway_then_resume_has_no_duplicates(tmp_path):
+def test_ctrl_c_midway_says_interrupted_everywhere_then_resume_finishes(tmp_path):
+    """Ctrl-C with trials finished and trials midway: exit 130; the table and MLflow say
+    `interrupted` (not completed, not stopped by a budget); our resume command is printed, not
+    Ray's; `resume` then finishes the sweep, without duplicates. (SIGKILL, a crash, is covered by
+    the resume-if-exists, S3 and Kubernetes-entrypoint tests.)"""
     epochs = 8
     (tmp_path / "small.yaml").write_text(SMALL_GRID.format(epochs=epochs) + "tracking: {log_best_checkpoint: true}\n")
-    seen, done = kill_when_midway("run", "small.yaml", cwd=tmp_path, epochs=epochs)
+    seen, done = kill_when_midway("run", "small.yaml", cwd=tmp_path, epochs=epochs, sig=signal.SIGINT)
+    assert kill_when_midway.returncode == 130, seen[-3000:]
+    rows = table_rows(seen)
+    assert len(rows) == 4, seen[-3000:]
+    for row in rows:
+        expected = " completed " if row.split()[0] in done else " interrupted at epoch "
+        assert expected in row, (row, done)
+    assert f"continue the sweep with `resnet-sweep resume {tmp_path / 'ray_results' / 'small'}`" in seen
+    assert "Tuner.restore" not in seen and "stopped by" not in seen
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    _, before = child_runs(client, "small")
+    (parent,), before = child_runs(client, "small")
+    assert (parent.data.tags["status"], parent.info.status) == ("interrupted", "KILLED")
     finished = {r.info.run_id: r for r in before if r.data.tags.get("status") == "completed"}
-    assert finished and len(finished) < 4, seen
+    assert finished and len(finished) == len(done) < 4, seen
+    for run in before:
+        if run.info.run_id not in finished:
+            assert (run.data.tags["status"], run.info.status) == ("interrupted", "KILLED"), run.info.run_name
 
     out = cli("resume", "small", cwd=tmp_path, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -138,6 +155,8 @@ def test_sigkill_midway_then_resume_has_no_duplicates(tmp_path):
         assert [a.path for a in client.list_artifacts(run.info.run_id, "best_checkpoint")], run.info.run_name
         if run.info.run_id in finished:  # finished trials untouched
             assert run.info.end_time == finished[run.info.run_id].info.end_time
+    (parent,), _ = child_runs(client, "small")
+    assert (parent.data.tags["status"], parent.info.status) == ("completed", "FINISHED")
 
 
 def test_cifar_sweep_without_the_data_fails_fast_with_the_data_error(tmp_path):
