@@ -272,7 +272,9 @@ def _check_dimension(parsed: ParsedSpec, path: tuple, key: str, dim: Any, algori
     if number is None or (kind != "int" and number is not float):
         wanted = "a list of values or {choice: […]}" if number is None else "{int: [low, high]} or a list"
         raise parsed.error(path + (kind,), f"{key} is not a real number: use {wanted}")
-    if not (isinstance(arg, list) and len(arg) == 2 and all(isinstance(v, (int, float)) for v in arg) and arg[0] < arg[1]):
+    if not (isinstance(arg, list) and len(arg) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in arg)):
+        raise parsed.error(path + (kind,), f"{arg!r} must be two numbers [low, high]")
+    if not arg[0] < arg[1]:
         raise parsed.error(path + (kind,), f"{arg!r} must be [low, high] with low < high")
     if kind == "loguniform" and arg[0] <= 0:
         raise parsed.error(path + (kind,), f"{arg!r}: loguniform bounds must be positive")
@@ -296,6 +298,13 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.1 (PyYAML) reads `1e-3` and `5E-4` as strings: a float needs a dot there. Users write
+# them as numbers (YAML 1.2 does too), so these are floats here.
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
 
 
 def parse_spec(text: str, source: str | None = None) -> ParsedSpec:

@@ -39,6 +39,7 @@ MALFORMED = [
     ("unknown space key", VALID.replace("model.depth: [8, 14]", "model.depht: [8, 14]"), ["model.depht", "did you mean model.depth"], 8),
     ("distribution in a grid", VALID + "    train.lr: {loguniform: [0.01, 0.1]}\n", ["search.space.train.lr", "loguniform", "random or optuna"], 9),
     ("loguniform from zero", VALID.replace("grid", "random") + "    train.lr: {loguniform: [0, 0.1]}\n", ["train.lr", "positive"], 9),
+    ("quoted bounds", VALID.replace("grid", "random") + "    train.lr: {loguniform: ['1e-3', 0.1]}\n", ["train.lr", "must be two numbers"], 9),
     ("bad bounds", VALID.replace("grid", "random") + "    train.lr: {uniform: [0.1, 0.01]}\n", ["train.lr", "low < high"], 9),
     ("bad value in space", VALID + "    train.schedule: [multistep, linear]\n", ["search.space.train.schedule", "'linear'", "cosine"], 9),
     ("unknown metric", VALID + "metric: {name: accuracy}\n", ["metric.name", "accuracy", "val_error"], 9),
@@ -169,6 +170,25 @@ def test_plan_counts_each_model_configuration_not_each_name():
     single = [make_plan(parse_spec(text.replace("[1x1, 3x3]", f"[{s}]").replace("[32, 64]", f"[{px}]"))).gpu_hours
               for s in ("1x1", "3x3") for px in (32, 64)]
     assert plan.gpu_hours == pytest.approx(sum(single))
+
+
+def test_exponent_floats_are_numbers_as_users_write_them():
+    """YAML 1.1 reads 1e-3 as a string; a sweep file means a number (and gets one)."""
+    text = """\
+name: t
+dataset: {name: digits, image_size: 16}
+model: {arch: cifar, block: basic, shortcut: A}
+train: {epochs: 2, batch_size: 64, weight_decay: 5E-4}
+search:
+  algorithm: random
+  num_samples: 2
+  space:
+    train.lr: {loguniform: [1e-3, 1e-1]}
+"""
+    spec = parse_spec(text).spec
+    assert spec.train["weight_decay"] == 5e-4 and spec.search.space["train.lr"] == {"loguniform": [1e-3, 1e-1]}
+    plan = make_plan(parse_spec(text))
+    assert plan.num_trials == 2 and all(c["train.weight_decay"] == 5e-4 and 1e-3 <= c["train.lr"] <= 1e-1 for c in plan.configs)
 
 
 def test_asha_budget_estimate():
