@@ -253,6 +253,7 @@ def cmd_ui(args) -> int:
         raise UsageError(f"--tracking-uri: {uri} is an MLflow server: it serves its own UI, open it in a browser")
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise UsageError(f"--tracking-uri: no MLflow store at {uri.removeprefix('sqlite:///')}; run a sweep here first or pass --tracking-uri")
+    _check_port_free(args.host, args.port)
     url = f"http://{args.host}:{args.port}"
     print(f"MLflow UI for {uri} at {url}  (Ctrl-C to stop)")
     for exp in MlflowClient(uri).search_experiments():
@@ -275,6 +276,18 @@ def cmd_k8s_render(args) -> int:
         raise UsageError(str(err)) from None
     sys.stdout.write(render_yaml(objects))
     return EXIT_OK
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """A busy port is one line here, not a page of the server's log lines after it starts."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise UsageError(f"--port: {port} on {host} is not available ({err.strerror}); pass another --port") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

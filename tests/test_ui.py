@@ -246,3 +246,15 @@ def test_mlflow_ui_shows_trials_nested_under_the_sweep(workdir):
         if driver is not None:
             driver.quit()
         stop_group(ui)
+
+
+def test_ui_on_a_busy_port_is_one_line_naming_port(workdir):
+    (workdir / "mlflow.db").touch()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = cli("ui", "--port", str(port), cwd=workdir, timeout=60)
+    assert out.returncode == 2 and out.stdout == "", out
+    assert out.stderr.strip().splitlines() == [f"error: --port: {port} on 127.0.0.1 is not available (Address already in use); "
+                                               "pass another --port"], out.stderr
