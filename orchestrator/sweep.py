@@ -2,6 +2,7 @@
 MLflow tracking in the driver, live progress and the final table of every trial."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -19,7 +20,7 @@ from resnet_core.data import DataUnavailableError, load_splits
 from resnet_core.metrics import Status
 from resnet_core.train import RunConfig
 
-from . import cluster, storage
+from . import cluster, driver_lock, storage
 from .progress import TUNE_INTERRUPT, Progress, TrialDirName, TrialNamer, format_table, table_rows
 from .space import Plan, make_plan, optuna_space
 from .spec import ParsedSpec, SpecError, parse_spec
@@ -239,7 +240,7 @@ def run_or_resume(prep: Prepared, *, address: str | None = None) -> int:
         return run_sweep(prep, address=address)
     if tune.Tuner.can_restore(path):
         print(f"{prep.parsed.spec.name} is already in {prep.storage_path}: continuing it", flush=True)
-        return resume_sweep(path, address=address)
+        return resume_sweep(path, address=address, wait_for_other_host=True)
     # Its driver died before Tune saved anything: nothing ran, so it starts again in that folder.
     return run_sweep(prep, address=address, folder_taken=True)
 
@@ -257,65 +258,76 @@ def run_sweep(prep: Prepared, *, address: str | None = None, folder_taken: bool 
         storage.write_text(prep.experiment_path, SPEC_FILE, saved_spec_text(prep.parsed))
     else:
         prep.name = storage.claim_name(prep.storage_path, spec.name, SPEC_FILE, saved_spec_text(prep.parsed))
-    sweep_key = uuid.uuid4().hex  # finds the sweep's runs in MLflow, also for `resume`
-    tracking = {"tracking_uri": prep.tracking_uri, "experiment": prep.experiment, "num_trials": plan.num_trials,
-                "sweep_key": sweep_key}
-    storage.write_text(prep.experiment_path, TRACKING_FILE, json.dumps(tracking))
+    with _holding(prep.experiment_path, prep.name, wait_for_other_host=folder_taken):
+        sweep_key = uuid.uuid4().hex  # finds the sweep's runs in MLflow, also for `resume`
+        tracking = {"tracking_uri": prep.tracking_uri, "experiment": prep.experiment, "num_trials": plan.num_trials,
+                    "sweep_key": sweep_key}
+        storage.write_text(prep.experiment_path, TRACKING_FILE, json.dumps(tracking))
 
-    scheduler = None
-    if spec.scheduler.name == "asha":
-        scheduler = ASHAScheduler(
-            time_attr=M.EPOCH,
-            grace_period=spec.scheduler.grace_period,
-            reduction_factor=spec.scheduler.reduction_factor,
-            max_t=spec.scheduler.max_t or plan.epochs_per_trial,
+        scheduler = None
+        if spec.scheduler.name == "asha":
+            scheduler = ASHAScheduler(
+                time_attr=M.EPOCH,
+                grace_period=spec.scheduler.grace_period,
+                reduction_factor=spec.scheduler.reduction_factor,
+                max_t=spec.scheduler.max_t or plan.epochs_per_trial,
+            )
+        tracker = SweepTracker(
+            tracking_uri=prep.tracking_uri,
+            experiment=prep.experiment,
+            sweep_key=sweep_key,
+            sweep_name=prep.name,
+            tags={
+                "resnet_sweep.spec_hash": spec.spec_hash(),
+                "resnet_sweep.version": version("resnet-sweep"),
+                "resnet_sweep.storage": prep.experiment_path,
+                **({"mlflow.source.git.commit": c} if (c := git_commit()) else {}),
+                "mlflow.note.content": spec.description,
+            },
+            artifacts={SPEC_FILE: prep.parsed.text, "plan.json": plan_json(plan)},
+            trial_namer=namer,
+            planned_epochs=plan.epochs_per_trial,
         )
-    tracker = SweepTracker(
-        tracking_uri=prep.tracking_uri,
-        experiment=prep.experiment,
-        sweep_key=sweep_key,
-        sweep_name=prep.name,
-        tags={
-            "resnet_sweep.spec_hash": spec.spec_hash(),
-            "resnet_sweep.version": version("resnet-sweep"),
-            "resnet_sweep.storage": prep.experiment_path,
-            **({"mlflow.source.git.commit": c} if (c := git_commit()) else {}),
-            "mlflow.note.content": spec.description,
-        },
-        artifacts={SPEC_FILE: prep.parsed.text, "plan.json": plan_json(plan)},
-        trial_namer=namer,
-        planned_epochs=plan.epochs_per_trial,
-    )
-    tuner = tune.Tuner(
-        _trainable(spec, prep.experiment_path),
-        param_space=param_space,
-        tune_config=tune.TuneConfig(
-            metric=spec.metric.name,
-            mode=spec.metric.mode,
-            search_alg=search_alg,
-            scheduler=scheduler,
-            num_samples=plan.num_trials,
-            trial_name_creator=TrialDirName(namer),
-            trial_dirname_creator=TrialDirName(namer),
-            # A trial's actor is kept for the next one: no worker start-up between trials.
-            reuse_actors=True,
-        ),
-        run_config=tune.RunConfig(
-            name=prep.name,
-            storage_path=prep.storage_path,
-            failure_config=tune.FailureConfig(max_failures=_max_failures(spec, address)),
-            checkpoint_config=_checkpoint_config(spec),
-            callbacks=[cluster.TuneDriverSetup(), tracker,
-                       Progress(namer, plan.epochs_per_trial, _stopped_by(spec), _max_failures(spec, address))],
-            stop=_epoch_budget_stopper(spec.budget.max_epochs) if spec.budget.max_epochs else None,
-            verbose=0,
-        ),
-    )
-    print(f"sweep {prep.name}: {plan.num_trials} trials, up to {plan.epochs_per_trial} epochs each, "
-          f"{_where_it_runs(spec, concurrency, address)}; results in {prep.experiment_path}, MLflow {prep.tracking_uri} "
-          f"(experiment {prep.experiment!r})", flush=True)
-    results = tuner.fit()
-    return _finish(prep, results, namer, plan.epochs_per_trial, tracker, plan.num_trials, address=address)
+        tuner = tune.Tuner(
+            _trainable(spec, prep.experiment_path),
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                metric=spec.metric.name,
+                mode=spec.metric.mode,
+                search_alg=search_alg,
+                scheduler=scheduler,
+                num_samples=plan.num_trials,
+                trial_name_creator=TrialDirName(namer),
+                trial_dirname_creator=TrialDirName(namer),
+                # A trial's actor is kept for the next one: no worker start-up between trials.
+                reuse_actors=True,
+            ),
+            run_config=tune.RunConfig(
+                name=prep.name,
+                storage_path=prep.storage_path,
+                failure_config=tune.FailureConfig(max_failures=_max_failures(spec, address)),
+                checkpoint_config=_checkpoint_config(spec),
+                callbacks=[cluster.TuneDriverSetup(), tracker,
+                           Progress(namer, plan.epochs_per_trial, _stopped_by(spec), _max_failures(spec, address))],
+                stop=_epoch_budget_stopper(spec.budget.max_epochs) if spec.budget.max_epochs else None,
+                verbose=0,
+            ),
+        )
+        print(f"sweep {prep.name}: {plan.num_trials} trials, up to {plan.epochs_per_trial} epochs each, "
+              f"{_where_it_runs(spec, concurrency, address)}; results in {prep.experiment_path}, MLflow {prep.tracking_uri} "
+              f"(experiment {prep.experiment!r})", flush=True)
+        results = tuner.fit()
+        return _finish(prep, results, namer, plan.epochs_per_trial, tracker, plan.num_trials, address=address)
+
+
+@contextlib.contextmanager
+def _holding(experiment_path: str, name: str, *, wait_for_other_host: bool):
+    """This driver holds the sweep (a second driver on one sweep is refused: exit 2)."""
+    try:
+        with driver_lock.hold(experiment_path, name, wait_for_other_host=wait_for_other_host):
+            yield
+    except driver_lock.SweepBusy as err:  # raised only on entry, before anything started
+        raise SpecError("", str(err)) from None
 
 
 def _max_failures(spec, address: str | None) -> int:
@@ -429,7 +441,7 @@ def find_experiment(name_or_path: str, storage_path: str | None) -> str:
     return path
 
 
-def resume_sweep(experiment_path: str, *, address: str | None = None) -> int:
+def resume_sweep(experiment_path: str, *, address: str | None = None, wait_for_other_host: bool = False) -> int:
     from ray import tune
 
     text = storage.read_text(experiment_path, SPEC_FILE)
@@ -440,15 +452,16 @@ def resume_sweep(experiment_path: str, *, address: str | None = None) -> int:
     tracking = json.loads(storage.read_text(experiment_path, TRACKING_FILE) or "{}")
     uri = tracking.get("tracking_uri") or normalize_tracking_uri(spec.tracking.tracking_uri or default_tracking_uri())
     cluster.check_tracking_reachable_from_tune(address, uri)
-    _connect(address, storage_path, spec, plan.num_trials)
-    tuner = tune.Tuner.restore(experiment_path, _trainable(spec, experiment_path), resume_unfinished=True, resume_errored=True)
-    print(f"resuming {experiment_path}", flush=True)
-    results = tuner.fit()
-    prep = Prepared(parsed, plan, storage_path, name, uri, tracking.get("experiment") or spec.name)
-    namer = TrialNamer(_varying_keys(prep))
-    # The restored Tune loop holds its own tracker; this one only finds the runs (best checkpoints).
-    tracker = SweepTracker(tracking_uri=uri, experiment=prep.experiment, sweep_key=tracking.get("sweep_key", ""),
-                           sweep_name=name, tags={}, artifacts={}, trial_namer=namer,
-                           planned_epochs=plan.epochs_per_trial)
-    return _finish(prep, results, namer, plan.epochs_per_trial, tracker, tracking.get("num_trials", len(results)),
-                   address=address)
+    with _holding(experiment_path, name, wait_for_other_host=wait_for_other_host):
+        _connect(address, storage_path, spec, plan.num_trials)
+        tuner = tune.Tuner.restore(experiment_path, _trainable(spec, experiment_path), resume_unfinished=True, resume_errored=True)
+        print(f"resuming {experiment_path}", flush=True)
+        results = tuner.fit()
+        prep = Prepared(parsed, plan, storage_path, name, uri, tracking.get("experiment") or spec.name)
+        namer = TrialNamer(_varying_keys(prep))
+        # The restored Tune loop holds its own tracker; this one only finds the runs (best checkpoints).
+        tracker = SweepTracker(tracking_uri=uri, experiment=prep.experiment, sweep_key=tracking.get("sweep_key", ""),
+                               sweep_name=name, tags={}, artifacts={}, trial_namer=namer,
+                               planned_epochs=plan.epochs_per_trial)
+        return _finish(prep, results, namer, plan.epochs_per_trial, tracker, tracking.get("num_trials", len(results)),
+                       address=address)

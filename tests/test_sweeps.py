@@ -225,3 +225,33 @@ def test_run_resume_if_exists_continues_the_same_sweep_instead_of_a_second(tmp_p
     (tmp_path / "small.yaml").write_text(SMALL_GRID.format(epochs=epochs + 1))  # another sweep, same name
     other = cli("run", "small.yaml", "--resume-if-exists", cwd=tmp_path)
     assert other.returncode == 2 and "another sweep named 'small'" in other.stderr, other.stderr
+
+
+def test_a_second_driver_on_a_running_sweep_is_refused(tmp_path):
+    """`resume` (or `run --resume-if-exists`) while `run` of the same sweep is going: one line
+    naming the live driver, exit 2, nothing started; the first driver finishes undisturbed."""
+    import socket
+
+    (tmp_path / "small.yaml").write_text(SMALL_GRID.format(epochs=6) + "max_concurrent: 1\n")
+    exe = Path(sys.executable).parent / "resnet-sweep"
+    first = subprocess.Popen([str(exe), "run", "small.yaml"], cwd=tmp_path, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    seen = []
+    for line in first.stdout:
+        seen.append(line)
+        if re.match(r"^\[\d\d:\d\d\] epoch", line):
+            break
+    for args in (["resume", "small"], ["run", "small.yaml", "--resume-if-exists"]):
+        out = cli(*args, cwd=tmp_path, timeout=120)
+        assert out.returncode == 2, (args, out.stdout[-2000:], out.stderr[-2000:])
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: sweep small is already being run by "
+                                                       f"pid {first.pid} on {socket.gethostname()}"), out.stderr
+        assert "epoch" not in out.stdout
+    rest = first.communicate(timeout=600)[0]
+    assert first.returncode == 0, "".join(seen) + rest
+    assert len(table_rows(rest)) == 4
+    assert not (tmp_path / "ray_results" / "small" / "driver.lock").exists()  # released
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (parent,), children = child_runs(client, "small")
+    assert len(children) == 4 and len(client.get_metric_history(parent.info.run_id, "val_error")) == 1
