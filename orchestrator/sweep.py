@@ -9,6 +9,7 @@ import math
 import os
 import shlex
 import sys
+import urllib.parse
 import uuid
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -24,7 +25,17 @@ from . import cluster, driver_lock, storage
 from .progress import TUNE_INTERRUPT, Progress, TrialDirName, TrialNamer, format_table, table_rows
 from .space import Plan, make_plan, optuna_space
 from .spec import ParsedSpec, SpecError, parse_spec
-from .tracking import SweepTracker, check_tracking_uri, default_tracking_uri, git_commit, normalize_tracking_uri
+from .tracking import (
+    PASSWORD,
+    TAG_STORAGE,
+    USERNAME,
+    SweepTracker,
+    check_tracking_uri,
+    default_tracking_uri,
+    git_commit,
+    normalize_tracking_uri,
+    use_tracking_uri,
+)
 from .trainable import train_trial
 
 __all__ = ["SweepError", "find_experiment", "prepare_sweep", "resume_sweep", "run_or_resume", "run_sweep", "SPEC_FILE"]
@@ -97,11 +108,7 @@ def prepare_sweep(
         plan.trials = plan.trials[:SMOKE_TRIALS]
         plan.num_trials = len(plan.trials)
     spec = parsed.spec
-    uri = normalize_tracking_uri(tracking_uri or spec.tracking.tracking_uri or default_tracking_uri())
-    try:
-        check_tracking_uri(uri)
-    except Exception as err:
-        raise SpecError("tracking.tracking_uri", str(err)) from None
+    uri = _tracking_uri(tracking_uri, spec)
     cluster.check_tracking_reachable_from_tune(address, uri)
     # Fail fast on data: the driver loads (or downloads into the cache) what trials will need.
     first = RunConfig.from_flat(plan.configs[0])
@@ -114,6 +121,21 @@ def prepare_sweep(
     where = storage.normalize(storage_path or spec.storage_path or storage.default_storage_path())
     storage.check_usable(where)
     return Prepared(parsed, plan, where, spec.name, uri, spec.tracking.experiment or spec.name)
+
+
+def _tracking_uri(given: str | None, spec) -> str:
+    """The tracking URI to use (--tracking-uri, else the sweep's, else ./mlflow.db), checked, as
+    stored and shown: without its credentials (tracking.use_tracking_uri)."""
+    field = "--tracking-uri" if given else "tracking.tracking_uri"
+    if spec.tracking.tracking_uri and urllib.parse.urlsplit(spec.tracking.tracking_uri).password is not None:
+        raise SpecError("tracking.tracking_uri", "a password in the sweep file would be saved with the sweep; pass it "
+                                                 "in --tracking-uri or MLFLOW_TRACKING_PASSWORD instead")
+    uri = use_tracking_uri(given or spec.tracking.tracking_uri or default_tracking_uri())
+    try:
+        check_tracking_uri(uri)
+    except Exception as err:
+        raise SpecError(field, str(err)) from None
+    return uri
 
 
 def saved_spec_text(parsed: ParsedSpec) -> str:
@@ -191,6 +213,8 @@ def _connect(address: str | None, storage_path: str, spec, num_trials: int) -> N
         # an autoscaler sees the sweep's whole demand and adds nodes for it. (Known before Ray
         # starts: with ray:// these settings travel to Tune's loop on the head.)
         driver_env[PENDING_TRIALS] = str(spec.max_concurrent or num_trials)
+    if cluster.runs_tune_remotely(address):  # the tracker runs with Tune's loop, on the head
+        driver_env.update({k: os.environ[k] for k in (USERNAME, PASSWORD) if k in os.environ})
     try:
         cluster.connect(address, driver_env)
     except cluster.ClusterError as err:
@@ -280,7 +304,7 @@ def run_sweep(prep: Prepared, *, address: str | None = None, folder_taken: bool 
             tags={
                 "resnet_sweep.spec_hash": spec.spec_hash(),
                 "resnet_sweep.version": version("resnet-sweep"),
-                "resnet_sweep.storage": prep.experiment_path,
+                TAG_STORAGE: prep.experiment_path,
                 **({"mlflow.source.git.commit": c} if (c := git_commit()) else {}),
                 "mlflow.note.content": spec.description,
             },
@@ -441,7 +465,20 @@ def find_experiment(name_or_path: str, storage_path: str | None) -> str:
     return path
 
 
-def resume_sweep(experiment_path: str, *, address: str | None = None, wait_for_other_host: bool = False) -> int:
+def sweep_tracking(experiment_path: str, spec, given_uri: str | None) -> tuple[dict, str]:
+    """A started sweep's tracking.json and its tracking URI, checked. ``given_uri``
+    (--tracking-uri of resume/sync) may only add the login: the runs are on the stored server."""
+    tracking = json.loads(storage.read_text(experiment_path, TRACKING_FILE) or "{}")
+    stored = tracking.get("tracking_uri") or normalize_tracking_uri(spec.tracking.tracking_uri or default_tracking_uri())
+    uri = _tracking_uri(given_uri or stored, spec)
+    if uri != stored:
+        raise SpecError("--tracking-uri", f"this sweep logs to {stored}; --tracking-uri may only add the login to it "
+                                          f"(http://USER:PASSWORD@…)")
+    return tracking, uri
+
+
+def resume_sweep(experiment_path: str, *, address: str | None = None, wait_for_other_host: bool = False,
+                 tracking_uri: str | None = None) -> int:
     from ray import tune
 
     text = storage.read_text(experiment_path, SPEC_FILE)
@@ -449,8 +486,7 @@ def resume_sweep(experiment_path: str, *, address: str | None = None, wait_for_o
     spec = parsed.spec
     plan = make_plan(parsed, with_models=False)
     storage_path, name = experiment_path.rstrip("/").rsplit("/", 1)
-    tracking = json.loads(storage.read_text(experiment_path, TRACKING_FILE) or "{}")
-    uri = tracking.get("tracking_uri") or normalize_tracking_uri(spec.tracking.tracking_uri or default_tracking_uri())
+    tracking, uri = sweep_tracking(experiment_path, spec, tracking_uri)
     cluster.check_tracking_reachable_from_tune(address, uri)
     with _holding(experiment_path, name, wait_for_other_host=wait_for_other_host):
         _connect(address, storage_path, spec, plan.num_trials)

@@ -7,12 +7,16 @@ that fails (server down) is queued and replayed on the next callback and at the 
 """
 from __future__ import annotations
 
+import base64
 import fcntl
 import json
+import os
+import shlex
 import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any, Callable
@@ -42,6 +46,9 @@ TAG_STOPPED_AT = "stopped_at_epoch"
 TAG_NODE_ID, TAG_HOST = "node_id", "host"  # where the trial ran last
 TAG_NODES = "nodes"  # every node it ran on, in order (more than one after a node loss)
 PARENT_TAG = "mlflow.parentRunId"
+TAG_STORAGE = "resnet_sweep.storage"  # on the parent: the sweep's experiment folder
+END_WAIT_S = 120  # at the end of a sweep, how long queued writes wait for MLflow to come back
+RETRY_S = 10  # while MLflow is unreachable, queued writes are retried this often
 # A failed trial may be retried on resume; these are never touched again.
 FINAL_STATUSES = {str(Status.COMPLETED), str(Status.STOPPED_EARLY), str(Status.DIVERGED)}
 
@@ -58,25 +65,125 @@ def default_tracking_uri() -> str:
 def normalize_tracking_uri(uri: str) -> str:
     """Relative SQLite paths are made absolute so the UI and resume find the same file."""
     prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith(("/", ":memory:")):
         return prefix + str(Path(uri[len(prefix):]).resolve())
     return uri
 
 
+HTTP_SCHEMES = ("http", "https")
+# MLflow's SQLAlchemy stores (dialect, or dialect+driver) and its other tracking URIs.
+DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+OTHER_SCHEMES = ("file", "databricks")
+USERNAME, PASSWORD = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"
+# MLflow's client retries a failed request 7 times with backoff (minutes): the driver's Tune
+# loop would stall on every write during an outage. The tracker queues and retries instead.
+CLIENT_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
+_database_uris: dict[str, str] = {}  # URI as stored and shown → with its password (memory only)
+
+
+def _scheme(uri: str) -> str:
+    return urllib.parse.urlsplit(uri).scheme.split("+", 1)[0].lower()
+
+
+def use_tracking_uri(uri: str) -> str:
+    """The tracking URI as given → as stored and shown: without credentials, which never reach
+    output, the Tune folder (Tune pickles its callbacks) or MLflow. A login in an http(s) URI goes
+    to MLflow's client as MLFLOW_TRACKING_USERNAME/PASSWORD; a database password stays here."""
+    uri = normalize_tracking_uri(uri)
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is None and parts.username is None:
+        return uri
+    host = parts.netloc.rsplit("@", 1)[1]
+    scheme = _scheme(uri)
+    if scheme in HTTP_SCHEMES:
+        shown = urllib.parse.urlunsplit(parts._replace(netloc=host))
+        os.environ[USERNAME] = urllib.parse.unquote(parts.username or "")
+        os.environ[PASSWORD] = urllib.parse.unquote(parts.password or "")
+        return shown
+    shown = urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}@{host}" if parts.username else host))
+    _database_uris[shown] = uri
+    return shown
+
+
+def _secrets() -> list[str]:
+    found = [os.environ.get(PASSWORD)] + [urllib.parse.urlsplit(u).password for u in _database_uris.values()]
+    return [s for s in found if s]
+
+
+def redact(text: str) -> str:
+    """Any credential this process holds, replaced in text about to be shown."""
+    for secret in _secrets():
+        text = text.replace(secret, "***").replace(urllib.parse.quote(secret, safe=""), "***")
+    return text
+
+
 def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast (before Ray starts) when an MLflow server is not reachable."""
-    if not uri.startswith(("http://", "https://")):
-        return
+    """Fail fast, before Ray starts, on a tracking URI that cannot work: malformed, an unknown
+    scheme, a SQLite file that cannot be written, a server that is down or refuses the login.
+    ``uri`` is as use_tracking_uri returns it."""
+    scheme = _scheme(uri)
+    known = (*HTTP_SCHEMES, *DATABASE_SCHEMES, *OTHER_SCHEMES)
+    if "://" not in uri or scheme not in known:
+        raise TrackingUnavailableError(
+            f"{uri!r} is not an MLflow tracking URI (scheme {scheme or 'missing'}); use sqlite:///PATH.db, "
+            f"http(s)://HOST:PORT, or postgresql:// / mysql:// / mssql:// database URIs"
+        )
+    if scheme in HTTP_SCHEMES:
+        _check_server(uri, timeout)
+    elif scheme == "sqlite":
+        _check_sqlite(uri)
+    elif scheme in DATABASE_SCHEMES:
+        try:
+            open_client(uri).search_experiments(max_results=1)
+        except Exception as err:  # noqa: BLE001 — a driver error, a refused login, no server …
+            first = redact(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+            raise TrackingUnavailableError(f"cannot use the MLflow database {uri} ({first})") from None
+
+
+def _check_sqlite(uri: str) -> None:
+    path = uri.removeprefix("sqlite:///")
+    if not uri.startswith("sqlite:///") or not path or path == ":memory:":
+        raise TrackingUnavailableError(f"{uri!r} is not a SQLite file URI; use sqlite:///PATH.db (an in-memory store keeps nothing)")
+    file = Path(path)
+    if file.is_dir():
+        raise TrackingUnavailableError(f"{file} is a folder; name the store's file, e.g. sqlite:///{file / 'mlflow.db'}")
+    if not file.parent.is_dir():
+        raise TrackingUnavailableError(f"cannot create {file}: the folder {file.parent} does not exist")
+    target = file if file.exists() else file.parent
+    if not os.access(target, os.W_OK):
+        raise TrackingUnavailableError(f"cannot write {file}: {target} is not writable")
+
+
+def _check_server(uri: str, timeout: float) -> None:
+    """/health says the server is up; one cheap API call says whether it accepts this login."""
+    if not urllib.parse.urlsplit(uri).hostname:
+        raise TrackingUnavailableError(f"{uri!r} names no host; use http(s)://HOST:PORT")
+    base = uri.rstrip("/")
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+        with urllib.request.urlopen(base + "/health", timeout=timeout) as response:
             if response.status != 200:
                 raise TrackingUnavailableError(f"MLflow server at {uri} answered {response.status} on /health")
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        reason = redact(str(getattr(err, "reason", err)))
         raise TrackingUnavailableError(
-            f"no MLflow server answers at {uri} ({reason}); start one (mlflow server …) or pass "
-            f"another --tracking-uri"
+            f"no MLflow server answers at {uri} ({reason}); start one (mlflow server …) or pass another --tracking-uri"
         ) from None
+    request = urllib.request.Request(base + "/api/2.0/mlflow/experiments/search?max_results=1")
+    if os.environ.get(USERNAME) or os.environ.get(PASSWORD):
+        login = f"{os.environ.get(USERNAME, '')}:{os.environ.get(PASSWORD, '')}".encode()
+        request.add_header("Authorization", "Basic " + base64.b64encode(login).decode())
+    try:
+        urllib.request.urlopen(request, timeout=timeout).close()
+    except urllib.error.HTTPError as err:
+        if err.code in (401, 403):
+            given = "refused the login given" if request.has_header("Authorization") else "requires a login"
+            raise TrackingUnavailableError(
+                f"the MLflow server at {uri} {given} ({err.code}); pass http://USER:PASSWORD@HOST:PORT or set "
+                f"{USERNAME} and {PASSWORD}"
+            ) from None
+    except (urllib.error.URLError, OSError):
+        pass  # it answered /health a moment ago; the sweep's own calls will retry
 
 
 def open_client(uri: str):
@@ -85,6 +192,9 @@ def open_client(uri: str):
     migrations and fail, so the first use takes a lock beside the file."""
     from mlflow import MlflowClient
 
+    for key, value in CLIENT_RETRIES.items():
+        os.environ.setdefault(key, value)
+    uri = _database_uris.get(uri, uri)
     if not uri.startswith("sqlite:///"):
         return MlflowClient(uri)
     with open(f"{uri.removeprefix('sqlite:///')}.lock", "w") as lock:
@@ -133,6 +243,7 @@ class SweepTracker(Callback):
         self.last_result: dict[str, dict] = {}
         self._client = None
         self._pending: list[tuple[Callable, tuple]] = []
+        self._retry_at = 0.0
         self._warned = False
 
     # --- state kept with the Tune experiment (restored by Tuner.restore) ----------------------
@@ -158,24 +269,54 @@ class SweepTracker(Callback):
 
     # --- failure-tolerant writes ----------------------------------------------------------------
     def _call(self, fn: Callable, *args) -> Any:
+        """Write now, or queue the write (in order) while MLflow is unreachable: tracking never
+        stops training, and a down server is retried every RETRY_S, not on every result."""
+        if self._pending and time.monotonic() < self._retry_at:
+            self._pending.append((fn, args))
+            return None
         self._replay()
+        if self._pending:
+            self._pending.append((fn, args))
+            return None
         try:
             return fn(*args)
         except Exception as err:  # noqa: BLE001 — tracking must never stop training
             self._pending.append((fn, args))
-            if not self._warned:
-                print(f"warning: MLflow write failed ({type(err).__name__}: {err}); will retry", file=sys.stderr)
-                self._warned = True
+            self._down(err)
             return None
+
+    def _down(self, err: Exception) -> None:
+        self._retry_at = time.monotonic() + RETRY_S
+        # What reached the server before the error is re-read on replay, never sent twice.
+        self.logged_epoch.clear()
+        if not self._warned:
+            print(f"warning: MLflow write failed ({type(err).__name__}: {redact(str(err))[:300]}); results are kept "
+                  f"and sent when it answers again", file=sys.stderr, flush=True)
+            self._warned = True
 
     def _replay(self) -> None:
         while self._pending:
-            fn, args = self._pending[0]
+            fn, args = self._pending.pop(0)
             try:
                 fn(*args)
-            except Exception:  # noqa: BLE001
+            except Exception as err:  # noqa: BLE001
+                self._pending.insert(0, (fn, args))
+                self._down(err)
                 return
-            self._pending.pop(0)
+        if self._warned:
+            print("MLflow answers again: the results held back are sent", file=sys.stderr, flush=True)
+            self._warned = False
+
+    def flush(self, wait_s: float) -> int:
+        """Send what is queued, retrying for up to ``wait_s``; returns the writes left."""
+        deadline = time.monotonic() + wait_s
+        while self._pending:
+            self._retry_at = 0.0
+            self._replay()
+            if not self._pending or time.monotonic() + RETRY_S > deadline:
+                break
+            time.sleep(RETRY_S)
+        return len(self._pending)
 
     # --- the sweep's parent run ---------------------------------------------------------------------
     def setup(self, **info) -> None:
@@ -233,6 +374,15 @@ class SweepTracker(Callback):
             return run_id
         from mlflow.entities import Param
 
+        run_id = self._find_child(trial.trial_id) or self._create_child(trial)
+        # Logged again on a run found after a lost answer: the same values, so no change.
+        params = [Param(k, str(v)) for k, v in sorted(self._config(trial).items())]
+        for i in range(0, len(params), 100):
+            self.client.log_batch(run_id, params=params[i : i + 100])
+        self.runs[trial.trial_id] = run_id  # only now: a failed write above is replayed in full
+        return run_id
+
+    def _create_child(self, trial) -> str:
         name, k = self.trial_namer(trial.config), 2
         base = name
         while name in self.names:
@@ -249,12 +399,16 @@ class SweepTracker(Callback):
                 TAG_STATUS: str(Status.RUNNING),
             },
         )
-        run_id = run.info.run_id
-        self.runs[trial.trial_id] = run_id
-        params = [Param(k, str(v)) for k, v in sorted(self._config(trial).items())]
-        for i in range(0, len(params), 100):
-            self.client.log_batch(run_id, params=params[i : i + 100])
-        return run_id
+        return run.info.run_id
+
+    def _find_child(self, trial_id: str) -> str | None:
+        """A run created by a request whose answer was lost (server killed midway) is found, not
+        created twice."""
+        found = self.client.search_runs(
+            [self.experiment_id], f"tags.`{PARENT_TAG}` = '{self.parent_id}' and tags.`{TAG_TRIAL_ID}` = '{trial_id}'",
+            max_results=1,
+        )
+        return found[0].info.run_id if found else None
 
     @staticmethod
     def _config(trial) -> dict:
@@ -300,16 +454,20 @@ class SweepTracker(Callback):
         if result.get(STATUS) != str(Status.DIVERGED):  # a diverged epoch has no metrics to log
             records.append(result)
         now, last = int(time.time() * 1000), self._last_logged(run_id)
-        batch = []
+        epochs = []
         for record in records:
             epoch = int(record.get(M.EPOCH, 0))
             if epoch > last:
-                batch += [Metric(key, float(record[key]), now, epoch) for key in M.METRICS if key in record]
+                epochs.append((epoch, [Metric(key, float(record[key]), now, epoch) for key in M.METRICS if key in record]))
                 last = epoch
-        for i in range(0, len(batch), 1000):  # MLflow takes at most 1000 metrics per batch
-            self.client.log_batch(run_id, metrics=batch[i : i + 1000])
-        # Counted as logged only once written: a failed write is replayed in full (see _call).
-        self.logged_epoch[run_id] = last
+        # Whole epochs per batch (MLflow takes at most 1000 metrics; a batch is one transaction),
+        # each counted as logged once written: a replay after a failure sends only what is missing.
+        batch: list = []
+        for i, (epoch, metrics) in enumerate(epochs):
+            batch += metrics
+            if i + 1 == len(epochs) or len(batch) + len(epochs[i + 1][1]) > 1000:
+                self.client.log_batch(run_id, metrics=batch)
+                self.logged_epoch[run_id], batch = epoch, []
 
     def _log_node(self, run_id: str, result: dict) -> None:
         node = result.get(NODE_ID)
@@ -399,9 +557,6 @@ class SweepTracker(Callback):
         self.client.set_tag(self.parent_id, "best_trial", self.client.get_run(run_id).info.run_name)
 
     def on_experiment_end(self, trials, **info) -> None:
-        self._replay()
-        if self._pending:
-            print(f"warning: {len(self._pending)} MLflow writes could not be delivered", file=sys.stderr)
         self._call(self._summarize)
         left = [t for t in trials if t.status != "ERROR" and was_interrupted(t.last_result)]
         for trial in left:
@@ -409,3 +564,11 @@ class SweepTracker(Callback):
         done = not TUNE_INTERRUPT.seen and all(t.status in ("TERMINATED", "ERROR") for t in trials)
         self._call(self.client.set_tag, self.parent_id, TAG_STATUS, str(Status.COMPLETED if done else Status.INTERRUPTED))
         self._call(self.client.set_terminated, self.parent_id, "FINISHED" if done else "KILLED")
+        if not self._pending:
+            return
+        sync = f"resnet-sweep sync {shlex.quote(self.tags.get(TAG_STORAGE, self.sweep_name))}"
+        print(f"MLflow does not answer: retrying {len(self._pending)} writes for up to {END_WAIT_S // 60} minutes "
+              f"(the results are safe in the sweep's folder; `{sync}` sends them later)", file=sys.stderr, flush=True)
+        if self.flush(END_WAIT_S):
+            print(f"warning: {len(self._pending)} MLflow writes were not delivered; send them with `{sync}` once "
+                  f"MLflow answers", file=sys.stderr, flush=True)
