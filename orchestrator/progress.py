@@ -3,6 +3,7 @@ trial epoch and per status change (with the node the trial runs on), and the fin
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from typing import Any
 
@@ -12,7 +13,7 @@ from resnet_core.metrics import Status
 
 from .cluster import describe_node
 from .space import resolve_trial, trial_name
-from .trainable import HOSTNAME, NODE_ID, REPLAYED, STATUS, final_status
+from .trainable import HOSTNAME, NODE_ID, NOTICE, REPLAYED, STATUS, final_status
 
 __all__ = ["Progress", "TUNE_INTERRUPT", "TrialNamer", "was_interrupted", "describe_status", "format_table", "table_rows"]
 
@@ -103,6 +104,8 @@ class Progress:
                 self._say(f"start     {self.namer(trial.config)}")
 
             def on_trial_result(self, iteration, trials, trial, result, **info):
+                if result.get(NOTICE):  # a line from the trial itself (its own output stays on its node)
+                    print(result[NOTICE], file=sys.stderr, flush=True)
                 if result.get(REPLAYED):  # trained before the interruption: nothing new to show
                     return
                 node = result.get(NODE_ID)

@@ -196,7 +196,7 @@ def _search_and_space(prep: Prepared, concurrency: int):
     return BasicVariantGenerator(points_to_evaluate=points, max_concurrent=concurrency), param_space
 
 
-def _varying_keys(prep: Prepared) -> list[str]:
+def varying_keys(prep: Prepared) -> list[str]:
     space = list(prep.parsed.spec.search.space)
     keys = ["model.depth" if k == "model.n" else k for k in space]
     if prep.parsed.spec.search.seeds is not None:
@@ -277,7 +277,6 @@ def run_sweep(prep: Prepared, *, address: str | None = None, folder_taken: bool 
     _connect(address, prep.storage_path, spec, plan.num_trials)
     concurrency = cluster.trial_concurrency(spec, local=address is None)
     search_alg, param_space = _search_and_space(prep, concurrency)
-    namer = TrialNamer(_varying_keys(prep))
     if folder_taken:  # this sweep's own folder, from a start that never got under way
         storage.write_text(prep.experiment_path, SPEC_FILE, saved_spec_text(prep.parsed))
     else:
@@ -296,11 +295,9 @@ def run_sweep(prep: Prepared, *, address: str | None = None, folder_taken: bool 
                 reduction_factor=spec.scheduler.reduction_factor,
                 max_t=spec.scheduler.max_t or plan.epochs_per_trial,
             )
-        tracker = SweepTracker(
-            tracking_uri=prep.tracking_uri,
-            experiment=prep.experiment,
-            sweep_key=sweep_key,
-            sweep_name=prep.name,
+        tracker = sweep_tracker(
+            prep,
+            sweep_key,
             tags={
                 "resnet_sweep.spec_hash": spec.spec_hash(),
                 "resnet_sweep.version": version("resnet-sweep"),
@@ -309,9 +306,8 @@ def run_sweep(prep: Prepared, *, address: str | None = None, folder_taken: bool 
                 "mlflow.note.content": spec.description,
             },
             artifacts={SPEC_FILE: prep.parsed.text, "plan.json": plan_json(plan)},
-            trial_namer=namer,
-            planned_epochs=plan.epochs_per_trial,
         )
+        namer = tracker.trial_namer
         tuner = tune.Tuner(
             _trainable(spec, prep.experiment_path),
             param_space=param_space,
@@ -477,27 +473,35 @@ def sweep_tracking(experiment_path: str, spec, given_uri: str | None) -> tuple[d
     return tracking, uri
 
 
+def open_sweep(experiment_path: str, tracking_uri: str | None = None) -> tuple[Prepared, dict]:
+    """A started sweep, from its folder: its spec and plan, tracking.json, the checked tracking URI."""
+    text = storage.read_text(experiment_path, SPEC_FILE)
+    parsed = parse_spec(text, source=f"{experiment_path}/{SPEC_FILE}")
+    plan = make_plan(parsed, with_models=False)
+    storage_path, name = experiment_path.rstrip("/").rsplit("/", 1)
+    tracking, uri = sweep_tracking(experiment_path, parsed.spec, tracking_uri)
+    return Prepared(parsed, plan, storage_path, name, uri, tracking.get("experiment") or parsed.spec.name), tracking
+
+
+def sweep_tracker(prep: Prepared, sweep_key: str, *, tags: dict | None = None, artifacts: dict | None = None) -> SweepTracker:
+    return SweepTracker(tracking_uri=prep.tracking_uri, experiment=prep.experiment, sweep_key=sweep_key,
+                        sweep_name=prep.name, tags=tags or {}, artifacts=artifacts or {},
+                        trial_namer=TrialNamer(varying_keys(prep)), planned_epochs=prep.plan.epochs_per_trial)
+
+
 def resume_sweep(experiment_path: str, *, address: str | None = None, wait_for_other_host: bool = False,
                  tracking_uri: str | None = None) -> int:
     from ray import tune
 
-    text = storage.read_text(experiment_path, SPEC_FILE)
-    parsed = parse_spec(text, source=f"{experiment_path}/{SPEC_FILE}")
-    spec = parsed.spec
-    plan = make_plan(parsed, with_models=False)
-    storage_path, name = experiment_path.rstrip("/").rsplit("/", 1)
-    tracking, uri = sweep_tracking(experiment_path, spec, tracking_uri)
-    cluster.check_tracking_reachable_from_tune(address, uri)
-    with _holding(experiment_path, name, wait_for_other_host=wait_for_other_host):
-        _connect(address, storage_path, spec, plan.num_trials)
+    prep, tracking = open_sweep(experiment_path, tracking_uri)
+    spec = prep.parsed.spec
+    cluster.check_tracking_reachable_from_tune(address, prep.tracking_uri)
+    with _holding(experiment_path, prep.name, wait_for_other_host=wait_for_other_host):
+        _connect(address, prep.storage_path, spec, prep.plan.num_trials)
         tuner = tune.Tuner.restore(experiment_path, _trainable(spec, experiment_path), resume_unfinished=True, resume_errored=True)
         print(f"resuming {experiment_path}", flush=True)
         results = tuner.fit()
-        prep = Prepared(parsed, plan, storage_path, name, uri, tracking.get("experiment") or spec.name)
-        namer = TrialNamer(_varying_keys(prep))
         # The restored Tune loop holds its own tracker; this one only finds the runs (best checkpoints).
-        tracker = SweepTracker(tracking_uri=uri, experiment=prep.experiment, sweep_key=tracking.get("sweep_key", ""),
-                               sweep_name=name, tags={}, artifacts={}, trial_namer=namer,
-                               planned_epochs=plan.epochs_per_trial)
-        return _finish(prep, results, namer, plan.epochs_per_trial, tracker, tracking.get("num_trials", len(results)),
-                       address=address)
+        tracker = sweep_tracker(prep, tracking.get("sweep_key", ""))
+        return _finish(prep, results, tracker.trial_namer, prep.plan.epochs_per_trial, tracker,
+                       tracking.get("num_trials", len(results)), address=address)

@@ -118,7 +118,7 @@ def redact(text: str) -> str:
     return text
 
 
-def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
+def check_tracking_uri(uri: str, timeout: float = 30.0) -> None:
     """Fail fast, before Ray starts, on a tracking URI that cannot work: malformed, an unknown
     scheme, a SQLite file that cannot be written, a server that is down or refuses the login.
     ``uri`` is as use_tracking_uri returns it."""
@@ -182,8 +182,9 @@ def _check_server(uri: str, timeout: float) -> None:
                 f"the MLflow server at {uri} {given} ({err.code}); pass http://USER:PASSWORD@HOST:PORT or set "
                 f"{USERNAME} and {PASSWORD}"
             ) from None
-    except (urllib.error.URLError, OSError):
-        pass  # it answered /health a moment ago; the sweep's own calls will retry
+    except (urllib.error.URLError, OSError) as err:
+        raise TrackingUnavailableError(f"the MLflow server at {uri} answers /health but not its API "
+                                       f"({redact(str(getattr(err, 'reason', err)))})") from None
 
 
 def open_client(uri: str):
@@ -245,6 +246,7 @@ class SweepTracker(Callback):
         self._pending: list[tuple[Callable, tuple]] = []
         self._retry_at = 0.0
         self._warned = False
+        self.points_sent = self.runs_created = 0  # what this process wrote (sync's summary)
 
     # --- state kept with the Tune experiment (restored by Tuner.restore) ----------------------
     def get_state(self) -> dict:
@@ -399,6 +401,7 @@ class SweepTracker(Callback):
                 TAG_STATUS: str(Status.RUNNING),
             },
         )
+        self.runs_created += 1
         return run.info.run_id
 
     def _find_child(self, trial_id: str) -> str | None:
@@ -467,6 +470,7 @@ class SweepTracker(Callback):
             batch += metrics
             if i + 1 == len(epochs) or len(batch) + len(epochs[i + 1][1]) > 1000:
                 self.client.log_batch(run_id, metrics=batch)
+                self.points_sent += len(batch)
                 self.logged_epoch[run_id], batch = epoch, []
 
     def _log_node(self, run_id: str, result: dict) -> None:
@@ -496,6 +500,8 @@ class SweepTracker(Callback):
         result = self.last_result.get(trial.trial_id) or trial.last_result or {}
         epoch = int(result.get(M.EPOCH, 0))
         status = final_status(result, errored=failed, planned_epochs=self.planned_epochs)
+        if self._ended_as(run_id, status):  # already recorded (`sync` run twice)
+            return
         tags = {TAG_STATUS: str(status)}
         if status == Status.STOPPED_EARLY:
             tags[TAG_STOPPED_AT] = str(epoch)
@@ -508,6 +514,10 @@ class SweepTracker(Callback):
         # The status tag goes last: a run that has it is complete (see _is_final).
         for key, value in sorted(tags.items(), key=lambda kv: kv[0] == TAG_STATUS):
             self.client.set_tag(run_id, key, value)
+
+    def _ended_as(self, run_id: str, status: Status) -> bool:
+        run = self.client.get_run(run_id)
+        return run.info.status != "RUNNING" and run.data.tags.get(TAG_STATUS) == str(status)
 
     def _log_figures(self, run_id: str, result: dict) -> None:
         from . import figures
@@ -530,7 +540,7 @@ class SweepTracker(Callback):
     def _interrupt(self, trial) -> None:
         """A trial the sweep left midway (Ctrl-C): KILLED in MLflow, tagged until `resume`."""
         run_id = self.runs.get(trial.trial_id)
-        if run_id is not None and not self._is_final(run_id):
+        if run_id is not None and not self._is_final(run_id) and not self._ended_as(run_id, Status.INTERRUPTED):
             self.client.set_terminated(run_id, "KILLED")
             self.client.set_tag(run_id, TAG_STATUS, str(Status.INTERRUPTED))
 
@@ -548,27 +558,47 @@ class SweepTracker(Callback):
         if best is None:
             return
         value, epoch, run_id = best
+        name = self.client.get_run(run_id).info.run_name
+        parent = self.client.get_run(self.parent_id).data
+        if parent.tags.get("best_trial") == name and parent.metrics.get(M.VAL_ERROR) == value:
+            return  # already there: logging it again would add a point to the parent's history
         test = [m.value for m in self.client.get_metric_history(run_id, M.TEST_ERROR) if m.step == epoch]
         now = int(time.time() * 1000)
         metrics = [Metric(M.VAL_ERROR, value, now, 0)]
         if test:
             metrics.append(Metric(M.TEST_ERROR, test[0], now, 0))
         self.client.log_batch(self.parent_id, metrics=metrics)
-        self.client.set_tag(self.parent_id, "best_trial", self.client.get_run(run_id).info.run_name)
+        self.client.set_tag(self.parent_id, "best_trial", name)
 
     def on_experiment_end(self, trials, **info) -> None:
-        self._call(self._summarize)
         left = [t for t in trials if t.status != "ERROR" and was_interrupted(t.last_result)]
-        for trial in left:
-            self._call(self._interrupt, trial)
         done = not TUNE_INTERRUPT.seen and all(t.status in ("TERMINATED", "ERROR") for t in trials)
-        self._call(self.client.set_tag, self.parent_id, TAG_STATUS, str(Status.COMPLETED if done else Status.INTERRUPTED))
-        self._call(self.client.set_terminated, self.parent_id, "FINISHED" if done else "KILLED")
+        self.end_sweep(left, Status.COMPLETED if done else Status.INTERRUPTED)
+
+    def end_sweep(self, interrupted: list, status: Status | None) -> int:
+        """The sweep's last writes: the best trial, the trials left midway, the parent's status
+        (None: left as it is). Returns the writes MLflow did not take."""
+        self._call(self._summarize)
+        for trial in interrupted:
+            self._call(self._interrupt, trial)
+        if status is not None:
+            self._call(self._end_parent, status)
         if not self._pending:
-            return
+            return 0
         sync = f"resnet-sweep sync {shlex.quote(self.tags.get(TAG_STORAGE, self.sweep_name))}"
         print(f"MLflow does not answer: retrying {len(self._pending)} writes for up to {END_WAIT_S // 60} minutes "
               f"(the results are safe in the sweep's folder; `{sync}` sends them later)", file=sys.stderr, flush=True)
-        if self.flush(END_WAIT_S):
-            print(f"warning: {len(self._pending)} MLflow writes were not delivered; send them with `{sync}` once "
-                  f"MLflow answers", file=sys.stderr, flush=True)
+        left = self.flush(END_WAIT_S)
+        if left:
+            print(f"warning: {left} MLflow writes were not delivered; send them with `{sync}` once MLflow answers",
+                  file=sys.stderr, flush=True)
+        return left
+
+    def parent_ended(self) -> bool:
+        return self.client.get_run(self.parent_id).info.status != "RUNNING"
+
+    def _end_parent(self, status: Status) -> None:
+        run = self.client.get_run(self.parent_id)
+        if run.data.tags.get(TAG_STATUS) != str(status) or run.info.status == "RUNNING":
+            self.client.set_tag(self.parent_id, TAG_STATUS, str(status))
+            self.client.set_terminated(self.parent_id, "FINISHED" if status == Status.COMPLETED else "KILLED")

@@ -6,6 +6,7 @@ import io
 import json
 import socket
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,8 @@ from resnet_core.train import RunConfig, Trainer
 from . import storage
 from .space import resolve_trial
 
-__all__ = ["CHECKPOINT_FILE", "EARLIER_EPOCHS", "HOSTNAME", "LAYER_RESPONSES", "NODE_ID", "REPLAYED", "STATUS", "train_trial"]
+__all__ = ["CHECKPOINT_FILE", "EARLIER_EPOCHS", "HOSTNAME", "LAYER_RESPONSES", "NODE_ID", "NOTICE", "REPLAYED", "STATUS",
+           "train_trial"]
 
 CHECKPOINT_FILE = "state.pt"
 STATUS = "status"  # result key: the trial's status so far (resnet_core.metrics.Status)
@@ -27,6 +29,9 @@ EARLIER_EPOCHS = "earlier_epochs"  # result key: after a restore, the epochs tra
 REPLAYED = "replayed"  # result key: a finished trial's last result, reported again after a restore
 NODE_ID = "node_id"  # result keys: where the trial ran (the Ray node id, and its host name)
 HOSTNAME = "hostname"  # the same key Tune fills in itself
+NOTICE = "notice"  # result key: a line for the user (to stderr), sent once with the first result
+# Settings that say where a trial runs, not what it trains: a checkpoint may differ in them.
+_WHERE_NOT_WHAT = frozenset({"dataset.cache_dir", "train.device"})
 
 
 def _checkpoint_index(folder: str) -> int:
@@ -35,26 +40,89 @@ def _checkpoint_index(folder: str) -> int:
     return int(tail) if tail.isdigit() else -1
 
 
-def _newest_stored_state(trial_uri: str, current: dict | None, current_index: int) -> dict | None:
-    """The trial's newest complete checkpoint in storage, when newer than the one Tune restores.
+def _tune_reader(checkpoint) -> Callable[[], bytes | None]:
+    def read() -> bytes | None:
+        with checkpoint.as_directory() as folder:
+            path = Path(folder) / CHECKPOINT_FILE
+            return path.read_bytes() if path.is_file() else None
+    return read
 
-    Tune restores a trial from the checkpoint its experiment state names. With remote storage
-    the driver uploads that state in the background: a driver killed between a trial's upload
-    of a checkpoint and its own upload of the state leaves newer checkpoints (even a finished
-    trial's last) that Tune does not know of, and the trial would train those epochs again.
-    No Tune option covers this, so the trial looks for itself."""
-    best = current
-    for folder in storage.subfolders(trial_uri, "checkpoint_"):
-        if _checkpoint_index(folder) <= current_index:  # Tune numbers them in order: not newer
-            continue
-        data = storage.read_bytes(folder, CHECKPOINT_FILE)
+
+class _Unusable(Exception):
+    """A checkpoint that is not a state for this trial (the message says why)."""
+
+
+def _checked_state(data: bytes | None, trainer: Trainer) -> dict:
+    """The trainer state in ``data``, or an exception saying why it is not one for this trial."""
+    if not data:
+        raise _Unusable("missing" if data is None else "empty file")
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
+        raise _Unusable(f"not a trainer state ({type(state).__name__} without a config)")
+    saved, ours = state["config"], trainer.cfg.to_flat()
+    for key, value in ours.items():
+        if key in saved and key not in _WHERE_NOT_WHAT and saved[key] != value:
+            raise _Unusable(f"another trial's state: {key} {saved[key]!r}, this trial's {value!r}")
+    epoch = state.get("epoch")
+    if not isinstance(epoch, int) or not 0 <= epoch <= trainer.epochs:
+        raise _Unusable(f"epoch {epoch!r} is not in 0…{trainer.epochs}")
+    return state
+
+
+def _reason(err: Exception) -> str:
+    """Why a checkpoint was passed over, in a few words on one line."""
+    if isinstance(err, _Unusable):
+        return str(err)
+    if isinstance(err, KeyError):
+        return f"not a trainer state (no {err})"
+    if str(err).startswith("Weights only load failed") and err.__context__ is not None:
+        err = err.__context__  # torch's advice to load without weights_only does not apply to a corrupt file
+    text = " ".join(str(err).split()).split(". ")[0]  # the first sentence: torch goes on with advice
+    return f"{type(err).__name__}: {text[:200]}{'…' if len(text) > 200 else ''}" if text else type(err).__name__
+
+
+def _restore(trainer: Trainer, trial_uri: str, checkpoint) -> tuple[Trainer, str | None]:
+    """Loads the trial's newest usable checkpoint into ``trainer``: the trainer to go on with
+    (a fresh one after a state that failed halfway in) and a warning line when a checkpoint had
+    to be passed over (None otherwise).
+
+    The candidates are the checkpoint Tune restores (``checkpoint``, named by its experiment
+    state) and every checkpoint_* folder of the trial in storage, newest (highest number) first:
+    - With remote storage the driver uploads its experiment state in the background: a driver
+      killed between a trial's upload of a checkpoint and its own upload of the state leaves
+      newer checkpoints (even a finished trial's last) that Tune does not know of, and the
+      trial would train those epochs again. No Tune option covers this.
+    - A checkpoint file cut short (a dying worker or node, a full disk) or otherwise corrupt, or
+      a state that is not this trial's (another model or recipe), would make the trial fail on
+      every retry from it: it is passed over for the next older one, or the trial starts again
+      from epoch 0 (deterministic, so the same numbers; MLflow skips epochs it already has)."""
+    candidates: dict[int, tuple[str, Callable[[], bytes | None]]] = {
+        _checkpoint_index(folder): (folder, lambda folder=folder: storage.read_bytes(folder, CHECKPOINT_FILE))
+        for folder in storage.subfolders(trial_uri, "checkpoint_") if _checkpoint_index(folder) >= 0
+    }
+    if checkpoint is not None:  # read as Tune gives it (it may lie elsewhere than the listing)
+        candidates[_checkpoint_index(checkpoint.path)] = (checkpoint.path, _tune_reader(checkpoint))
+    passed_over, used = [], None
+    for index in sorted(candidates, reverse=True):
+        folder, read = candidates[index]
+        name = f"{folder.rstrip('/').rsplit('/', 1)[-1]}/{CHECKPOINT_FILE}"
         try:
-            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True) if data else None
-        except Exception:  # noqa: BLE001 — a checkpoint cut short by a dying worker: skip it
-            state = None
-        if state and (best is None or state["epoch"] > best["epoch"]):
-            best = state
-    return best
+            state = _checked_state(read(), trainer)
+        except Exception as err:  # noqa: BLE001 — whatever is wrong with it, it is passed over
+            passed_over.append(f"{name} ({_reason(err)})")
+            continue
+        try:
+            trainer.load_state_dict(state)
+        except Exception as err:  # noqa: BLE001 — e.g. shapes of another model: start clean
+            trainer = Trainer(trainer.cfg, splits=trainer.splits)
+            passed_over.append(f"{name} ({_reason(err)})")
+            continue
+        used = name.split("/", 1)[0]
+        break
+    if not passed_over:
+        return trainer, None
+    then = f"continuing from epoch {trainer.epoch} of {used}" if used else "restarting from epoch 0"
+    return trainer, f"warning: trial {trial_uri}: cannot restore {', '.join(passed_over)}; {then}"
 
 
 def train_trial(config: dict[str, Any], experiment_path: str) -> None:
@@ -66,23 +134,20 @@ def train_trial(config: dict[str, Any], experiment_path: str) -> None:
     torch.set_num_threads(max(1, int(cpus)))
     placement = {NODE_ID: context.get_node_id(), HOSTNAME: socket.gethostname()}
     trainer = Trainer(RunConfig.from_flat(resolve_trial(config, {})))
-    checkpoint, state, index = tune.get_checkpoint(), None, -1
-    if checkpoint is not None:
-        index = _checkpoint_index(checkpoint.path)
-        with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=True)
     trial_uri = storage.join(experiment_path, Path(tune.get_context().get_trial_dir()).name)
-    state = _newest_stored_state(trial_uri, state, index)
-    if state is not None:
-        trainer.load_state_dict(state)
+    trainer, warning = _restore(trainer, trial_uri, tune.get_checkpoint())
     # The epochs before the restore go with the first result, once: the driver logs any that
     # it had not (it may have died before they reached it), so MLflow keeps epochs 1…N.
     # (As JSON text: Tune's TensorBoard logger warns about lists of dicts and skips text.)
-    earlier = {EARLIER_EPOCHS: json.dumps(trainer.history)} if trainer.history else {}
+    # So does a warning about the restore: the driver prints it (a trial's own output stays in
+    # its worker's log) and Tune keeps it in the trial's results.
+    once = {EARLIER_EPOCHS: json.dumps(trainer.history)} if trainer.history else {}
+    if warning:
+        once[NOTICE] = warning
 
     def report(r) -> None:
-        result = {**r.metrics, **placement, **earlier}
-        earlier.clear()
+        result = {**r.metrics, **placement, **once}
+        once.clear()
         last = r.epoch == r.epochs
         result[STATUS] = str(Status.COMPLETED if last else Status.RUNNING)
         if last:
@@ -95,13 +160,13 @@ def train_trial(config: dict[str, Any], experiment_path: str) -> None:
         # Restored from its final checkpoint (the driver died before recording the end): say
         # the trial is complete again without training or checkpointing anything.
         # (No node: this one trained nothing; the node that did is in the earlier results.)
-        tune.report({**trainer.history[-1], **earlier, REPLAYED: True, STATUS: str(Status.COMPLETED),
+        tune.report({**trainer.history[-1], **once, REPLAYED: True, STATUS: str(Status.COMPLETED),
                      LAYER_RESPONSES: trainer.layer_response_std()})
         return
     trainer.run(report)
     if trainer.status == Status.DIVERGED:
         # A diverged trial is the worst possible result for the searcher and scheduler, not a crash.
-        tune.report({M.EPOCH: trainer.epoch + 1, M.VAL_ERROR: 1.0, M.TRAIN_ERROR: 1.0, **placement, **earlier,
+        tune.report({M.EPOCH: trainer.epoch + 1, M.VAL_ERROR: 1.0, M.TRAIN_ERROR: 1.0, **placement, **once,
                      STATUS: str(Status.DIVERGED)})
 
 

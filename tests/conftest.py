@@ -109,24 +109,38 @@ def s3_server(tmp_path):
     proc.wait(timeout=30)
 
 
+class MlflowServer:
+    """A real `mlflow server` process on 127.0.0.1 over HTTP, its stores in ``folder``; it can be
+    killed and started again on the same port (an outage)."""
+
+    def __init__(self, folder: Path) -> None:
+        from tests.ray_nodes import free_port
+
+        self.folder, self.port = folder, free_port()
+        folder.mkdir(exist_ok=True)
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "MlflowServer":
+        import urllib.request
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+             "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
+             "--artifacts-destination", str(self.folder / "artifacts"), "--workers", "1"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        _wait_for_server(self.proc, "mlflow server", lambda: urllib.request.urlopen(self.uri + "/health", timeout=2))
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        os.killpg(self.proc.pid, sig)
+        self.proc.wait(timeout=30)
+
+
 @pytest.fixture
 def mlflow_server(tmp_path):
     """A real `mlflow server` process on 127.0.0.1, over HTTP."""
-    from tests.ray_nodes import free_port
-
-    port = free_port()
-    store = tmp_path / "server"
-    store.mkdir()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}", "--artifacts-destination", str(store / "artifacts"),
-         "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    import urllib.request
-
-    _wait_for_server(proc, "mlflow server", lambda: urllib.request.urlopen(uri + "/health", timeout=2))
-    yield uri
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=30)
+    server = MlflowServer(tmp_path / "server").start()
+    yield server.uri
+    server.stop()

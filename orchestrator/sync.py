@@ -1,0 +1,82 @@
+"""`resnet-sweep sync`: a sweep's MLflow runs rebuilt or completed from its Tune folder.
+
+Tune's per-trial records (result.json: every report, in order) are the source of truth; the
+driver's tracker writes what they hold to MLflow as it goes. When it could not (MLflow was down
+when its driver died, or the writes outlived its retries) `sync` replays those records through
+the same tracker, which skips what MLflow already has: running it twice changes nothing."""
+from __future__ import annotations
+
+import json
+import uuid
+
+from resnet_core.metrics import Status
+
+from . import driver_lock, storage
+from .spec import SpecError
+from .sweep import SPEC_FILE, TRACKING_FILE, open_sweep, sweep_tracker
+from .tracking import TAG_STORAGE
+from .trainable import STATUS
+
+__all__ = ["sync_sweep"]
+
+RESULT_FILE = "result.json"  # Tune's record of a trial's reports, one JSON object per line
+ENDED = {str(Status.COMPLETED), str(Status.DIVERGED)}  # a trial's own last report says it ended
+
+
+def _trials(experiment_path: str) -> list:
+    """The sweep's trials as Tune saved them (id, config, status, folder)."""
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        return ExperimentAnalysis(experiment_path).trials
+    except Exception as err:  # noqa: BLE001 — no experiment state yet, or not Tune's
+        raise SpecError("", f"{experiment_path} holds no Tune records to sync ({type(err).__name__}: {err})") from None
+
+
+def _records(experiment_path: str, trial) -> list[dict]:
+    folder = storage.join(experiment_path, trial.path.rstrip("/").rsplit("/", 1)[-1])
+    text = storage.read_text(folder, RESULT_FILE) or ""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def sync_sweep(experiment_path: str, *, tracking_uri: str | None = None) -> int:
+    prep, tracking = open_sweep(experiment_path, tracking_uri)
+    trials = _trials(experiment_path)
+    if not tracking.get("sweep_key"):  # tracked nowhere yet: the parent run is made now, found next time
+        tracking = {"tracking_uri": prep.tracking_uri, "experiment": prep.experiment, "num_trials": prep.plan.num_trials,
+                    **tracking, "sweep_key": uuid.uuid4().hex}
+        storage.write_text(experiment_path, TRACKING_FILE, json.dumps(tracking))
+    try:
+        with driver_lock.hold(experiment_path, prep.name):  # not while a driver writes the same runs
+            return _sync(prep, tracking, trials, experiment_path)
+    except driver_lock.SweepBusy as err:
+        raise SpecError("", f"{err}; its driver logs to MLflow itself") from None
+
+
+def _sync(prep, tracking: dict, trials: list, experiment_path: str) -> int:
+    tracker = sweep_tracker(prep, tracking["sweep_key"], tags={TAG_STORAGE: experiment_path},
+                            artifacts={SPEC_FILE: prep.parsed.text})
+    tracker.setup()
+    interrupted, epochs = [], 0
+    for trial in trials:
+        records = _records(experiment_path, trial)
+        if not records and trial.status != "ERROR":
+            continue  # never started: nothing to record
+        for record in records:
+            tracker.on_trial_result(0, trials, trial, record)
+        epochs += len({r.get("epoch") for r in records})
+        if trial.status in ("TERMINATED", "ERROR") or (records and records[-1].get(STATUS) in ENDED):
+            (tracker.on_trial_error if trial.status == "ERROR" else tracker.on_trial_complete)(0, trials, trial)
+        else:  # left midway by a driver that died or was stopped: `resume` continues it
+            interrupted.append(trial)
+    # The parent's status is the driver's to set; sync sets it only for a driver that died first.
+    status = None
+    if not tracker.parent_ended():
+        done = not interrupted and len(trials) >= tracking.get("num_trials", len(trials))
+        status = Status.COMPLETED if done else Status.INTERRUPTED
+    left = tracker.end_sweep(interrupted, status)
+    print(f"synced {prep.name} to {prep.tracking_uri} (experiment {prep.experiment!r}): {len(trials)} trials, "
+          f"{epochs} epochs in Tune's records; sent {tracker.points_sent} metric points, "
+          f"created {tracker.runs_created} runs" + (f"; {len(interrupted)} trial(s) unfinished (resume them with "
+                                                    f"`resnet-sweep resume {experiment_path}`)" if interrupted else ""))
+    return 1 if left else 0

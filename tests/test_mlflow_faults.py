@@ -1,0 +1,186 @@
+"""[7/11] Nothing lost: MLflow equals Tune's own records point for point after an MLflow outage,
+after `resnet-sweep sync` rebuilds a lost store, and a login in the tracking URI works against a
+real basic-auth server without ever being shown or stored."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from orchestrator.trainable import final_status
+from resnet_core import metrics as M
+from tests.conftest import MlflowServer, cli
+from tests.test_sweeps import SMALL_GRID, child_runs
+
+
+def tune_records(experiment: Path) -> dict[str, dict]:
+    """Tune's record of each trial (its result.json): trial id → every epoch's metrics and the
+    last report. Epochs trained before a restore arrive with the first report after it."""
+    out = {}
+    for result_file in experiment.glob("*/result.json"):
+        records = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
+        if not records:
+            continue
+        epochs: dict[int, dict] = {}
+        for record in records:
+            for earlier in json.loads(record.get("earlier_epochs") or "[]"):
+                epochs.setdefault(int(earlier[M.EPOCH]), earlier)
+            if record.get("status") != "diverged":
+                epochs.setdefault(int(record[M.EPOCH]), record)
+        out[records[-1]["trial_id"]] = {"epochs": epochs, "last": records[-1]}
+    return out
+
+
+def assert_mlflow_equals_tune(client: MlflowClient, experiment: str, folder: Path, planned_epochs: int) -> int:
+    """Every trial, every epoch, every metric and the status tags; returns the points compared."""
+    parents, children = child_runs(client, experiment)
+    records = tune_records(folder)
+    assert len(parents) == 1
+    by_trial = {c.data.tags["resnet_sweep.trial_id"]: c for c in children}
+    assert len(children) == len(by_trial) == len(records) and set(by_trial) == set(records)  # none missing, no duplicate
+    points = 0
+    for trial_id, record in records.items():
+        run = by_trial[trial_id]
+        for key in M.METRICS:
+            expected = sorted((epoch, float(r[key])) for epoch, r in record["epochs"].items() if key in r)
+            logged = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+            assert logged == expected, (run.info.run_name, key)
+            points += len(logged)
+        status = final_status(record["last"], errored=False, planned_epochs=planned_epochs)
+        assert run.data.tags["status"] == str(status) and run.info.status == "FINISHED"
+        best = min(record["epochs"].items(), key=lambda kv: (kv[1][M.VAL_ERROR], kv[0]))[0]
+        assert run.data.tags["best_epoch"] == str(best)
+        assert {k: v for k, v in run.data.params.items() if k in record["last"]["config"]} == {
+            k: str(v) for k, v in record["last"]["config"].items()}
+    assert parents[0].data.tags["status"] == "completed" and parents[0].info.status == "FINISHED"
+    return points
+
+
+def snapshot(client: MlflowClient, experiment: str) -> list:
+    """Everything MLflow holds for the experiment, with timestamps: what `sync` must not change."""
+    exp = client.get_experiment_by_name(experiment)
+    out = []
+    for run in client.search_runs([exp.experiment_id], max_results=1000):
+        histories = {k: [(m.step, m.value, m.timestamp) for m in client.get_metric_history(run.info.run_id, k)]
+                     for k in run.data.metrics}
+        artifacts = [(a.path, a.file_size) for a in client.list_artifacts(run.info.run_id)]
+        out.append((run.info.run_id, run.info.run_name, run.info.status, run.info.end_time, sorted(run.data.tags.items()),
+                    sorted(run.data.params.items()), sorted(histories.items()), sorted(artifacts)))
+    return sorted(out)
+
+
+def test_sync_rebuilds_a_lost_store_point_for_point_and_twice_changes_nothing(workdir):
+    epochs = 3
+    (workdir / "small.yaml").write_text(SMALL_GRID.format(epochs=epochs))
+    out = cli("run", "small.yaml", cwd=workdir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    folder = workdir / "ray_results" / "small"
+    live = assert_mlflow_equals_tune(MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}"), "small", folder, epochs)
+
+    (workdir / "mlflow.db").rename(workdir / "lost.db")  # the store is lost; Tune's records are not
+    out = cli("sync", "small", cwd=workdir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    assert assert_mlflow_equals_tune(client, "small", folder, epochs) == live
+    assert f"sent {live} metric points, created 4 runs" in out.stdout
+    before = snapshot(client, "small")
+    out = cli("sync", str(folder), cwd=workdir)
+    assert out.returncode == 0 and "sent 0 metric points, created 0 runs" in out.stdout, out.stdout + out.stderr
+    assert snapshot(client, "small") == before
+
+
+def test_sync_of_a_missing_sweep_is_one_line(workdir):
+    out = cli("sync", "nothing-here", cwd=workdir)
+    assert out.returncode == 2 and out.stderr.strip().count("\n") == 0 and "nothing-here" in out.stderr
+    assert list(workdir.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_mlflow_server_killed_midway_and_back_a_minute_later_loses_nothing(tmp_path):
+    """A real `mlflow server` is SIGKILLed while the sweep trains and started again 60 s later
+    on the same port and store: training goes on, the held-back results are sent when it is
+    back, and MLflow then equals Tune's records point for point (no point lost or doubled)."""
+    epochs = 30
+    (tmp_path / "small.yaml").write_text(SMALL_GRID.format(epochs=epochs))
+    server = MlflowServer(tmp_path / "server").start()
+    exe = Path(sys.executable).parent / "resnet-sweep"
+    proc = subprocess.Popen([str(exe), "run", "small.yaml", "--tracking-uri", server.uri], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, killed_at, restarted, during = [], None, False, 0
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if killed_at is None and re.match(r"^\[\d\d:\d\d\] epoch +2/", line):
+                server.stop(signal.SIGKILL)
+                killed_at = time.monotonic()
+            elif killed_at is not None and not restarted:
+                during += bool(re.match(r"^\[\d\d:\d\d\] epoch", line))
+                if time.monotonic() - killed_at >= 60:
+                    server.start()
+                    restarted = True
+        proc.wait(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = "".join(lines)
+    try:
+        assert proc.returncode == 0, text[-4000:]
+        assert restarted and during >= 10, text[-4000:]  # trials trained on while MLflow was down
+        assert "warning: MLflow write failed" in text and "MLflow answers again" in text, text[-4000:]
+        points = assert_mlflow_equals_tune(MlflowClient(server.uri), "small", tmp_path / "ray_results" / "small", epochs)
+        assert points == 4 * epochs * len(M.METRICS)
+    finally:
+        server.stop()
+
+
+def test_login_in_the_tracking_uri_works_with_basic_auth_and_is_never_shown_or_stored(tmp_path, ray_tmpdir):
+    """`--tracking-uri http://admin:SECRET@host` against a real `mlflow server --app-name
+    basic-auth`: the sweep logs there, and SECRET is in no output, no file of the sweep's folder,
+    Ray's logs, or MLflow's params and tags. Without the login, or with a wrong one: one line."""
+    from tests.test_k8s import MlflowFromManifest
+
+    (tmp_path / "mlflow").mkdir()
+    server = MlflowFromManifest(tmp_path / "mlflow")
+    secret = server.PASSWORD
+    (tmp_path / "small.yaml").write_text(SMALL_GRID.format(epochs=2).replace("[8, 14]", "[8]"))
+    env = {"RAY_TMPDIR": str(ray_tmpdir)}
+    login = f"http://{server.USER}:{secret}@127.0.0.1:{server.port}"
+    try:
+        outputs = []
+        for uri, code, says in [(server.uri, 2, "requires a login (401)"),
+                                (login.replace(secret, "wrong-password"), 2, "refused the login given (401)")]:
+            out = cli("run", "small.yaml", "--tracking-uri", uri, cwd=tmp_path, env=env)
+            assert out.returncode == code and out.stderr.count("\n") == 1 and says in out.stderr, out.stderr
+            assert "wrong-password" not in out.stderr
+        out = cli("run", "small.yaml", "--tracking-uri", login, cwd=tmp_path, env=env)
+        outputs.append(out.stdout + out.stderr)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert f"MLflow http://127.0.0.1:{server.port}" in out.stdout
+        # resume needs the login again (it is stored nowhere); sync takes it the same way
+        out = cli("resume", "small", cwd=tmp_path, env=env)
+        outputs.append(out.stdout + out.stderr)
+        assert out.returncode == 2 and "requires a login" in out.stderr, out.stderr
+        out = cli("sync", "small", "--tracking-uri", login, cwd=tmp_path, env=env)
+        outputs.append(out.stdout + out.stderr)
+        assert out.returncode == 0 and "created 0 runs" in out.stdout, out.stdout + out.stderr
+
+        leaks = [f"output {i}" for i, text in enumerate(outputs) if secret in text]
+        for root in (tmp_path / "ray_results", ray_tmpdir):
+            leaks += [str(p) for p in root.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+        os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = server.USER, secret
+        client = MlflowClient(server.uri)
+        parents, children = child_runs(client, "small")
+        assert len(parents) == 1 and len(children) == 2
+        for run in parents + children:
+            leaks += [f"run {run.info.run_name}: {k}" for k, v in {**run.data.params, **run.data.tags}.items() if secret in v]
+        assert leaks == []
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_USERNAME", None)
+        os.environ.pop("MLFLOW_TRACKING_PASSWORD", None)
+        server.stop()
