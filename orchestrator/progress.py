@@ -13,7 +13,7 @@ from resnet_core.metrics import Status
 
 from .cluster import describe_node
 from .space import resolve_trial, trial_name
-from .trainable import HOSTNAME, NODE_ID, NOTICE, REPLAYED, STATUS, final_status
+from .trainable import HOSTNAME, NODE_ID, NOTICE, REPLAYED, STATUS, error_line, error_trace, final_status
 
 __all__ = ["Progress", "TUNE_INTERRUPT", "TrialNamer", "was_interrupted", "describe_status", "format_table", "table_rows"]
 
@@ -72,6 +72,16 @@ class TuneInterrupt(logging.Filter):
 TUNE_INTERRUPT = TuneInterrupt()
 
 
+class TrialErrorTraces(logging.Filter):
+    """Tune logs every trial error with its whole trace; the progress lines say it in one line
+    (and retries), the trace is in the trial's folder (error.txt) and in MLflow."""
+
+    LOGGER = "ray.tune.execution.tune_controller"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Trial task failed for trial")
+
+
 def was_interrupted(result: dict | None) -> bool:
     """A trial Tune stopped because the sweep was interrupted: its last result is not `done`."""
     return TUNE_INTERRUPT.seen and not (result or {}).get("done")
@@ -124,9 +134,10 @@ class Progress:
                 epoch = int((trial.last_result or {}).get(M.EPOCH, 0))
                 limit = "unlimited" if self.max_failures < 0 else str(self.max_failures)
                 since = f"from its checkpoint at epoch {epoch}" if epoch else "from the start"
+                error = error_line(error_trace(trial))
                 self._say(
                     f"retrying  {self.namer(trial.config)} (was on {where(trial.last_result) or 'an unknown node'}; "
-                    f"failure {trial.num_failures} of {limit} allowed) {since}"
+                    f"failure {trial.num_failures} of {limit} allowed{': ' + error if error else ''}) {since}"
                 )
 
             def on_trial_complete(self, iteration, trials, trial, **info):
@@ -140,7 +151,10 @@ class Progress:
 
             def on_trial_error(self, iteration, trials, trial, **info):
                 self.done += 1
-                self._say(f"failed    {self.namer(trial.config)}  ({self.done} done; see {trial.local_path})")
+                trace = error_trace(trial)
+                status = final_status(trial.last_result, errored=True, planned_epochs=self.epochs, error=trace)
+                self._say(f"{status:<9} {self.namer(trial.config)}: {error_line(trace) or 'no error recorded'}  "
+                          f"({self.done} done; trace in {trial.path}/error.txt)")
 
         return _Progress(*args, **kwargs)
 
@@ -154,7 +168,8 @@ def table_rows(results, namer: TrialNamer, epochs: int, stopped_by: str) -> list
         history = df[df[M.VAL_ERROR].notna()] if df is not None and M.VAL_ERROR in df else None
         if history is not None and STATUS in history:
             history = history[history[STATUS] != str(Status.DIVERGED)]
-        status = final_status(result.metrics, errored=result.error is not None, planned_epochs=epochs)
+        status = final_status(result.metrics, errored=result.error is not None, planned_epochs=epochs,
+                              error=str(result.error or ""))
         if result.error is None and was_interrupted(result.metrics):
             status = Status.INTERRUPTED
         row = {"name": namer(config) if M.EPOCH in (result.metrics or {}) else _folder_name(result.path), "status": describe_status(status, result.metrics, stopped_by),

@@ -22,7 +22,7 @@ from resnet_core.metrics import Status
 from resnet_core.train import RunConfig
 
 from . import cluster, driver_lock, storage
-from .progress import TUNE_INTERRUPT, Progress, TrialDirName, TrialNamer, format_table, table_rows
+from .progress import TUNE_INTERRUPT, Progress, TrialErrorTraces, TrialDirName, TrialNamer, format_table, table_rows
 from .space import Plan, make_plan, optuna_space
 from .spec import ParsedSpec, SpecError, parse_spec
 from .tracking import (
@@ -206,6 +206,7 @@ def varying_keys(prep: Prepared) -> list[str]:
 
 def _connect(address: str | None, storage_path: str, spec, num_trials: int) -> None:
     logging.getLogger(TUNE_INTERRUPT.LOGGER).addFilter(TUNE_INTERRUPT)
+    logging.getLogger(TrialErrorTraces.LOGGER).addFilter(TrialErrorTraces())
     TUNE_INTERRUPT.seen = False
     driver_env = {}
     if address is not None:
@@ -423,7 +424,7 @@ def _finish(prep: Prepared, results, namer: TrialNamer, epochs: int, tracker: Sw
         left = sum(r["status"].startswith(str(Status.INTERRUPTED)) for r in rows)
         print(f"interrupted: {left} trial(s) not finished; continue the sweep with `{again}`")
         return 130  # as a shell reports Ctrl-C
-    failed = [r for r in rows if r["status"] == str(Status.FAILED)]
+    failed = [r for r in rows if r["status"] in (str(Status.FAILED), str(Status.OUT_OF_MEMORY))]
     if failed:
         print(f"{len(failed)} trial(s) failed", file=sys.stderr)
         return 1

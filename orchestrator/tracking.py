@@ -27,7 +27,7 @@ from resnet_core import metrics as M
 from resnet_core.metrics import Status
 
 from .progress import TUNE_INTERRUPT, was_interrupted
-from .trainable import EARLIER_EPOCHS, HOSTNAME, LAYER_RESPONSES, NODE_ID, STATUS, final_status
+from .trainable import EARLIER_EPOCHS, HOSTNAME, LAYER_RESPONSES, NODE_ID, STATUS, error_line, error_trace, final_status
 
 __all__ = [
     "TAG_SWEEP",
@@ -43,6 +43,7 @@ TAG_TRIAL_ID = "resnet_sweep.trial_id"
 TAG_STATUS = "status"
 TAG_BEST_EPOCH = "best_epoch"
 TAG_STOPPED_AT = "stopped_at_epoch"
+TAG_ERROR = "error"  # a failed trial's exception, one line (the whole trace: artifact error.txt)
 TAG_NODE_ID, TAG_HOST = "node_id", "host"  # where the trial ran last
 TAG_NODES = "nodes"  # every node it ran on, in order (more than one after a node loss)
 PARENT_TAG = "mlflow.parentRunId"
@@ -499,10 +500,14 @@ class SweepTracker(Callback):
             return
         result = self.last_result.get(trial.trial_id) or trial.last_result or {}
         epoch = int(result.get(M.EPOCH, 0))
-        status = final_status(result, errored=failed, planned_epochs=self.planned_epochs)
+        trace = redact(error_trace(trial) or "") if failed else ""
+        status = final_status(result, errored=failed, planned_epochs=self.planned_epochs, error=trace)
         if self._ended_as(run_id, status):  # already recorded (`sync` run twice)
             return
         tags = {TAG_STATUS: str(status)}
+        if trace:
+            tags[TAG_ERROR] = error_line(trace)
+            self.client.log_text(run_id, trace, "error.txt")
         if status == Status.STOPPED_EARLY:
             tags[TAG_STOPPED_AT] = str(epoch)
         history = self.client.get_metric_history(run_id, M.VAL_ERROR)

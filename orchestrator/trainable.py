@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import socket
 import tempfile
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from . import storage
 from .space import resolve_trial
 
 __all__ = ["CHECKPOINT_FILE", "EARLIER_EPOCHS", "HOSTNAME", "LAYER_RESPONSES", "NODE_ID", "NOTICE", "REPLAYED", "STATUS",
+           "error_line", "error_trace", "final_status",
            "train_trial"]
 
 CHECKPOINT_FILE = "state.pt"
@@ -170,11 +172,30 @@ def train_trial(config: dict[str, Any], experiment_path: str) -> None:
                      STATUS: str(Status.DIVERGED)})
 
 
-def final_status(last_result: dict | None, *, errored: bool, planned_epochs: int) -> Status:
-    """How a finished trial ended, from its last reported result: the one rule shared by the
-    progress lines, the final table and the MLflow tags."""
+def error_trace(trial) -> str:
+    """A failed Tune trial's error trace, as soon as Tune has it: in the driver's staging folder
+    before it is synced to storage (where Trial.get_error reads it)."""
+    name = trial.run_metadata.error_filename
+    local = Path(trial.local_path or "", name or "")
+    trace = local.read_text(errors="replace") if name and local.is_file() else trial.get_error() or ""
+    return re.sub(r"\x1b\[[0-9;]*m", "", trace)  # Ray colours the task's name
+
+
+def error_line(trace: str | None) -> str:
+    """The last line of an error's trace (the exception and its message), kept short."""
+    lines = [line.strip() for line in (trace or "").splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
+
+
+# torch.OutOfMemoryError (CUDA), Python's MemoryError, Ray's OutOfMemoryError (its memory monitor).
+_OUT_OF_MEMORY = re.compile(r"\bOutOfMemoryError\b|^MemoryError\b", re.MULTILINE)
+
+
+def final_status(last_result: dict | None, *, errored: bool, planned_epochs: int, error: str | None = None) -> Status:
+    """How a finished trial ended, from its last reported result (and its error's trace): the
+    one rule shared by the progress lines, the final table and the MLflow tags."""
     if errored:
-        return Status.FAILED
+        return Status.OUT_OF_MEMORY if _OUT_OF_MEMORY.search(error or "") else Status.FAILED
     result = last_result or {}
     if result.get(STATUS) == str(Status.DIVERGED):
         return Status.DIVERGED

@@ -27,6 +27,7 @@ class Status(str, Enum):
     STOPPED_EARLY = "stopped_early"  # by the scheduler (ASHA)
     DIVERGED = "diverged"  # non-finite training loss
     FAILED = "failed"  # an exception
+    OUT_OF_MEMORY = "out_of_memory"  # the trial ran out of (GPU or host) memory
     INTERRUPTED = "interrupted"  # the sweep was stopped (Ctrl-C) first; `resume` continues it
 
     def __str__(self) -> str:

@@ -134,8 +134,14 @@ class MlflowServer:
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is not None:
+            return
         os.killpg(self.proc.pid, sig)
-        self.proc.wait(timeout=30)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # a slow graceful shutdown on a busy machine
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
 
 
 @pytest.fixture

@@ -1,0 +1,52 @@
+"""Faults injected into real trial processes (tests only): on PYTHONPATH, Python imports this in
+every process of the sweep, Ray's workers included. RESNET_SWEEP_TEST_FAULTS names a folder of
+`<depth>-<lr>` files, each holding what the trial of that depth and lr does at its second epoch:
+`raise-once` (a RuntimeError on its first attempt only) or `oom` (torch's OutOfMemoryError,
+as CUDA raises it, on every attempt)."""
+import importlib.abc
+import importlib.machinery
+import os
+import sys
+from pathlib import Path
+
+FOLDER = os.environ.get("RESNET_SWEEP_TEST_FAULTS")
+
+
+def _inject(module) -> None:
+    import torch
+
+    original = module.Trainer._train_epoch
+
+    def _train_epoch(self):
+        plan = Path(FOLDER, f"{self.cfg.model.depth}-{self.cfg.train.lr:g}")
+        if self.epoch == 1 and plan.is_file():
+            fault = plan.read_text().strip()
+            if fault == "oom":
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (injected by the test)")
+            if fault == "raise-once":
+                plan.write_text("done")
+                raise RuntimeError("injected fault: the first attempt fails")
+        return original(self)
+
+    module.Trainer._train_epoch = _train_epoch
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Patches resnet_core.train once it is imported (only trial processes import it)."""
+
+    def find_spec(self, name, path, target=None):
+        if name != "resnet_core.train":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        load = spec.loader.exec_module
+
+        def exec_module(module):
+            load(module)
+            _inject(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+if FOLDER:
+    sys.meta_path.insert(0, _AfterImport())
