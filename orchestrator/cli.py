@@ -10,6 +10,7 @@ from pathlib import Path
 
 from resnet_core.data import DATASETS
 from resnet_core.errors import ConfigError
+from resnet_core.registry import VARIANTS
 
 from .spec import SpecError
 from .flags import MODEL_FLAGS, TRAIN_FLAGS, add_flags, add_variant_flag, field_to_flag, flat_from_args
@@ -26,6 +27,14 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_BAD_INPUT, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        # A subcommand's parser gets the rest of the line: what it leaves unknown is its own to
+        # report (with its help), not the top-level parser's.
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
 
 
 def _fmt_count(n: int) -> str:
@@ -47,17 +56,22 @@ def _config_from_args(args, flags):
 
 def cmd_describe(args) -> int:
     from resnet_core.analysis import describe_model
-
     from resnet_core.data import DataConfig, num_classes
+    from resnet_core.resnet import DEFAULT_INPUT_SIZE
+
+    from .space import MAX_IMAGE_SIZE, check_model_size
 
     cfg = _config_from_args(args, MODEL_FLAGS)
-    if args.input_size is not None and args.input_size < 8:
-        raise UsageError(f"--input-size: {args.input_size} must be at least 8")
+    if args.input_size is not None and not 8 <= args.input_size <= MAX_IMAGE_SIZE:
+        raise UsageError(f"--input-size: {args.input_size} must be between 8 and {MAX_IMAGE_SIZE}")
     input_size, classes = args.input_size, None
     if args.dataset:  # the dataset's image size and class count
         data = DataConfig(name=args.dataset)
         input_size, classes = input_size or data.image_size, num_classes(data)
     try:
+        # Unset classes: at most ImageNet's 1000, which bounds the check.
+        check_model_size(cfg.model, classes=classes or cfg.model.num_classes or 1000,
+                         image_size=input_size or DEFAULT_INPUT_SIZE[cfg.model.arch])
         info = describe_model(cfg.model, input_size=input_size, num_classes=classes)
     except ConfigError as err:
         raise UsageError(f"{field_to_flag(err.field)}: {err.reason}") from None
@@ -108,15 +122,14 @@ def _load_checkpoint(path_text: str, current: dict) -> dict:
 
 
 def _writable(path_text: str, flag: str, *, folder: bool = False) -> Path:
-    """Fail before training, not after, when an output path cannot be written."""
+    """Fail before training, not after, when an output path cannot be written; nothing is
+    created until training starts."""
+    from .storage import local_folder_problem
+
     path = Path(path_text)
-    try:
-        (path if folder else path.parent).mkdir(parents=True, exist_ok=True)
-        if not folder:
-            with open(path, "a"):
-                pass
-    except OSError as err:
-        raise UsageError(f"{flag}: cannot write {path} ({err.strerror or err})") from None
+    problem = "it is a folder" if not folder and path.is_dir() else local_folder_problem(path if folder else path.parent)
+    if problem:
+        raise UsageError(f"{flag}: cannot write {path} ({problem})")
     return path
 
 
@@ -126,6 +139,8 @@ def cmd_train(args) -> int:
     from resnet_core.data import DataUnavailableError
     from resnet_core.train import Trainer
 
+    from .space import check_trial_size
+
     cfg = _config_from_args(args, MODEL_FLAGS + TRAIN_FLAGS)
     if args.dataset__name is None:
         raise UsageError("--dataset: required (cifar10, cifar100, digits, synthetic)")
@@ -133,12 +148,15 @@ def cmd_train(args) -> int:
     ckpt_dir = _writable(args.checkpoint_dir, "--checkpoint-dir", folder=True) if args.checkpoint_dir else None
     resume_state = _load_checkpoint(args.resume, cfg.to_flat()) if args.resume else None
     try:
+        check_trial_size(cfg)
         trainer = Trainer(cfg)
     except ConfigError as err:
         raise UsageError(f"{field_to_flag(err.field)}: {err.reason}") from None
     except DataUnavailableError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_FAILURE
+    if ckpt_dir:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
     if resume_state is not None:
         trainer.load_state_dict(resume_state)
         print(f"resumed from {args.resume} at epoch {trainer.epoch}", file=sys.stderr)
@@ -152,6 +170,7 @@ def cmd_train(args) -> int:
 
     result = trainer.run(report)
     if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=2))
     if result["status"] == "diverged":
         print(f"diverged in epoch {trainer.epoch + 1}: the training loss became non-finite or exceeded "
@@ -175,12 +194,20 @@ def _load(path: str):
     return load_spec(path)
 
 
+def _warn(lines: list[str]) -> None:
+    for line in lines:
+        print(f"warning: {line}", file=sys.stderr)
+
+
 def cmd_plan(args) -> int:
-    from .space import DEFAULT_GPU_TFLOPS, make_plan
+    from .space import DEFAULT_CPU_GFLOPS, DEFAULT_GPU_TFLOPS, make_plan
     from .sweep import plan_summary
 
-    plan = make_plan(_load(args.sweep), gpu_tflops=args.gpu_tflops or DEFAULT_GPU_TFLOPS)
-    summary = plan_summary(plan)
+    tflops, gflops = args.gpu_tflops or DEFAULT_GPU_TFLOPS, args.cpu_gflops or DEFAULT_CPU_GFLOPS
+    plan = make_plan(_load(args.sweep), gpu_tflops=tflops, cpu_gflops=gflops)
+    _warn(plan.warnings)
+    budget = plan.spec.budget.model_dump()
+    summary = {**plan_summary(plan), "budget": budget, "cpu_hours": plan.cpu_hours, "warnings": plan.warnings}
     if args.json:
         print(json.dumps(summary))
         return EXIT_OK
@@ -206,8 +233,11 @@ def cmd_plan(args) -> int:
     print(f"epochs without early stopping: {plan.total_epochs:,}")
     if plan.asha_epochs is not None:
         print(f"epochs expected with ASHA:     {plan.asha_epochs:,.0f} ({plan.asha_epochs / plan.total_epochs:.0%})")
-    tflops = args.gpu_tflops or DEFAULT_GPU_TFLOPS
-    print(f"GPU-hours (estimate at {tflops:g} TFLOP/s sustained): {plan.gpu_hours:.2f}")
+    print("budget: " + ", ".join(f"{key} {'none' if value is None else f'{value:,}'}" for key, value in budget.items()))
+    if plan.spec.resources.gpu:
+        print(f"GPU-hours (estimate at {tflops:g} TFLOP/s sustained): {plan.gpu_hours:.2f}")
+    else:
+        print(f"CPU core-hours (estimate at {gflops:g} GFLOP/s per core sustained; resources.gpu is 0): {plan.cpu_hours:.2f}")
     return EXIT_OK
 
 
@@ -223,6 +253,7 @@ def cmd_run(args) -> int:
             tracking_uri=args.tracking_uri,
             smoke_test=args.smoke_test,
         )
+        _warn(prep.plan.warnings)
         if args.resume_if_exists:
             return run_or_resume(prep, address=args.address)
         return run_sweep(prep, address=args.address)
@@ -235,10 +266,18 @@ def cmd_resume(args) -> int:
     from .sweep import SweepError, find_experiment, resume_sweep
 
     try:
-        return resume_sweep(find_experiment(args.sweep, args.storage_path), address=args.address)
+        return resume_sweep(find_experiment(args.sweep, args.storage_path), address=args.address,
+                            tracking_uri=args.tracking_uri)
     except SweepError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def cmd_sync(args) -> int:
+    from .sweep import find_experiment
+    from .sync import sync_sweep
+
+    return sync_sweep(find_experiment(args.sweep, args.storage_path), tracking_uri=args.tracking_uri)
 
 
 def cmd_ui(args) -> int:
@@ -254,6 +293,9 @@ def cmd_ui(args) -> int:
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise UsageError(f"--tracking-uri: no MLflow store at {uri.removeprefix('sqlite:///')}; run a sweep here first or pass --tracking-uri")
     _check_port_free(args.host, args.port)
+    if not _is_loopback(args.host):
+        print(f"warning: --host {args.host}: the MLflow UI is then reachable from the network without authentication "
+              f"(whoever reaches port {args.port} can read, change and delete runs)", file=sys.stderr)
     url = f"http://{args.host}:{args.port}"
     print(f"MLflow UI for {uri} at {url}  (Ctrl-C to stop)")
     for exp in MlflowClient(uri).search_experiments():
@@ -278,6 +320,22 @@ def cmd_k8s_render(args) -> int:
     return EXIT_OK
 
 
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port (0 to 65535)")
+    return port
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: only localhost is known to stay on this machine
+        return host == "localhost"
+
+
 def _check_port_free(host: str, port: int) -> None:
     """A busy port is one line here, not a page of the server's log lines after it starts."""
     import socket
@@ -298,7 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    p = sub.add_parser("describe", help="parameters, multiply-adds and layers of one model")
+    variants = f"model variants for --model: {', '.join(VARIANTS)}"
+    p = sub.add_parser("describe", help="parameters, multiply-adds and layers of one model", epilog=variants)
     add_variant_flag(p)
     add_flags(p, MODEL_FLAGS, "model")
     p.add_argument("--dataset", choices=DATASETS, help="count at this dataset's image size and classes")
@@ -306,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_describe)
 
-    p = sub.add_parser("train", help="train one model without Ray (a progress line per epoch)")
+    p = sub.add_parser("train", help="train one model without Ray (a progress line per epoch)", epilog=variants)
     add_variant_flag(p)
     add_flags(p, MODEL_FLAGS, "model")
     add_flags(p, TRAIN_FLAGS, "data and recipe")
@@ -319,6 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sweep", metavar="SWEEP.yaml")
     p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
     p.add_argument("--gpu-tflops", type=float, default=None, help="sustained TFLOP/s assumed for the GPU-hour estimate (default 5)")
+    p.add_argument("--cpu-gflops", type=float, default=None,
+                   help="sustained GFLOP/s per core assumed for the CPU-hour estimate of sweeps without GPUs (default 25, "
+                        "measured on a 2-core Xeon)")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("run", help="run a sweep on Ray Tune, tracked in MLflow")
@@ -334,11 +396,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resume", help="continue an interrupted sweep (finished trials are not rerun)")
     p.add_argument("sweep", metavar="NAME|PATH|URI", help="the sweep's name (under the storage path), its folder, or its s3://… / gs://… URI")
     _add_run_flags(p)
+    p.add_argument("--tracking-uri", help="the sweep's MLflow server with its login (http://USER:PASSWORD@HOST:PORT), "
+                                          "which is never stored; or set MLFLOW_TRACKING_USERNAME/PASSWORD")
     p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("sync", help="send a sweep's results from its Tune folder to MLflow (what a dead driver or a "
+                                    "down server left out); running it twice changes nothing")
+    p.add_argument("sweep", metavar="NAME|PATH|URI", help="the sweep's name (under the storage path), its folder, or its s3://… / gs://… URI")
+    p.add_argument("--storage-path", help="where to look for NAME (default: ./ray_results)")
+    p.add_argument("--tracking-uri", help="the sweep's MLflow server with its login (http://USER:PASSWORD@HOST:PORT); "
+                                          "default: where the sweep logs")
+    p.set_defaults(func=cmd_sync)
 
     p = sub.add_parser("ui", help="the MLflow UI for the local store, on 127.0.0.1")
     p.add_argument("--tracking-uri", help="store to browse (default: sqlite:///mlflow.db in this folder)")
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--port", type=_port, default=5000)
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default loopback only)")
     p.add_argument("--workers", type=int, default=1, help="server worker processes (default 1: enough for one user)")
     p.set_defaults(func=cmd_ui)
@@ -350,8 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "holds the file; apply with `kubectl apply -f -`. Built from k8s/base/rayjob.yaml.")
     p.add_argument("sweep", metavar="SWEEP.yaml")
     p.add_argument("--image", required=True, help="the trial image (built from the Dockerfile), e.g. registry.example/resnet-sweep:0.1.0")
-    p.add_argument("--gpus", type=int, default=1, help="GPUs in all (default 1): worker pods hold whole trials, "
-                                                        "ceil(resources.gpu) GPUs each")
+    p.add_argument("--gpus", type=int, default=1, help="GPUs in all (default 1): one worker pod per GPU, holding "
+                                                        "1/resources.gpu trials")
     p.add_argument("--namespace", help="namespace of both objects (default: kubectl's current one)")
     p.add_argument("--name", help="RayJob name (default: from the sweep's name; at most 47 characters)")
     p.add_argument("--tracking-uri", help="MLflow server the sweep logs to (default: the sweep's http(s) tracking_uri, "

@@ -100,19 +100,16 @@ def _size_workers(group: dict, parsed: ParsedSpec, gpus: int) -> None:
                            "resources.gpu (1, or 0.5 to pack two trials on a GPU) to run this sweep with k8s render")
     if gpus < 1:
         raise RenderError(f"--gpus: {gpus} must be at least 1")
-    gpus_per_pod = math.ceil(per_trial.gpu)
-    if gpus % gpus_per_pod:
-        raise RenderError(f"--gpus: {gpus} is not a multiple of the {gpus_per_pod} GPUs one trial needs (resources.gpu)")
-    trials_per_pod = int(gpus_per_pod / per_trial.gpu + 1e-9)
+    # One GPU per pod (a trial uses one device: resources.gpu ≤ 1), holding 1/gpu trials.
+    trials_per_pod = int(1 / per_trial.gpu + 1e-9)
     cpu = trials_per_pod * per_trial.cpu
     size = {"cpu": str(int(cpu)) if cpu == int(cpu) else f"{math.ceil(cpu * 1000)}m",
-            "memory": f"{trials_per_pod * TRIAL_MEMORY_GIB + NODE_MEMORY_GIB}Gi",
-            "nvidia.com/gpu": str(gpus_per_pod)}
+            "memory": f"{trials_per_pod * TRIAL_MEMORY_GIB + NODE_MEMORY_GIB}Gi", "nvidia.com/gpu": "1"}
     (container,) = group["template"]["spec"]["containers"]
     container["resources"] = {"requests": dict(size), "limits": dict(size)}
     # All pods from the start so the sweep starts at full width; the autoscaler may take idle
     # ones down to zero (minReplicas 0) once the last trials finish.
-    group["replicas"] = group["maxReplicas"] = gpus // gpus_per_pod
+    group["replicas"] = group["maxReplicas"] = gpus
     group["minReplicas"] = 0
 
 

@@ -2,6 +2,8 @@
 ``model.n``), the Tune param_space / search algorithm, and the plan `resnet-sweep plan` prints."""
 from __future__ import annotations
 
+import dataclasses
+import functools
 import itertools
 import math
 import random
@@ -12,15 +14,30 @@ from resnet_core.analysis import count_macs, count_params
 from resnet_core.data import num_classes, split_sizes
 from resnet_core.errors import ConfigError
 from resnet_core.resnet import ModelConfig, build_model, layers_per_block
-from resnet_core.train import RunConfig, planned_epochs, steps_per_epoch
+from resnet_core.train import PAPER_ITERATIONS, RunConfig, planned_epochs, steps_per_epoch
 
-from .spec import ParsedSpec, SpecError
+from .spec import FIELD_TYPES, ParsedSpec, SpecError
 
-__all__ = ["Plan", "Trial", "make_plan", "optuna_space", "resolve_trial", "trial_name"]
+__all__ = ["Footprint", "Plan", "Trial", "check_model_size", "check_trial_size", "make_plan", "model_footprint",
+           "optuna_space", "resolve_trial", "trial_name"]
 
 # Assumed sustained training throughput for the GPU-hour estimate: small CIFAR ResNets reach a
 # few TFLOP/s, far from a GPU's peak; `plan --gpu-tflops` changes it (calibrate with bench/).
 DEFAULT_GPU_TFLOPS = 5.0
+# The same for CPU sweeps (resources.gpu 0), per core: ResNet-20/56 training on digits at 16 and
+# 32 px, one thread on a shared 2-core Xeon, measured 20–28 GFLOP/s; `plan --cpu-gflops` changes it.
+DEFAULT_CPU_GFLOPS = 25.0
+
+# Size limits, checked from the settings before anything is built or loaded: far above real use
+# (ResNet-1202 on CIFAR or ImageNet, wide ResNets, ImageNet at the papers' 640 px), far below
+# what ends in a MemoryError after minutes.
+MAX_DEPTH = 2_500  # about twice the papers' deepest net (1202)
+MAX_WIDTH = 64  # wide ResNets use up to 10-12
+MAX_IMAGE_SIZE = 1_024  # the papers test at up to 640 px
+MAX_CLASSES = 100_000  # ImageNet-21k has 21,841
+MAX_EPOCHS = 100_000
+MAX_TRIAL_BYTES = 2**40  # 1 TiB: several times what one device holds, and a trial runs on one
+GIB = 2**30
 
 
 @dataclass
@@ -44,6 +61,8 @@ class Plan:
     asha_epochs: float | None = None
     train_images: int = 0
     gpu_hours: float = 0.0
+    cpu_hours: float = 0.0  # core-hours, for sweeps without GPUs
+    warnings: list[str] = field(default_factory=list)  # what the user should know before it runs
 
     @property
     def spec(self):
@@ -60,8 +79,13 @@ def resolve_trial(fixed: dict[str, Any], assignment: dict[str, Any]) -> dict[str
         if arch != "cifar":
             raise ConfigError("model.n", "sets the depth of CIFAR nets only; give model.depth for ImageNet")
         block = ModelConfig(arch=arch, block=flat.get("model.block"), depth=None).block
-        flat["model.depth"] = 3 * layers_per_block(block) * int(n) + 2
+        flat["model.depth"] = _depth_of_n(block, int(n))
     return RunConfig.from_flat(flat).to_flat()
+
+
+def _depth_of_n(block: str, n: int) -> int:
+    """A CIFAR net's depth from its blocks per stage: 6n+2 basic, 9n+2 bottleneck."""
+    return 3 * layers_per_block(block) * n + 2
 
 
 def trial_name(config: dict[str, Any], varying: dict[str, Any]) -> str:
@@ -114,9 +138,26 @@ def _trial_error(parsed: ParsedSpec, err: ConfigError, point: dict[str, Any]) ->
         path = (section, name)
     else:
         path = (section,) if section in ("model", "dataset", "train") else ()
+    try:
+        _checked_config(parsed.spec.fixed_flat(), {})
+        alone = None
+    except ConfigError as fixed_err:
+        alone = (fixed_err.field, fixed_err.reason)
     shown = ", ".join(f"{k}={v}" for k, v in point.items())
-    where = f" (in the trial {shown})" if shown else ""
+    # Name the trial only when its searched values matter: an error the fixed settings make on
+    # their own is about them, whatever is searched.
+    where = f" (in the trial {shown})" if shown and alone != (err.field, err.reason) else ""
     return parsed.error(path, f"{err.reason}{where}")
+
+
+def _checked_config(fixed: dict[str, Any], point: dict[str, Any]) -> dict[str, Any]:
+    """The resolved config of one point, checked as a trial would be, and for its size."""
+    config = resolve_trial(fixed, point)
+    run = RunConfig.from_flat(config)
+    if run.model.num_classes not in (None, num_classes(run.dataset)):
+        raise ConfigError("model.num_classes", f"{run.model.num_classes} disagrees with {run.dataset.name}'s {num_classes(run.dataset)} classes")
+    check_trial_size(run)
+    return config
 
 
 def _points(parsed: ParsedSpec) -> list[dict[str, Any]]:
@@ -159,20 +200,19 @@ def _bound(dim: dict, i: int) -> Any:
     return arg[i] if kind != "choice" else arg[0]
 
 
-def make_plan(parsed: ParsedSpec, *, gpu_tflops: float = DEFAULT_GPU_TFLOPS, with_models: bool = True) -> Plan:
+def make_plan(parsed: ParsedSpec, *, gpu_tflops: float = DEFAULT_GPU_TFLOPS, cpu_gflops: float = DEFAULT_CPU_GFLOPS,
+              with_models: bool = True) -> Plan:
     spec = parsed.spec
     fixed = spec.fixed_flat()
     optuna = spec.search.algorithm == "optuna"
+    _check_depth_draws(parsed)
     points = _optuna_probe_points(parsed) if optuna else _points(parsed)
     if not points:
         raise parsed.error(("search",), "no trials left: every point of the space is excluded")
     trials, configs = [], []
     for point in points:
         try:
-            config = resolve_trial(fixed, point)
-            run = RunConfig.from_flat(config)
-            if run.model.num_classes not in (None, num_classes(run.dataset)):
-                raise ConfigError("model.num_classes", f"{run.model.num_classes} disagrees with {run.dataset.name}'s {num_classes(run.dataset)} classes")
+            config = _checked_config(fixed, point)
         except ConfigError as err:
             raise _trial_error(parsed, err, point) from None
         configs.append(config)
@@ -182,6 +222,9 @@ def make_plan(parsed: ParsedSpec, *, gpu_tflops: float = DEFAULT_GPU_TFLOPS, wit
     num_trials = spec.search.num_samples if optuna else len(trials)
     if spec.budget.max_trials is not None and num_trials > spec.budget.max_trials:
         raise parsed.error(("budget", "max_trials"), f"the sweep has {num_trials} trials, over the budget of {spec.budget.max_trials}")
+    if spec.resources.gpu == 0 and any(c["train.device"].startswith("cuda") for c in configs):
+        raise parsed.error(("train", "device"), "trials on cuda need resources.gpu of at least 1 (a trial without "
+                                                "one sees no GPU); set resources.gpu or train.device: auto")
 
     runs = [RunConfig.from_flat(c) for c in configs]
     epochs = []
@@ -200,9 +243,90 @@ def make_plan(parsed: ParsedSpec, *, gpu_tflops: float = DEFAULT_GPU_TFLOPS, wit
     plan.total_epochs = sum(min(e, plan.epochs_per_trial) for e in epochs) if not optuna else num_trials * plan.epochs_per_trial
     if spec.scheduler.name == "asha":
         plan.asha_epochs = asha_expected_epochs(num_trials, plan.epochs_per_trial, spec.scheduler)
+    plan.warnings = _warnings(plan, runs)
     if with_models:
-        _count_models(plan, runs, gpu_tflops)
+        _count_models(plan, runs, gpu_tflops, cpu_gflops)
     return plan
+
+
+def _check_depth_draws(parsed: ParsedSpec) -> None:
+    """An `int` range over model.depth mostly draws depths no network has (6n+2, 9n+2, or one of
+    the ImageNet depths): such trials could only fail. Say how many are valid and what to draw."""
+    spec = parsed.spec
+    dim = spec.search.space.get("model.depth")
+    # With the block searched, which depths are valid depends on the draw: the trials say.
+    if not (isinstance(dim, dict) and "int" in dim) or "stages" in spec.model or "model.block" in spec.search.space:
+        return
+    low, high = map(int, dim["int"])
+    if high > MAX_DEPTH:
+        return  # the size check names the limit
+    valid = []
+    for depth in range(low, high + 1):
+        try:
+            ModelConfig(**{**spec.model, "depth": depth})
+        except ConfigError as err:
+            if err.field != "model.depth":
+                return  # another model setting is wrong: its own check reports it
+            continue
+        valid.append(depth)
+    total = high - low + 1
+    if len(valid) == total:
+        return
+    if spec.model.get("arch", ModelConfig.arch) == "cifar":
+        block = ModelConfig(block=spec.model.get("block"), depth=None).block
+        ns = [n for n in range(1, high) if low <= _depth_of_n(block, n) <= high]
+        step = _depth_of_n(block, 1) - 2
+        instead = (f"draw model.n: {{int: [{ns[0]}, {ns[-1]}]}} instead (depth {step}n+2)" if ns
+                   else f"no {step}n+2 depth lies in that range")
+    else:
+        instead = f"use a list of depths instead: model.depth: {valid}" if valid else "no ImageNet depth lies in that range"
+    raise parsed.error(("search", "space", "model.depth", "int"),
+                       f"[{low}, {high}] draws invalid depths: only {len(valid)} of its {total} values "
+                       f"({len(valid) / total:.0%}) build a network; {instead}")
+
+
+# Settings that act only together with another one; given without it they would be ignored
+# without a word: (key, what it needs, whether a resolved flat config has that).
+_NEEDS = (
+    ("model.shortcut", "model.residual: true", lambda c: c["model.residual"]),
+    ("model.bottleneck_stride", "bottleneck blocks", lambda c: c["model.block"].endswith("bottleneck")),
+    ("train.milestones", "train.schedule: multistep", lambda c: c["train.schedule"] == "multistep"),
+    ("train.gamma", "train.schedule: multistep", lambda c: c["train.schedule"] == "multistep"),
+    ("train.warmup_lr", "train.warmup_iterations above 0", lambda c: c["train.warmup_iterations"] > 0),
+    ("dataset.synthetic_size", "dataset.name: synthetic", lambda c: c["dataset.name"] == "synthetic"),
+    ("dataset.synthetic_classes", "dataset.name: synthetic", lambda c: c["dataset.name"] == "synthetic"),
+    ("dataset.cache_dir", "dataset.name: cifar10 or cifar100", lambda c: c["dataset.name"].startswith("cifar")),
+)
+
+
+def _warnings(plan: Plan, runs: list[RunConfig]) -> list[str]:
+    """Lines for what the sweep will do that its file does not say: options that have no
+    effect, a default that replaces what was asked, a budget that ends it early."""
+    spec, written = plan.spec, plan.parsed.written
+    given = {key for key in FIELD_TYPES if written(tuple(key.split(".", 1))) or written(("search", "space", key))}
+    notes = [f"{key} has no effect: it applies only with {needs}"
+             for key, needs, applies in _NEEDS if key in given and not any(map(applies, plan.configs))]
+    if spec.scheduler.name == "none":
+        notes += [f"scheduler.{key} has no effect: it applies only with scheduler.name: asha"
+                  for key in ("grace_period", "reduction_factor", "max_t") if written(("scheduler", key))]
+    if spec.search.algorithm == "grid" and written(("search", "seed")):
+        notes.append("search.seed has no effect on a grid (it seeds random and Optuna draws; search.seeds repeats trials)")
+    if all(run.train.epochs is None and run.train.iterations is None for run in runs):
+        notes.append(f"train: no epochs or iterations given: trials train the paper's {PAPER_ITERATIONS:,} "
+                     f"iterations (up to {plan.epochs_per_trial:,} epochs here)")
+    for run in runs:
+        # Trials train whole epochs: iterations round to the nearest (at least one).
+        steps = steps_per_epoch(split_sizes(run.dataset)[0], run.train.batch_size)
+        trained = planned_epochs(run.train, steps) * steps
+        if run.train.iterations and abs(trained - run.train.iterations) > run.train.iterations / 10:
+            notes.append(f"train.iterations: {run.train.iterations:,} are trained as {trained // steps:,} whole "
+                         f"epoch(s) of {steps:,} steps, {trained:,} iterations")
+            break
+    max_epochs = spec.budget.max_epochs
+    if max_epochs is not None and max_epochs < plan.epochs_per_trial:
+        notes.append(f"budget.max_epochs: {max_epochs} epochs in all stop the sweep before its first trial "
+                     f"ends ({plan.epochs_per_trial} epochs)")
+    return notes
 
 
 def _dedupe_names(trials: list[Trial]) -> None:
@@ -216,7 +340,7 @@ def _dedupe_names(trials: list[Trial]) -> None:
             t.name = f"{t.name}-{counter[t.name]}"
 
 
-def _count_models(plan: Plan, runs: list[RunConfig], gpu_tflops: float) -> None:
+def _count_models(plan: Plan, runs: list[RunConfig], gpu_tflops: float, cpu_gflops: float) -> None:
     flops = 0.0
     labels: dict[tuple, str] = {}
     first: dict[str, RunConfig] = {}
@@ -226,11 +350,8 @@ def _count_models(plan: Plan, runs: list[RunConfig], gpu_tflops: float) -> None:
         key = (repr(run.model), num_classes(run.dataset), run.dataset.image_size)
         if key not in labels:
             labels[key] = _model_label(run, first)
-            model = build_model(run.model, num_classes=num_classes(run.dataset))
-            plan.models[labels[key]] = {
-                "params": count_params(model),
-                "macs": count_macs(model, run.dataset.image_size),  # the data's size, whatever the arch
-            }
+            footprint = model_footprint(run.model, num_classes(run.dataset), run.dataset.image_size)
+            plan.models[labels[key]] = {"params": footprint.params, "macs": footprint.macs}
         plan.model_of.append(labels[key])
         train, val, test = split_sizes(run.dataset)
         # Training costs ≈ 3 forward passes (forward + backward), 2 flops per multiply-add.
@@ -240,6 +361,83 @@ def _count_models(plan: Plan, runs: list[RunConfig], gpu_tflops: float) -> None:
         flops = flops / len(runs) * plan.num_trials
     budget = plan.asha_epochs / plan.total_epochs if plan.asha_epochs else 1.0
     plan.gpu_hours = flops * budget / (gpu_tflops * 1e12) / 3600
+    plan.cpu_hours = flops * budget / (cpu_gflops * 1e9) / 3600
+
+
+@dataclass(frozen=True)
+class Footprint:
+    params: int
+    macs: int  # multiply-adds of one image's forward pass
+    activations: int  # values the layers output for one image: about what training keeps for backward
+
+
+@functools.lru_cache(maxsize=256)
+def model_footprint(model: ModelConfig, classes: int, image_size: int) -> Footprint:
+    """Exact counts without allocating the model or building all of it: the net with one block
+    per stage, and with one more block in each stage in turn, are built on the meta device (no
+    memory); a stage's later blocks are all alike, so every count is linear in the block counts."""
+    stages = len(model.blocks_per_stage)
+    base = _measure(model, (1,) * stages, classes, image_size)
+    total = list(base)
+    for i, count in enumerate(model.blocks_per_stage):
+        more = _measure(model, tuple(1 + (j == i) for j in range(stages)), classes, image_size)
+        total = [t + (count - 1) * (m - b) for t, m, b in zip(total, more, base)]
+    return Footprint(*total)
+
+
+def _measure(model: ModelConfig, stages: tuple[int, ...], classes: int, image_size: int) -> tuple[int, int, int]:
+    import torch
+
+    with torch.device("meta"):
+        net = build_model(dataclasses.replace(model, stages=stages, depth=None), num_classes=classes)
+    outputs: list[int] = []
+    for module in net.modules():
+        if not any(module.children()):
+            module.register_forward_hook(lambda _m, _in, out: outputs.append(out.numel()))
+    macs = count_macs(net, image_size)  # its forward pass fills `outputs`
+    return count_params(net), macs, sum(outputs)
+
+
+def check_model_size(model: ModelConfig, *, classes: int, image_size: int, batch: int = 1,
+                     data_bytes: int = 0) -> None:
+    """ConfigError naming the field when the model, trained on ``batch`` images with
+    ``data_bytes`` of data on the device, is too big: decided from the settings alone."""
+    depth_field = "model.stages" if model.stages is not None else "model.depth"
+    for key, value, limit in ((depth_field, model.depth, MAX_DEPTH), ("model.width", model.width, MAX_WIDTH),
+                              ("dataset.image_size", image_size, MAX_IMAGE_SIZE), ("model.num_classes", classes, MAX_CLASSES)):
+        if value > limit:
+            raise ConfigError(key, f"{value:,} is over the limit of {limit:,}")
+    footprint = model_footprint(model, classes, image_size)
+    # fp32 weights, gradients and momentum (+ the update's temporaries); layer outputs and their gradients.
+    parts = {
+        "model.width" if model.width > 1 else depth_field: (16 * footprint.params, f"{footprint.params:,} parameters"),
+        "train.batch_size": (8 * footprint.activations * batch, f"activations of {batch:,} image(s) at {image_size} px"),
+        "dataset.image_size": (data_bytes, "the data"),
+    }
+    total = sum(size for size, _ in parts.values())
+    if total > MAX_TRIAL_BYTES:
+        biggest = max(parts, key=lambda k: parts[k][0])
+        shown = ", ".join(f"{what} {_gib(size)}" for size, what in parts.values() if size)
+        raise ConfigError(biggest, f"a trial would need {_gib(total)} ({shown}), over the limit of "
+                                   f"{MAX_TRIAL_BYTES // GIB:,} GiB (a trial runs on one device)")
+
+
+def _gib(size: int) -> str:
+    return f"≈ {size / GIB:,.0f} GiB" if size >= GIB else "< 1 GiB"
+
+
+def check_trial_size(run: RunConfig) -> None:
+    """check_model_size for one trial of ``run``, and its epochs."""
+    data = run.dataset
+    train, val, test = split_sizes(data)
+    if data.synthetic_classes > MAX_CLASSES:
+        raise ConfigError("dataset.synthetic_classes", f"{data.synthetic_classes:,} is over the limit of {MAX_CLASSES:,}")
+    epochs = planned_epochs(run.train, steps_per_epoch(train, run.train.batch_size))
+    if epochs > MAX_EPOCHS:
+        key = "train.iterations" if run.train.iterations is not None else "train.epochs"
+        raise ConfigError(key, f"{epochs:,} epochs is over the limit of {MAX_EPOCHS:,}")
+    check_model_size(run.model, classes=num_classes(data), image_size=data.image_size,
+                     batch=min(run.train.batch_size, train), data_bytes=(train + val + test) * 3 * data.image_size**2)
 
 
 def _model_label(run: RunConfig, first: dict[str, RunConfig]) -> str:

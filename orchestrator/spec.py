@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import math
 import re
 import typing
 from dataclasses import fields
@@ -23,6 +24,11 @@ __all__ = ["SpecError", "SweepSpec", "load_spec", "parse_spec"]
 DERIVED_KEYS = {"model.n": int}
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 OPTIMIZABLE_METRICS = (M.VAL_ERROR, M.VAL_LOSS, M.TRAIN_ERROR, M.TRAIN_LOSS)
+# Bounds on what a sweep file may make us read and expand, far above any real sweep (the
+# shipped ones have under 200 values), far below what exhausts memory.
+MAX_FILE_BYTES = 1_000_000
+MAX_VALUES = 100_000
+MAX_TRIALS = 10_000  # a few thousand trials make a big sweep
 
 
 class SpecError(Exception):
@@ -66,9 +72,10 @@ class ResourcesSpec(_Strict):
 
     @field_validator("gpu")
     @classmethod
-    def _whole_or_fraction(cls, v: float) -> float:
-        if v > 1 and v != int(v):
-            raise ValueError("more than one GPU per trial must be a whole number")
+    def _one_device(cls, v: float) -> float:
+        if v > 1:  # accepting 2 would hold a second GPU idle: the trainer uses one device
+            raise ValueError("a trial trains on one device: use 1, or a fraction (0.5, 0.25) to pack trials on a "
+                             "GPU; data-parallel trials on several GPUs are not supported yet")
         return v
 
 
@@ -158,12 +165,8 @@ def check_value(flat_key: str, value: Any) -> Any:
 class _LineMap:
     """YAML path → line number, from the composed node tree."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, root) -> None:
         self.lines: dict[tuple, int] = {}
-        try:
-            root = yaml.compose(text)
-        except yaml.YAMLError:
-            root = None
         if root is not None:
             self._walk(root, ())
 
@@ -194,12 +197,16 @@ class _LineMap:
 class ParsedSpec:
     """A validated spec plus what is needed to point errors at its source."""
 
-    def __init__(self, spec: SweepSpec, text: str, source: str | None) -> None:
+    def __init__(self, spec: SweepSpec, text: str, source: str | None, lines: _LineMap) -> None:
         self.spec, self.text, self.source = spec, text, source
-        self._lines = _LineMap(text)
+        self._lines = lines
 
     def error(self, path: tuple, message: str) -> SpecError:
         return SpecError(".".join(map(str, path)), message, self._lines.line(path), self.source)
+
+    def written(self, path: tuple) -> bool:
+        """Whether the file sets ``path`` (not a default, nor a change made in memory)."""
+        return path in self._lines.lines
 
 
 def _check_sections(parsed: ParsedSpec) -> None:
@@ -235,6 +242,11 @@ def _check_sections(parsed: ParsedSpec) -> None:
         raise parsed.error(("search", "num_samples"), "a grid runs every point once; use search.seeds for repeats")
     if search.algorithm == "optuna" and search.exclude:
         raise parsed.error(("search", "exclude"), "exclude rules work with grid and random, not optuna")
+    if search.algorithm == "optuna" and not search.space:
+        raise parsed.error(("search", "space") if "space" in search.model_fields_set else ("search", "algorithm"),
+                           "Optuna has nothing to search (search.space is empty): every trial would be the same; "
+                           "add keys to search.space, or use algorithm: grid for one configuration")
+    _check_trial_count(parsed)
     for i, rule in enumerate(search.exclude):
         for key, value in rule.items():
             if key not in FIELD_TYPES:
@@ -243,6 +255,23 @@ def _check_sections(parsed: ParsedSpec) -> None:
                 rule[key] = check_value(key, value)
             except ValueError as err:
                 raise parsed.error(("search", "exclude", i, key), str(err)) from None
+
+
+def _check_trial_count(parsed: ParsedSpec) -> None:
+    """Refuse a sweep of more trials than can be planned, before a single one is enumerated."""
+    search = parsed.spec.search
+    if search.algorithm == "grid":
+        sizes = [len(dim["choice"] if isinstance(dim, dict) else dim) for dim in search.space.values()]
+        path, factors = ("search", "space"), [" × ".join(map(str, sizes)) + " values"] if len(sizes) > 1 else []
+    else:
+        sizes, path, factors = [search.num_samples], ("search", "num_samples"), []
+    if search.seeds:
+        sizes.append(len(search.seeds))
+        factors.append(f"{len(search.seeds)} seeds")
+    total = math.prod(sizes)
+    if total > MAX_TRIALS:
+        why = f" ({', × '.join(factors)})" if factors else ""
+        raise parsed.error(path, f"{total:,} trials{why} are over the limit of {MAX_TRIALS:,} per sweep")
 
 
 def _check_dimension(parsed: ParsedSpec, path: tuple, key: str, dim: Any, algorithm: str) -> None:
@@ -293,6 +322,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: its keys may be overridden here
+                continue
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
@@ -307,17 +338,56 @@ _UniqueKeyLoader.add_implicit_resolver(
 )
 
 
-def parse_spec(text: str, source: str | None = None) -> ParsedSpec:
+def _expanded_size(root: yaml.Node, source: str | None) -> int:
+    """Values (scalars, lists, mappings) the document stands for once its aliases are expanded,
+    as the line map and pydantic walk it. Each node is counted once (memoised by identity), so
+    this is linear in the file even when the expansion is exponential (an alias bomb)."""
+    sizes: dict[int, int | None] = {}
+
+    def size(node: yaml.Node) -> int:
+        if id(node) in sizes:
+            if sizes[id(node)] is None:
+                raise SpecError("", "a YAML alias refers to a list or mapping that contains it (a recursive structure)",
+                                node.start_mark.line + 1, source)
+            return sizes[id(node)]
+        sizes[id(node)] = None  # in progress: meeting it again below is a cycle
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        else:
+            children = node.value if isinstance(node, yaml.SequenceNode) else []
+        sizes[id(node)] = total = 1 + sum(map(size, children))
+        return total
+
+    return size(root)
+
+
+def _load_yaml(text: str, source: str | None) -> tuple[Any, _LineMap]:
+    """The document and its line map, from one composition, refused before it is expanded when
+    it would be too big or too deep."""
+    loader = _UniqueKeyLoader(text)
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)
+        root = loader.get_single_node()
+        if root is not None and _expanded_size(root, source) > MAX_VALUES:
+            raise SpecError("", f"the file expands to more than {MAX_VALUES:,} values (YAML aliases that repeat other "
+                                "aliases?); a sweep needs far fewer", None, source)
+        data = None if root is None else loader.construct_document(root)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         kind = "YAML error" if isinstance(err, yaml.constructor.ConstructorError) else "YAML syntax error"
         raise SpecError("", f"{kind}: {problem}", mark.line + 1 if mark else None, source) from None
+    except RecursionError:
+        raise SpecError("", "lists or mappings nested too deeply (hundreds of levels); a sweep needs a few", None,
+                        source) from None
+    finally:
+        loader.dispose()
+    return data, _LineMap(root)
+
+
+def parse_spec(text: str, source: str | None = None) -> ParsedSpec:
+    data, lines = _load_yaml(text, source)
     if not isinstance(data, dict):
         raise SpecError("", "a sweep file must be a YAML mapping (name:, model:, search:, …)", 1, source)
-    lines = _LineMap(text)
     try:
         spec = SweepSpec.model_validate(data)
     except ValidationError as err:
@@ -334,7 +404,7 @@ def parse_spec(text: str, source: str | None = None) -> ParsedSpec:
             shown = first.get("input")
             message = f"{shown!r}: {first['msg']}" if not isinstance(shown, dict) else first["msg"]
         raise SpecError(".".join(map(str, loc)), message, lines.line(loc), source) from None
-    parsed = ParsedSpec(spec, text, source)
+    parsed = ParsedSpec(spec, text, source, lines)
     _check_sections(parsed)
     return parsed
 
@@ -344,6 +414,8 @@ def load_spec(path: str | Path) -> ParsedSpec:
     if not path.is_file():
         raise SpecError("", f"no sweep file at {path}" + (" (it is a folder)" if path.is_dir() else ""))
     try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise SpecError("", f"{path} is {path.stat().st_size:,} bytes, over the limit of {MAX_FILE_BYTES:,} for a sweep file")
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as err:
         raise SpecError("", f"cannot read {path}: {err}") from None

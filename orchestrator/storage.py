@@ -8,7 +8,7 @@ S3-compatible servers, or the instance's role), so they reach no log, tag or sav
 """
 from __future__ import annotations
 
-import os
+import tempfile
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -23,6 +23,7 @@ __all__ = [
     "exists",
     "is_local",
     "join",
+    "local_folder_problem",
     "normalize",
     "probe_file",
     "read_bytes",
@@ -153,17 +154,30 @@ def check_usable(storage: str) -> None:
     credentials, endpoint down, read-only…). A local folder is not created here: nothing is
     written before the sweep starts."""
     if is_local(storage):
-        path = Path(storage)
-        existing = next(p for p in (path, *path.parents) if p.exists())
-        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-            what = "is not a folder" if not existing.is_dir() else "is not writable"
-            raise SpecError(FIELD, f"cannot use {storage}: {existing} {what}")
+        problem = local_folder_problem(Path(storage))
+        if problem:
+            raise SpecError(FIELD, f"cannot use {storage}: {problem}")
         return
     name, token = probe_file(storage)
     readable = read_text(storage, name) == token
     remove(storage, name)
     if not readable:
         raise SpecError(FIELD, f"cannot use {storage} from this machine (a file written there could not be read back)")
+
+
+def local_folder_problem(path: Path) -> str | None:
+    """Why a local folder cannot be created or written to, else None. The probe is an unnamed
+    temporary file in the nearest folder that exists (os.access says yes to root everywhere),
+    so nothing is left behind."""
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        return f"{existing} is not writable: {err.strerror or err}"
+    return None
 
 
 def probe_file(storage: str) -> tuple[str, str]:

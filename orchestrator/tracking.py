@@ -26,6 +26,7 @@ from ray.tune import Callback
 from resnet_core import metrics as M
 from resnet_core.metrics import Status
 
+from . import storage
 from .progress import TUNE_INTERRUPT, was_interrupted
 from .trainable import EARLIER_EPOCHS, HOSTNAME, LAYER_RESPONSES, NODE_ID, STATUS, error_line, error_trace, final_status
 
@@ -151,9 +152,14 @@ def _check_sqlite(uri: str) -> None:
         raise TrackingUnavailableError(f"{file} is a folder; name the store's file, e.g. sqlite:///{file / 'mlflow.db'}")
     if not file.parent.is_dir():
         raise TrackingUnavailableError(f"cannot create {file}: the folder {file.parent} does not exist")
-    target = file if file.exists() else file.parent
-    if not os.access(target, os.W_OK):
-        raise TrackingUnavailableError(f"cannot write {file}: {target} is not writable")
+    problem = storage.local_folder_problem(file.parent)  # SQLite writes a journal beside the file
+    if problem is None and file.exists():
+        try:
+            file.open("r+b").close()
+        except OSError as err:
+            problem = f"{file} is not writable: {err.strerror or err}"
+    if problem:
+        raise TrackingUnavailableError(f"cannot write {file}: {problem}")
 
 
 def _check_server(uri: str, timeout: float) -> None:

@@ -128,13 +128,13 @@ def test_render_cifar_depth_on_8_gpus_is_a_valid_rayjob(tmp_path):
 
 
 def test_render_sizes_workers_from_the_sweeps_resources(tmp_path, capsys):
-    (tmp_path / "big.yaml").write_text(SMALL_GRID.format(epochs=2).replace("resources: {cpu: 1}", "resources: {cpu: 6, gpu: 2}"))
+    (tmp_path / "big.yaml").write_text(SMALL_GRID.format(epochs=2).replace("resources: {cpu: 1}", "resources: {cpu: 3, gpu: 0.5}"))
     _, job = render(capsys, tmp_path / "big.yaml", "--image", "r/x:1", "--gpus", "8", "--namespace", "team-a", "--name",
                     "big-one", "--tracking-uri", "https://mlflow.example.org", "--storage-path", "s3://bucket/sweeps")
     assert problems([job]) == []
     (workers,) = job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
     limits = workers["template"]["spec"]["containers"][0]["resources"]["limits"]
-    assert (workers["replicas"], limits["nvidia.com/gpu"], limits["cpu"]) == (4, "2", "6")
+    assert (workers["replicas"], limits["nvidia.com/gpu"], limits["cpu"], limits["memory"]) == (8, "1", "6", "18Gi")
     assert job["metadata"]["namespace"] == "team-a" and job["metadata"]["name"] == "big-one"
     argv = shlex.split(job["spec"]["entrypoint"])
     assert argv[argv.index("--storage-path") + 1] == "s3://bucket/sweeps"
@@ -145,7 +145,6 @@ def test_render_sizes_workers_from_the_sweeps_resources(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--gpus", "3"], "--gpus: 3 is not a multiple of the 2 GPUs one trial needs"),
     (["--gpus", "0"], "--gpus: 0 must be at least 1"),
     (["--name", "x" * 48], "--name: "),
     (["--name", "Big_Sweep"], "--name: 'Big_Sweep' is not a RayJob name"),
@@ -158,7 +157,7 @@ def test_render_sizes_workers_from_the_sweeps_resources(tmp_path, capsys):
     (["--image", ""], "--image: '' is not an image reference"),
 ])
 def test_render_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
-    (tmp_path / "two.yaml").write_text(SMALL_GRID.format(epochs=2).replace("resources: {cpu: 1}", "resources: {cpu: 1, gpu: 2}"))
+    (tmp_path / "two.yaml").write_text(SMALL_GRID.format(epochs=2).replace("resources: {cpu: 1}", "resources: {cpu: 1, gpu: 1}"))
     base = {"--image": "r/x:1", "--gpus": "2"}
     for flag, value in zip(args[::2], args[1::2]):
         base[flag] = value

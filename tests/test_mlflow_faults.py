@@ -123,7 +123,7 @@ def test_mlflow_server_killed_midway_and_back_a_minute_later_loses_nothing(tmp_p
                 during += bool(re.match(r"^\[\d\d:\d\d\] epoch", line))
                 if time.monotonic() - killed_at >= 60:
                     server.start()
-                    restarted = True
+                    restarted, down_s = True, time.monotonic() - killed_at
         proc.wait(timeout=600)
     finally:
         if proc.poll() is None:
@@ -135,6 +135,8 @@ def test_mlflow_server_killed_midway_and_back_a_minute_later_loses_nothing(tmp_p
         assert "warning: MLflow write failed" in text and "MLflow answers again" in text, text[-4000:]
         points = assert_mlflow_equals_tune(MlflowClient(server.uri), "small", tmp_path / "ray_results" / "small", epochs)
         assert points == 4 * epochs * len(M.METRICS)
+        print(f"\noutage: MLflow down {down_s:.0f} s from epoch 2; {during} epochs "
+              f"trained meanwhile; {points} metric points = Tune's records, 0 lost, 0 doubled, 4 runs")
     finally:
         server.stop()
 
@@ -171,8 +173,8 @@ def test_login_in_the_tracking_uri_works_with_basic_auth_and_is_never_shown_or_s
         assert out.returncode == 0 and "created 0 runs" in out.stdout, out.stdout + out.stderr
 
         leaks = [f"output {i}" for i, text in enumerate(outputs) if secret in text]
-        for root in (tmp_path / "ray_results", ray_tmpdir):
-            leaks += [str(p) for p in root.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+        files = [p for root in (tmp_path / "ray_results", ray_tmpdir) for p in root.rglob("*") if p.is_file()]
+        leaks += [str(p) for p in files if secret.encode() in p.read_bytes()]
         os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = server.USER, secret
         client = MlflowClient(server.uri)
         parents, children = child_runs(client, "small")
@@ -180,6 +182,7 @@ def test_login_in_the_tracking_uri_works_with_basic_auth_and_is_never_shown_or_s
         for run in parents + children:
             leaks += [f"run {run.info.run_name}: {k}" for k, v in {**run.data.params, **run.data.tags}.items() if secret in v]
         assert leaks == []
+        print(f"\nsecret searched in {len(outputs)} outputs, {len(files)} files, {len(parents + children)} runs: not found")
     finally:
         os.environ.pop("MLFLOW_TRACKING_USERNAME", None)
         os.environ.pop("MLFLOW_TRACKING_PASSWORD", None)
