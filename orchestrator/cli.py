@@ -207,9 +207,8 @@ def cmd_plan(args) -> int:
     plan = make_plan(_load(args.sweep), gpu_tflops=tflops, cpu_gflops=gflops)
     _warn(plan.warnings)
     budget = plan.spec.budget.model_dump()
-    summary = {**plan_summary(plan), "budget": budget, "cpu_hours": plan.cpu_hours, "warnings": plan.warnings}
     if args.json:
-        print(json.dumps(summary))
+        print(json.dumps(plan_summary(plan)))
         return EXIT_OK
     print(f"{plan.spec.name}: {plan.spec.description}".rstrip(": "))
     if plan.trials is not None:

@@ -168,6 +168,10 @@ def connect(address: str | None, driver_env: dict[str, str] | None = None) -> No
         "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
         # The progress lines and the final table name the runs; MLflow's own links are noise.
         "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+        # Tune's default loggers add TensorBoard files, whose writers (a thread and a queue each)
+        # the driver keeps for every finished trial: memory grows per trial. MLflow holds the
+        # curves; result.json (JsonLoggerCallback, added by the sweep) is Tune's record.
+        "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
         **(driver_env or {}),
     }
     os.environ.update(driver_env)

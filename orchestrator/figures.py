@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import io
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display on servers and in CI
-import matplotlib.pyplot as plt  # noqa: E402
-from PIL import Image  # noqa: E402
+from matplotlib.figure import Figure
+from PIL import Image
 
 __all__ = ["layer_responses", "learning_curve"]
 
@@ -16,14 +13,15 @@ __all__ = ["layer_responses", "learning_curve"]
 def _to_image(fig) -> Image.Image:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
     buf.seek(0)
     return Image.open(buf).convert("RGB")
 
 
 def learning_curve(curves: dict[str, list[tuple[int, float]]], title: str = "") -> Image.Image:
     """Error (%) per epoch; training error dashed, as in 2015 Fig. 6."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    # Figure, not pyplot: no global figure registry in a driver that draws for every trial.
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for key, points in curves.items():
         if points:
             steps, values = zip(*sorted(points))
@@ -38,7 +36,8 @@ def learning_curve(curves: dict[str, list[tuple[int, float]]], title: str = "") 
 
 def layer_responses(stds: list[float], title: str = "") -> Image.Image:
     """Std of each 3×3 layer's response, in depth order (2015 Fig. 7, top)."""
-    fig, ax = plt.subplots(figsize=(6, 3))
+    fig = Figure(figsize=(6, 3))
+    ax = fig.subplots()
     ax.plot(range(1, len(stds) + 1), stds, marker=".")
     ax.set_xlabel("layer index (original order)")
     ax.set_ylabel("std")

@@ -272,6 +272,7 @@ def run_or_resume(prep: Prepared, *, address: str | None = None) -> int:
 
 def run_sweep(prep: Prepared, *, address: str | None = None, folder_taken: bool = False) -> int:
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
 
     spec, plan = prep.parsed.spec, prep.plan
@@ -328,7 +329,7 @@ def run_sweep(prep: Prepared, *, address: str | None = None, folder_taken: bool 
                 storage_path=prep.storage_path,
                 failure_config=tune.FailureConfig(max_failures=_max_failures(spec, address)),
                 checkpoint_config=_checkpoint_config(spec),
-                callbacks=[cluster.TuneDriverSetup(), tracker,
+                callbacks=[cluster.TuneDriverSetup(), JsonLoggerCallback(), tracker,
                            Progress(namer, plan.epochs_per_trial, _stopped_by(spec), _max_failures(spec, address))],
                 stop=_epoch_budget_stopper(spec.budget.max_epochs) if spec.budget.max_epochs else None,
                 verbose=0,
@@ -392,6 +393,9 @@ def plan_summary(plan: Plan) -> dict:
         "asha_expected_epochs": plan.asha_epochs,
         "train_images": plan.train_images,
         "gpu_hours": plan.gpu_hours,
+        "cpu_hours": plan.cpu_hours,
+        "budget": spec.budget.model_dump(),
+        "warnings": plan.warnings,
         "models": plan.models,
         "space": spec.search.space if plan.trials is None else None,
         "trials": [

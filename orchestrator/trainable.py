@@ -140,7 +140,7 @@ def train_trial(config: dict[str, Any], experiment_path: str) -> None:
     trainer, warning = _restore(trainer, trial_uri, tune.get_checkpoint())
     # The epochs before the restore go with the first result, once: the driver logs any that
     # it had not (it may have died before they reached it), so MLflow keeps epochs 1…N.
-    # (As JSON text: Tune's TensorBoard logger warns about lists of dicts and skips text.)
+    # (As JSON text: one flat value in Tune's result.json and progress lines.)
     # So does a warning about the restore: the driver prints it (a trial's own output stays in
     # its worker's log) and Tune keeps it in the trial's results.
     once = {EARLIER_EPOCHS: json.dumps(trainer.history)} if trainer.history else {}
