@@ -284,9 +284,13 @@ def cmd_ui(args) -> int:
 
     from mlflow import MlflowClient
 
-    from .tracking import default_tracking_uri, normalize_tracking_uri
+    from .tracking import TrackingUnavailableError, check_scheme, default_tracking_uri, normalize_tracking_uri
 
     uri = normalize_tracking_uri(args.tracking_uri or default_tracking_uri())
+    try:
+        check_scheme(uri)
+    except TrackingUnavailableError as err:
+        raise UsageError(f"--tracking-uri: {err}") from None
     if uri.startswith(("http://", "https://")):
         raise UsageError(f"--tracking-uri: {uri} is an MLflow server: it serves its own UI, open it in a browser")
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():

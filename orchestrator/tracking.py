@@ -124,13 +124,7 @@ def check_tracking_uri(uri: str, timeout: float = 30.0) -> None:
     """Fail fast, before Ray starts, on a tracking URI that cannot work: malformed, an unknown
     scheme, a SQLite file that cannot be written, a server that is down or refuses the login.
     ``uri`` is as use_tracking_uri returns it."""
-    scheme = _scheme(uri)
-    known = (*HTTP_SCHEMES, *DATABASE_SCHEMES, *OTHER_SCHEMES)
-    if "://" not in uri or scheme not in known:
-        raise TrackingUnavailableError(
-            f"{uri!r} is not an MLflow tracking URI (scheme {scheme or 'missing'}); use sqlite:///PATH.db, "
-            f"http(s)://HOST:PORT, or postgresql:// / mysql:// / mssql:// database URIs"
-        )
+    scheme = check_scheme(uri)
     if scheme in HTTP_SCHEMES:
         _check_server(uri, timeout)
     elif scheme == "sqlite":
@@ -141,6 +135,17 @@ def check_tracking_uri(uri: str, timeout: float = 30.0) -> None:
         except Exception as err:  # noqa: BLE001 — a driver error, a refused login, no server …
             first = redact(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
             raise TrackingUnavailableError(f"cannot use the MLflow database {uri} ({first})") from None
+
+
+def check_scheme(uri: str) -> str:
+    """The URI's scheme, when it is one of MLflow's tracking stores."""
+    scheme = _scheme(uri)
+    if "://" not in uri or scheme not in (*HTTP_SCHEMES, *DATABASE_SCHEMES, *OTHER_SCHEMES):
+        raise TrackingUnavailableError(
+            f"{uri!r} is not an MLflow tracking URI (scheme {scheme or 'missing'}); use sqlite:///PATH.db, "
+            f"http(s)://HOST:PORT, or postgresql:// / mysql:// / mssql:// database URIs"
+        )
+    return scheme
 
 
 def _check_sqlite(uri: str) -> None:

@@ -151,6 +151,7 @@ CASES = [
     Case("ui on port 70000", ("ui", "--port", "70000"), ("--port", "70000", "0 to 65535")),
     Case("ui for a store that is not there", ("ui",), ("--tracking-uri", "no MLflow store")),
     Case("ui for an MLflow server", ("ui", "--tracking-uri", "http://127.0.0.1:5000"), ("--tracking-uri", "serves its own UI")),
+    Case("ui for an unknown kind of store", ("ui", "--tracking-uri", "foo://x"), ("--tracking-uri", "not an MLflow tracking URI")),
     # --- tracking URIs ---------------------------------------------------------------------------------
     with_valid("a misspelt scheme (htp://)", ("run", "sweep.yaml", "--tracking-uri", "htp://x"), ("--tracking-uri", "'htp://x'")),
     with_valid("an unknown scheme (foo://)", ("run", "sweep.yaml", "--tracking-uri", "foo://x"), ("--tracking-uri", "scheme foo")),

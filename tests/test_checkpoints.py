@@ -56,6 +56,7 @@ def states(trial: Path) -> list[Path]:
     return sorted(trial.glob(f"checkpoint_*/{CHECKPOINT_FILE}"))
 
 
+@pytest.mark.slow  # the fallback itself is tested below without Ray
 def test_unrestorable_checkpoints_restart_their_trials_once_on_resume(tmp_path):
     """One trial's state.pt files cut in half, the other's replaced by its twin's (same layer
     shapes: plain vs residual with shortcut A; it loads, but is not this trial's state). Before,

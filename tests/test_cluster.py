@@ -80,6 +80,7 @@ def test_two_node_sweep_with_token_auth_runs_on_both_nodes(tmp_path, cluster, s3
     assert time.time() - start < 30
 
 
+@pytest.mark.slow  # the default suite keeps the two-node sweep
 def test_local_means_local_even_when_a_dead_cluster_is_recorded(tmp_path, ray_tmpdir):
     """`ray start` records its cluster for bare `ray.init()`; once that cluster has died, a sweep
     without --address must still start its own Ray, and `--address auto` must say it is dead."""

@@ -72,4 +72,4 @@ def test_64_trials_of_20_epochs_on_sqlite_lose_nothing_and_the_driver_stays_flat
           f"last ends ({per_trial / 2**10:.0f} KiB per later trial), {max(r for _, r in samples) / 2**20:.0f} MiB peak")
     curve = {n: rss // 2**20 for n, rss in samples}  # MiB after n trials (the last sample of each n)
     print("driver RSS (MiB) by trials done:", {n: curve[n] for n in sorted(curve) if n % 8 == 0 or n == TRIALS})
-    assert per_trial < 512 * 2**10, curve
+    assert per_trial < 2 * 2**20, curve
