@@ -3,6 +3,7 @@ killed midway and `resume s3://…` finishing it, names never reused, credential
 import re
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import S3_KEY_ID, S3_SECRET, cli, kill_when_midway
@@ -75,6 +76,7 @@ def test_s3_sweep_killed_midway_resumes_without_duplicates_or_leaked_credentials
         assert not [v for v in {**run.data.tags, **run.data.params}.values() if S3_SECRET in v]
 
 
+@pytest.mark.slow  # tests/test_bad_inputs.py checks storage paths in-process
 def test_unusable_storage_fails_fast_naming_storage_path(tmp_path, s3_server):
     (tmp_path / "small.yaml").write_text(SMALL_GRID.format(epochs=1))
     dead = {**s3_server.env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import SWEEPS, cli, kill_when_midway
@@ -106,6 +107,7 @@ def test_quickstart_store_has_one_parent_and_a_child_per_trial(tmp_path):
     _check_store(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), "quickstart", trials=4, epochs=2, depths={"20", "32"})
 
 
+@pytest.mark.slow  # test_mlflow_faults.py's login test runs a sweep against a real server by default
 def test_tracking_over_http_to_a_real_mlflow_server(tmp_path, mlflow_server):
     (tmp_path / "small.yaml").write_text(SMALL_GRID.format(epochs=2))
     planned = json.loads(cli("plan", "small.yaml", "--json", cwd=tmp_path).stdout)
@@ -184,6 +186,7 @@ def test_epoch_budget_stops_the_sweep_and_says_so(tmp_path):
     assert len(table_rows(out.stdout)) < 4
 
 
+@pytest.mark.slow  # long; the second-driver test stays in the default suite
 def test_the_same_sweep_in_two_terminals_at_once_gets_two_folders(tmp_path):
     """A second terminal starting the same sweep never writes into the first one's folder."""
     (tmp_path / "small.yaml").write_text(SMALL_GRID.format(epochs=1) + "max_concurrent: 1\n")
