@@ -149,6 +149,15 @@ def saved_spec_text(parsed: ParsedSpec) -> str:
     return header + yaml.safe_dump(parsed.spec.model_dump(mode="json"), sort_keys=False)
 
 
+def write_tracking(prep: Prepared) -> dict:
+    """tracking.json: where the sweep's MLflow runs are, for `resume` and `sync` (the sweep key
+    finds them by tag)."""
+    tracking = {"tracking_uri": prep.tracking_uri, "experiment": prep.experiment, "num_trials": prep.plan.num_trials,
+                "sweep_key": uuid.uuid4().hex}
+    storage.write_text(prep.experiment_path, TRACKING_FILE, json.dumps(tracking))
+    return tracking
+
+
 def _stopped_by(spec) -> str:
     """Who stops trials early: the scheduler, else the sweep's epoch budget."""
     return "ASHA" if spec.scheduler.name == "asha" else "budget"
@@ -284,10 +293,7 @@ def run_sweep(prep: Prepared, *, address: str | None = None, folder_taken: bool 
     else:
         prep.name = storage.claim_name(prep.storage_path, spec.name, SPEC_FILE, saved_spec_text(prep.parsed))
     with _holding(prep.experiment_path, prep.name, wait_for_other_host=folder_taken):
-        sweep_key = uuid.uuid4().hex  # finds the sweep's runs in MLflow, also for `resume`
-        tracking = {"tracking_uri": prep.tracking_uri, "experiment": prep.experiment, "num_trials": plan.num_trials,
-                    "sweep_key": sweep_key}
-        storage.write_text(prep.experiment_path, TRACKING_FILE, json.dumps(tracking))
+        sweep_key = write_tracking(prep)["sweep_key"]
 
         scheduler = None
         if spec.scheduler.name == "asha":

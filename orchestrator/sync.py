@@ -7,19 +7,17 @@ the same tracker, which skips what MLflow already has: running it twice changes 
 from __future__ import annotations
 
 import json
-import uuid
 
 from resnet_core.metrics import Status
 
 from . import driver_lock, storage
 from .spec import SpecError
-from .sweep import SPEC_FILE, TRACKING_FILE, open_sweep, sweep_tracker
+from .sweep import SPEC_FILE, open_sweep, sweep_tracker, write_tracking
 from .tracking import TAG_STORAGE
 from .trainable import STATUS
 
 __all__ = ["sync_sweep"]
 
-RESULT_FILE = "result.json"  # Tune's record of a trial's reports, one JSON object per line
 ENDED = {str(Status.COMPLETED), str(Status.DIVERGED)}  # a trial's own last report says it ended
 
 
@@ -34,8 +32,11 @@ def _trials(experiment_path: str) -> list:
 
 
 def _records(experiment_path: str, trial) -> list[dict]:
+    """Tune's record of the trial's reports (result.json: one JSON object per line)."""
+    from ray.tune.result import EXPR_RESULT_FILE
+
     folder = storage.join(experiment_path, trial.path.rstrip("/").rsplit("/", 1)[-1])
-    text = storage.read_text(folder, RESULT_FILE) or ""
+    text = storage.read_text(folder, EXPR_RESULT_FILE) or ""
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
@@ -43,9 +44,7 @@ def sync_sweep(experiment_path: str, *, tracking_uri: str | None = None) -> int:
     prep, tracking = open_sweep(experiment_path, tracking_uri)
     trials = _trials(experiment_path)
     if not tracking.get("sweep_key"):  # tracked nowhere yet: the parent run is made now, found next time
-        tracking = {"tracking_uri": prep.tracking_uri, "experiment": prep.experiment, "num_trials": prep.plan.num_trials,
-                    **tracking, "sweep_key": uuid.uuid4().hex}
-        storage.write_text(experiment_path, TRACKING_FILE, json.dumps(tracking))
+        tracking = write_tracking(prep)
     try:
         with driver_lock.hold(experiment_path, prep.name):  # not while a driver writes the same runs
             return _sync(prep, tracking, trials, experiment_path)

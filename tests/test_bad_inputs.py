@@ -38,7 +38,6 @@ class Case:
     words: tuple[str, ...]  # the line must name these: the field first
     code: int = 2
     files: dict[str, str | bytes] = field(default_factory=dict)  # put in the working directory first
-    xfail: str = ""  # why it fails today, and whose fix it waits for
 
 
 def sweep(name: str, text: str, words: tuple[str, ...], line: int | None = None, *, command: str = "run") -> Case:
@@ -228,8 +227,7 @@ def run_case(case: Case, folder: Path) -> tuple[int, str, dict[str, int], dict[s
     return code, err.getvalue(), before, snapshot(folder)
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=c.xfail) if c.xfail else (),
-                                               id=_case_id(c)) for c in CASES])
+@pytest.mark.parametrize("case", [pytest.param(c, id=_case_id(c)) for c in CASES])
 def test_bad_input_is_one_line_naming_the_field(case, tmp_path, capfd):
     code, err, before, after = run_case(case, tmp_path)
     assert "Traceback" not in err, err
@@ -304,9 +302,6 @@ def markdown() -> str:
     rows = ["| input | command | exit | what the user sees |", "|---|---|---|---|"]
     for case in CASES:
         command = " ".join(["resnet-sweep", *(a if len(a) < 60 else a[:57] + "…" for a in case.argv)])
-        if case.xfail:
-            rows.append(f"| {case.name} | `{command}` | – | not caught yet: {case.xfail} |")
-            continue
         with tempfile.TemporaryDirectory() as folder:
             code, err, _, _ = run_case(case, Path(folder))
         line = err.strip().replace(folder, ".")
