@@ -12,10 +12,12 @@ from resnet_core.errors import ConfigError
 from resnet_core.metrics import Status
 
 from .cluster import describe_node
+from . import trial_table
 from .space import resolve_trial, trial_name
-from .trainable import HOSTNAME, NODE_ID, NOTICE, REPLAYED, STATUS, error_line, error_trace, final_status
+from .trainable import error_trace
+from .vocabulary import HOSTNAME, NODE_ID, NOTICE, REPLAYED, STATUS, describe_status, error_line, final_status
 
-__all__ = ["Progress", "TUNE_INTERRUPT", "TrialNamer", "was_interrupted", "describe_status", "format_table", "table_rows"]
+__all__ = ["Progress", "TUNE_INTERRUPT", "TrialNamer", "was_interrupted", "table_rows"]
 
 
 class TrialNamer:
@@ -40,15 +42,6 @@ class TrialDirName:
 
     def __call__(self, trial) -> str:
         return f"{self.namer(trial.config)}_{trial.trial_id}"
-
-
-def describe_status(status: Status, result: dict | None, stopped_by: str) -> str:
-    epoch = int((result or {}).get(M.EPOCH, 0))
-    if status == Status.STOPPED_EARLY:
-        return f"stopped by {stopped_by} at epoch {epoch}"
-    if status == Status.INTERRUPTED:
-        return f"interrupted at epoch {epoch}"
-    return str(status)
 
 
 class TuneInterrupt(logging.Filter):
@@ -146,7 +139,7 @@ class Progress:
                 on = f" on {where(trial.last_result)}" if where(trial.last_result) else ""
                 if (trial.last_result or {}).get(REPLAYED):
                     on = " (had finished before the interruption; not trained again)"
-                self._say(f"{describe_status(status, trial.last_result, self.stopped_by):<9} "
+                self._say(f"{describe_status(status, int((trial.last_result or {}).get(M.EPOCH, 0)), self.stopped_by):<9} "
                           f"{self.namer(trial.config)}{on}  ({self.done} done)")
 
             def on_trial_error(self, iteration, trials, trial, **info):
@@ -160,26 +153,18 @@ class Progress:
 
 
 def table_rows(results, namer: TrialNamer, epochs: int, stopped_by: str) -> list[dict]:
-    """One row per trial of a Tune ResultGrid: status, epochs, the best epoch chosen on val."""
+    """One row per trial of a Tune ResultGrid (trial_table.row)."""
     rows = []
     for result in results:
-        config = result.config or {}
+        config, last = result.config or {}, result.metrics or {}
         df = result.metrics_dataframe
-        history = df[df[M.VAL_ERROR].notna()] if df is not None and M.VAL_ERROR in df else None
-        if history is not None and STATUS in history:
-            history = history[history[STATUS] != str(Status.DIVERGED)]
-        status = final_status(result.metrics, errored=result.error is not None, planned_epochs=epochs,
-                              error=str(result.error or ""))
-        if result.error is None and was_interrupted(result.metrics):
+        history = df[df[M.VAL_ERROR].notna()].to_dict("records") if df is not None and M.VAL_ERROR in df else []
+        status = final_status(last, errored=result.error is not None, planned_epochs=epochs, error=str(result.error or ""))
+        if result.error is None and was_interrupted(last):
             status = Status.INTERRUPTED
-        row = {"name": namer(config) if M.EPOCH in (result.metrics or {}) else _folder_name(result.path), "status": describe_status(status, result.metrics, stopped_by),
-               "epochs": int(result.metrics.get(M.EPOCH, 0)) if result.metrics else 0,
-               "node": where(result.metrics)}
-        if history is not None and len(history):
-            best = history.sort_values([M.VAL_ERROR, M.EPOCH]).iloc[0]
-            row.update(best_epoch=int(best[M.EPOCH]), val_error=float(best[M.VAL_ERROR]),
-                       test_error=float(best[M.TEST_ERROR]), train_error=float(history.iloc[-1][M.TRAIN_ERROR]))
-        rows.append(row)
+        name = namer(config) if M.EPOCH in last else _folder_name(result.path)
+        rows.append(trial_table.row(name, describe_status(status, int(last.get(M.EPOCH, 0)), stopped_by),
+                                    int(last.get(M.EPOCH, 0)), history, node=where(last)))
     return rows
 
 
@@ -187,19 +172,3 @@ def _folder_name(path: str | None) -> str:
     """A trial that never reported an epoch may have no (or a partial) config in Ray's results: its
     folder, named by TrialDirName, still says which trial it is (Tune's ids are `xxxxx_NNNNN`)."""
     return path.rstrip("/").rsplit("/", 1)[-1].rsplit("_", 2)[0] if path else "?"
-
-
-def format_table(rows: list[dict], *, show_nodes: bool = False) -> str:
-    header = f"{'trial':<46} {'status':<27} {'epochs':>6} {'best ep':>7} {'train err':>9} {'val err':>8} {'test err':>8}"
-    if show_nodes:
-        header += "  node"
-    lines = [header, "-" * len(header)]
-    pct = lambda v: f"{v:.2%}" if v is not None else "-"  # noqa: E731
-    for r in rows:
-        line = (
-            f"{r['name']:<46} {r['status']:<27} {r['epochs']:>6} {r.get('best_epoch', '-'):>7} "
-            f"{pct(r.get('train_error')):>9} {pct(r.get('val_error')):>8} {pct(r.get('test_error')):>8}"
-        )
-        lines.append(line + (f"  {r.get('node') or '-'}" if show_nodes else ""))
-    lines.append("(train err: last epoch; val/test err: at the best val epoch; test never chooses)")
-    return "\n".join(lines)

@@ -22,7 +22,7 @@ from resnet_core.metrics import Status
 from resnet_core.train import RunConfig
 
 from . import cluster, driver_lock, storage
-from .progress import TUNE_INTERRUPT, Progress, TrialErrorTraces, TrialDirName, TrialNamer, format_table, table_rows
+from .progress import TUNE_INTERRUPT, Progress, TrialErrorTraces, TrialDirName, TrialNamer, table_rows
 from .space import Plan, make_plan, optuna_space
 from .spec import ParsedSpec, SpecError, parse_spec
 from .tracking import (
@@ -37,6 +37,7 @@ from .tracking import (
     use_tracking_uri,
 )
 from .trainable import train_trial
+from .trial_table import format_table
 
 __all__ = ["SweepError", "find_experiment", "prepare_sweep", "resume_sweep", "run_or_resume", "run_sweep", "SPEC_FILE"]
 

@@ -13,8 +13,7 @@ from resnet_core.metrics import Status
 from . import driver_lock, storage
 from .spec import SpecError
 from .sweep import SPEC_FILE, open_sweep, sweep_tracker, write_tracking
-from .tracking import TAG_STORAGE
-from .trainable import STATUS
+from .vocabulary import STATUS, TAG_STORAGE
 
 __all__ = ["sync_sweep"]
 

@@ -28,31 +28,39 @@ from resnet_core.metrics import Status
 
 from . import storage
 from .progress import TUNE_INTERRUPT, was_interrupted
-from .trainable import EARLIER_EPOCHS, HOSTNAME, LAYER_RESPONSES, NODE_ID, STATUS, error_line, error_trace, final_status
+from .trainable import error_trace
+from .vocabulary import (
+    EARLIER_EPOCHS,
+    FINAL_STATUSES,
+    HOSTNAME,
+    LAYER_RESPONSES,
+    NODE_ID,
+    PARENT_TAG,
+    STATUS,
+    TAG_BEST_EPOCH,
+    TAG_ERROR,
+    TAG_HOST,
+    TAG_NODE_ID,
+    TAG_NODES,
+    TAG_ROLE,
+    TAG_STATUS,
+    TAG_STOPPED_AT,
+    TAG_STORAGE,
+    TAG_SWEEP,
+    TAG_TRIAL_ID,
+    error_line,
+    final_status,
+)
 
 __all__ = [
-    "TAG_SWEEP",
     "TrackingUnavailableError",
     "SweepTracker",
     "check_tracking_uri",
     "default_tracking_uri",
 ]
 
-TAG_SWEEP = "resnet_sweep.sweep"  # on parent and children: the sweep's key
-TAG_ROLE = "resnet_sweep.role"  # "sweep" | "trial"
-TAG_TRIAL_ID = "resnet_sweep.trial_id"
-TAG_STATUS = "status"
-TAG_BEST_EPOCH = "best_epoch"
-TAG_STOPPED_AT = "stopped_at_epoch"
-TAG_ERROR = "error"  # a failed trial's exception, one line (the whole trace: artifact error.txt)
-TAG_NODE_ID, TAG_HOST = "node_id", "host"  # where the trial ran last
-TAG_NODES = "nodes"  # every node it ran on, in order (more than one after a node loss)
-PARENT_TAG = "mlflow.parentRunId"
-TAG_STORAGE = "resnet_sweep.storage"  # on the parent: the sweep's experiment folder
 END_WAIT_S = 120  # at the end of a sweep, how long queued writes wait for MLflow to come back
 RETRY_S = 10  # while MLflow is unreachable, queued writes are retried this often
-# A failed trial may be retried on resume; these are never touched again.
-FINAL_STATUSES = {str(Status.COMPLETED), str(Status.STOPPED_EARLY), str(Status.DIVERGED)}
 
 
 class TrackingUnavailableError(RuntimeError):

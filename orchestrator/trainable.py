@@ -19,19 +19,11 @@ from resnet_core.train import RunConfig, Trainer
 
 from . import storage
 from .space import resolve_trial
+from .vocabulary import EARLIER_EPOCHS, HOSTNAME, LAYER_RESPONSES, NODE_ID, NOTICE, REPLAYED, STATUS
 
-__all__ = ["CHECKPOINT_FILE", "EARLIER_EPOCHS", "HOSTNAME", "LAYER_RESPONSES", "NODE_ID", "NOTICE", "REPLAYED", "STATUS",
-           "error_line", "error_trace", "final_status",
-           "train_trial"]
+__all__ = ["CHECKPOINT_FILE", "error_trace", "train_trial"]
 
 CHECKPOINT_FILE = "state.pt"
-STATUS = "status"  # result key: the trial's status so far (resnet_core.metrics.Status)
-LAYER_RESPONSES = "layer_response_std"
-EARLIER_EPOCHS = "earlier_epochs"  # result key: after a restore, the epochs trained before it
-REPLAYED = "replayed"  # result key: a finished trial's last result, reported again after a restore
-NODE_ID = "node_id"  # result keys: where the trial ran (the Ray node id, and its host name)
-HOSTNAME = "hostname"  # the same key Tune fills in itself
-NOTICE = "notice"  # result key: a line for the user (to stderr), sent once with the first result
 # Settings that say where a trial runs, not what it trains: a checkpoint may differ in them.
 _WHERE_NOT_WHAT = frozenset({"dataset.cache_dir", "train.device"})
 
@@ -179,26 +171,3 @@ def error_trace(trial) -> str:
     local = Path(trial.local_path or "", name or "")
     trace = local.read_text(errors="replace") if name and local.is_file() else trial.get_error() or ""
     return re.sub(r"\x1b\[[0-9;]*m", "", trace)  # Ray colours the task's name
-
-
-def error_line(trace: str | None) -> str:
-    """The last line of an error's trace (the exception and its message), kept short."""
-    lines = [line.strip() for line in (trace or "").splitlines() if line.strip()]
-    return lines[-1][:300] if lines else ""
-
-
-# torch.OutOfMemoryError (CUDA), Python's MemoryError, Ray's OutOfMemoryError (its memory monitor).
-_OUT_OF_MEMORY = re.compile(r"\bOutOfMemoryError\b|^MemoryError\b", re.MULTILINE)
-
-
-def final_status(last_result: dict | None, *, errored: bool, planned_epochs: int, error: str | None = None) -> Status:
-    """How a finished trial ended, from its last reported result (and its error's trace): the
-    one rule shared by the progress lines, the final table and the MLflow tags."""
-    if errored:
-        return Status.OUT_OF_MEMORY if _OUT_OF_MEMORY.search(error or "") else Status.FAILED
-    result = last_result or {}
-    if result.get(STATUS) == str(Status.DIVERGED):
-        return Status.DIVERGED
-    if result.get(STATUS) == str(Status.COMPLETED) or int(result.get(M.EPOCH, 0)) >= planned_epochs:
-        return Status.COMPLETED
-    return Status.STOPPED_EARLY

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from orchestrator.trainable import final_status
+from orchestrator.vocabulary import final_status
 from resnet_core import metrics as M
 from tests.conftest import MlflowServer, cli
 from tests.test_sweeps import SMALL_GRID, child_runs
