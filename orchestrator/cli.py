@@ -186,6 +186,7 @@ def cmd_train(args) -> int:
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", help="address of an existing Ray cluster (default: start Ray on this machine)")
     p.add_argument("--storage-path", help="where Tune keeps results and checkpoints (default: ./ray_results; s3://… or a shared folder for clusters)")
+    p.add_argument("--no-report", action="store_true", help="do not write the report (./reports/NAME) when the sweep ends")
 
 
 def _load(path: str):
@@ -254,8 +255,8 @@ def cmd_run(args) -> int:
         )
         _warn(prep.plan.warnings)
         if args.resume_if_exists:
-            return run_or_resume(prep, address=args.address)
-        return run_sweep(prep, address=args.address)
+            return run_or_resume(prep, address=args.address, report=not args.no_report)
+        return run_sweep(prep, address=args.address, report=not args.no_report)
     except SweepError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_FAILURE
@@ -266,7 +267,7 @@ def cmd_resume(args) -> int:
 
     try:
         return resume_sweep(find_experiment(args.sweep, args.storage_path), address=args.address,
-                            tracking_uri=args.tracking_uri)
+                            tracking_uri=args.tracking_uri, report=not args.no_report)
     except SweepError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_FAILURE
@@ -279,12 +280,52 @@ def cmd_sync(args) -> int:
     return sync_sweep(find_experiment(args.sweep, args.storage_path), tracking_uri=args.tracking_uri)
 
 
+def cmd_report(args) -> int:
+    from .mlflow_store import TrackingUnavailableError
+    from .records import SweepNotFound
+    from .report import report_sweep
+
+    try:
+        folder = report_sweep(args.tracking_uri, args.sweep, out=args.out, experiment=args.experiment)
+    except SweepNotFound as err:
+        raise UsageError(str(err)) from None
+    except (TrackingUnavailableError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILURE
+    shown = folder if args.out else folder.relative_to(Path.cwd())
+    print(f"report: {shown / 'index.md'} and {shown / 'report.html'} (also on the sweep's MLflow run, artifacts report/)")
+    return EXIT_OK
+
+
+def cmd_status(args) -> int:
+    from resnet_core import metrics as M
+
+    from . import standing
+    from .mlflow_store import TrackingUnavailableError
+    from .records import SweepNotFound, open_record
+
+    try:
+        _, record = open_record(args.tracking_uri, args.sweep, args.experiment, keys=(M.VAL_ERROR, M.TEST_ERROR),
+                                responses=False)
+    except SweepNotFound as err:
+        raise UsageError(str(err)) from None
+    except TrackingUnavailableError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILURE
+    now = standing.from_record(record)
+    if args.json:
+        print(json.dumps({"name": record.name, "experiment": record.experiment, **now.to_dict()}))
+    else:
+        print(f"{record.name} (MLflow experiment {record.experiment!r}): {standing.summary_line(now)}")
+    return EXIT_OK
+
+
 def cmd_ui(args) -> int:
     import os
 
     from mlflow import MlflowClient
 
-    from .tracking import TrackingUnavailableError, check_scheme, default_tracking_uri, normalize_tracking_uri
+    from .mlflow_store import TrackingUnavailableError, check_scheme, default_tracking_uri, normalize_tracking_uri
 
     uri = normalize_tracking_uri(args.tracking_uri or default_tracking_uri())
     try:
@@ -410,6 +451,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="the sweep's MLflow server with its login (http://USER:PASSWORD@HOST:PORT); "
                                           "default: where the sweep logs")
     p.set_defaults(func=cmd_sync)
+
+    p = sub.add_parser("status", help="where a sweep stands (trials by status, epochs, best so far, ETA), read from MLflow")
+    p.add_argument("sweep", metavar="NAME", help="the sweep's name, as `run` printed it")
+    p.add_argument("--tracking-uri", help="the sweep's MLflow store (default: sqlite:///mlflow.db in this folder)")
+    p.add_argument("--experiment", help="the MLflow experiment to look in (default: every experiment)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("report", help="the papers' tables and figures for a sweep (Table 6, Fig. 6, Fig. 7, …), from MLflow")
+    p.add_argument("sweep", metavar="NAME", help="the sweep's name, as `run` printed it")
+    p.add_argument("--out", metavar="DIR", help="folder to write index.md, report.html, figures and CSVs into "
+                                                "(default: ./reports/NAME)")
+    p.add_argument("--tracking-uri", help="the sweep's MLflow store (default: sqlite:///mlflow.db in this folder)")
+    p.add_argument("--experiment", help="the MLflow experiment to look in (default: every experiment)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("ui", help="the MLflow UI for the local store, on 127.0.0.1")
     p.add_argument("--tracking-uri", help="store to browse (default: sqlite:///mlflow.db in this folder)")

@@ -12,12 +12,15 @@ from resnet_core.errors import ConfigError
 from resnet_core.metrics import Status
 
 from .cluster import describe_node
-from . import trial_table
+from . import standing, trial_table
 from .space import resolve_trial, trial_name
 from .trainable import error_trace
 from .vocabulary import HOSTNAME, NODE_ID, NOTICE, REPLAYED, STATUS, describe_status, error_line, final_status
 
 __all__ = ["Progress", "TUNE_INTERRUPT", "TrialNamer", "was_interrupted", "table_rows"]
+
+
+SUMMARY_S = 60  # how often `run` prints the sweep-level line
 
 
 class TrialNamer:
@@ -93,11 +96,40 @@ class Progress:
 
         # Built lazily so importing this module does not import Ray.
         class _Progress(Callback):
-            def __init__(self, namer: TrialNamer, epochs: int, stopped_by: str, max_failures: int) -> None:
+            def __init__(self, namer: TrialNamer, epochs: int, stopped_by: str, max_failures: int, *,
+                         planned: int, epochs_expected: int | None = None) -> None:
                 self.namer, self.epochs, self.start = namer, epochs, time.time()
                 self.stopped_by, self.max_failures = stopped_by, max_failures
+                self.planned, self.epochs_expected = planned, epochs_expected
                 self.done = 0
                 self.node: dict[str, str] = {}  # trial id → the node it last reported from
+                self.epoch_times: list[int] = []  # when epochs arrived (ms), for the pace
+                self.best: dict | None = None
+                self.summary_at = time.time() + SUMMARY_S
+
+            def on_step(self, iteration, trials, **info):
+                if time.time() >= self.summary_at:
+                    self.summary_at = time.time() + SUMMARY_S
+                    self._say(standing.summary_line(self._standing(trials)))
+
+            def _standing(self, trials) -> standing.Standing:
+                """The sweep-level line's numbers, from Tune's trials (`status` has them from MLflow)."""
+                now = standing.Standing(planned=self.planned, epochs_planned=self.planned * self.epochs,
+                                        epochs_expected=self.epochs_expected, best=self.best)
+                for trial in trials:
+                    last = trial.last_result or {}
+                    if trial.status in ("TERMINATED", "ERROR"):
+                        word = str(final_status(last, errored=trial.status == "ERROR", planned_epochs=self.epochs,
+                                                error=error_trace(trial) if trial.status == "ERROR" else None))
+                    else:
+                        word = "pending" if trial.status == "PENDING" else "running"
+                    now.counts[word] = now.counts.get(word, 0) + 1
+                    now.epochs_done += int(last.get(M.EPOCH, 0)) if last.get(STATUS) != str(Status.DIVERGED) else 0
+                now.counts["pending"] = now.counts.get("pending", 0) + max(0, self.planned - len(trials))
+                self.epoch_times = self.epoch_times[-10_000:]
+                now.epochs_per_s = standing.pace(self.epoch_times)
+                standing.estimate(now)
+                return now
 
             def _say(self, text: str) -> None:
                 elapsed = time.time() - self.start
@@ -117,6 +149,10 @@ class Progress:
                     self._say(f"running   {self.namer(trial.config)} on {where(result)}")
                 if result.get(STATUS) == str(Status.DIVERGED):
                     return
+                self.epoch_times.append(int(time.time() * 1000))
+                if self.best is None or result[M.VAL_ERROR] < self.best["val_error"]:
+                    self.best = {"name": self.namer(trial.config), "val_error": result[M.VAL_ERROR],
+                                 "test_error": result.get(M.TEST_ERROR), "epoch": int(result[M.EPOCH])}
                 self._say(
                     f"epoch {int(result[M.EPOCH]):>3}/{self.epochs}  {self.namer(trial.config):<44} "
                     f"train err {result[M.TRAIN_ERROR]:6.2%}  val err {result[M.VAL_ERROR]:6.2%}"

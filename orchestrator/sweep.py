@@ -25,17 +25,9 @@ from . import cluster, driver_lock, storage
 from .progress import TUNE_INTERRUPT, Progress, TrialErrorTraces, TrialDirName, TrialNamer, table_rows
 from .space import Plan, make_plan, optuna_space
 from .spec import ParsedSpec, SpecError, parse_spec
-from .tracking import (
-    PASSWORD,
-    TAG_STORAGE,
-    USERNAME,
-    SweepTracker,
-    check_tracking_uri,
-    default_tracking_uri,
-    git_commit,
-    normalize_tracking_uri,
-    use_tracking_uri,
-)
+from .mlflow_store import PASSWORD, USERNAME, check_tracking_uri, redact, default_tracking_uri, normalize_tracking_uri, use_tracking_uri
+from .tracking import SweepTracker, git_commit
+from .vocabulary import TAG_STORAGE
 from .trainable import train_trial
 from .trial_table import format_table
 
@@ -266,21 +258,21 @@ def existing_sweep(prep: Prepared) -> str | None:
     return path
 
 
-def run_or_resume(prep: Prepared, *, address: str | None = None) -> int:
+def run_or_resume(prep: Prepared, *, address: str | None = None, report: bool = True) -> int:
     """`run --resume-if-exists`: continue this sweep when it is in the storage path, else start it."""
     from ray import tune
 
     path = existing_sweep(prep)
     if path is None:
-        return run_sweep(prep, address=address)
+        return run_sweep(prep, address=address, report=report)
     if tune.Tuner.can_restore(path):
         print(f"{prep.parsed.spec.name} is already in {prep.storage_path}: continuing it", flush=True)
-        return resume_sweep(path, address=address, wait_for_other_host=True)
+        return resume_sweep(path, address=address, wait_for_other_host=True, report=report)
     # Its driver died before Tune saved anything: nothing ran, so it starts again in that folder.
-    return run_sweep(prep, address=address, folder_taken=True)
+    return run_sweep(prep, address=address, folder_taken=True, report=report)
 
 
-def run_sweep(prep: Prepared, *, address: str | None = None, folder_taken: bool = False) -> int:
+def run_sweep(prep: Prepared, *, address: str | None = None, folder_taken: bool = False, report: bool = True) -> int:
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
@@ -337,7 +329,8 @@ def run_sweep(prep: Prepared, *, address: str | None = None, folder_taken: bool 
                 failure_config=tune.FailureConfig(max_failures=_max_failures(spec, address)),
                 checkpoint_config=_checkpoint_config(spec),
                 callbacks=[cluster.TuneDriverSetup(), JsonLoggerCallback(), tracker,
-                           Progress(namer, plan.epochs_per_trial, _stopped_by(spec), _max_failures(spec, address))],
+                           Progress(namer, plan.epochs_per_trial, _stopped_by(spec), _max_failures(spec, address),
+                                    planned=plan.num_trials, epochs_expected=round(plan.asha_epochs) if plan.asha_epochs else None)],
                 stop=_epoch_budget_stopper(spec.budget.max_epochs) if spec.budget.max_epochs else None,
                 verbose=0,
             ),
@@ -346,7 +339,8 @@ def run_sweep(prep: Prepared, *, address: str | None = None, folder_taken: bool 
               f"{_where_it_runs(spec, concurrency, address)}; results in {prep.experiment_path}, MLflow {prep.tracking_uri} "
               f"(experiment {prep.experiment!r})", flush=True)
         results = tuner.fit()
-        return _finish(prep, results, namer, plan.epochs_per_trial, tracker, plan.num_trials, address=address)
+        return _finish(prep, results, namer, plan.epochs_per_trial, tracker, plan.num_trials, address=address,
+                       report=report)
 
 
 @contextlib.contextmanager
@@ -412,7 +406,7 @@ def plan_summary(plan: Plan) -> dict:
 
 
 def _finish(prep: Prepared, results, namer: TrialNamer, epochs: int, tracker: SweepTracker | None, num_trials: int,
-            *, address: str | None) -> int:
+            *, address: str | None, report: bool) -> int:
     spec = prep.parsed.spec
     rows = table_rows(results, namer, epochs, _stopped_by(spec))
     rows.sort(key=lambda r: (r.get("val_error") is None, r.get("val_error", math.inf)))
@@ -430,7 +424,10 @@ def _finish(prep: Prepared, results, namer: TrialNamer, epochs: int, tracker: Sw
     if len(rows) < num_trials:
         reason = " (budget.max_epochs reached)" if spec.budget.max_epochs else ""
         print(f"{num_trials - len(rows)} of {num_trials} planned trials did not run{reason}")
-    if TUNE_INTERRUPT.seen or results.num_terminated + results.num_errors < len(results):
+    interrupted = TUNE_INTERRUPT.seen or results.num_terminated + results.num_errors < len(results)
+    if report and not interrupted:
+        _write_report(prep)
+    if interrupted:
         again = " ".join(shlex.quote(a) for a in ["resnet-sweep", "resume", prep.experiment_path, *(["--address", address] if address else [])])
         left = sum(r["status"].startswith(str(Status.INTERRUPTED)) for r in rows)
         print(f"interrupted: {left} trial(s) not finished; continue the sweep with `{again}`")
@@ -440,6 +437,21 @@ def _finish(prep: Prepared, results, namer: TrialNamer, epochs: int, tracker: Sw
         print(f"{len(failed)} trial(s) failed", file=sys.stderr)
         return 1
     return 0
+
+
+def _write_report(prep: Prepared) -> None:
+    """The paper report at the end of the sweep (`resnet-sweep report`); a failure here does not
+    change how the sweep ended, and says how to make the report later."""
+    from .report import report_sweep
+
+    try:
+        folder = report_sweep(prep.tracking_uri, prep.name, experiment=prep.experiment)
+    except Exception as err:  # noqa: BLE001 — MLflow down, a disk full: the sweep itself is done
+        again = " ".join(shlex.quote(a) for a in ["resnet-sweep", "report", prep.name, "--tracking-uri", prep.tracking_uri])
+        print(f"warning: the report was not written ({type(err).__name__}: {redact(str(err))[:300]}); make it with "
+              f"`{again}`", file=sys.stderr)
+        return
+    print(f"report: {folder / 'index.md'} and report.html (also on the sweep's MLflow run, artifacts report/)")
 
 
 def _log_best_checkpoints(results, spec, tracker: SweepTracker) -> None:
@@ -502,7 +514,7 @@ def sweep_tracker(prep: Prepared, sweep_key: str, *, tags: dict | None = None, a
 
 
 def resume_sweep(experiment_path: str, *, address: str | None = None, wait_for_other_host: bool = False,
-                 tracking_uri: str | None = None) -> int:
+                 tracking_uri: str | None = None, report: bool = True) -> int:
     from ray import tune
 
     prep, tracking = open_sweep(experiment_path, tracking_uri)
@@ -516,4 +528,4 @@ def resume_sweep(experiment_path: str, *, address: str | None = None, wait_for_o
         # The restored Tune loop holds its own tracker; this one only finds the runs (best checkpoints).
         tracker = sweep_tracker(prep, tracking.get("sweep_key", ""))
         return _finish(prep, results, tracker.trial_namer, prep.plan.epochs_per_trial, tracker,
-                       tracking.get("num_trials", len(results)), address=address)
+                       tracking.get("num_trials", len(results)), address=address, report=report)

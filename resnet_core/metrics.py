@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from enum import Enum
 
-__all__ = ["EPOCH", "METRICS", "Status"]
+__all__ = ["EPOCH", "ITERATION", "METRICS", "Status"]
 
 EPOCH = "epoch"
+ITERATION = "iteration"  # optimizer steps taken by the end of the epoch (the x axis of 2015 Fig. 6)
 TRAIN_LOSS = "train_loss"
 TRAIN_ERROR = "train_error"
 VAL_LOSS = "val_loss"
@@ -16,7 +17,7 @@ IMAGES_PER_SECOND = "images_per_second"
 EPOCH_SECONDS = "epoch_seconds"
 
 # Per-epoch metrics, in the order the progress table shows them. Errors are fractions in [0, 1].
-METRICS = (TRAIN_LOSS, TRAIN_ERROR, VAL_LOSS, VAL_ERROR, TEST_ERROR, LR, IMAGES_PER_SECOND, EPOCH_SECONDS)
+METRICS = (ITERATION, TRAIN_LOSS, TRAIN_ERROR, VAL_LOSS, VAL_ERROR, TEST_ERROR, LR, IMAGES_PER_SECOND, EPOCH_SECONDS)
 
 
 class Status(str, Enum):

@@ -349,6 +349,7 @@ class Trainer:
             _, test_error = self.evaluate(self.test_loader)  # reported only, never used to choose
             epoch_metrics = {
                 M.EPOCH: self.epoch,
+                M.ITERATION: self.epoch * len(self.train_loader),
                 **train_metrics,
                 M.VAL_LOSS: val_loss,
                 M.VAL_ERROR: val_error,

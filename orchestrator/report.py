@@ -1,0 +1,705 @@
+"""`resnet-sweep report`: the papers' tables and figures for one sweep, read back from MLflow.
+
+Table 6 (error by depth, plain and residual, with the paper's numbers where the recipe is the
+paper's), Fig. 6 (training curves), Fig. 7 (layer responses), Table 3 (shortcut options A/B/C),
+original vs pre-activation blocks (2016), any other varied setting, Optuna's importances, ASHA's
+rungs, and what the sweep shows against each claim of the papers. Written as index.md (with
+PNG and CSV files beside it) and one self-contained report.html, and logged on the sweep's
+parent run. Nothing here reads the Tune folder: a report can be made from any machine that
+reaches the tracking server.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import math
+import re
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from resnet_core import metrics as M
+from resnet_core.metrics import Status
+
+from . import trial_table
+from .records import SweepRecord, TrialRecord
+from .vocabulary import REPORT_FOLDER, describe_status
+
+__all__ = ["Report", "build_report", "report_sweep", "write_report"]
+
+SEED = "train.seed"
+DEPTH, RESIDUAL, SHORTCUT, BLOCK = "model.depth", "model.residual", "model.shortcut", "model.block"
+# 2015 Table 6 (CIFAR-10 test error %, ResNets with option A shortcuts, the best of 5 runs for 110).
+PAPER_TABLE6 = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
+# 2016 Table 3 (CIFAR-10 / CIFAR-100 test error %, bottleneck nets): original vs pre-activation.
+PAPER_2016 = {("bottleneck", 164): (5.93, 25.16), ("preact-bottleneck", 164): (5.46, 24.33),
+              ("bottleneck", 1001): (7.61, 27.82), ("preact-bottleneck", 1001): (4.92, 22.71)}
+# The paper's CIFAR recipe (2015 §4.2): the reference columns are shown only for trials that used it.
+PAPER_RECIPE = {"train.batch_size": 128, "train.lr": 0.1, "train.momentum": 0.9, "train.weight_decay": 1e-4,
+                "train.schedule": "multistep", "train.milestones": (0.5, 0.75), "train.gamma": 0.1,
+                "train.label_smoothing": 0.0, "dataset.augment": True, "model.width": 1, "model.drop_path": 0.0,
+                "model.dropout": 0.0, "model.zero_init_last": False}
+PAPER_ITERATIONS = 64_000
+
+
+# --- statistics over seeds -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample standard deviation (n−1; None for one run) of an error, in %."""
+
+    mean: float
+    std: float | None
+    n: int
+
+    @classmethod
+    def of(cls, fractions: list[float]) -> "Stat | None":
+        values = [100 * v for v in fractions]
+        if not values:
+            return None
+        return cls(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values))
+
+    def __str__(self) -> str:
+        spread = f" ± {self.std:.2f}" if self.std is not None else ""
+        return f"{self.mean:.2f}{spread} (n={self.n})"
+
+
+def _test_errors(trials: list[TrialRecord]) -> list[float]:
+    return [t.best[M.TEST_ERROR] for t in trials if t.best is not None]
+
+
+def _train_errors(trials: list[TrialRecord]) -> list[float]:
+    return [t.final_train_error for t in trials if t.final_train_error is not None]
+
+
+# --- the report as blocks, rendered to Markdown and HTML -------------------------------------------
+@dataclass
+class Table:
+    slug: str  # file name of its CSV
+    columns: list[str]
+    rows: list[list[Any]]  # str, int, float (a fraction, shown in %), Stat or None
+    caption: str = ""
+
+    def numeric(self, column: int) -> bool:
+        """Numbers are right-aligned, words left."""
+        values = [r[column] for r in self.rows if r[column] is not None]
+        return bool(values) and all(isinstance(v, (int, float, Stat)) for v in values)
+
+    def cell(self, value: Any) -> str:
+        if value is None:
+            return "–"
+        if isinstance(value, float) and not isinstance(value, _Num):
+            return f"{100 * value:.2f}"
+        return str(value)
+
+    def csv_text(self) -> str:
+        """Numbers in full: a Stat column becomes its mean, std and n; fractions become %."""
+        header: list[str] = []
+        for i, name in enumerate(self.columns):
+            if any(isinstance(r[i], Stat) for r in self.rows):
+                header += [f"{name} mean", f"{name} std", f"{name} n"]
+            else:
+                header.append(name)
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(header)
+        for r in self.rows:
+            line: list[Any] = []
+            for i, value in enumerate(r):
+                if any(isinstance(x[i], Stat) for x in self.rows):
+                    line += [value.mean, "" if value.std is None else value.std, value.n] if value else ["", "", 0]
+                else:
+                    line.append(_csv_value(value))
+            writer.writerow(line)
+        return out.getvalue()
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, _Num):
+        return repr(float(value))
+    if isinstance(value, _Count):
+        return int(value)
+    return repr(100 * value) if isinstance(value, float) else value
+
+
+@dataclass
+class Figure:
+    file: str
+    png: bytes
+    caption: str
+
+
+@dataclass
+class Report:
+    title: str
+    blocks: list = field(default_factory=list)  # ("h2", text) | ("p", text) | Table | Figure
+
+    def h2(self, text: str) -> None:
+        self.blocks.append(("h2", text))
+
+    def p(self, text: str) -> None:
+        self.blocks.append(("p", text))
+
+    def add(self, item) -> None:
+        self.blocks.append(item)
+
+    def markdown(self) -> str:
+        out = [f"# {self.title}", ""]
+        for block in self.blocks:
+            if isinstance(block, Table):
+                out.append("| " + " | ".join(block.columns) + " |")
+                out.append("|" + "|".join("---:" if block.numeric(i) else "---" for i in range(len(block.columns))) + "|")
+                out += ["| " + " | ".join(block.cell(v).replace("|", "\\|") for v in r) + " |" for r in block.rows]
+                out += ["", f"{block.caption} ([{block.slug}.csv]({block.slug}.csv))".strip(), ""]
+            elif isinstance(block, Figure):
+                out += [f"![{block.caption}]({block.file})", "", block.caption, ""]
+            elif block[0] == "h2":
+                out += [f"## {block[1]}", ""]
+            else:
+                out += [block[1], ""]
+        return "\n".join(out)
+
+    def html(self) -> str:
+        body = [f"<h1>{_inline(self.title)}</h1>"]
+        for block in self.blocks:
+            if isinstance(block, Table):
+                head = "".join(f"<th>{_inline(c)}</th>" for c in block.columns)
+                align = [' class=num' if block.numeric(i) else '' for i in range(len(block.columns))]
+                rows = "".join("<tr>" + "".join(f"<td{a}>{html.escape(block.cell(v))}</td>" for a, v in zip(align, r))
+                               + "</tr>" for r in block.rows)
+                body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+                            f"<p class=caption>{_inline(block.caption)}</p>")
+            elif isinstance(block, Figure):
+                data = base64.b64encode(block.png).decode()
+                body.append(f'<figure><img alt="{html.escape(block.caption)}" src="data:image/png;base64,{data}">'
+                            f"<figcaption>{_inline(block.caption)}</figcaption></figure>")
+            elif block[0] == "h2":
+                body.append(f"<h2>{_inline(block[1])}</h2>")
+            else:
+                body.append(f"<p>{_inline(block[1])}</p>")
+        return (
+            "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
+            f"<title>{html.escape(self.title)}</title><style>{_CSS}</style></head>\n<body>\n"
+            + "\n".join(body) + "\n</body></html>\n"
+        )
+
+
+_CSS = ("body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .6em;"
+        "text-align:left;vertical-align:top}td.num{text-align:right}th{background:#f3f3f3}"
+        "img{max-width:100%}.caption,figcaption{color:#555;font-size:.9em}code{background:#f3f3f3}")
+
+
+def _inline(text: str) -> str:
+    """The little Markdown the report's own text uses (**bold**, `code`), as HTML."""
+    text = html.escape(text)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+
+# --- naming and grouping the sweep's nets --------------------------------------------------------------
+def varying_keys(trials: list[TrialRecord]) -> list[str]:
+    """Config keys whose values differ between trials (the seed aside), in a stable order."""
+    keys = sorted({k for t in trials for k in t.config})
+    return [k for k in keys if k != SEED and len({repr(t.config.get(k)) for t in trials}) > 1]
+
+
+def _short(key: str) -> str:
+    return key.split(".", 1)[-1]
+
+
+def net_label(config: dict, varying: list[str]) -> str:
+    """plain-56, ResNet-56 (A), ResNet-164 (preact-bottleneck), … and any other varied setting."""
+    residual = config.get(RESIDUAL, True)
+    label = f"{'ResNet' if residual else 'plain'}-{config.get(DEPTH)}"
+    if BLOCK in varying or config.get(BLOCK) not in (None, "basic"):
+        label += f" {config.get(BLOCK)}"
+    if residual and SHORTCUT in varying:
+        label += f" ({config.get(SHORTCUT)})"
+    others = [k for k in varying if k not in (DEPTH, RESIDUAL, BLOCK, SHORTCUT, "model.n")]
+    return label + "".join(f", {_short(k)}={_fmt(config.get(k))}" for k in others)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _groups(trials: list[TrialRecord], varying: list[str]) -> dict[str, list[TrialRecord]]:
+    """Trials of the same net and recipe (all but the seed) under one label, in sweep order."""
+    groups: dict[str, list[TrialRecord]] = {}
+    for t in sorted(trials, key=lambda t: _order(t.config, varying)):
+        groups.setdefault(net_label(t.config, varying), []).append(t)
+    return groups
+
+
+def _order(config: dict, varying: list[str]) -> tuple:
+    """Plain before residual, then by depth and the other varied settings."""
+    return (bool(config.get(RESIDUAL, True)), config.get(DEPTH) or 0, *(repr(config.get(k)) for k in varying))
+
+
+def _completed(trials: list[TrialRecord]) -> list[TrialRecord]:
+    return [t for t in trials if t.status == str(Status.COMPLETED)]
+
+
+def _params(config: dict) -> int | None:
+    """The net's parameter count, from its config (built on the meta device: no memory)."""
+    import torch
+
+    from resnet_core.analysis import count_params
+    from resnet_core.data import num_classes
+    from resnet_core.resnet import build_model
+    from resnet_core.train import RunConfig
+
+    try:
+        cfg = RunConfig.from_flat(config)
+        with torch.device("meta"):
+            return count_params(build_model(cfg.model, num_classes=num_classes(cfg.dataset)))
+    except Exception:  # noqa: BLE001 — a config this version cannot build (an older release's): no count
+        return None
+
+
+def _paper_recipe(config: dict) -> list[str]:
+    """How the trial's recipe differs from the paper's CIFAR recipe (empty: it is the paper's)."""
+    differs = [f"{_short(k)} {_fmt(config.get(k))}" for k, v in PAPER_RECIPE.items()
+               if k in config and config[k] != v]
+    if config.get("train.epochs") is not None or (config.get("train.iterations") or PAPER_ITERATIONS) != PAPER_ITERATIONS:
+        differs.append("not 64k iterations")
+    if config.get("dataset.name") not in ("cifar10", "cifar100"):
+        differs.insert(0, f"data set {config.get('dataset.name')}")
+    return differs
+
+
+def _paper_error(config: dict) -> float | None:
+    """The paper's test error (%) for this net, when it reports one for this data set."""
+    data, depth, block = config.get("dataset.name"), config.get(DEPTH), config.get(BLOCK)
+    if not config.get(RESIDUAL, True):
+        return None  # the papers give plain nets' errors only as curves (Fig. 6)
+    if data == "cifar10" and block == "basic" and config.get(SHORTCUT) == "A":
+        return PAPER_TABLE6.get(depth)
+    column = {"cifar10": 0, "cifar100": 1}.get(data)
+    paper = PAPER_2016.get((block, depth))
+    return paper[column] if paper and column is not None else None
+
+
+# --- sections ----------------------------------------------------------------------------------------
+def _table6(report: Report, groups: dict[str, list[TrialRecord]], varying: list[str], tables: dict) -> None:
+    rows_by_key: dict[tuple, dict] = {}
+    for label, trials in groups.items():
+        config = trials[0].config
+        key = (config.get(DEPTH), *(repr(config.get(k)) for k in varying if k not in (DEPTH, RESIDUAL)))
+        rows_by_key.setdefault(key, {})["residual" if config.get(RESIDUAL, True) else "plain"] = (label, trials)
+    rows, notes = [], set()
+    for key in sorted(rows_by_key, key=lambda k: (k[0] or 0, k[1:])):
+        pair = rows_by_key[key]
+        label, trials = pair.get("residual") or pair["plain"]
+        config = trials[0].config
+        differs = _paper_recipe(config)
+        paper = _paper_error(config)
+        if paper is not None and differs:
+            notes.add(", ".join(differs))
+            paper = None
+        params = _params(config)
+        row = [label.replace("ResNet-", "").replace("plain-", ""), _Count(params) if params is not None else None]
+        for family in ("plain", "residual"):
+            done = _completed(pair[family][1]) if family in pair else []
+            row += [Stat.of(_test_errors(done)), Stat.of(_train_errors(done))]
+        rows.append(row + [paper])
+    table = Table("table6", ["net", "params", "plain test err %", "plain train err %", "residual test err %",
+                             "residual train err %", "paper test err %"], rows,
+                  "Test error at the epoch chosen on val; train error at the last epoch; mean ± std (n−1) over "
+                  "completed trials (seeds). Paper: 2015 Table 6 (CIFAR-10, option A) and 2016 Table 3.")
+    report.h2("Table 6: error by depth, plain and residual")
+    report.add(table)
+    if notes:
+        report.p("The paper's numbers are left out: these trials do not use the paper's CIFAR recipe "
+                 f"({'; '.join(sorted(notes))}).")
+    tables["table6"] = table
+
+
+def _x_axis(trials: list[TrialRecord]) -> tuple[str, Callable[[dict], float]]:
+    if all(M.ITERATION in h for t in trials for h in t.history):
+        return "iterations", lambda h: h[M.ITERATION]
+    return "epochs", lambda h: h[M.EPOCH]  # runs logged before the iteration metric existed
+
+
+def _mean_curve(trials: list[TrialRecord], key: str, x: Callable[[dict], float]) -> list[tuple[float, float]]:
+    points: dict[float, list[float]] = {}
+    for t in trials:
+        for h in t.history:
+            if h.get(key) is not None:
+                points.setdefault(x(h), []).append(h[key])
+    return [(k, statistics.fmean(v)) for k, v in sorted(points.items())]
+
+
+def _colours(labels: list[str]) -> dict[str, str]:
+    """One colour per net apart from plain/residual, so plain-56 and ResNet-56 match."""
+    from .figures import PALETTE
+
+    stems = list(dict.fromkeys(re.sub(r"^(ResNet|plain)-", "", label) for label in labels))
+    colour = {stem: PALETTE[i % len(PALETTE)] for i, stem in enumerate(stems)}
+    return {label: colour[re.sub(r"^(ResNet|plain)-", "", label)] for label in labels}
+
+
+def _figure6(report: Report, groups: dict[str, list[TrialRecord]]) -> None:
+    from .figures import error_curves
+
+    trials = [t for ts in groups.values() for t in ts if t.history]
+    if not trials:
+        return
+    x_label, x = _x_axis(trials)
+    panels: dict[str, dict] = {}
+    for label, group in groups.items():
+        family = "residual nets" if group[0].config.get(RESIDUAL, True) else "plain nets"
+        curves = {kind: _mean_curve(group, key, x) for kind, key in
+                  (("train", M.TRAIN_ERROR), ("val", M.VAL_ERROR), ("test", M.TEST_ERROR))}
+        panels.setdefault(family, {})[label] = curves
+    panels = dict(sorted(panels.items(), key=lambda kv: kv[0] != "plain nets"))
+    png = error_curves(panels, x_label=x_label, colours=_colours(list(groups)))
+    report.h2("Figure 6: training curves")
+    report.add(Figure("fig6.png", png, f"Error (%) against {x_label}, mean over seeds; dashed: training error, bold: "
+                                       "test error, faint: val error (2015 Fig. 6 conventions)."))
+
+
+def _responses(trials: list[TrialRecord]) -> list[float] | None:
+    """Mean over seeds of each layer's response std."""
+    runs = [t.responses for t in trials if t.responses]
+    if not runs or len({len(r) for r in runs}) != 1:
+        return None
+    return [statistics.fmean(layer) for layer in zip(*runs)]
+
+
+def _figure7(report: Report, groups: dict[str, list[TrialRecord]], tables: dict) -> None:
+    from .figures import response_panels
+
+    nets = {label: (r, bool(group[0].config.get(RESIDUAL, True)))
+            for label, group in groups.items() if (r := _responses(_completed(group)))}
+    if not nets:
+        return
+    report.h2("Figure 7: layer responses")
+    report.add(Figure("fig7.png", response_panels(nets, colours=_colours(list(nets))),
+                      "Std of each 3×3 layer's response (after BN, before ReLU/addition; eval mode, on the val "
+                      "split), by layer index (top) and sorted by magnitude (bottom); plain dashed, residual solid "
+                      "(2015 Fig. 7)."))
+    rows = [[label, len(r), statistics.fmean(r), max(r), min(r)] for label, (r, _) in nets.items()]
+    table = Table("fig7", ["net", "3×3 layers", "mean std", "max std", "min std"],
+                  [[a, b, _Num(c), _Num(d), _Num(e)] for a, b, c, d, e in rows],
+                  "Response std per net (mean over seeds of each layer, then over layers).")
+    report.add(table)
+    tables["fig7"] = table
+
+
+class _Count(int):
+    """A parameter count: shown as the paper does (0.27M), written in full."""
+
+    def __str__(self) -> str:
+        return f"{self / 1e6:.2f}M" if self >= 10_000 else str(int(self))
+
+
+class _Num(float):
+    """A plain number (not an error fraction): shown and written as it is."""
+
+    def __str__(self) -> str:
+        return f"{float(self):.3f}"
+
+    def __repr__(self) -> str:
+        return repr(float(self))
+
+
+def _pivot(report: Report, trials: list[TrialRecord], varying: list[str], key: str, title: str, slug: str,
+           caption: str, tables: dict) -> None:
+    """Test error for each value of ``key`` (columns) against the nets otherwise alike (rows)."""
+    rest = [k for k in varying if k != key]
+    values = sorted({repr(t.config.get(key)): t.config.get(key) for t in trials}.items())
+    rows: dict[str, dict[str, list[TrialRecord]]] = {}
+    for t in sorted(trials, key=lambda t: _order(t.config, rest)):
+        rows.setdefault(net_label(t.config, rest), {}).setdefault(repr(t.config.get(key)), []).append(t)
+    table = Table(slug, ["net", *(f"{_fmt(v)} test err %" for _, v in values)],
+                  [[label, *(Stat.of(_test_errors(_completed(cells.get(r, [])))) for r, _ in values)]
+                   for label, cells in rows.items()], caption)
+    report.h2(title)
+    report.add(table)
+    tables[slug] = table
+
+
+def _optuna(report: Report, record: SweepRecord, metric: str, tables: dict) -> None:
+    import optuna
+
+    from .space import optuna_space
+    from .spec import parse_spec
+
+    parsed = parse_spec(record.spec_text)
+    report.h2("Search: what mattered (Optuna)")
+    probe = optuna.create_study()
+    optuna_space(parsed)(probe.ask())
+    distributions = probe.trials[0].distributions
+    scored = [(t, min(h[metric] for h in t.history if h.get(metric) is not None))
+              for t in record.trials if any(h.get(metric) is not None for h in t.history)]
+    study = optuna.create_study(direction="minimize")
+    for t, value in scored:
+        params = {k: t.config[k] for k in distributions if k in t.config}
+        if len(params) == len(distributions):
+            study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=value))
+    if len(study.trials) < 2:
+        report.p(f"Importances need at least 2 trials with a {metric}; this sweep has {len(study.trials)}.")
+        return
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    importances = optuna.importance.get_param_importances(
+        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    table = Table("importance", ["hyperparameter", "importance"], [[k, _Num(v)] for k, v in importances.items()],
+                  f"Optuna's fANOVA importance (seed 0) of each searched setting for the best {metric} of "
+                  f"{len(study.trials)} trials (trials stopped early count with the epochs they trained).")
+    report.add(table)
+    tables["importance"] = table
+    best_trial, best_value = min(scored, key=lambda tv: (tv[1], tv[0].name))
+    shown = ", ".join(f"{k} = {_fmt(best_trial.config.get(k))}" for k in distributions)
+    report.p(f"Best configuration (lowest {metric}, chosen on val): **{best_trial.name}** with {shown}: "
+             f"{metric} {100 * best_value:.2f}%.")
+
+
+def asha_rungs(grace: int, factor: float, max_t: int) -> list[int]:
+    """The epochs where ASHA decides (Ray's AsyncHyperBandScheduler with one bracket)."""
+    count = int(math.log(max_t / grace) / math.log(factor) + 1)
+    return [int(grace * factor**k) for k in range(count) if grace * factor**k < max_t]
+
+
+def _asha(report: Report, record: SweepRecord, spec, metric: str, tables: dict) -> None:
+    epochs_per_trial = int(record.plan.get("epochs_per_trial") or max((t.epochs for t in record.trials), default=0))
+    max_t = spec.scheduler.max_t or epochs_per_trial
+    rungs = asha_rungs(spec.scheduler.grace_period, spec.scheduler.reduction_factor, max_t)
+    rows = []
+    for rung in rungs:
+        values = {t.name: h[metric] for t in record.trials for h in t.history
+                  if h[M.EPOCH] == rung and h.get(metric) is not None}
+        stopped = [t for t in record.trials if t.status == str(Status.STOPPED_EARLY) and t.stopped_at == rung]
+        cutoff = _quantile(sorted(values.values()), 1 / spec.scheduler.reduction_factor) if values else None
+        rows.append([rung, len(values), cutoff, len(stopped), ", ".join(t.name for t in stopped) or "–"])
+    table = Table("asha", ["rung (epoch)", "trials reached", f"cut-off {metric} %", "stopped here", "who"], rows,
+                  f"ASHA keeps the best 1/{_fmt(spec.scheduler.reduction_factor)} at each rung; the cut-off shown "
+                  f"is that quantile over every trial that reached the rung (ASHA decides as results arrive, over "
+                  f"those recorded so far, so an early trial may have passed a stricter or looser bar).")
+    report.h2("Early stopping: ASHA's rungs")
+    report.add(table)
+    spent = sum(t.epochs for t in record.trials)
+    grid = int(record.plan.get("num_trials") or len(record.trials)) * epochs_per_trial
+    report.p(f"Epochs trained: **{spent}** of the full grid's {grid} ({spent / grid:.0%})." if grid else "")
+    tables["asha"] = table
+
+
+def _quantile(values: list[float], q: float) -> float:
+    """numpy's default (linear) percentile, as ASHA computes its cut-off."""
+    pos = q * (len(values) - 1)
+    low = int(pos)
+    high = min(low + 1, len(values) - 1)
+    return values[low] + (values[high] - values[low]) * (pos - low)
+
+
+def _trials_table(report: Report, record: SweepRecord, stopped_by: str, tables: dict) -> None:
+    rows = []
+    for t in record.trials:
+        row = trial_table.row(t.name, describe_status(t.status, t.epochs, stopped_by), t.epochs, t.history)
+        rows.append([t.name, row["status"], t.epochs, row.get("best_epoch"), row.get("train_error"),
+                     row.get("val_error"), row.get("test_error")])
+    table = Table("trials", ["trial", "status", "epochs", "best epoch", "train err %", "val err %", "test err %"], rows,
+                  trial_table.NOTE)
+    report.h2("Trials")
+    report.add(table)
+    tables["trials"] = table
+
+
+# --- what the sweep shows ------------------------------------------------------------------------------
+REPRODUCED, NOT_REPRODUCED, NOT_TESTED = "reproduced", "not reproduced", "not tested by this sweep"
+WITHIN_NOISE = "not reproduced (difference within noise)"
+ERROR_MARGIN = 0.005  # half a point of error: differences below it are not taken as a result
+RESPONSE_MARGIN = 0.02  # of the response std (relative)
+
+
+def _verdict(lower: list[float], higher: list[float], margin: float) -> str:
+    """Whether ``lower`` (what the paper says is lower) is lower by more than the noise: the
+    margin, or twice the standard error of the difference when there are seeds to measure it."""
+    def se2(xs: list[float]) -> float:
+        return statistics.variance(xs) / len(xs) if len(xs) > 1 else 0.0
+
+    gap = statistics.fmean(higher) - statistics.fmean(lower)
+    noise = max(margin, 2 * math.sqrt(se2(lower) + se2(higher)))
+    if gap > noise:
+        return REPRODUCED
+    return NOT_REPRODUCED if gap < -noise else WITHIN_NOISE
+
+
+def _claims(groups: dict[str, list[TrialRecord]]) -> list[list[str]]:
+    """Each claim of the papers this tool reproduces, judged on this sweep's completed trials."""
+    nets: dict[tuple, dict[str, list[float]]] = {}  # (residual, depth, block, shortcut) → samples
+    for trials in groups.values():
+        done = _completed(trials)
+        if not done:
+            continue
+        c = done[0].config
+        residual = bool(c.get(RESIDUAL, True))
+        key = (residual, c.get(DEPTH), c.get(BLOCK), c.get(SHORTCUT) if residual else None)
+        entry = nets.setdefault(key, {"test": [], "train": [], "resp": []})
+        entry["test"] += _test_errors(done)
+        entry["train"] += _train_errors(done)
+        entry["resp"] += [statistics.fmean(t.responses) for t in done if t.responses]
+
+    def samples(what: str, residual: bool, depth=None, **match) -> list[float]:
+        return [v for k, e in nets.items() if k[0] == residual and depth in (None, k[1])
+                and all(k[{"block": 2, "shortcut": 3}[f]] == x for f, x in match.items()) for v in e[what]]
+
+    def depths(residual: bool, what: str) -> list[int]:
+        return sorted({k[1] for k, e in nets.items() if k[0] == residual and k[1] is not None and e[what]})
+
+    def pct(xs: list[float]) -> str:
+        return f"{100 * statistics.fmean(xs):.2f}%"
+
+    def std(xs: list[float]) -> str:
+        return f"{statistics.fmean(xs):.3f}"
+
+    claims = []
+    plain = depths(False, "train")
+    if len(plain) >= 2:
+        lo, hi = samples("train", False, plain[0]), samples("train", False, plain[-1])
+        claims.append([_verdict(lo, hi, ERROR_MARGIN),
+                       f"plain-{plain[-1]} ends with training error {pct(hi)}, plain-{plain[0]} with {pct(lo)}"])
+    else:
+        claims.append([NOT_TESTED, "needs plain nets of two depths"])
+    both = [d for d in depths(True, "train") if d in plain]
+    if both:
+        d = both[-1]
+        res, pl = samples("train", True, d), samples("train", False, d)
+        claims.append([_verdict(res, pl, ERROR_MARGIN), f"at depth {d}: residual training error {pct(res)}, plain {pct(pl)}"])
+    else:
+        claims.append([NOT_TESTED, "needs plain and residual nets of the same depth"])
+    residual = depths(True, "test")
+    if len(residual) >= 2:
+        lo, hi = samples("test", True, residual[0]), samples("test", True, residual[-1])
+        claims.append([_verdict(hi, lo, ERROR_MARGIN), f"ResNet-{residual[-1]} test error {pct(hi)}, "
+                                                        f"ResNet-{residual[0]} {pct(lo)}"])
+    else:
+        claims.append([NOT_TESTED, "needs residual nets of two depths"])
+    paired = [d for d in depths(True, "resp") if d in depths(False, "resp")]
+    if paired:
+        verdicts = [(d, _verdict(samples("resp", True, d), samples("resp", False, d),
+                                 RESPONSE_MARGIN * statistics.fmean(samples("resp", False, d)))) for d in paired]
+        verdict = REPRODUCED if all(v == REPRODUCED for _, v in verdicts) else (
+            NOT_REPRODUCED if any(v == NOT_REPRODUCED for _, v in verdicts) else WITHIN_NOISE)
+        claims.append([verdict, "; ".join(f"depth {d}: residual {std(samples('resp', True, d))}, plain "
+                                          f"{std(samples('resp', False, d))} ({v})" for d, v in verdicts)])
+    else:
+        claims.append([NOT_TESTED, "needs layer responses of plain and residual nets of the same depth"])
+    resp = depths(True, "resp")
+    if len(resp) >= 2:
+        lo, hi = samples("resp", True, resp[0]), samples("resp", True, resp[-1])
+        claims.append([_verdict(hi, lo, RESPONSE_MARGIN * statistics.fmean(lo)),
+                       f"ResNet-{resp[-1]} {std(hi)}, ResNet-{resp[0]} {std(lo)}"])
+    else:
+        claims.append([NOT_TESTED, "needs layer responses of residual nets of two depths"])
+    options = {o: samples("test", True, shortcut=o) for o in "ABC"}
+    projections = options["B"] + options["C"]
+    if options["A"] and projections:
+        claims.append([_verdict(projections, options["A"], ERROR_MARGIN),
+                       ", ".join(f"{o}: {pct(v)}" for o, v in options.items() if v) + " (test error, over depths)"])
+    else:
+        claims.append([NOT_TESTED, "needs option A and a projection option (B or C)"])
+    pairs = [(b, samples("test", True, block=f"preact-{b}"), samples("test", True, block=b))
+             for b in ("basic", "bottleneck")]
+    pairs = [(b, pre, orig) for b, pre, orig in pairs if pre and orig]
+    if pairs:
+        verdicts = [_verdict(pre, orig, ERROR_MARGIN) for _, pre, orig in pairs]
+        verdict = REPRODUCED if all(v == REPRODUCED for v in verdicts) else (
+            NOT_REPRODUCED if NOT_REPRODUCED in verdicts else WITHIN_NOISE)
+        claims.append([verdict, "; ".join(f"{b}: pre-activation {pct(pre)}, original {pct(orig)}" for b, pre, orig in pairs)])
+    else:
+        claims.append([NOT_TESTED, "needs original and pre-activation blocks"])
+    return [[claim, *verdict] for claim, verdict in zip(CLAIMS, claims)]
+
+
+CLAIMS = (
+    "Degradation: a deeper plain net has higher training error (2015 §4.1, Fig. 6)",
+    "Shortcuts remove the degradation: the residual net has lower training error than its plain counterpart "
+    "(2015 Fig. 6)",
+    "Deeper ResNets have lower test error (2015 Table 6)",
+    "ResNets have smaller layer responses than their plain counterparts (mean std; 2015 Fig. 7)",
+    "A deeper ResNet has smaller responses (2015 Fig. 7)",
+    "Projection shortcuts (B, C) are marginally better than identity (A) (2015 Table 3)",
+    "Pre-activation blocks have lower test error than the original ones (2016 Table 3)",
+)
+
+
+# --- the whole report ------------------------------------------------------------------------------------
+def build_report(record: SweepRecord) -> tuple[Report, dict[str, Table]]:
+    from .spec import parse_spec
+
+    parsed = parse_spec(record.spec_text, source="sweep.yaml")
+    spec = parsed.spec
+    metric = spec.metric.name
+    report = Report(f"{record.name}: {spec.description or 'sweep report'}")
+    trials = record.trials
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t.status] = counts.get(t.status, 0) + 1
+    planned = int(record.plan.get("num_trials") or len(trials))
+    first = trials[0].config if trials else {}
+    report.p(f"Sweep **{record.name}** (MLflow experiment `{record.experiment}`), {record.status or 'running'}: "
+             f"{len(trials)} of {planned} planned trials in MLflow ("
+             + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + "). "
+             f"Data set {first.get('dataset.name', '?')}; the epoch of each trial is chosen on {metric}, "
+             f"never on the test set. Errors are in %.")
+    tables: dict[str, Table] = {}
+    varying = varying_keys(trials)
+    groups = _groups(trials, varying)
+    claims_at = len(report.blocks)
+    _table6(report, groups, varying, tables)
+    _figure6(report, groups)
+    _figure7(report, groups, tables)
+    residual = [t for t in trials if t.config.get(RESIDUAL, True)]
+    if SHORTCUT in varying_keys(residual):
+        _pivot(report, residual, varying_keys(residual), SHORTCUT, "Table 3: shortcut options A/B/C", "shortcuts",
+               "A: identity with zero-padding; B: projections where the shape changes; C: projections everywhere "
+               "(2015 §3.3). Test error %, mean ± std (n−1) over completed trials.", tables)
+    if BLOCK in varying:
+        _pivot(report, trials, varying, BLOCK, "Original vs pre-activation blocks (2016)", "blocks",
+               "Test error %, mean ± std (n−1) over completed trials.", tables)
+    for key in varying:
+        if key not in (DEPTH, RESIDUAL, SHORTCUT, BLOCK, "model.n") and spec.search.algorithm != "optuna":
+            _pivot(report, trials, varying, key, f"Test error by {key}", f"by_{_short(key)}",
+                   "Test error %, mean ± std (n−1) over completed trials.", tables)
+    if spec.search.algorithm == "optuna":
+        _optuna(report, record, metric, tables)
+    if spec.scheduler.name == "asha":
+        _asha(report, record, spec, metric, tables)
+    _trials_table(report, record, "ASHA" if spec.scheduler.name == "asha" else "budget", tables)
+    claims = Table("claims", ["claim of the papers", "this sweep", "evidence"], _claims(groups),
+                   f"Judged on completed trials. A difference counts when it is larger than {100 * ERROR_MARGIN:g} "
+                   f"points of error ({100 * RESPONSE_MARGIN:g}% of a response std) and than twice its standard "
+                   f"error over seeds; one seed per net is one draw.")
+    tables["claims"] = claims
+    report.blocks[claims_at:claims_at] = [("h2", "What this sweep shows"), claims]
+    return report, tables
+
+
+def write_report(record: SweepRecord, out: Path) -> list[Path]:
+    """index.md, report.html, the figures and a CSV per table in ``out``; the files written."""
+    report, tables = build_report(record)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"index.md": report.markdown().encode(), "report.html": report.html().encode()}
+    files.update({f"{slug}.csv": t.csv_text().encode() for slug, t in tables.items()})
+    files.update({b.file: b.png for b in report.blocks if isinstance(b, Figure)})
+    for name, data in files.items():
+        (out / name).write_bytes(data)
+    return [out / name for name in files]
+
+
+def report_sweep(tracking_uri: str | None, name: str, *, out: str | None = None, experiment: str | None = None) -> Path:
+    """Reads the sweep ``name`` from MLflow, writes its report (default ./reports/NAME) and logs
+    the files on the sweep's parent run (artifacts report/; a new report replaces them)."""
+    from .records import open_record
+
+    client, record = open_record(tracking_uri, name, experiment)
+    folder = Path(out).expanduser() if out else Path.cwd() / "reports" / record.name
+    for path in write_report(record, folder):
+        client.log_artifact(record.parent_id, str(path), REPORT_FOLDER)
+    return folder
