@@ -3,6 +3,7 @@ trial epoch and per status change (with the node the trial runs on), and the fin
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -20,7 +21,8 @@ from .vocabulary import HOSTNAME, NODE_ID, NOTICE, REPLAYED, STATUS, describe_st
 __all__ = ["Progress", "TUNE_INTERRUPT", "TrialNamer", "was_interrupted", "table_rows"]
 
 
-SUMMARY_S = 60  # how often `run` prints the sweep-level line
+# How often `run` prints the sweep-level line (seconds; RESNET_SWEEP_SUMMARY_S changes it).
+SUMMARY_S = float(os.environ.get("RESNET_SWEEP_SUMMARY_S", "60"))
 
 
 class TrialNamer:
@@ -107,7 +109,7 @@ class Progress:
                 self.best: dict | None = None
                 self.summary_at = time.time() + SUMMARY_S
 
-            def on_step(self, iteration, trials, **info):
+            def on_step_end(self, iteration, trials, **info):
                 if time.time() >= self.summary_at:
                     self.summary_at = time.time() + SUMMARY_S
                     self._say(standing.summary_line(self._standing(trials)))

@@ -292,7 +292,7 @@ def _table6(report: Report, groups: dict[str, list[TrialRecord]], varying: list[
         config = trials[0].config
         key = (config.get(DEPTH), *(repr(config.get(k)) for k in varying if k not in (DEPTH, RESIDUAL)))
         rows_by_key.setdefault(key, {})["residual" if config.get(RESIDUAL, True) else "plain"] = (label, trials)
-    rows, notes = [], set()
+    rows, notes, unfinished = [], set(), 0
     for key in sorted(rows_by_key, key=lambda k: (k[0] or 0, k[1:])):
         pair = rows_by_key[key]
         label, trials = pair.get("residual") or pair["plain"]
@@ -307,13 +307,18 @@ def _table6(report: Report, groups: dict[str, list[TrialRecord]], varying: list[
         for family in ("plain", "residual"):
             done = _completed(pair[family][1]) if family in pair else []
             row += [Stat.of(_test_errors(done)), Stat.of(_train_errors(done))]
-        rows.append(row + [paper])
+        if any(row[2:6]):
+            rows.append(row + [paper])
+        else:
+            unfinished += 1
     table = Table("table6", ["net", "params", "plain test err %", "plain train err %", "residual test err %",
                              "residual train err %", "paper test err %"], rows,
                   "Test error at the epoch chosen on val; train error at the last epoch; mean ± std (n−1) over "
                   "completed trials (seeds). Paper: 2015 Table 6 (CIFAR-10, option A) and 2016 Table 3.")
     report.h2("Table 6: error by depth, plain and residual")
     report.add(table)
+    if unfinished:
+        report.p(f"{unfinished} more net(s) have no completed trial yet (stopped early, failed or running): see Trials.")
     if notes:
         report.p("The paper's numbers are left out: these trials do not use the paper's CIFAR recipe "
                  f"({'; '.join(sorted(notes))}).")
@@ -417,9 +422,12 @@ def _pivot(report: Report, trials: list[TrialRecord], varying: list[str], key: s
     rows: dict[str, dict[str, list[TrialRecord]]] = {}
     for t in sorted(trials, key=lambda t: _order(t.config, rest)):
         rows.setdefault(net_label(t.config, rest), {}).setdefault(repr(t.config.get(key)), []).append(t)
-    table = Table(slug, ["net", *(f"{_fmt(v)} test err %" for _, v in values)],
-                  [[label, *(Stat.of(_test_errors(_completed(cells.get(r, [])))) for r, _ in values)]
-                   for label, cells in rows.items()], caption)
+    table_rows = []
+    for label, cells in rows.items():
+        stats = [Stat.of(_test_errors(_completed(cells.get(r, [])))) for r, _ in values]
+        if any(stats):  # nets with no completed trial have nothing to compare
+            table_rows.append([label, *stats])
+    table = Table(slug, ["net", *(f"{_fmt(v)} test err %" for _, v in values)], table_rows, caption)
     report.h2(title)
     report.add(table)
     tables[slug] = table
@@ -433,6 +441,7 @@ def _optuna(report: Report, record: SweepRecord, metric: str, tables: dict) -> N
 
     parsed = parse_spec(record.spec_text)
     report.h2("Search: what mattered (Optuna)")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     probe = optuna.create_study()
     optuna_space(parsed)(probe.ask())
     distributions = probe.trials[0].distributions
@@ -440,13 +449,12 @@ def _optuna(report: Report, record: SweepRecord, metric: str, tables: dict) -> N
               for t in record.trials if any(h.get(metric) is not None for h in t.history)]
     study = optuna.create_study(direction="minimize")
     for t, value in scored:
-        params = {k: t.config[k] for k in distributions if k in t.config}
+        params = {k: v for k in distributions if (v := _searched(t.config, k)) is not None}
         if len(params) == len(distributions):
             study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=value))
     if len(study.trials) < 2:
         report.p(f"Importances need at least 2 trials with a {metric}; this sweep has {len(study.trials)}.")
         return
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     importances = optuna.importance.get_param_importances(
         study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
     table = Table("importance", ["hyperparameter", "importance"], [[k, _Num(v)] for k, v in importances.items()],
@@ -455,15 +463,31 @@ def _optuna(report: Report, record: SweepRecord, metric: str, tables: dict) -> N
     report.add(table)
     tables["importance"] = table
     best_trial, best_value = min(scored, key=lambda tv: (tv[1], tv[0].name))
-    shown = ", ".join(f"{k} = {_fmt(best_trial.config.get(k))}" for k in distributions)
+    shown = ", ".join(f"{k} = {_fmt(_searched(best_trial.config, k))}" for k in distributions)
     report.p(f"Best configuration (lowest {metric}, chosen on val): **{best_trial.name}** with {shown}: "
              f"{metric} {100 * best_value:.2f}%.")
 
 
+def _searched(config: dict, key: str) -> Any:
+    """A searched setting's value in a trial's config; ``model.n`` (blocks per stage) is logged
+    resolved, as model.depth."""
+    if key != "model.n":
+        return config.get(key)
+    from resnet_core.train import RunConfig
+
+    try:
+        return RunConfig.from_flat(config).model.blocks_per_stage[0]
+    except Exception:  # noqa: BLE001 — a config this version cannot build: left out
+        return None
+
+
 def asha_rungs(grace: int, factor: float, max_t: int) -> list[int]:
-    """The epochs where ASHA decides (Ray's AsyncHyperBandScheduler with one bracket)."""
-    count = int(math.log(max_t / grace) / math.log(factor) + 1)
-    return [int(grace * factor**k) for k in range(count) if grace * factor**k < max_t]
+    """The epochs where ASHA decides: Ray's AsyncHyperBandScheduler (one bracket) puts rungs at
+    grace·factor^k and records a trial at its first result at or past one."""
+    import numpy as np  # np.log as Ray computes it: the same rung count at exact powers (log 9 / log 3)
+
+    count = int(np.log(max_t / grace) / np.log(factor) + 1)
+    return sorted({math.ceil(grace * factor**k) for k in range(count)})
 
 
 def _asha(report: Report, record: SweepRecord, spec, metric: str, tables: dict) -> None:
@@ -530,90 +554,97 @@ def _verdict(lower: list[float], higher: list[float], margin: float) -> str:
     return NOT_REPRODUCED if gap < -noise else WITHIN_NOISE
 
 
-def _claims(groups: dict[str, list[TrialRecord]]) -> list[list[str]]:
-    """Each claim of the papers this tool reproduces, judged on this sweep's completed trials."""
-    nets: dict[tuple, dict[str, list[float]]] = {}  # (residual, depth, block, shortcut) → samples
-    for trials in groups.values():
-        done = _completed(trials)
-        if not done:
-            continue
-        c = done[0].config
-        residual = bool(c.get(RESIDUAL, True))
-        key = (residual, c.get(DEPTH), c.get(BLOCK), c.get(SHORTCUT) if residual else None)
-        entry = nets.setdefault(key, {"test": [], "train": [], "resp": []})
-        entry["test"] += _test_errors(done)
-        entry["train"] += _train_errors(done)
-        entry["resp"] += [statistics.fmean(t.responses) for t in done if t.responses]
+def _families(trials: list[TrialRecord], varying: list[str], key: str) -> list[dict[Any, list[TrialRecord]]]:
+    """Completed trials that differ only in ``key`` (and the seed): one dict value → trials per
+    family, so a claim compares like with like."""
+    fixed = [k for k in varying if k not in (key, SEED, "model.n")]
+    families: dict[tuple, dict[Any, list[TrialRecord]]] = {}
+    for t in _completed(trials):
+        family = tuple(repr(t.config.get(k)) for k in fixed)
+        families.setdefault(family, {}).setdefault(t.config.get(key), []).append(t)
+    return [f for f in families.values() if len(f) > 1]
 
-    def samples(what: str, residual: bool, depth=None, **match) -> list[float]:
-        return [v for k, e in nets.items() if k[0] == residual and depth in (None, k[1])
-                and all(k[{"block": 2, "shortcut": 3}[f]] == x for f, x in match.items()) for v in e[what]]
 
-    def depths(residual: bool, what: str) -> list[int]:
-        return sorted({k[1] for k, e in nets.items() if k[0] == residual and k[1] is not None and e[what]})
+def _combine(verdicts: list[str]) -> str:
+    if all(v == REPRODUCED for v in verdicts):
+        return REPRODUCED
+    return NOT_REPRODUCED if NOT_REPRODUCED in verdicts else WITHIN_NOISE
 
+
+def _claims(trials: list[TrialRecord], varying: list[str]) -> list[list[str]]:
+    """Each claim of the papers this tool reproduces, judged on this sweep's completed trials,
+    comparing nets that differ only in what the claim is about."""
     def pct(xs: list[float]) -> str:
         return f"{100 * statistics.fmean(xs):.2f}%"
 
     def std(xs: list[float]) -> str:
         return f"{statistics.fmean(xs):.3f}"
 
-    claims = []
-    plain = depths(False, "train")
-    if len(plain) >= 2:
-        lo, hi = samples("train", False, plain[0]), samples("train", False, plain[-1])
-        claims.append([_verdict(lo, hi, ERROR_MARGIN),
-                       f"plain-{plain[-1]} ends with training error {pct(hi)}, plain-{plain[0]} with {pct(lo)}"])
-    else:
-        claims.append([NOT_TESTED, "needs plain nets of two depths"])
-    both = [d for d in depths(True, "train") if d in plain]
-    if both:
-        d = both[-1]
-        res, pl = samples("train", True, d), samples("train", False, d)
-        claims.append([_verdict(res, pl, ERROR_MARGIN), f"at depth {d}: residual training error {pct(res)}, plain {pct(pl)}"])
-    else:
-        claims.append([NOT_TESTED, "needs plain and residual nets of the same depth"])
-    residual = depths(True, "test")
-    if len(residual) >= 2:
-        lo, hi = samples("test", True, residual[0]), samples("test", True, residual[-1])
-        claims.append([_verdict(hi, lo, ERROR_MARGIN), f"ResNet-{residual[-1]} test error {pct(hi)}, "
-                                                        f"ResNet-{residual[0]} {pct(lo)}"])
-    else:
-        claims.append([NOT_TESTED, "needs residual nets of two depths"])
-    paired = [d for d in depths(True, "resp") if d in depths(False, "resp")]
-    if paired:
-        verdicts = [(d, _verdict(samples("resp", True, d), samples("resp", False, d),
-                                 RESPONSE_MARGIN * statistics.fmean(samples("resp", False, d)))) for d in paired]
-        verdict = REPRODUCED if all(v == REPRODUCED for _, v in verdicts) else (
-            NOT_REPRODUCED if any(v == NOT_REPRODUCED for _, v in verdicts) else WITHIN_NOISE)
-        claims.append([verdict, "; ".join(f"depth {d}: residual {std(samples('resp', True, d))}, plain "
-                                          f"{std(samples('resp', False, d))} ({v})" for d, v in verdicts)])
-    else:
-        claims.append([NOT_TESTED, "needs layer responses of plain and residual nets of the same depth"])
-    resp = depths(True, "resp")
-    if len(resp) >= 2:
-        lo, hi = samples("resp", True, resp[0]), samples("resp", True, resp[-1])
-        claims.append([_verdict(hi, lo, RESPONSE_MARGIN * statistics.fmean(lo)),
-                       f"ResNet-{resp[-1]} {std(hi)}, ResNet-{resp[0]} {std(lo)}"])
-    else:
-        claims.append([NOT_TESTED, "needs layer responses of residual nets of two depths"])
-    options = {o: samples("test", True, shortcut=o) for o in "ABC"}
-    projections = options["B"] + options["C"]
-    if options["A"] and projections:
-        claims.append([_verdict(projections, options["A"], ERROR_MARGIN),
-                       ", ".join(f"{o}: {pct(v)}" for o, v in options.items() if v) + " (test error, over depths)"])
-    else:
-        claims.append([NOT_TESTED, "needs option A and a projection option (B or C)"])
-    pairs = [(b, samples("test", True, block=f"preact-{b}"), samples("test", True, block=b))
-             for b in ("basic", "bottleneck")]
-    pairs = [(b, pre, orig) for b, pre, orig in pairs if pre and orig]
-    if pairs:
-        verdicts = [_verdict(pre, orig, ERROR_MARGIN) for _, pre, orig in pairs]
-        verdict = REPRODUCED if all(v == REPRODUCED for v in verdicts) else (
-            NOT_REPRODUCED if NOT_REPRODUCED in verdicts else WITHIN_NOISE)
-        claims.append([verdict, "; ".join(f"{b}: pre-activation {pct(pre)}, original {pct(orig)}" for b, pre, orig in pairs)])
-    else:
-        claims.append([NOT_TESTED, "needs original and pre-activation blocks"])
+    def responses(ts: list[TrialRecord]) -> list[float]:
+        return [statistics.fmean(t.responses) for t in ts if t.responses]
+
+    def judge(key: str, pick, what, lower_first: bool, margin, shown, missing: str, *, residual: bool | None = None):
+        """Compares, in each family along ``key``, the two trial sets ``pick`` chooses, on the
+        samples ``what`` gives; the paper says the first is lower (``lower_first``)."""
+        lines, verdicts = [], []
+        for family in _families(trials, varying, key):
+            if residual is not None and bool(next(iter(family.values()))[0].config.get(RESIDUAL, True)) != residual:
+                continue
+            chosen = pick(family)
+            if chosen is None:
+                continue
+            (a_name, a), (b_name, b) = chosen
+            xa, xb = what(a), what(b)
+            if not xa or not xb:
+                continue
+            low, high = (xa, xb) if lower_first else (xb, xa)
+            verdicts.append(_verdict(low, high, margin(low + high)))
+            lines.append(f"{a_name} {shown(xa)} vs {b_name} {shown(xb)}")
+        if not verdicts:
+            return [NOT_TESTED, missing]
+        if len(set(verdicts)) > 1:
+            lines = [f"{line} ({verdict})" for line, verdict in zip(lines, verdicts)]
+        more = f" … ({len(lines)} comparisons)" if len(lines) > 4 else ""
+        return [_combine(verdicts), "; ".join(lines[:4]) + more]
+
+    def ends(family: dict) -> tuple | None:  # the shallowest and the deepest net
+        depths = sorted(d for d in family if d is not None)
+        label = lambda d: net_label(family[d][0].config, [])  # noqa: E731
+        return ((label(depths[-1]), family[depths[-1]]), (label(depths[0]), family[depths[0]])) if len(depths) > 1 else None
+
+    def plain_and_residual(family: dict) -> tuple | None:
+        if True not in family or False not in family:
+            return None
+        label = lambda r: net_label(family[r][0].config, [])  # noqa: E731
+        return (label(True), family[True]), (label(False), family[False])
+
+    def identity_and_projection(family: dict) -> tuple | None:
+        projections = [t for o in ("B", "C") for t in family.get(o, [])]
+        return (("B/C", projections), ("A", family["A"])) if "A" in family and projections else None
+
+    def preact_and_original(family: dict) -> tuple | None:
+        for block in ("basic", "bottleneck"):
+            if block in family and f"preact-{block}" in family:
+                return (f"preact-{block}", family[f"preact-{block}"]), (block, family[block])
+        return None
+
+    train = lambda ts: _train_errors(ts)  # noqa: E731
+    test = lambda ts: _test_errors(ts)  # noqa: E731
+    errors = lambda xs: ERROR_MARGIN  # noqa: E731
+    relative = lambda xs: RESPONSE_MARGIN * statistics.fmean(xs)  # noqa: E731
+    claims = [
+        # deeper plain: higher training error (the first of ends() is the deeper net)
+        judge(DEPTH, ends, train, False, errors, pct, "needs plain nets of two depths", residual=False),
+        judge(RESIDUAL, plain_and_residual, train, True, errors, pct, "needs plain and residual nets alike otherwise"),
+        judge(DEPTH, ends, test, True, errors, pct, "needs residual nets of two depths", residual=True),
+        judge(RESIDUAL, plain_and_residual, responses, True, relative, std,
+              "needs the layer responses of plain and residual nets alike otherwise"),
+        judge(DEPTH, ends, responses, True, relative, std, "needs the layer responses of residual nets of two depths",
+              residual=True),
+        judge(SHORTCUT, identity_and_projection, test, True, errors, pct,
+              "needs option A and a projection option (B or C) on nets alike otherwise", residual=True),
+        judge(BLOCK, preact_and_original, test, True, errors, pct, "needs original and pre-activation blocks"),
+    ]
     return [[claim, *verdict] for claim, verdict in zip(CLAIMS, claims)]
 
 
@@ -672,7 +703,7 @@ def build_report(record: SweepRecord) -> tuple[Report, dict[str, Table]]:
     if spec.scheduler.name == "asha":
         _asha(report, record, spec, metric, tables)
     _trials_table(report, record, "ASHA" if spec.scheduler.name == "asha" else "budget", tables)
-    claims = Table("claims", ["claim of the papers", "this sweep", "evidence"], _claims(groups),
+    claims = Table("claims", ["claim of the papers", "this sweep", "evidence"], _claims(trials, varying),
                    f"Judged on completed trials. A difference counts when it is larger than {100 * ERROR_MARGIN:g} "
                    f"points of error ({100 * RESPONSE_MARGIN:g}% of a response std) and than twice its standard "
                    f"error over seeds; one seed per net is one draw.")
