@@ -133,6 +133,8 @@ def read_sweep(client, parent, experiment: str, *, keys: tuple[str, ...] = HISTO
     the same runs is the same file, read from any store)."""
     runs = client.search_runs([parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'",
                               max_results=MAX_RUNS)
+    if len(runs) > 50:  # a few requests per trial: say why a big sweep takes a moment
+        print(f"reading {len(runs)} trials of {parent.info.run_name} from MLflow …", file=sys.stderr, flush=True)
     trials = []
     for run in runs:
         tags = run.data.tags

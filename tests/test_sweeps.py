@@ -1,5 +1,7 @@
 """[3/8] + [4/8] Sweeps end to end on real Ray and real MLflow (SQLite file and HTTP server)."""
+import csv
 import json
+import math
 import re
 import signal
 import subprocess
@@ -80,6 +82,23 @@ def test_unseen_sweep_optuna_asha_end_to_end(tmp_path):
         assert "model.depth" in c.data.params and "model.n" not in c.data.params  # resolved config
         if c.data.tags["status"] == "stopped_early":
             assert int(c.data.tags["stopped_at_epoch"]) < 4
+
+    # The report `run` wrote (must show 4 of [8/11]): Optuna's importances and ASHA's rungs, as MLflow has them.
+    report = tmp_path / "reports" / "unseen"
+    importance = {r["hyperparameter"]: float(r["importance"]) for r in csv.DictReader((report / "importance.csv").open())}
+    assert set(importance) == {"model.n", "model.block", "model.shortcut", "model.residual", "train.lr"}
+    assert math.isclose(sum(importance.values()), 1.0, rel_tol=1e-6)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    epochs = {c.info.run_name: max(m.step for m in client.get_metric_history(c.info.run_id, "val_error")) for c in children}
+    rungs = list(csv.DictReader((report / "asha.csv").open()))
+    assert [int(r["rung (epoch)"]) for r in rungs] == [1, 3]  # grace 1, factor 3, max_t 4
+    for r in rungs:
+        rung = int(r["rung (epoch)"])
+        assert int(r["trials reached"]) == sum(e >= rung for e in epochs.values())
+        assert int(r["stopped here"]) == sum(c.data.tags.get("stopped_at_epoch") == str(rung) for c in children)
+    index = (report / "index.md").read_text()
+    assert "## Search: what mattered (Optuna)" in index and "## Early stopping: ASHA's rungs" in index
+    assert re.search(r"Epochs trained: \*\*(\d+)\*\* of the full grid's 32", index).group(1) == str(sum(epochs.values()))
 
 
 def _check_store(client: MlflowClient, experiment: str, trials: int, epochs: int, depths=frozenset({"8", "14"})) -> None:
