@@ -112,7 +112,7 @@ class Progress:
             def on_step_end(self, iteration, trials, **info):
                 if time.time() >= self.summary_at:
                     self.summary_at = time.time() + SUMMARY_S
-                    self._say(standing.summary_line(self._standing(trials)))
+                    self._say(f"sweep     {standing.summary_line(self._standing(trials))}")
 
             def _standing(self, trials) -> standing.Standing:
                 """The sweep-level line's numbers, from Tune's trials (`status` has them from MLflow)."""

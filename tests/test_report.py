@@ -126,7 +126,7 @@ def test_report_local_and_http_identical_and_equal_to_mlflow(tmp_path, mlflow_se
         assert p["epochs_planned"] == 24 and 0 <= p["epochs_done"] <= 24
     assert any(p["eta_s"] is not None and p["eta_s"] > 0 and p["counts"].get("running") for p in running), running
     log = (remote / "run.log").read_text()
-    assert re.search(r"\] \d+/8 trials done.*; \d+/24 epochs; .*ETA", log), log[-3000:]
+    assert re.search(r"\] sweep +\d+/8 trials done.*; \d+/24 epochs; .*ETA", log), log[-3000:]
     assert not (remote / "reports").exists()  # --no-report
 
     final = _status(mlflow_server, elsewhere)
