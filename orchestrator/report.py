@@ -389,10 +389,11 @@ def _figure7(report: Report, groups: dict[str, list[TrialRecord]], tables: dict)
                       "Std of each 3×3 layer's response (after BN, before ReLU/addition; eval mode, on the val "
                       "split), by layer index (top) and sorted by magnitude (bottom); plain dashed, residual solid "
                       "(2015 Fig. 7)."))
-    rows = [[label, len(r), statistics.fmean(r), max(r), min(r)] for label, (r, _) in nets.items()]
-    table = Table("fig7", ["net", "3×3 layers", "mean std", "max std", "min std"],
-                  [[a, b, _Num(c), _Num(d), _Num(e)] for a, b, c, d, e in rows],
-                  "Response std per net (mean over seeds of each layer, then over layers).")
+    rows = [[label, len(r), *(_Num(f(r)) for f in (statistics.fmean, statistics.median, max, min))]
+            for label, (r, _) in nets.items()]
+    table = Table("fig7", ["net", "3×3 layers", "mean std", "median std", "max std", "min std"], rows,
+                  "Response std per net (mean over seeds of each layer, then over layers). A few large early "
+                  "layers move the mean; the median and the sorted curve are the sturdier comparison.")
     report.add(table)
     tables["fig7"] = table
 
@@ -541,11 +542,16 @@ ERROR_MARGIN = 0.005  # half a point of error: differences below it are not take
 RESPONSE_MARGIN = 0.02  # of the response std (relative)
 
 
-def _verdict(lower: list[float], higher: list[float], margin: float) -> str:
+def _verdict(lower: list[float], higher: list[float], margin: float, images: int | None = None) -> str:
     """Whether ``lower`` (what the paper says is lower) is lower by more than the noise: the
-    margin, or twice the standard error of the difference when there are seeds to measure it."""
+    margin, or twice the standard error of the difference, from the spread over seeds or, for an
+    error rate measured on ``images`` images, from that sample's size (whichever is larger)."""
     def se2(xs: list[float]) -> float:
-        return statistics.variance(xs) / len(xs) if len(xs) > 1 else 0.0
+        seeds = statistics.variance(xs) / len(xs) if len(xs) > 1 else 0.0
+        if images:
+            p = statistics.fmean(xs)
+            return max(seeds, p * (1 - p) / images)
+        return seeds
 
     gap = statistics.fmean(higher) - statistics.fmean(lower)
     noise = max(margin, 2 * math.sqrt(se2(lower) + se2(higher)))
@@ -565,10 +571,28 @@ def _families(trials: list[TrialRecord], varying: list[str], key: str) -> list[d
     return [f for f in families.values() if len(f) > 1]
 
 
-def _combine(verdicts: list[str]) -> str:
+def _combine(compared: list[tuple[int, str]]) -> str:
+    """Every comparison must agree with the paper; one against it is against it."""
+    verdicts = [v for _, v in compared]
     if all(v == REPRODUCED for v in verdicts):
         return REPRODUCED
     return NOT_REPRODUCED if NOT_REPRODUCED in verdicts else WITHIN_NOISE
+
+
+def _deepest(compared: list[tuple[int, str]]) -> str:
+    """A claim about deep nets (shallow plain nets train fine too): the deepest pair decides."""
+    return max(compared, key=lambda dv: dv[0])[1]
+
+
+def _images(trials: list[TrialRecord], split: int) -> int | None:
+    """How many images an error rate of these trials was measured on (0 train, 2 test)."""
+    from resnet_core.data import split_sizes
+    from resnet_core.train import RunConfig
+
+    try:
+        return split_sizes(RunConfig.from_flat(trials[0].config).dataset)[split]
+    except Exception:  # noqa: BLE001 — a config this version cannot read: seeds alone measure the noise
+        return None
 
 
 def _claims(trials: list[TrialRecord], varying: list[str]) -> list[list[str]]:
@@ -583,10 +607,12 @@ def _claims(trials: list[TrialRecord], varying: list[str]) -> list[list[str]]:
     def responses(ts: list[TrialRecord]) -> list[float]:
         return [statistics.fmean(t.responses) for t in ts if t.responses]
 
-    def judge(key: str, pick, what, lower_first: bool, margin, shown, missing: str, *, residual: bool | None = None):
+    def judge(key: str, pick, what, lower_first: bool, margin, shown, missing: str, *, residual: bool | None = None,
+              split: int | None = None, decide=_combine):
         """Compares, in each family along ``key``, the two trial sets ``pick`` chooses, on the
-        samples ``what`` gives; the paper says the first is lower (``lower_first``)."""
-        lines, verdicts = [], []
+        samples ``what`` gives (error rates on the ``split`` images, or none); the paper says the
+        first is lower (``lower_first``)."""
+        lines, compared = [], []
         for family in _families(trials, varying, key):
             if residual is not None and bool(next(iter(family.values()))[0].config.get(RESIDUAL, True)) != residual:
                 continue
@@ -598,14 +624,16 @@ def _claims(trials: list[TrialRecord], varying: list[str]) -> list[list[str]]:
             if not xa or not xb:
                 continue
             low, high = (xa, xb) if lower_first else (xb, xa)
-            verdicts.append(_verdict(low, high, margin(low + high)))
+            images = _images(a, split) if split is not None else None
+            compared.append((a[0].config.get(DEPTH) or 0, _verdict(low, high, margin(low + high), images)))
             lines.append(f"{a_name} {shown(xa)} vs {b_name} {shown(xb)}")
-        if not verdicts:
+        if not compared:
             return [NOT_TESTED, missing]
-        if len(set(verdicts)) > 1:
-            lines = [f"{line} ({verdict})" for line, verdict in zip(lines, verdicts)]
+        if len({v for _, v in compared}) > 1:
+            short = {WITHIN_NOISE: "within noise"}
+            lines = [f"{line} ({short.get(v, v)})" for line, (_, v) in zip(lines, compared)]
         more = f" … ({len(lines)} comparisons)" if len(lines) > 4 else ""
-        return [_combine(verdicts), "; ".join(lines[:4]) + more]
+        return [decide(compared), "; ".join(lines[:4]) + more]
 
     def ends(family: dict) -> tuple | None:  # the shallowest and the deepest net
         depths = sorted(d for d in family if d is not None)
@@ -634,24 +662,25 @@ def _claims(trials: list[TrialRecord], varying: list[str]) -> list[list[str]]:
     relative = lambda xs: RESPONSE_MARGIN * statistics.fmean(xs)  # noqa: E731
     claims = [
         # deeper plain: higher training error (the first of ends() is the deeper net)
-        judge(DEPTH, ends, train, False, errors, pct, "needs plain nets of two depths", residual=False),
-        judge(RESIDUAL, plain_and_residual, train, True, errors, pct, "needs plain and residual nets alike otherwise"),
-        judge(DEPTH, ends, test, True, errors, pct, "needs residual nets of two depths", residual=True),
+        judge(DEPTH, ends, train, False, errors, pct, "needs plain nets of two depths", residual=False, split=0),
+        judge(RESIDUAL, plain_and_residual, train, True, errors, pct, "needs plain and residual nets alike otherwise",
+              split=0, decide=_deepest),
+        judge(DEPTH, ends, test, True, errors, pct, "needs residual nets of two depths", residual=True, split=2),
         judge(RESIDUAL, plain_and_residual, responses, True, relative, std,
               "needs the layer responses of plain and residual nets alike otherwise"),
         judge(DEPTH, ends, responses, True, relative, std, "needs the layer responses of residual nets of two depths",
               residual=True),
         judge(SHORTCUT, identity_and_projection, test, True, errors, pct,
-              "needs option A and a projection option (B or C) on nets alike otherwise", residual=True),
-        judge(BLOCK, preact_and_original, test, True, errors, pct, "needs original and pre-activation blocks"),
+              "needs option A and a projection option (B or C) on nets alike otherwise", residual=True, split=2),
+        judge(BLOCK, preact_and_original, test, True, errors, pct, "needs original and pre-activation blocks", split=2),
     ]
     return [[claim, *verdict] for claim, verdict in zip(CLAIMS, claims)]
 
 
 CLAIMS = (
     "Degradation: a deeper plain net has higher training error (2015 §4.1, Fig. 6)",
-    "Shortcuts remove the degradation: the residual net has lower training error than its plain counterpart "
-    "(2015 Fig. 6)",
+    "Shortcuts remove the degradation: the deepest residual net has lower training error than its plain "
+    "counterpart (2015 Fig. 6)",
     "Deeper ResNets have lower test error (2015 Table 6)",
     "ResNets have smaller layer responses than their plain counterparts (mean std; 2015 Fig. 7)",
     "A deeper ResNet has smaller responses (2015 Fig. 7)",
@@ -706,7 +735,8 @@ def build_report(record: SweepRecord) -> tuple[Report, dict[str, Table]]:
     claims = Table("claims", ["claim of the papers", "this sweep", "evidence"], _claims(trials, varying),
                    f"Judged on completed trials. A difference counts when it is larger than {100 * ERROR_MARGIN:g} "
                    f"points of error ({100 * RESPONSE_MARGIN:g}% of a response std) and than twice its standard "
-                   f"error over seeds; one seed per net is one draw.")
+                   f"error (from the spread over seeds, or for an error rate from the number of images it was "
+                   f"measured on, whichever is larger); one seed per net is one draw.")
     tables["claims"] = claims
     report.blocks[claims_at:claims_at] = [("h2", "What this sweep shows"), claims]
     return report, tables
