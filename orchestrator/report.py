@@ -319,7 +319,11 @@ def _table6(report: Report, groups: dict[str, list[TrialRecord]], varying: list[
     report.add(table)
     if unfinished:
         report.p(f"{unfinished} more net(s) have no completed trial yet (stopped early, failed or running): see Trials.")
-    if notes:
+    datasets = {t.config.get("dataset.name") for ts in groups.values() for t in ts} - {"cifar10", "cifar100"}
+    if datasets:
+        report.p(f"The papers report CIFAR-10/100 (and ImageNet); this sweep trains on {', '.join(sorted(map(str, datasets)))}: "
+                 f"no paper numbers to set beside these.")
+    elif notes:
         report.p("The paper's numbers are left out: these trials do not use the paper's CIFAR recipe "
                  f"({'; '.join(sorted(notes))}).")
     tables["table6"] = table
