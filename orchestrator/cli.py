@@ -280,18 +280,31 @@ def cmd_sync(args) -> int:
     return sync_sweep(find_experiment(args.sweep, args.storage_path), tracking_uri=args.tracking_uri)
 
 
-def cmd_report(args) -> int:
-    from .mlflow_store import TrackingUnavailableError
-    from .records import SweepNotFound
-    from .report import report_sweep
+def _from_mlflow(read):
+    """Runs ``read`` (which reads a sweep from MLflow): a sweep or store that is not there is bad
+    input (exit 2); a store that fails to answer, midway too, is one line (exit 1)."""
+    from mlflow.exceptions import MlflowException
+
+    from .mlflow_store import TrackingUnavailableError, redact
+    from .records import SweepNotFound, SweepUnreadable
 
     try:
-        folder = report_sweep(args.tracking_uri, args.sweep, out=args.out, experiment=args.experiment)
+        return read()
     except SweepNotFound as err:
         raise UsageError(str(err)) from None
-    except (TrackingUnavailableError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_FAILURE
+    except (TrackingUnavailableError, SweepUnreadable, MlflowException, OSError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ReadFailure(redact(first)) from None
+
+
+class ReadFailure(Exception):
+    """MLflow did not answer (or a file could not be written) while reading a sweep: exit 1."""
+
+
+def cmd_report(args) -> int:
+    from .report import report_sweep
+
+    folder = _from_mlflow(lambda: report_sweep(args.tracking_uri, args.sweep, out=args.out, experiment=args.experiment))
     shown = folder if args.out else folder.relative_to(Path.cwd())
     print(f"report: {shown / 'index.md'} and {shown / 'report.html'} (also on the sweep's MLflow run, artifacts report/)")
     return EXIT_OK
@@ -301,17 +314,10 @@ def cmd_status(args) -> int:
     from resnet_core import metrics as M
 
     from . import standing
-    from .mlflow_store import TrackingUnavailableError
-    from .records import SweepNotFound, open_record
+    from .records import open_record
 
-    try:
-        _, record = open_record(args.tracking_uri, args.sweep, args.experiment, keys=(M.VAL_ERROR, M.TEST_ERROR),
-                                responses=False)
-    except SweepNotFound as err:
-        raise UsageError(str(err)) from None
-    except TrackingUnavailableError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_FAILURE
+    _, record = _from_mlflow(lambda: open_record(args.tracking_uri, args.sweep, args.experiment,
+                                                 keys=(M.VAL_ERROR, M.TEST_ERROR), responses=False))
     now = standing.from_record(record)
     if args.json:
         print(json.dumps({"name": record.name, "experiment": record.experiment, **now.to_dict()}))
@@ -502,6 +508,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, SpecError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except ReadFailure as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

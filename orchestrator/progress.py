@@ -22,7 +22,14 @@ __all__ = ["Progress", "TUNE_INTERRUPT", "TrialNamer", "was_interrupted", "table
 
 
 # How often `run` prints the sweep-level line (seconds; RESNET_SWEEP_SUMMARY_S changes it).
-SUMMARY_S = float(os.environ.get("RESNET_SWEEP_SUMMARY_S", "60"))
+def _summary_s() -> float:
+    try:
+        return max(1.0, float(os.environ.get("RESNET_SWEEP_SUMMARY_S", "60")))
+    except ValueError:
+        return 60.0
+
+
+SUMMARY_S = _summary_s()
 
 
 class TrialNamer:
@@ -118,16 +125,22 @@ class Progress:
                 """The sweep-level line's numbers, from Tune's trials (`status` has them from MLflow)."""
                 now = standing.Standing(planned=self.planned, epochs_planned=self.planned * self.epochs,
                                         epochs_expected=self.epochs_expected, best=self.best)
+                unfinished = []
                 for trial in trials:
                     last = trial.last_result or {}
+                    # A diverged trial's last report is the epoch that diverged: MLflow has the ones before.
+                    epochs = int(last.get(M.EPOCH, 0)) - (last.get(STATUS) == str(Status.DIVERGED))
                     if trial.status in ("TERMINATED", "ERROR"):
                         word = str(final_status(last, errored=trial.status == "ERROR", planned_epochs=self.epochs,
                                                 error=error_trace(trial) if trial.status == "ERROR" else None))
                     else:
                         word = "pending" if trial.status == "PENDING" else "running"
+                        unfinished.append(epochs)
                     now.counts[word] = now.counts.get(word, 0) + 1
-                    now.epochs_done += int(last.get(M.EPOCH, 0)) if last.get(STATUS) != str(Status.DIVERGED) else 0
-                now.counts["pending"] = now.counts.get("pending", 0) + max(0, self.planned - len(trials))
+                    now.epochs_done += epochs
+                not_created = max(0, self.planned - len(trials))  # a searcher makes trials as they start
+                now.counts["pending"] = now.counts.get("pending", 0) + not_created
+                now.epochs_left = standing.epochs_left(self.epochs, unfinished, not_created)
                 self.epoch_times = self.epoch_times[-10_000:]
                 now.epochs_per_s = standing.pace(self.epoch_times)
                 standing.estimate(now)

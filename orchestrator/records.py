@@ -15,7 +15,7 @@ from resnet_core import metrics as M
 from . import trial_table
 from .vocabulary import LAYER_RESPONSES, PARENT_TAG, TAG_ERROR, TAG_ROLE, TAG_STATUS, TAG_STOPPED_AT
 
-__all__ = ["SweepNotFound", "SweepRecord", "TrialRecord", "find_sweep", "open_record", "read_sweep"]
+__all__ = ["SweepNotFound", "SweepRecord", "SweepUnreadable", "TrialRecord", "find_sweep", "open_record", "read_sweep"]
 
 HISTORY_KEYS = (M.ITERATION, M.TRAIN_ERROR, M.VAL_ERROR, M.TEST_ERROR)  # what the report draws and tabulates
 TIMESTAMP = "timestamp"
@@ -26,6 +26,10 @@ class SweepNotFound(Exception):
     """No sweep of that name in the tracking store (exit 2: nothing to read)."""
 
 
+class SweepUnreadable(Exception):
+    """The sweep is there but cannot be read whole (exit 1)."""
+
+
 @dataclass
 class TrialRecord:
     run_id: str
@@ -34,9 +38,7 @@ class TrialRecord:
     config: dict  # the trial's flat config, typed again from MLflow's string params
     history: list[dict] = field(default_factory=list)  # one dict per epoch: epoch + HISTORY_KEYS
     stopped_at: int | None = None
-    error: str = ""
-    start_ms: int = 0
-    end_ms: int | None = None
+    error: str = ""  # a failed trial's exception, one line
     responses: list[float] | None = None  # 2015 Fig. 7, logged when the trial ends
 
     @property
@@ -49,8 +51,7 @@ class TrialRecord:
 
     @property
     def final_train_error(self) -> float | None:
-        trained = [h for h in self.history if h.get(M.TRAIN_ERROR) is not None]
-        return max(trained, key=lambda h: h[M.EPOCH])[M.TRAIN_ERROR] if trained else None
+        return trial_table.final_train_error(self.history)
 
 
 @dataclass
@@ -59,8 +60,6 @@ class SweepRecord:
     experiment: str
     parent_id: str
     status: str
-    start_ms: int
-    end_ms: int | None
     spec_text: str
     plan: dict  # plan.json as `run` logged it
     trials: list[TrialRecord]
@@ -107,16 +106,25 @@ def find_sweep(client, name: str, experiment: str | None = None):
 
 
 def _artifact_text(client, run_id: str, path: str) -> str | None:
+    """A text artifact of the run, or None when the run has none of that name (a trial that has
+    not ended); a store that fails to answer raises."""
+    if path not in {a.path for a in client.list_artifacts(run_id)}:
+        return None
     with tempfile.TemporaryDirectory() as folder:
-        try:
-            local = client.download_artifacts(run_id, path, folder)
-        except Exception:  # noqa: BLE001 — not logged (a trial that never ended, an old sweep)
-            return None
-        return Path(local).read_text()
+        return Path(client.download_artifacts(run_id, path, folder)).read_text()
+
+
+def _required_artifact(client, info, path: str) -> str:
+    text = _artifact_text(client, info.run_id, path)
+    if text is None:
+        raise SweepUnreadable(f"the sweep's MLflow run {info.run_name} ({info.run_id}) has no {path} artifact: it was "
+                              f"not made by `resnet-sweep run`, or its artifacts are not readable from here")
+    return text
 
 
 def _history(client, run_id: str, keys: tuple[str, ...]) -> list[dict]:
-    """Per-epoch records from MLflow's metric histories (the step of every point is its epoch)."""
+    """Per-epoch records from MLflow's metric histories (the step of every point is its epoch).
+    Only whole epochs: a running trial may log one between two of these reads."""
     epochs: dict[int, dict] = {}
     for key in keys:
         for m in client.get_metric_history(run_id, key):
@@ -124,17 +132,26 @@ def _history(client, run_id: str, keys: tuple[str, ...]) -> list[dict]:
             record[key] = m.value
             if key == M.VAL_ERROR:
                 record[TIMESTAMP] = m.timestamp  # when the driver logged the epoch (ms): the pace of `status`
-    return [epochs[e] for e in sorted(epochs)]
+    return [epochs[e] for e in sorted(epochs) if all(k in epochs[e] for k in keys if k != M.ITERATION)]
 
 
-def read_sweep(client, parent, experiment: str, *, keys: tuple[str, ...] = HISTORY_KEYS,
+def read_sweep(client, parent, experiment: str, *, keys: tuple[str, ...] | None = None,
                responses: bool = True) -> SweepRecord:
     """The sweep under ``parent`` with its trials sorted by name (a stable order: the report of
-    the same runs is the same file, read from any store)."""
-    runs = client.search_runs([parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'",
+    the same runs is the same file, read from any store). ``keys``: the metric histories to read
+    (default: what the report shows, and the sweep's own metric)."""
+    from .spec import parse_spec
+
+    info = parent.info
+    spec_text = _required_artifact(client, info, "sweep.yaml")
+    plan = json.loads(_required_artifact(client, info, "plan.json"))
+    if keys is None:
+        metric = parse_spec(spec_text, source="sweep.yaml").spec.metric.name
+        keys = HISTORY_KEYS + ((metric,) if metric not in HISTORY_KEYS else ())
+    runs = client.search_runs([info.experiment_id], f"tags.`{PARENT_TAG}` = '{info.run_id}'",
                               max_results=MAX_RUNS)
     if len(runs) > 50:  # a few requests per trial: say why a big sweep takes a moment
-        print(f"reading {len(runs)} trials of {parent.info.run_name} from MLflow …", file=sys.stderr, flush=True)
+        print(f"reading {len(runs)} trials of {info.run_name} from MLflow …", file=sys.stderr, flush=True)
     trials = []
     for run in runs:
         tags = run.data.tags
@@ -143,19 +160,16 @@ def read_sweep(client, parent, experiment: str, *, keys: tuple[str, ...] = HISTO
             run_id=run.info.run_id, name=run.info.run_name, status=tags.get(TAG_STATUS, "running"),
             config={k: _typed(v) for k, v in run.data.params.items()},
             history=_history(client, run.info.run_id, keys), stopped_at=int(stopped) if stopped else None,
-            error=tags.get(TAG_ERROR, ""), start_ms=run.info.start_time, end_ms=run.info.end_time,
+            error=tags.get(TAG_ERROR, ""),
         )
         if responses and run.info.status != "RUNNING":
             text = _artifact_text(client, run.info.run_id, "layer_responses.json")
             trial.responses = json.loads(text)[LAYER_RESPONSES] if text else None
         trials.append(trial)
     trials.sort(key=lambda t: t.name)
-    info = parent.info
     return SweepRecord(
         name=info.run_name, experiment=experiment, parent_id=info.run_id, status=parent.data.tags.get(TAG_STATUS, ""),
-        start_ms=info.start_time, end_ms=info.end_time,
-        spec_text=_artifact_text(client, info.run_id, "sweep.yaml") or "",
-        plan=json.loads(_artifact_text(client, info.run_id, "plan.json") or "{}"), trials=trials,
+        spec_text=spec_text, plan=plan, trials=trials,
     )
 
 

@@ -238,7 +238,14 @@ def _groups(trials: list[TrialRecord], varying: list[str]) -> dict[str, list[Tri
 
 def _order(config: dict, varying: list[str]) -> tuple:
     """Plain before residual, then by depth and the other varied settings."""
-    return (bool(config.get(RESIDUAL, True)), config.get(DEPTH) or 0, *(repr(config.get(k)) for k in varying))
+    return (bool(config.get(RESIDUAL, True)), config.get(DEPTH) or 0, *(_by_value(config.get(k)) for k in varying))
+
+
+def _by_value(value: Any) -> tuple:
+    """Numbers in numeric order (1e-05 < 0.0001), then everything else by its text."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, float(value), "")
+    return (1, 0.0, repr(value))
 
 
 def _completed(trials: list[TrialRecord]) -> list[TrialRecord]:
@@ -290,7 +297,7 @@ def _table6(report: Report, groups: dict[str, list[TrialRecord]], varying: list[
     rows_by_key: dict[tuple, dict] = {}
     for label, trials in groups.items():
         config = trials[0].config
-        key = (config.get(DEPTH), *(repr(config.get(k)) for k in varying if k not in (DEPTH, RESIDUAL)))
+        key = (config.get(DEPTH), *(_by_value(config.get(k)) for k in varying if k not in (DEPTH, RESIDUAL)))
         rows_by_key.setdefault(key, {})["residual" if config.get(RESIDUAL, True) else "plain"] = (label, trials)
     rows, notes, unfinished = [], set(), 0
     for key in sorted(rows_by_key, key=lambda k: (k[0] or 0, k[1:])):
@@ -363,13 +370,14 @@ def _figure6(report: Report, groups: dict[str, list[TrialRecord]]) -> None:
     panels: dict[str, dict] = {}
     for label, group in groups.items():
         family = "residual nets" if group[0].config.get(RESIDUAL, True) else "plain nets"
-        curves = {kind: _mean_curve(group, key, x) for kind, key in
+        shown = _completed(group) or group  # seeds that dropped out would make the mean jump
+        curves = {kind: _mean_curve(shown, key, x) for kind, key in
                   (("train", M.TRAIN_ERROR), ("val", M.VAL_ERROR), ("test", M.TEST_ERROR))}
         panels.setdefault(family, {})[label] = curves
     panels = dict(sorted(panels.items(), key=lambda kv: kv[0] != "plain nets"))
     png = error_curves(panels, x_label=x_label, colours=_colours(list(groups)))
     report.h2("Figure 6: training curves")
-    report.add(Figure("fig6.png", png, f"Error (%) against {x_label}, mean over seeds; dashed: training error, bold: "
+    report.add(Figure("fig6.png", png, f"Error (%) against {x_label}, mean over completed seeds; dashed: training error, bold: "
                                        "test error, faint: val error (2015 Fig. 6 conventions)."))
 
 
@@ -415,15 +423,12 @@ class _Num(float):
     def __str__(self) -> str:
         return f"{float(self):.3f}"
 
-    def __repr__(self) -> str:
-        return repr(float(self))
-
 
 def _pivot(report: Report, trials: list[TrialRecord], varying: list[str], key: str, title: str, slug: str,
            caption: str, tables: dict) -> None:
     """Test error for each value of ``key`` (columns) against the nets otherwise alike (rows)."""
     rest = [k for k in varying if k != key]
-    values = sorted({repr(t.config.get(key)): t.config.get(key) for t in trials}.items())
+    values = sorted({repr(t.config.get(key)): t.config.get(key) for t in trials}.items(), key=lambda kv: _by_value(kv[1]))
     rows: dict[str, dict[str, list[TrialRecord]]] = {}
     for t in sorted(trials, key=lambda t: _order(t.config, rest)):
         rows.setdefault(net_label(t.config, rest), {}).setdefault(repr(t.config.get(key)), []).append(t)
@@ -438,13 +443,11 @@ def _pivot(report: Report, trials: list[TrialRecord], varying: list[str], key: s
     tables[slug] = table
 
 
-def _optuna(report: Report, record: SweepRecord, metric: str, tables: dict) -> None:
+def _optuna(report: Report, record: SweepRecord, parsed, metric: str, tables: dict) -> None:
     import optuna
 
     from .space import optuna_space
-    from .spec import parse_spec
 
-    parsed = parse_spec(record.spec_text)
     report.h2("Search: what mattered (Optuna)")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     probe = optuna.create_study()
@@ -457,20 +460,32 @@ def _optuna(report: Report, record: SweepRecord, metric: str, tables: dict) -> N
         params = {k: v for k in distributions if (v := _searched(t.config, k)) is not None}
         if len(params) == len(distributions):
             study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=value))
-    if len(study.trials) < 2:
-        report.p(f"Importances need at least 2 trials with a {metric}; this sweep has {len(study.trials)}.")
-        return
-    importances = optuna.importance.get_param_importances(
-        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
-    table = Table("importance", ["hyperparameter", "importance"], [[k, _Num(v)] for k, v in importances.items()],
-                  f"Optuna's fANOVA importance (seed 0) of each searched setting for the best {metric} of "
-                  f"{len(study.trials)} trials (trials stopped early count with the epochs they trained).")
-    report.add(table)
-    tables["importance"] = table
-    best_trial, best_value = min(scored, key=lambda tv: (tv[1], tv[0].name))
-    shown = ", ".join(f"{k} = {_fmt(_searched(best_trial.config, k))}" for k in distributions)
-    report.p(f"Best configuration (lowest {metric}, chosen on val): **{best_trial.name}** with {shown}: "
-             f"{metric} {100 * best_value:.2f}%.")
+    values = {t.value for t in study.trials}
+    if len(values) < 2:
+        report.p(f"No importances: they need trials with at least two different values of {metric}; this sweep has "
+                 f"{len(study.trials)} trial(s) with {len(values)}.")
+    else:
+        try:
+            importances = optuna.importance.get_param_importances(
+                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+        except (RuntimeError, ValueError) as err:  # fANOVA on a degenerate set of trials
+            report.p(f"No importances: Optuna's fANOVA could not weigh these {len(study.trials)} trials ({err}).")
+        else:
+            table = Table("importance", ["hyperparameter", "importance"],
+                          [[k, _Num(v)] for k, v in importances.items()],
+                          f"Optuna's fANOVA importance (seed 0) of each searched setting for the best {metric} of "
+                          f"{len(study.trials)} trials (trials stopped early count with the epochs they trained).")
+            report.add(table)
+            tables["importance"] = table
+    if scored:
+        best_trial, best_value = min(scored, key=lambda tv: (tv[1], tv[0].name))
+        shown = ", ".join(f"{k} = {_fmt(_searched(best_trial.config, k))}" for k in distributions)
+        report.p(f"Best configuration (lowest {metric}, chosen on val): **{best_trial.name}** with {shown}: "
+                 f"{metric} {_metric_text(metric, best_value)}.")
+
+
+def _metric_text(metric: str, value: float) -> str:
+    return f"{100 * value:.2f}%" if metric.endswith("error") else f"{value:.4f}"
 
 
 def _searched(config: dict, key: str) -> Any:
@@ -498,15 +513,19 @@ def asha_rungs(grace: int, factor: float, max_t: int) -> list[int]:
 def _asha(report: Report, record: SweepRecord, spec, metric: str, tables: dict) -> None:
     epochs_per_trial = int(record.plan.get("epochs_per_trial") or max((t.epochs for t in record.trials), default=0))
     max_t = spec.scheduler.max_t or epochs_per_trial
-    rungs = asha_rungs(spec.scheduler.grace_period, spec.scheduler.reduction_factor, max_t)
+    # At max_t a trial simply ends: Ray stops it before its bracket compares anything.
+    rungs = [r for r in asha_rungs(spec.scheduler.grace_period, spec.scheduler.reduction_factor, max_t) if r < max_t]
     rows = []
     for rung in rungs:
-        values = {t.name: h[metric] for t in record.trials for h in t.history
+        values = {t.run_id: h[metric] for t in record.trials for h in t.history
                   if h[M.EPOCH] == rung and h.get(metric) is not None}
         stopped = [t for t in record.trials if t.status == str(Status.STOPPED_EARLY) and t.stopped_at == rung]
         cutoff = _quantile(sorted(values.values()), 1 / spec.scheduler.reduction_factor) if values else None
+        if cutoff is not None and not metric.endswith("error"):
+            cutoff = _Num(cutoff)  # a loss: shown as it is, not in %
         rows.append([rung, len(values), cutoff, len(stopped), ", ".join(t.name for t in stopped) or "–"])
-    table = Table("asha", ["rung (epoch)", "trials reached", f"cut-off {metric} %", "stopped here", "who"], rows,
+    unit = " %" if metric.endswith("error") else ""
+    table = Table("asha", ["rung (epoch)", "trials reached", f"cut-off {metric}{unit}", "stopped here", "who"], rows,
                   f"ASHA keeps the best 1/{_fmt(spec.scheduler.reduction_factor)} at each rung; the cut-off shown "
                   f"is that quantile over every trial that reached the rung (ASHA decides as results arrive, over "
                   f"those recorded so far, so an early trial may have passed a stricter or looser bar).")
@@ -514,7 +533,8 @@ def _asha(report: Report, record: SweepRecord, spec, metric: str, tables: dict) 
     report.add(table)
     spent = sum(t.epochs for t in record.trials)
     grid = int(record.plan.get("num_trials") or len(record.trials)) * epochs_per_trial
-    report.p(f"Epochs trained: **{spent}** of the full grid's {grid} ({spent / grid:.0%})." if grid else "")
+    if grid:
+        report.p(f"Epochs trained: **{spent}** of the full grid's {grid} ({spent / grid:.0%}).")
     tables["asha"] = table
 
 
@@ -536,6 +556,9 @@ def _trials_table(report: Report, record: SweepRecord, stopped_by: str, tables: 
                   trial_table.NOTE)
     report.h2("Trials")
     report.add(table)
+    for t in record.trials:
+        if t.error:
+            report.p(f"`{t.name}` ({t.status}): {t.error} (the whole trace: artifact error.txt of its run)")
     tables["trials"] = table
 
 
@@ -584,8 +607,9 @@ def _combine(compared: list[tuple[int, str]]) -> str:
 
 
 def _deepest(compared: list[tuple[int, str]]) -> str:
-    """A claim about deep nets (shallow plain nets train fine too): the deepest pair decides."""
-    return max(compared, key=lambda dv: dv[0])[1]
+    """A claim about deep nets (shallow plain nets train fine too): the deepest pairs decide."""
+    deepest = max(depth for depth, _ in compared)
+    return _combine([(d, v) for d, v in compared if d == deepest])
 
 
 def _images(trials: list[TrialRecord], split: int) -> int | None:
@@ -710,8 +734,8 @@ def build_report(record: SweepRecord) -> tuple[Report, dict[str, Table]]:
     report.p(f"Sweep **{record.name}** (MLflow experiment `{record.experiment}`), {record.status or 'running'}: "
              f"{len(trials)} of {planned} planned trials in MLflow ("
              + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + "). "
-             f"Data set {first.get('dataset.name', '?')}; the epoch of each trial is chosen on {metric}, "
-             f"never on the test set. Errors are in %.")
+             f"Data set {first.get('dataset.name', '?')}; the epoch of each trial is the one with the lowest val "
+             f"error, never chosen on the test set (the sweep's search and early stopping use {metric}). Errors are in %.")
     tables: dict[str, Table] = {}
     varying = varying_keys(trials)
     groups = _groups(trials, varying)
@@ -732,7 +756,7 @@ def build_report(record: SweepRecord) -> tuple[Report, dict[str, Table]]:
             _pivot(report, trials, varying, key, f"Test error by {key}", f"by_{_short(key)}",
                    "Test error %, mean ± std (n−1) over completed trials.", tables)
     if spec.search.algorithm == "optuna":
-        _optuna(report, record, metric, tables)
+        _optuna(report, record, parsed, metric, tables)
     if spec.scheduler.name == "asha":
         _asha(report, record, spec, metric, tables)
     _trials_table(report, record, "ASHA" if spec.scheduler.name == "asha" else "budget", tables)
@@ -746,6 +770,11 @@ def build_report(record: SweepRecord) -> tuple[Report, dict[str, Table]]:
     return report, tables
 
 
+# Every file a report may hold besides index.md and report.html (by_KEY.csv aside).
+STALE = {"fig6.png", "fig7.png", "table6.csv", "fig7.csv", "shortcuts.csv", "blocks.csv", "importance.csv", "asha.csv",
+         "trials.csv", "claims.csv"}
+
+
 def write_report(record: SweepRecord, out: Path) -> list[Path]:
     """index.md, report.html, the figures and a CSV per table in ``out``; the files written."""
     report, tables = build_report(record)
@@ -755,6 +784,9 @@ def write_report(record: SweepRecord, out: Path) -> list[Path]:
     files.update({b.file: b.png for b in report.blocks if isinstance(b, Figure)})
     for name, data in files.items():
         (out / name).write_bytes(data)
+    for old in out.iterdir():  # a section an earlier report had and this one has not (MLflow keeps its copy)
+        if old.name not in files and (old.name in STALE or old.name.startswith("by_")) and old.suffix in (".csv", ".png"):
+            old.unlink()
     return [out / name for name in files]
 
 

@@ -3,6 +3,7 @@ and an estimated time to finish. `resnet-sweep status` computes it from MLflow (
 while the sweep runs on this machine or a cluster); `run` prints the same line every minute."""
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 
 from resnet_core import metrics as M
@@ -12,6 +13,7 @@ from .records import TIMESTAMP
 
 __all__ = ["Standing", "estimate", "from_record", "pace", "summary_line"]
 
+IDLE_S = 10 * 60  # no epoch logged for this long while the sweep says running: said so
 RATE_WINDOW_S = 15 * 60  # the ETA uses the pace of the last 15 minutes (a resumed sweep's pause aside)
 # The words for the counts, in the order they are shown.
 FINISHED = (Status.COMPLETED, Status.STOPPED_EARLY, Status.DIVERGED, Status.FAILED, Status.OUT_OF_MEMORY)
@@ -25,8 +27,10 @@ class Standing:
     epochs_planned: int = 0  # every trial to its last epoch
     epochs_expected: int | None = None  # with ASHA: what the plan expects it to leave
     best: dict | None = None  # name, val_error, test_error, epoch
+    epochs_left: int | None = None  # each unfinished trial to its last epoch (None: unknown)
     epochs_per_s: float | None = None  # the recent pace
     eta_s: float | None = None
+    idle_s: float | None = None  # since the newest epoch (`status`: a driver that stopped shows here)
     state: str = "running"  # the sweep: running, completed, interrupted
 
     @property
@@ -38,18 +42,27 @@ class Standing:
 
 
 def estimate(standing: Standing) -> None:
-    """Fills in the ETA: the epochs left (each running and pending trial to its end, or what ASHA
-    is expected to leave), at the recent pace."""
+    """Fills in the ETA: the epochs left (each running and pending trial to its end; with ASHA,
+    what the plan expects it to leave while that is fewer), at the recent pace."""
     if standing.state != "running":
         standing.eta_s = 0.0 if standing.state == str(Status.COMPLETED) else None
         return
-    left = max(0, standing.epochs_planned - standing.epochs_done)
-    if standing.epochs_expected is not None:
-        left = min(left, max(0, standing.epochs_expected - standing.epochs_done))
-    if standing.epochs_per_s:
-        standing.eta_s = left / standing.epochs_per_s
-    elif left == 0:
+    left = standing.epochs_left
+    if left is None:
+        return
+    if standing.epochs_expected is not None and standing.epochs_expected > standing.epochs_done:
+        left = min(left, standing.epochs_expected - standing.epochs_done)
+    if left == 0 and not standing.counts.get("running"):
         standing.eta_s = 0.0
+    elif standing.epochs_per_s:
+        standing.eta_s = left / standing.epochs_per_s
+
+
+def epochs_left(per_trial: int, unfinished: list[int], pending: int) -> int | None:
+    """Epochs to go: the unfinished trials' (their epochs so far given) and the pending ones'."""
+    if not per_trial:
+        return None
+    return sum(max(0, per_trial - e) for e in unfinished) + pending * per_trial
 
 
 def pace(stamps_ms: list[int]) -> float | None:
@@ -79,18 +92,23 @@ def from_record(record) -> Standing:
                              "epoch": best[M.EPOCH]}
     standing.counts["pending"] = max(0, planned - len(record.trials))
     standing.state = record.status or "running"
-    standing.epochs_per_s = pace([h[TIMESTAMP] for t in record.trials for h in t.history if TIMESTAMP in h])
+    unfinished = [t.epochs for t in record.trials if t.status in ("running", str(Status.INTERRUPTED))]
+    standing.epochs_left = epochs_left(per_trial, unfinished, standing.counts["pending"])
+    stamps = [h[TIMESTAMP] for t in record.trials for h in t.history if TIMESTAMP in h]
+    standing.epochs_per_s = pace(stamps)
+    if stamps:
+        standing.idle_s = max(0.0, time.time() - max(stamps) / 1000)
     estimate(standing)
     return standing
 
 
 def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
     if seconds < 90:
-        return f"{seconds} s"
-    if seconds < 90 * 60:
-        return f"{round(seconds / 60)} min"
-    return f"{seconds // 3600} h {round(seconds % 3600 / 60):02d} min"
+        return f"{round(seconds)} s"
+    minutes = round(seconds / 60)
+    if minutes < 90:
+        return f"{minutes} min"
+    return "{} h {:02d} min".format(*divmod(minutes, 60))
 
 
 def summary_line(s: Standing) -> str:
@@ -106,6 +124,9 @@ def summary_line(s: Standing) -> str:
         parts.append(f"best {s.best['name']} val err {s.best['val_error']:.2%}")
     if s.state == "running":
         parts.append(f"ETA {_duration(s.eta_s)}" if s.eta_s is not None else "ETA unknown (too few epochs yet)")
+        if s.idle_s is not None and s.idle_s > IDLE_S:
+            parts.append(f"no epoch for {_duration(s.idle_s)}: is its driver still running? (`resnet-sweep resume` "
+                         f"continues a sweep whose driver died)")
     else:
         parts.append(s.state)
     return "; ".join(parts)

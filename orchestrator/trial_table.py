@@ -8,7 +8,7 @@ from resnet_core.metrics import Status
 
 from .vocabulary import STATUS
 
-__all__ = ["best_epoch", "format_table", "row"]
+__all__ = ["best_epoch", "final_train_error", "format_table", "row"]
 
 NOTE = "(train err: last epoch; val/test err: at the best val epoch; test never chooses)"
 
@@ -25,14 +25,19 @@ def best_epoch(history: list[dict]) -> dict | None:
     return min(trained, key=lambda h: (h[M.VAL_ERROR], h[M.EPOCH])) if trained else None
 
 
+def final_train_error(history: list[dict]) -> float | None:
+    """The training error of the last epoch that trained."""
+    trained = _trained(history)
+    return max(trained, key=lambda h: h[M.EPOCH])[M.TRAIN_ERROR] if trained else None
+
+
 def row(name: str, status: str, epochs: int, history: list[dict], *, node: str = "") -> dict:
     """A trial's row from its per-epoch records (dicts with epoch, train/val/test error)."""
     result = {"name": name, "status": status, "epochs": epochs, "node": node}
     best = best_epoch(history)
     if best is not None:
-        last = max(_trained(history), key=lambda h: h[M.EPOCH])
         result.update(best_epoch=int(best[M.EPOCH]), val_error=float(best[M.VAL_ERROR]),
-                      test_error=float(best[M.TEST_ERROR]), train_error=float(last[M.TRAIN_ERROR]))
+                      test_error=float(best[M.TEST_ERROR]), train_error=float(final_train_error(history)))
     return result
 
 

@@ -192,3 +192,70 @@ def test_statistics_and_verdicts():
     assert _verdict([0.0223], [0.0334], 0.005, images=100_000) == "reproduced"
     # seeds that scatter more than the gap: within noise, whatever the means say
     assert _verdict([0.10, 0.20], [0.16, 0.26], 0.005) == "not reproduced (difference within noise)"
+
+
+GRID = """\
+name: odd
+dataset: {name: digits, image_size: 8, train_limit: 256}
+model: {arch: cifar, block: basic, shortcut: A}
+train: {epochs: 4, batch_size: 64}
+search:
+  algorithm: grid
+  space:
+    model.depth: [8, 14]
+    model.residual: [true, false]
+"""
+SEARCH = """\
+name: odd
+dataset: {name: digits, image_size: 8, train_limit: 256}
+metric: {name: val_loss, mode: min}
+model: {arch: cifar, depth: 8, block: basic, shortcut: A}
+train: {epochs: 9}
+search:
+  algorithm: optuna
+  num_samples: 4
+  space:
+    train.lr: {loguniform: [0.02, 0.4]}
+scheduler: {name: asha, grace_period: 1, reduction_factor: 3, max_t: 9}
+"""
+
+
+def _config(depth: int, residual: bool, **more) -> dict:
+    return {"dataset.name": "digits", "dataset.image_size": 8, "model.arch": "cifar", "model.block": "basic",
+            "model.shortcut": "A", "model.depth": depth, "model.residual": residual, "train.seed": 0, **more}
+
+
+def _history(epochs: int, error: float) -> list[dict]:
+    return [{"epoch": e, "iteration": 4 * e, "train_error": error, "val_error": error, "test_error": error,
+             "val_loss": 2 * error} for e in range(1, epochs + 1)]
+
+
+def test_report_survives_odd_sweeps():
+    """Hand-made records of what a real store can hold: nothing yet, a trial without metrics, a
+    failed one, params no build can read, Optuna trials that all scored the same, a loss metric."""
+    from orchestrator.records import SweepRecord, TrialRecord
+    from orchestrator.report import build_report
+
+    def record(spec: str, trials: list, status: str = "running") -> SweepRecord:
+        return SweepRecord("odd", "odd", "parent", status, spec, {"num_trials": 4, "epochs_per_trial": 4}, trials)
+
+    def markdown(rec: SweepRecord) -> str:
+        report, _ = build_report(rec)
+        report.html()
+        return report.markdown()
+
+    assert "0 of 4 planned trials" in markdown(record(GRID, []))
+    assert "## Trials" in markdown(record(GRID, [TrialRecord("r1", "plain8", "running", _config(8, False))]))
+    failed = TrialRecord("r2", "resnet8", "failed", _config(8, True), history=_history(2, 0.5), error="ValueError: boom")
+    text = markdown(record(GRID, [failed, TrialRecord("r3", "plain8", "completed", _config(8, False),
+                                                       history=_history(4, 0.2))]))
+    assert "`resnet8` (failed): ValueError: boom" in text
+    assert "## Trials" in markdown(record(GRID, [TrialRecord("r4", "x", "completed", {"model.depth": "abc"},
+                                                              history=_history(4, 0.2))]))
+    same = [TrialRecord(f"o{i}", f"resnet8-lr{lr}", "completed", _config(8, True, **{"train.lr": lr}),
+                        history=_history(4, 0.9)) for i, lr in enumerate((0.03, 0.1, 0.3))]
+    text = markdown(record(SEARCH, same, status="completed"))
+    assert "No importances: they need trials with at least two different values of val_loss" in text
+    assert "| 1 | 3 | 1.800 |" in text  # the rung's cut-off is a loss: no %
+    assert "| 9 |" not in text  # max_t ends trials; no rung there
+
