@@ -797,6 +797,10 @@ def report_sweep(tracking_uri: str | None, name: str, *, out: str | None = None,
 
     client, record = open_record(tracking_uri, name, experiment)
     folder = Path(out).expanduser() if out else Path.cwd() / "reports" / record.name
-    for path in write_report(record, folder):
+    try:
+        written = write_report(record, folder)
+    except OSError as err:
+        raise OSError(f"cannot write the report in {folder}: {err.strerror or err}") from None
+    for path in written:
         client.log_artifact(record.parent_id, str(path), REPORT_FOLDER)
     return folder
