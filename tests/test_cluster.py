@@ -118,7 +118,9 @@ def test_ray_client_address_runs_tunes_loop_on_the_head(tmp_path, cluster, mlflo
 
 @pytest.mark.slow
 def test_a_node_that_joins_gets_trials_and_a_node_that_dies_costs_at_most_an_epoch(tmp_path, cluster):
-    epochs = 10
+    # Long enough that the head alone is still busy when the worker has started (~20 s on an idle
+    # 2-core machine, where 10 epochs let the head finish all four trials first).
+    epochs = 30
     head = cluster.start_head(cpus=1)
     sweep_file(tmp_path, epochs=epochs, size=16, limit=1024)
     exe = Path(sys.executable).parent / "resnet-sweep"
