@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from resnet_core.data import DATASETS
+from resnet_core.config import DATASETS
 from resnet_core.errors import ConfigError
 from resnet_core.registry import VARIANTS
 
@@ -45,7 +45,7 @@ def _fmt_count(n: int) -> str:
 
 
 def _config_from_args(args, flags):
-    from resnet_core.train import RunConfig
+    from resnet_core.config import RunConfig
 
     flat = flat_from_args(args, flags)
     try:
@@ -56,8 +56,7 @@ def _config_from_args(args, flags):
 
 def cmd_describe(args) -> int:
     from resnet_core.analysis import describe_model
-    from resnet_core.data import DataConfig, num_classes
-    from resnet_core.resnet import DEFAULT_INPUT_SIZE
+    from resnet_core.config import DEFAULT_INPUT_SIZE, DataConfig, num_classes
 
     from .space import MAX_IMAGE_SIZE, check_model_size
 

@@ -6,11 +6,17 @@ import argparse
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from resnet_core.blocks import BLOCKS
-from resnet_core.data import DATASETS, NORMALIZATIONS
-from resnet_core.resnet import ARCHS, BOTTLENECK_STRIDES, SHORTCUTS
+from resnet_core.config import (
+    ARCHS,
+    BLOCK_NAMES,
+    BOTTLENECK_STRIDES,
+    DATASETS,
+    NORMALIZATIONS,
+    PRECISIONS,
+    SCHEDULES,
+    SHORTCUTS,
+)
 from resnet_core.registry import VARIANTS
-from resnet_core.train import PRECISIONS, SCHEDULES
 
 __all__ = ["MODEL_FLAGS", "TRAIN_FLAGS", "add_flags", "field_to_flag", "flat_from_args"]
 
@@ -40,7 +46,7 @@ class Flag:
 MODEL_FLAGS = (
     Flag("model.arch", "--arch", "network family: CIFAR (3 stages, 32 px) or ImageNet (4 stages, 224 px)", choices=ARCHS),
     Flag("model.depth", "--depth", "weighted layers: 6n+2 (basic) / 9n+2 (bottleneck) on CIFAR; 18…152 on ImageNet", int),
-    Flag("model.block", "--block", "residual block (default: basic; bottleneck for ImageNet depth ≥ 50)", choices=tuple(BLOCKS)),
+    Flag("model.block", "--block", "residual block (default: basic; bottleneck for ImageNet depth ≥ 50)", choices=tuple(BLOCK_NAMES)),
     Flag("model.shortcut", "--shortcut", "A: zero-pad identity, B: projection where shape changes, C: projection everywhere", choices=SHORTCUTS),
     Flag("model.residual", "--residual", "shortcuts on (--no-residual: the plain net)", boolean=True),
     Flag("model.width", "--width", "width multiplier K (16K/32K/64K filters on CIFAR)", int),

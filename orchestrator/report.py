@@ -257,9 +257,8 @@ def _params(config: dict) -> int | None:
     import torch
 
     from resnet_core.analysis import count_params
-    from resnet_core.data import num_classes
+    from resnet_core.config import RunConfig, num_classes
     from resnet_core.resnet import build_model
-    from resnet_core.train import RunConfig
 
     try:
         cfg = RunConfig.from_flat(config)
@@ -493,7 +492,7 @@ def _searched(config: dict, key: str) -> Any:
     resolved, as model.depth."""
     if key != "model.n":
         return config.get(key)
-    from resnet_core.train import RunConfig
+    from resnet_core.config import RunConfig
 
     try:
         return RunConfig.from_flat(config).model.blocks_per_stage[0]
@@ -614,8 +613,7 @@ def _deepest(compared: list[tuple[int, str]]) -> str:
 
 def _images(trials: list[TrialRecord], split: int) -> int | None:
     """How many images an error rate of these trials was measured on (0 train, 2 test)."""
-    from resnet_core.data import split_sizes
-    from resnet_core.train import RunConfig
+    from resnet_core.config import RunConfig, split_sizes
 
     try:
         return split_sizes(RunConfig.from_flat(trials[0].config).dataset)[split]

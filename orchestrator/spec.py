@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from resnet_core import metrics as M
-from resnet_core.train import RunConfig
+from resnet_core.config import RunConfig
 
 __all__ = ["SpecError", "SweepSpec", "load_spec", "parse_spec"]
 

@@ -1,13 +1,11 @@
 """resnet_core: the ResNet papers' models, data and training loop in pure PyTorch.
 
-Never imports ray, mlflow, yaml or pydantic: it runs and tests without the orchestrator.
+Never imports ray, mlflow, yaml or pydantic: it runs and tests without the orchestrator. Its
+names load on first use (PEP 562), so the settings (resnet_core.config) come without torch.
 """
-from .analysis import count_macs, count_params, describe_model, layer_responses
-from .data import DataConfig, DataUnavailableError, load_splits
-from .errors import ConfigError
-from .metrics import Status
-from .resnet import ModelConfig, ResNet, build_model
-from .train import RunConfig, TrainConfig, Trainer, train
+from __future__ import annotations
+
+import importlib
 
 __all__ = [
     "ConfigError",
@@ -27,3 +25,18 @@ __all__ = [
     "load_splits",
     "train",
 ]
+
+_HOMES = {
+    "ConfigError": "errors", "Status": "metrics",
+    "DataConfig": "config", "ModelConfig": "config", "RunConfig": "config", "TrainConfig": "config",
+    "DataUnavailableError": "data", "load_splits": "data",
+    "ResNet": "resnet", "build_model": "resnet",
+    "Trainer": "train", "train": "train",
+    "count_macs": "analysis", "count_params": "analysis", "describe_model": "analysis", "layer_responses": "analysis",
+}
+
+
+def __getattr__(name: str):
+    if name in _HOMES:
+        return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

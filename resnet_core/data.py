@@ -8,7 +8,6 @@ ops, so a GPU never waits for a CPU worker (the airbench94 approach). It behaves
 from __future__ import annotations
 
 import fcntl
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +16,21 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError, choice_error
+from .config import (
+    DATASETS,
+    DEFAULT_VAL_SIZE,
+    NORMALIZATIONS,
+    DataConfig,
+    default_cache_dir,
+    num_classes,
+    split_sizes,
+)
+from .errors import ConfigError
 
 __all__ = [
     "DATASETS",
+    "DEFAULT_VAL_SIZE",
+    "NORMALIZATIONS",
     "DataConfig",
     "DataUnavailableError",
     "DeviceLoader",
@@ -30,61 +40,6 @@ __all__ = [
     "num_classes",
     "split_sizes",
 ]
-
-DATASETS = ("cifar10", "cifar100", "digits", "synthetic")
-NORMALIZATIONS = ("pixel-mean", "channel")
-# Default val sizes: CIFAR's 45k/5k split of the training set (2015 §4.2); digits keeps 10% for
-# val and 20% for test of its 1,797 images.
-DEFAULT_VAL_SIZE = {"cifar10": 5000, "cifar100": 5000, "digits": 180, "synthetic": 256}
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("RESNET_SWEEP_DATA", Path.home() / ".cache" / "resnet-sweep" / "data"))
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Where the images come from and how they are split and prepared (YAML ``dataset.*``)."""
-
-    __pydantic_config__ = {"extra": "forbid"}
-
-    name: str = "cifar10"
-    val_size: int | None = None
-    split_seed: int = 0
-    cache_dir: str | None = None
-    normalize: str = "pixel-mean"
-    # Pad-crop-flip (2015 §4.2). Default: on for CIFAR, off for digits (a flipped 2 is not a 2)
-    # and synthetic.
-    augment: bool | None = None
-    image_size: int = 32
-    # Use only the first N training images (smoke tests, quick looks); None = all.
-    train_limit: int | None = None
-    # synthetic only: how many images and classes to generate.
-    synthetic_size: int = 1024
-    synthetic_classes: int = 10
-
-    def __post_init__(self) -> None:
-        if self.name not in DATASETS:
-            raise choice_error("dataset.name", self.name, DATASETS)
-        if self.augment is None:
-            object.__setattr__(self, "augment", self.name.startswith("cifar"))
-        if self.name.startswith("cifar") and self.image_size != 32:
-            raise ConfigError("dataset.image_size", f"{self.image_size}: CIFAR images are 32 px")
-        if self.normalize not in NORMALIZATIONS:
-            raise choice_error("dataset.normalize", self.normalize, NORMALIZATIONS)
-        if self.val_size is not None and self.val_size < 1:
-            raise ConfigError("dataset.val_size", f"{self.val_size} must be at least 1 (best epoch is chosen on val)")
-        if self.image_size < 8:
-            raise ConfigError("dataset.image_size", f"{self.image_size} must be at least 8 pixels")
-        if self.train_limit is not None and self.train_limit < 1:
-            raise ConfigError("dataset.train_limit", f"{self.train_limit} must be positive")
-        if self.synthetic_size < 16:
-            raise ConfigError("dataset.synthetic_size", f"{self.synthetic_size} must be at least 16")
-        if self.synthetic_classes < 2:
-            raise ConfigError("dataset.synthetic_classes", f"{self.synthetic_classes} must be at least 2")
-        if split_sizes(self)[0] < 1:
-            raise ConfigError("dataset.val_size", f"{self.val_size or DEFAULT_VAL_SIZE[self.name]} leaves no training images")
-
 
 class DataUnavailableError(RuntimeError):
     """The dataset's files are not on disk and could not be downloaded."""
@@ -183,26 +138,6 @@ def _synthetic(cfg: DataConfig):
     x = (x * 255).round().to(torch.uint8)
     n = cfg.synthetic_size
     return x[:n], y[:n], x[n:], y[n:], k
-
-
-def num_classes(cfg: DataConfig) -> int:
-    """Classes of ``cfg``'s dataset, without loading it."""
-    return {"cifar100": 100, "synthetic": cfg.synthetic_classes}.get(cfg.name, 10)
-
-
-def split_sizes(cfg: DataConfig) -> tuple[int, int, int]:
-    """(train, val, test) image counts of ``cfg`` without loading anything (for planning)."""
-    total, test = {
-        "cifar10": (50000, 10000),
-        "cifar100": (50000, 10000),
-        "digits": (1797 - 1797 // 5, 1797 // 5),
-        "synthetic": (cfg.synthetic_size, max(cfg.synthetic_size // 4, 16)),
-    }[cfg.name]
-    val = cfg.val_size if cfg.val_size is not None else DEFAULT_VAL_SIZE[cfg.name]
-    train = total - val
-    if cfg.train_limit is not None:
-        train = min(train, cfg.train_limit)
-    return train, val, test
 
 
 def load_splits(cfg: DataConfig) -> Splits:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -16,123 +16,14 @@ from torch import nn
 
 from . import metrics as M
 from .analysis import count_params, layer_responses
-from .data import DataConfig, DeviceLoader, Splits, load_splits, normalization_stats
-from .errors import ConfigError, choice_error
+from .config import PAPER_ITERATIONS, PRECISIONS, SCHEDULES, RunConfig, TrainConfig
+from .data import DeviceLoader, Splits, load_splits, normalization_stats
+from .errors import ConfigError
 from .metrics import Status
-from .resnet import ModelConfig, build_model
+from .resnet import build_model
 
-__all__ = ["EpochReport", "RunConfig", "TrainConfig", "Trainer", "lr_factor", "planned_epochs", "resolve_device", "steps_per_epoch", "train"]
-
-PRECISIONS = ("fp32", "bf16", "fp16")
-SCHEDULES = ("multistep", "cosine", "constant")
-PAPER_ITERATIONS = 64_000  # 2015 §4.2: stop at 64k iterations (≈182 epochs on 45k images)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """The recipe (YAML ``train.*``). Defaults are the paper's CIFAR recipe (2015 §4.2): SGD,
-    momentum 0.9, weight decay 1e-4, batch 128, lr 0.1 divided by 10 at 50% and 75% of the run
-    (32k and 48k of 64k iterations)."""
-
-    __pydantic_config__ = {"extra": "forbid"}
-
-    epochs: int | None = None  # give epochs or iterations; neither = the paper's 64k iterations
-    iterations: int | None = None
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 1e-4
-    bn_weight_decay: bool = True  # the paper decays every weight, BN's included
-    schedule: str = "multistep"
-    milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of the run where lr drops
-    gamma: float = 0.1
-    warmup_iterations: int = 0  # ResNet-110 (2015 §4.2): 400 iterations at 0.01, then back to lr
-    warmup_lr: float = 0.01
-    label_smoothing: float = 0.0
-    # A step loss above this multiple of chance level (ln K) means the weights blew up: the run
-    # is declared diverged. BN keeps such nets finite, so non-finite alone misses e.g. lr 10.
-    divergence_factor: float = 50.0
-    precision: str = "fp32"
-    channels_last: bool = False
-    compile: bool = False
-    seed: int = 0
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "milestones", tuple(self.milestones))
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"train.{f.name}", f"{value} is not a finite number")
-        if self.epochs is not None and self.iterations is not None:
-            raise ConfigError("train.epochs", "give train.epochs or train.iterations, not both")
-        for name in ("epochs", "iterations"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"train.{name}", f"{value} must be at least 1")
-        if self.batch_size < 1:
-            raise ConfigError("train.batch_size", f"{self.batch_size} must be at least 1")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError("train.lr", f"{self.lr} must be a positive number")
-        if not 0 <= self.momentum < 1:
-            raise ConfigError("train.momentum", f"{self.momentum} must be in [0, 1)")
-        if self.weight_decay < 0:
-            raise ConfigError("train.weight_decay", f"{self.weight_decay} must be non-negative")
-        if self.schedule not in SCHEDULES:
-            raise choice_error("train.schedule", self.schedule, SCHEDULES)
-        if list(self.milestones) != sorted(self.milestones) or any(not 0 < m < 1 for m in self.milestones):
-            raise ConfigError("train.milestones", f"{list(self.milestones)} must be increasing fractions in (0, 1)")
-        if not 0 < self.gamma < 1:
-            raise ConfigError("train.gamma", f"{self.gamma} must be in (0, 1)")
-        if self.warmup_iterations < 0:
-            raise ConfigError("train.warmup_iterations", f"{self.warmup_iterations} must be non-negative")
-        if self.warmup_lr <= 0:
-            raise ConfigError("train.warmup_lr", f"{self.warmup_lr} must be positive")
-        if not 0 <= self.label_smoothing < 1:
-            raise ConfigError("train.label_smoothing", f"{self.label_smoothing} must be in [0, 1)")
-        if self.divergence_factor < 0:
-            raise ConfigError("train.divergence_factor", f"{self.divergence_factor} must be non-negative (0 disables)")
-        if self.precision not in PRECISIONS:
-            raise choice_error("train.precision", self.precision, PRECISIONS)
-        if self.device != "auto":
-            try:
-                kind = torch.device(self.device).type
-            except RuntimeError:
-                kind = None
-            if kind not in ("cpu", "cuda", "mps"):
-                raise ConfigError("train.device", f"{self.device!r} is not a device (auto, cpu, cuda, cuda:1, mps)")
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """One trial: model + dataset + recipe. Its flat form (``model.depth``, ``train.lr``, …) is
-    what sweeps vary and what MLflow logs."""
-
-    model: ModelConfig = field(default_factory=ModelConfig)
-    dataset: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-    SECTIONS = {"model": ModelConfig, "dataset": DataConfig, "train": TrainConfig}
-
-    @classmethod
-    def from_flat(cls, flat: dict[str, Any]) -> "RunConfig":
-        parts: dict[str, dict] = {name: {} for name in cls.SECTIONS}
-        for key, value in flat.items():
-            section, _, name = key.partition(".")
-            if section not in parts or name not in {f.name for f in fields(cls.SECTIONS[section])}:
-                raise ConfigError(key, "unknown setting")
-            parts[section][name] = value
-        return cls(**{name: kind(**parts[name]) for name, kind in cls.SECTIONS.items()})
-
-    def to_flat(self) -> dict[str, Any]:
-        flat = {}
-        for name in self.SECTIONS:
-            section = getattr(self, name)
-            for f in fields(section):
-                value = getattr(section, f.name)
-                flat[f"{name}.{f.name}"] = list(value) if isinstance(value, tuple) else value
-        return flat
+__all__ = ["EpochReport", "PAPER_ITERATIONS", "PRECISIONS", "SCHEDULES", "RunConfig", "TrainConfig", "Trainer",
+           "lr_factor", "planned_epochs", "resolve_device", "steps_per_epoch", "train"]
 
 
 def resolve_device(name: str) -> torch.device:

@@ -140,3 +140,11 @@ def test_config_error_survives_pickling():
 
     err = pickle.loads(pickle.dumps(ConfigError("model.depth", "21 is not 6n+2")))
     assert err.field == "model.depth" and str(err) == "model.depth: 21 is not 6n+2"
+
+
+def test_block_names_are_the_blocks():
+    """The settings name the blocks without importing torch; the names must be the blocks'."""
+    from resnet_core.blocks import BLOCKS
+    from resnet_core.config import BLOCK_NAMES
+
+    assert BLOCK_NAMES == tuple(BLOCKS)
