@@ -200,8 +200,7 @@ def _warn(lines: list[str]) -> None:
 
 
 def cmd_plan(args) -> int:
-    from .space import DEFAULT_CPU_GFLOPS, DEFAULT_GPU_TFLOPS, make_plan
-    from .sweep import plan_summary
+    from .space import DEFAULT_CPU_GFLOPS, DEFAULT_GPU_TFLOPS, make_plan, plan_summary
 
     tflops, gflops = args.gpu_tflops or DEFAULT_GPU_TFLOPS, args.cpu_gflops or DEFAULT_CPU_GFLOPS
     plan = make_plan(_load(args.sweep), gpu_tflops=tflops, cpu_gflops=gflops)

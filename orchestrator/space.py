@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import itertools
+import json
 import math
+import os
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from resnet_core.analysis import count_macs, count_params
-from resnet_core.data import num_classes, split_sizes
 from resnet_core.errors import ConfigError
-from resnet_core.resnet import ModelConfig, build_model, layers_per_block
-from resnet_core.train import PAPER_ITERATIONS, RunConfig, planned_epochs, steps_per_epoch
+from resnet_core.config import (
+    PAPER_ITERATIONS,
+    ModelConfig,
+    RunConfig,
+    layers_per_block,
+    num_classes,
+    planned_epochs,
+    split_sizes,
+    steps_per_epoch,
+)
 
 from .spec import FIELD_TYPES, ParsedSpec, SpecError
 
@@ -373,6 +383,71 @@ class Footprint:
 
 @functools.lru_cache(maxsize=256)
 def model_footprint(model: ModelConfig, classes: int, image_size: int) -> Footprint:
+    """Exact counts, kept in the count cache by the model's full configuration (see
+    CountCache): a plan of known models needs neither torch nor its flop counter."""
+    key = repr((model, classes, image_size))
+    cached = COUNT_CACHE.get(key)
+    if cached is not None:
+        return Footprint(*cached)
+    footprint = _count(model, classes, image_size)
+    COUNT_CACHE.put(key, dataclasses.astuple(footprint))
+    return footprint
+
+
+class CountCache:
+    """Model counts on disk (~/.cache/resnet-sweep/model-counts.json, or under $XDG_CACHE_HOME),
+    keyed by the model's full configuration and valid for one version of the model code and of
+    torch: counting a model means importing torch (≈ 1 s) and a first use of its flop counter
+    (≈ 2 s). A cache that cannot be read or written is simply not used."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, list[int]] | None = None
+
+    @functools.cached_property
+    def path(self) -> Path:
+        return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "resnet-sweep" / "model-counts.json"
+
+    @functools.cached_property
+    def version(self) -> str:
+        """The model code (its source files) and torch's version: counts of another are not these."""
+        from importlib.metadata import version
+
+        import resnet_core
+
+        digest = hashlib.sha256(version("torch").encode())
+        folder = Path(resnet_core.__file__).parent
+        for name in ("blocks.py", "resnet.py", "analysis.py", "config.py"):
+            digest.update((folder / name).read_bytes())
+        return digest.hexdigest()[:16]
+
+    def _load(self) -> dict[str, list[int]]:
+        if self._entries is None:
+            try:
+                data = json.loads(self.path.read_text())
+                self._entries = data["counts"] if data.get("version") == self.version else {}
+            except (OSError, ValueError, KeyError, TypeError):
+                self._entries = {}
+        return self._entries
+
+    def get(self, key: str) -> list[int] | None:
+        return self._load().get(key)
+
+    def put(self, key: str, counts: tuple[int, ...]) -> None:
+        entries = self._load()
+        entries[key] = list(counts)
+        try:  # written whole and renamed: a second `plan` at the same time reads one file or the other
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+            tmp.write_text(json.dumps({"version": self.version, "counts": entries}))
+            os.replace(tmp, self.path)
+        except OSError:
+            pass
+
+
+COUNT_CACHE = CountCache()
+
+
+def _count(model: ModelConfig, classes: int, image_size: int) -> Footprint:
     """Exact counts without allocating the model or building all of it: the net with one block
     per stage, and with one more block in each stage in turn, are built on the meta device (no
     memory); a stage's later blocks are all alike, so every count is linear in the block counts."""
@@ -387,6 +462,9 @@ def model_footprint(model: ModelConfig, classes: int, image_size: int) -> Footpr
 
 def _measure(model: ModelConfig, stages: tuple[int, ...], classes: int, image_size: int) -> tuple[int, int, int]:
     import torch
+
+    from resnet_core.analysis import count_macs, count_params
+    from resnet_core.resnet import build_model
 
     with torch.device("meta"):
         net = build_model(dataclasses.replace(model, stages=stages, depth=None), num_classes=classes)
@@ -494,3 +572,30 @@ class OptunaSpace:
 
 def optuna_space(parsed: ParsedSpec) -> OptunaSpace:
     return OptunaSpace(parsed.spec.search.space, parsed.spec.fixed_flat())
+
+
+def plan_json(plan: Plan) -> str:
+    return json.dumps(plan_summary(plan), indent=2)
+
+
+def plan_summary(plan: Plan) -> dict:
+    spec = plan.spec
+    return {
+        "name": spec.name,
+        "description": spec.description,
+        "algorithm": spec.search.algorithm,
+        "num_trials": plan.num_trials,
+        "epochs_per_trial": plan.epochs_per_trial,
+        "total_epochs": plan.total_epochs,
+        "asha_expected_epochs": plan.asha_epochs,
+        "train_images": plan.train_images,
+        "gpu_hours": plan.gpu_hours,
+        "cpu_hours": plan.cpu_hours,
+        "budget": spec.budget.model_dump(),
+        "warnings": plan.warnings,
+        "models": plan.models,
+        "space": spec.search.space if plan.trials is None else None,
+        "trials": [
+            {"index": t.index, "name": t.name, "varying": t.varying, "config": t.config} for t in plan.trials or []
+        ],
+    }

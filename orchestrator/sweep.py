@@ -23,7 +23,7 @@ from resnet_core.train import RunConfig
 
 from . import cluster, driver_lock, storage
 from .progress import TUNE_INTERRUPT, Progress, TrialErrorTraces, TrialDirName, TrialNamer, table_rows
-from .space import Plan, make_plan, optuna_space
+from .space import Plan, make_plan, optuna_space, plan_json
 from .spec import ParsedSpec, SpecError, parse_spec
 from .mlflow_store import PASSWORD, USERNAME, check_tracking_uri, redact, default_tracking_uri, normalize_tracking_uri, use_tracking_uri
 from .tracking import SweepTracker, git_commit
@@ -376,33 +376,6 @@ def _checkpoint_config(spec):
             num_to_keep=1, checkpoint_score_attribute=spec.metric.name, checkpoint_score_order=spec.metric.mode
         )
     return tune.CheckpointConfig(num_to_keep=1)
-
-
-def plan_json(plan: Plan) -> str:
-    return json.dumps(plan_summary(plan), indent=2)
-
-
-def plan_summary(plan: Plan) -> dict:
-    spec = plan.spec
-    return {
-        "name": spec.name,
-        "description": spec.description,
-        "algorithm": spec.search.algorithm,
-        "num_trials": plan.num_trials,
-        "epochs_per_trial": plan.epochs_per_trial,
-        "total_epochs": plan.total_epochs,
-        "asha_expected_epochs": plan.asha_epochs,
-        "train_images": plan.train_images,
-        "gpu_hours": plan.gpu_hours,
-        "cpu_hours": plan.cpu_hours,
-        "budget": spec.budget.model_dump(),
-        "warnings": plan.warnings,
-        "models": plan.models,
-        "space": spec.search.space if plan.trials is None else None,
-        "trials": [
-            {"index": t.index, "name": t.name, "varying": t.varying, "config": t.config} for t in plan.trials or []
-        ],
-    }
 
 
 def _finish(prep: Prepared, results, namer: TrialNamer, epochs: int, tracker: SweepTracker | None, num_trials: int,

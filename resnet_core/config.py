@@ -16,7 +16,8 @@ from .registry import IMAGENET_STAGES
 __all__ = [
     "ARCHS", "BLOCK_NAMES", "BOTTLENECK_STRIDES", "DATASETS", "DEFAULT_INPUT_SIZE", "DEFAULT_VAL_SIZE", "NORMALIZATIONS",
     "PAPER_ITERATIONS", "PRECISIONS", "SCHEDULES", "SHORTCUTS", "DataConfig", "ModelConfig", "RunConfig",
-    "TrainConfig", "default_cache_dir", "layers_per_block", "num_classes", "split_sizes",
+    "TrainConfig", "default_cache_dir", "layers_per_block", "num_classes", "planned_epochs", "split_sizes",
+    "steps_per_epoch",
 ]
 
 # The blocks of resnet_core.blocks.BLOCKS, by name (a test keeps the two equal).
@@ -341,3 +342,12 @@ class RunConfig:
         return flat
 
 
+def planned_epochs(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """Epochs of a run: ``epochs``, or ``iterations`` (default: the paper's 64k) in whole epochs."""
+    if cfg.epochs is not None:
+        return cfg.epochs
+    return max(1, round((cfg.iterations or PAPER_ITERATIONS) / steps_per_epoch))
+
+
+def steps_per_epoch(train_images: int, batch_size: int) -> int:
+    return -(-train_images // batch_size)

@@ -16,7 +16,7 @@ from torch import nn
 
 from . import metrics as M
 from .analysis import count_params, layer_responses
-from .config import PAPER_ITERATIONS, PRECISIONS, SCHEDULES, RunConfig, TrainConfig
+from .config import PAPER_ITERATIONS, PRECISIONS, SCHEDULES, RunConfig, TrainConfig, planned_epochs, steps_per_epoch
 from .data import DeviceLoader, Splits, load_splits, normalization_stats
 from .errors import ConfigError
 from .metrics import Status
@@ -36,17 +36,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("train.device", f"{name!r} is not available here")
     return device
-
-
-def planned_epochs(cfg: TrainConfig, steps_per_epoch: int) -> int:
-    """Epochs of a run: ``epochs``, or ``iterations`` (default: the paper's 64k) in whole epochs."""
-    if cfg.epochs is not None:
-        return cfg.epochs
-    return max(1, round((cfg.iterations or PAPER_ITERATIONS) / steps_per_epoch))
-
-
-def steps_per_epoch(train_images: int, batch_size: int) -> int:
-    return -(-train_images // batch_size)
 
 
 def lr_factor(step: int, total_steps: int, cfg: TrainConfig) -> float:

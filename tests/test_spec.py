@@ -199,3 +199,33 @@ def test_model_help_lists_the_variants(capsys):
             main([command, "--help"])
         out = " ".join(capsys.readouterr().out.split())
         assert "model variants for --model: resnet20, resnet32" in out and "preact1001" in out and "resnet152" in out
+
+
+def test_model_counts_are_cached_by_full_config_and_code_version(tmp_path, monkeypatch):
+    """`plan` keeps torch's counts on disk: the second plan reads them (no torch), the same numbers;
+    a cache written by other model code, or one that cannot be written, is not used."""
+    import dataclasses
+    import os
+    import subprocess
+    import sys
+
+    from orchestrator.space import CountCache, _count
+    from resnet_core.config import ModelConfig
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    plans = [subprocess.run([sys.executable, "-m", "orchestrator.cli", "plan", str(SWEEPS / "quickstart.yaml"), "--json"],
+                            capture_output=True, text=True, env=env, cwd=tmp_path, check=True).stdout for _ in range(2)]
+    assert plans[0] == plans[1] and json.loads(plans[0])["models"]
+    cache = CountCache()
+    stored = json.loads(cache.path.read_text())
+    assert stored["version"] == cache.version and len(stored["counts"]) == 6  # 3 depths, plain and residual
+    model = ModelConfig(arch="cifar", depth=32, block="basic", shortcut="A")
+    key = next(k for k in stored["counts"] if "depth=32" in k and "residual=True" in k)
+    assert stored["counts"][key] == list(dataclasses.astuple(_count(model, 10, 16)))
+    cache.path.write_text(json.dumps({"version": "other code", "counts": stored["counts"]}))
+    assert CountCache().get(key) is None
+    monkeypatch.setenv("XDG_CACHE_HOME", "/proc/no-such-folder")
+    fresh = CountCache()
+    fresh.put("x", (1, 2, 3))  # cannot be written: kept in memory only
+    assert fresh.get("x") == [1, 2, 3]
