@@ -253,17 +253,14 @@ def _completed(trials: list[TrialRecord]) -> list[TrialRecord]:
 
 
 def _params(config: dict) -> int | None:
-    """The net's parameter count, from its config (built on the meta device: no memory)."""
-    import torch
-
-    from resnet_core.analysis import count_params
+    """The net's parameter count, from its config: the plan's count (cached by full config)."""
     from resnet_core.config import RunConfig, num_classes
-    from resnet_core.resnet import build_model
+
+    from .space import model_footprint
 
     try:
         cfg = RunConfig.from_flat(config)
-        with torch.device("meta"):
-            return count_params(build_model(cfg.model, num_classes=num_classes(cfg.dataset)))
+        return model_footprint(cfg.model, num_classes(cfg.dataset), cfg.dataset.image_size).params
     except Exception:  # noqa: BLE001 — a config this version cannot build (an older release's): no count
         return None
 

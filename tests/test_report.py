@@ -194,17 +194,6 @@ def test_statistics_and_verdicts():
     assert _verdict([0.10, 0.20], [0.16, 0.26], 0.005) == "not reproduced (difference within noise)"
 
 
-GRID = """\
-name: odd
-dataset: {name: digits, image_size: 8, train_limit: 256}
-model: {arch: cifar, block: basic, shortcut: A}
-train: {epochs: 4, batch_size: 64}
-search:
-  algorithm: grid
-  space:
-    model.depth: [8, 14]
-    model.residual: [true, false]
-"""
 SEARCH = """\
 name: odd
 dataset: {name: digits, image_size: 8, train_limit: 256}
@@ -244,13 +233,13 @@ def test_report_survives_odd_sweeps():
         report.html()
         return report.markdown()
 
-    assert "0 of 4 planned trials" in markdown(record(GRID, []))
-    assert "## Trials" in markdown(record(GRID, [TrialRecord("r1", "plain8", "running", _config(8, False))]))
+    assert "0 of 4 planned trials" in markdown(record(SWEEP, []))
+    assert "## Trials" in markdown(record(SWEEP, [TrialRecord("r1", "plain8", "running", _config(8, False))]))
     failed = TrialRecord("r2", "resnet8", "failed", _config(8, True), history=_history(2, 0.5), error="ValueError: boom")
-    text = markdown(record(GRID, [failed, TrialRecord("r3", "plain8", "completed", _config(8, False),
+    text = markdown(record(SWEEP, [failed, TrialRecord("r3", "plain8", "completed", _config(8, False),
                                                        history=_history(4, 0.2))]))
     assert "`resnet8` (failed): ValueError: boom" in text
-    assert "## Trials" in markdown(record(GRID, [TrialRecord("r4", "x", "completed", {"model.depth": "abc"},
+    assert "## Trials" in markdown(record(SWEEP, [TrialRecord("r4", "x", "completed", {"model.depth": "abc"},
                                                               history=_history(4, 0.2))]))
     same = [TrialRecord(f"o{i}", f"resnet8-lr{lr}", "completed", _config(8, True, **{"train.lr": lr}),
                         history=_history(4, 0.9)) for i, lr in enumerate((0.03, 0.1, 0.3))]
