@@ -79,9 +79,10 @@ TRAIN_FLAGS = (
     Flag("train.warmup_lr", "--warmup-lr", "learning rate during warm-up", float),
     Flag("train.label_smoothing", "--label-smoothing", "label smoothing of the loss", float),
     Flag("train.divergence_factor", "--divergence-factor", "declare divergence when a step loss exceeds this × ln(classes) (0: off)", float),
-    Flag("train.precision", "--precision", "fp32, bf16 autocast or fp16 with a grad scaler", choices=PRECISIONS),
-    Flag("train.channels_last", "--channels-last", "NHWC memory layout", boolean=True),
-    Flag("train.compile", "--compile", "torch.compile the model", boolean=True),
+    Flag("train.precision", "--precision", "fp32, bf16 autocast, fp16 with a grad scaler; auto: bf16 on CUDA, else fp32", choices=PRECISIONS),
+    Flag("train.channels_last", "--channels-last", "NHWC memory layout (default: on CUDA only)", boolean=True),
+    Flag("train.compile", "--compile", "torch.compile the model (a mode, e.g. reduce-overhead: in YAML)", boolean=True),
+    Flag("train.fused_sgd", "--fused-sgd", "one fused SGD kernel per step (default: on)", boolean=True),
     Flag("train.seed", "--seed", "seed of init, shuffling and augmentation", int),
     Flag("train.device", "--device", "auto (cuda if present), cpu, cuda, cuda:N", str),
 )

@@ -23,19 +23,23 @@ from .mlflow_store import open_client, redact
 from .progress import TUNE_INTERRUPT, was_interrupted
 from .trainable import error_trace
 from .vocabulary import (
+    DEVICE,
     EARLIER_EPOCHS,
     FINAL_STATUSES,
     HOSTNAME,
     LAYER_RESPONSES,
     NODE_ID,
     PARENT_TAG,
+    SPEED,
     STATUS,
     TAG_BEST_EPOCH,
+    TAG_DEVICE,
     TAG_ERROR,
     TAG_HOST,
     TAG_NODE_ID,
     TAG_NODES,
     TAG_ROLE,
+    TAG_SPEED,
     TAG_STATUS,
     TAG_STOPPED_AT,
     TAG_STORAGE,
@@ -331,7 +335,8 @@ class SweepTracker(Callback):
         from mlflow.entities import RunTag
 
         nodes = [*self.nodes[run_id], node]
-        tags = {TAG_NODE_ID: node, TAG_HOST: str(result.get(HOSTNAME, "")), TAG_NODES: ",".join(nodes)}
+        tags = {TAG_NODE_ID: node, TAG_HOST: str(result.get(HOSTNAME, "")), TAG_NODES: ",".join(nodes),
+                **{tag: str(result[key]) for tag, key in ((TAG_DEVICE, DEVICE), (TAG_SPEED, SPEED)) if key in result}}
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         self.nodes[run_id] = nodes
 

@@ -19,7 +19,7 @@ from resnet_core.train import RunConfig, Trainer
 
 from . import storage
 from .space import resolve_trial
-from .vocabulary import EARLIER_EPOCHS, HOSTNAME, LAYER_RESPONSES, NODE_ID, NOTICE, REPLAYED, STATUS
+from .vocabulary import DEVICE, EARLIER_EPOCHS, HOSTNAME, LAYER_RESPONSES, NODE_ID, NOTICE, REPLAYED, SPEED, STATUS
 
 __all__ = ["CHECKPOINT_FILE", "error_trace", "train_trial"]
 
@@ -128,6 +128,7 @@ def train_trial(config: dict[str, Any], experiment_path: str) -> None:
     torch.set_num_threads(max(1, int(cpus)))
     placement = {NODE_ID: context.get_node_id(), HOSTNAME: socket.gethostname()}
     trainer = Trainer(RunConfig.from_flat(resolve_trial(config, {})))
+    placement.update({DEVICE: str(trainer.device), SPEED: str(trainer.speed)})
     trial_uri = storage.join(experiment_path, Path(tune.get_context().get_trial_dir()).name)
     trainer, warning = _restore(trainer, trial_uri, tune.get_checkpoint())
     # The epochs before the restore go with the first result, once: the driver logs any that

@@ -9,7 +9,7 @@ from resnet_core import metrics as M
 from resnet_core.metrics import Status
 
 __all__ = [
-    "EARLIER_EPOCHS", "HOSTNAME", "LAYER_RESPONSES", "NODE_ID", "NOTICE", "REPLAYED", "STATUS",
+    "DEVICE", "EARLIER_EPOCHS", "HOSTNAME", "SPEED", "TAG_DEVICE", "TAG_SPEED", "LAYER_RESPONSES", "NODE_ID", "NOTICE", "REPLAYED", "STATUS",
     "TAG_BEST_EPOCH", "TAG_ERROR", "TAG_HOST", "TAG_NODES", "TAG_NODE_ID", "TAG_ROLE", "TAG_STATUS",
     "TAG_STOPPED_AT", "TAG_STORAGE", "TAG_SWEEP", "TAG_TRIAL_ID", "PARENT_TAG", "FINAL_STATUSES",
     "REPORT_FOLDER", "describe_status", "error_line", "final_status",
@@ -23,6 +23,8 @@ REPLAYED = "replayed"  # a finished trial's last result, reported again after a 
 NODE_ID = "node_id"  # where the trial ran (the Ray node id, and its host name)
 HOSTNAME = "hostname"  # the same key Tune fills in itself
 NOTICE = "notice"  # a line for the user (to stderr), sent once with the first result
+DEVICE = "device"  # the trial's training device (cuda:0, cpu)
+SPEED = "speed"  # its speed levers as resolved there (resnet_core.train.Speed)
 
 # --- MLflow tags ------------------------------------------------------------------------------------
 TAG_SWEEP = "resnet_sweep.sweep"  # on parent and children: the sweep's key
@@ -34,6 +36,7 @@ TAG_STOPPED_AT = "stopped_at_epoch"
 TAG_ERROR = "error"  # a failed trial's exception, one line (the whole trace: artifact error.txt)
 TAG_NODE_ID, TAG_HOST = "node_id", "host"  # where the trial ran last
 TAG_NODES = "nodes"  # every node it ran on, in order (more than one after a node loss)
+TAG_DEVICE, TAG_SPEED = DEVICE, SPEED  # where it trained last, and how ("bf16 channels_last fused-sgd")
 PARENT_TAG = "mlflow.parentRunId"
 TAG_STORAGE = "resnet_sweep.storage"  # on the parent: the sweep's experiment folder
 # A failed trial may be retried on resume; these are never touched again.

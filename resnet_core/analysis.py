@@ -49,8 +49,10 @@ def shortcut_params(model: nn.Module) -> list[int]:
 
 
 def describe_model(cfg: ModelConfig, *, input_size: int | None = None, num_classes: int | None = None) -> dict:
-    """Everything `resnet-sweep describe` prints, as one JSON-ready dict."""
-    model = build_model(cfg, num_classes=num_classes)
+    """Everything `resnet-sweep describe` prints, as one JSON-ready dict. The model is built on
+    the meta device: every count is exact, and nothing is allocated or computed."""
+    with torch.device("meta"):
+        model = build_model(cfg, num_classes=num_classes)
     size = input_size or DEFAULT_INPUT_SIZE[cfg.arch]
     projections = [p for p in shortcut_params(model) if p]
     return {

@@ -8,14 +8,14 @@ import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .errors import ConfigError, choice_error
 from .registry import IMAGENET_STAGES
 
 __all__ = [
     "ARCHS", "BLOCK_NAMES", "BOTTLENECK_STRIDES", "DATASETS", "DEFAULT_INPUT_SIZE", "DEFAULT_VAL_SIZE", "NORMALIZATIONS",
-    "PAPER_ITERATIONS", "PRECISIONS", "SCHEDULES", "SHORTCUTS", "DataConfig", "ModelConfig", "RunConfig",
+    "PAPER_ITERATIONS", "COMPILE_MODES", "PRECISIONS", "SCHEDULES", "SHORTCUTS", "DataConfig", "ModelConfig", "RunConfig",
     "TrainConfig", "default_cache_dir", "layers_per_block", "num_classes", "planned_epochs", "split_sizes",
     "steps_per_epoch",
 ]
@@ -228,7 +228,9 @@ def split_sizes(cfg: DataConfig) -> tuple[int, int, int]:
 
 
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# torch.compile's modes; "reduce-overhead" captures CUDA graphs (one launch per step on a GPU).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 SCHEDULES = ("multistep", "cosine", "constant")
 PAPER_ITERATIONS = 64_000  # 2015 §4.2: stop at 64k iterations (≈182 epochs on 45k images)
 
@@ -258,9 +260,13 @@ class TrainConfig:
     # A step loss above this multiple of chance level (ln K) means the weights blew up: the run
     # is declared diverged. BN keeps such nets finite, so non-finite alone misses e.g. lr 10.
     divergence_factor: float = 50.0
-    precision: str = "fp32"
-    channels_last: bool = False
-    compile: bool = False
+    # Speed levers: how fast, never what is computed (no hyperparameter changes). "auto" is the
+    # fastest measured setting of the device (docs/benchmarks.md): bf16 autocast and channels_last
+    # on CUDA; fp32 and the default layout elsewhere, so CPU runs stay exact.
+    precision: str = "auto"
+    channels_last: bool | Literal["auto"] = "auto"
+    compile: bool | str = False  # torch.compile: true (default mode) or one of COMPILE_MODES
+    fused_sgd: bool = True  # one fused kernel per optimizer step where torch has it (CPU, CUDA)
     seed: int = 0
     device: str = "auto"
 
@@ -300,6 +306,10 @@ class TrainConfig:
             raise ConfigError("train.divergence_factor", f"{self.divergence_factor} must be non-negative (0 disables)")
         if self.precision not in PRECISIONS:
             raise choice_error("train.precision", self.precision, PRECISIONS)
+        if self.channels_last not in (True, False, "auto"):
+            raise choice_error("train.channels_last", self.channels_last, ("auto", "true", "false"))
+        if self.compile not in (True, False, *COMPILE_MODES):
+            raise choice_error("train.compile", self.compile, ("true", "false", *COMPILE_MODES))
         if self.device != "auto":
             try:
                 import torch  # only to parse a device name (cuda:1): the CLI starts without torch

@@ -22,7 +22,7 @@ from .errors import ConfigError
 from .metrics import Status
 from .resnet import build_model
 
-__all__ = ["EpochReport", "PAPER_ITERATIONS", "PRECISIONS", "SCHEDULES", "RunConfig", "TrainConfig", "Trainer",
+__all__ = ["EpochReport", "PAPER_ITERATIONS", "PRECISIONS", "SCHEDULES", "RunConfig", "Speed", "TrainConfig", "Trainer",
            "lr_factor", "planned_epochs", "resolve_device", "steps_per_epoch", "train"]
 
 
@@ -36,6 +36,63 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("train.device", f"{name!r} is not available here")
     return device
+
+
+@dataclass(frozen=True)
+class Speed:
+    """The speed levers of a run as resolved on its device ("auto" decided)."""
+
+    precision: str
+    channels_last: bool
+    compile: bool | str
+    fused_sgd: bool
+
+    @classmethod
+    def resolve(cls, tc: TrainConfig, device: torch.device) -> "Speed":
+        cuda = device.type == "cuda"
+        precision = tc.precision
+        if precision == "auto":
+            precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+        channels_last = cuda if tc.channels_last == "auto" else bool(tc.channels_last)
+        return cls(precision, channels_last, tc.compile, tc.fused_sgd)
+
+    def __str__(self) -> str:
+        """One line for MLflow and logs, e.g. ``bf16 channels_last fused-sgd``."""
+        words = [self.precision]
+        if self.channels_last:
+            words.append("channels_last")
+        if self.compile:
+            words.append("compile" if self.compile is True else f"compile={self.compile}")
+        if self.fused_sgd:
+            words.append("fused-sgd")
+        return " ".join(words)
+
+
+class _DivergenceWatch:
+    """Reads the device's "diverged" flag without stalling a GPU: each check starts a copy of
+    the flag into pinned host memory and reads the copy the previous check started, once it has
+    arrived. A diverging run stops at most two checks late; the epoch's end reads the flag
+    directly, so none is missed. On CPU the flag is read at once (there is nothing to stall)."""
+
+    EVERY = 50  # steps between checks
+
+    def __init__(self, device: torch.device) -> None:
+        cuda = device.type == "cuda"
+        self.host = torch.zeros((), dtype=torch.bool, pin_memory=cuda)
+        self.copied = torch.cuda.Event() if cuda else None
+        self.pending = False
+
+    def check(self, flag: torch.Tensor) -> bool:
+        if self.copied is None:
+            return bool(flag)
+        seen = False
+        if self.pending and self.copied.query():
+            seen, self.pending = bool(self.host), False
+        if not self.pending:
+            self.host.copy_(flag, non_blocking=True)
+            self.copied.record()
+            self.pending = True
+        return seen
 
 
 def lr_factor(step: int, total_steps: int, cfg: TrainConfig) -> float:
@@ -76,41 +133,60 @@ class Trainer:
         self.splits = splits.to(self.device)
         self.num_classes = splits.num_classes
 
+        self.speed = Speed.resolve(tc, self.device)
+
         torch.manual_seed(tc.seed)
         self.model = build_model(cfg.model, num_classes=splits.num_classes).to(self.device)
-        if tc.channels_last:
+        if self.speed.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.forward = torch.compile(self.model) if tc.compile else self.model
+        self.forward = self.model
+        if self.speed.compile:
+            mode = None if self.speed.compile is True else self.speed.compile
+            self.forward = torch.compile(self.model, mode=mode)
 
         mean, std = normalization_stats(self.splits.train_x, cfg.dataset.normalize)
         self.generator = torch.Generator(device=self.device).manual_seed(tc.seed + 1)
-        common = dict(batch_size=tc.batch_size, mean=mean, std=std, channels_last=tc.channels_last)
+        common = dict(mean=mean, std=std, channels_last=self.speed.channels_last)
         self.train_loader = DeviceLoader(
             self.splits.train_x,
             self.splits.train_y,
+            batch_size=tc.batch_size,
             train=True,
             augment=cfg.dataset.augment,
             generator=self.generator,
             **common,
         )
-        self.val_loader = DeviceLoader(self.splits.val_x, self.splits.val_y, **common)
-        self.test_loader = DeviceLoader(self.splits.test_x, self.splits.test_y, **common)
+        # Evaluation in eval mode gives each image the same output in any batch: large batches
+        # are cheaper (fewer launches), about 4 MB of input each.
+        eval_batch = max(tc.batch_size, 1024 * 32 * 32 // (cfg.dataset.image_size**2))
+        self.val_loader = DeviceLoader(self.splits.val_x, self.splits.val_y, batch_size=eval_batch, **common)
+        self.test_loader = DeviceLoader(self.splits.test_x, self.splits.test_y, batch_size=eval_batch, **common)
 
         self.epochs = planned_epochs(tc, len(self.train_loader))
         self.total_steps = self.epochs * len(self.train_loader)
 
-        self.optimizer = torch.optim.SGD(
-            self._param_groups(), lr=tc.lr, momentum=tc.momentum, nesterov=tc.nesterov
-        )
+        self.optimizer = self._sgd()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, self.total_steps, tc)
         )
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=tc.precision == "fp16")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.speed.precision == "fp16")
         self.criterion = nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
-        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.precision)
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.speed.precision)
         self.epoch = 0
         self.history: list[dict[str, float]] = []
         self.status = Status.RUNNING
+
+    def _sgd(self) -> torch.optim.SGD:
+        """The paper's SGD; fused into one kernel per step where torch has one for the device,
+        else its multi-tensor (foreach) form. Both compute the same update."""
+        tc = self.cfg.train
+        kwargs = dict(lr=tc.lr, momentum=tc.momentum, nesterov=tc.nesterov)
+        if self.speed.fused_sgd:
+            try:
+                return torch.optim.SGD(self._param_groups(), fused=True, **kwargs)
+            except RuntimeError:  # no fused kernel for this device
+                pass
+        return torch.optim.SGD(self._param_groups(), foreach=self.device.type != "cpu", **kwargs)
 
     def _param_groups(self) -> list[dict]:
         tc = self.cfg.train
@@ -122,6 +198,11 @@ class Trainer:
             {"params": decay, "weight_decay": tc.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
+
+    def _new_step(self) -> None:
+        """Tells torch.compile's CUDA graphs that the last step's outputs are done with."""
+        if self.speed.compile:
+            torch.compiler.cudagraph_mark_step_begin()
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
@@ -155,9 +236,11 @@ class Trainer:
         self.history = list(state["history"])
 
     # --- the loop --------------------------------------------------------------------------
-    def _diverged(self, loss_sum: torch.Tensor, max_loss: torch.Tensor) -> bool:
+    def _diverged(self, loss_sum: torch.Tensor, max_loss: torch.Tensor) -> torch.Tensor:
+        """On the device, so asking costs no host sync (see _DivergenceWatch)."""
         limit = self.cfg.train.divergence_factor * math.log(self.num_classes)
-        return not torch.isfinite(loss_sum) or (limit > 0 and max_loss.item() > limit)
+        blown = ~torch.isfinite(loss_sum)
+        return blown | (max_loss > limit) if limit > 0 else blown
 
     def _train_epoch(self) -> dict[str, float] | None:
         """One pass over the training split; None when the run diverged."""
@@ -166,11 +249,13 @@ class Trainer:
         max_loss = torch.zeros((), device=self.device)
         wrong = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
+        watch = _DivergenceWatch(self.device)
         lr = self.optimizer.param_groups[0]["lr"]
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         start = time.perf_counter()
         for step, (x, y) in enumerate(self.train_loader, 1):
+            self._new_step()
             with self._autocast():
                 logits = self.forward(x)
                 loss = self.criterion(logits, y)
@@ -183,10 +268,9 @@ class Trainer:
             max_loss = torch.maximum(max_loss, loss.detach().float())
             wrong += (logits.detach().argmax(1) != y).sum()
             seen += len(y)
-            # Checking syncs the device, so only every 50 steps and at the end.
-            if step % 50 == 0 and self._diverged(loss_sum, max_loss):
+            if step % watch.EVERY == 0 and watch.check(self._diverged(loss_sum, max_loss)):
                 return None
-        if self._diverged(loss_sum, max_loss):
+        if self._diverged(loss_sum, max_loss).item():
             return None
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -203,14 +287,17 @@ class Trainer:
     def evaluate(self, loader: DeviceLoader) -> tuple[float, float]:
         """(mean loss, error) of the single original view of each image."""
         self.model.eval()
-        loss_sum, wrong, seen = 0.0, 0, 0
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        wrong = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
         for x, y in loader:
+            self._new_step()
             with self._autocast():
                 logits = self.forward(x)
-            loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum").item()
-            wrong += (logits.argmax(1) != y).sum().item()
+            loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum").double()
+            wrong += (logits.argmax(1) != y).sum()
             seen += len(y)
-        return loss_sum / max(seen, 1), wrong / max(seen, 1)
+        return loss_sum.item() / max(seen, 1), wrong.item() / max(seen, 1)
 
     def best_epoch(self) -> dict[str, float] | None:
         """The epoch with the lowest val error (earliest on ties): chosen on val, never on test."""
@@ -268,6 +355,7 @@ class Trainer:
             "layer_response_std": responses,
             "params": count_params(self.model),
             "device": str(self.device),
+            "speed": str(self.speed),
             "config": self.cfg.to_flat(),
             "history": self.history,
         }

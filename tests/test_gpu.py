@@ -86,3 +86,32 @@ def test_resume_on_cuda_reproduces_next_epoch():
     assert got == pytest.approx(expected, abs=1e-5)
     one_image = 1 / len(resumed.splits.train_x)
     assert resumed.history[1][M.TRAIN_ERROR] == pytest.approx(straight.history[1][M.TRAIN_ERROR], abs=one_image)
+
+
+def test_defaults_on_cuda_are_the_fast_levers():
+    trainer = Trainer(tiny_run(epochs=1))
+    assert str(trainer.speed) == "bf16 channels_last fused-sgd"
+    assert trainer.optimizer.defaults["fused"] is True
+    assert trainer.model.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_every_lever_with_cuda_graphs_matches_fp32_eager_and_resumes():
+    """The CUDA side of tests/test_speed.py: bf16, channels_last, fused SGD and torch.compile
+    with CUDA graphs ("reduce-overhead") learn what fp32 eager learns, and resume."""
+    def run(**speed):
+        return tiny_run(epochs=6, lr=0.05, **speed)
+
+    eager = Trainer(run(precision="fp32", channels_last=False, fused_sgd=False)).run()
+    fast = Trainer(run(precision="bf16", channels_last=True, compile="reduce-overhead"))
+    states = {}
+    result = fast.run(lambda r: states.setdefault(r.epoch, r.checkpoint()) if r.epoch == 3 else None)
+    n = len(fast.splits.test_y)
+    a, b = eager["test_error"], result["test_error"]
+    assert abs(a - b) <= max(2 * math.sqrt((a * (1 - a) + b * (1 - b)) / n), 0.03), (a, b)
+
+    resumed = Trainer(run(precision="bf16", channels_last=True, compile="reduce-overhead"))
+    resumed.load_state_dict(states[3])
+    again = resumed.run()
+    for x, y in zip(result["history"], again["history"], strict=True):
+        assert y[M.TRAIN_LOSS] == pytest.approx(x[M.TRAIN_LOSS], rel=1e-3)
+        assert y[M.VAL_ERROR] == pytest.approx(x[M.VAL_ERROR], abs=2 / len(fast.splits.val_y))

@@ -1,0 +1,55 @@
+"""What every benchmark prints: a plain-text table on stdout and, with --out, the same table as
+markdown appended to a file (for docs/benchmarks.md), under a title that says what and where."""
+from __future__ import annotations
+
+import platform
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+
+def machine(device: str = "cpu") -> str:
+    """The card's name, or the CPU and its torch threads; with torch's version and today's date."""
+    import torch
+
+    if device.startswith("cuda"):
+        where = torch.cuda.get_device_name(device)
+    else:
+        where = f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads"
+    return f"{where}, torch {torch.__version__}, {datetime.now(timezone.utc):%Y-%m-%d}"
+
+
+def _numeric(cell: str) -> bool:
+    return cell[:1].isdigit() or cell[:1] in "-+–" and cell[1:2].isdigit()
+
+
+def format_text(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    cells = [columns, *rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    right = [all(_numeric(r[i]) or r[i] in ("–", "-") for r in rows) for i in range(len(columns))]
+    lines = ["  ".join(c.rjust(w) if right[i] else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+             for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def format_markdown(title: str, command: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    right = [all(_numeric(r[i]) or r[i] in ("–", "-") for r in rows) for i in range(len(columns))]
+    lines = [f"#### {title}", "", f"`{command}`", "", "| " + " | ".join(columns) + " |",
+             "|" + "|".join("---:" if r else "---" for r in right) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n\n"
+
+
+def emit(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]], out: Path | None,
+         argv: list[str] | None, name: str) -> None:
+    """Print the table; append it as markdown to ``out`` with the command that made it."""
+    print()
+    print(title)
+    print(format_text(columns, rows), flush=True)
+    if out is not None:
+        args = sys.argv[1:] if argv is None else argv
+        command = f"python bench {name} " + " ".join(args)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("a") as f:
+            f.write(format_markdown(title, command.strip(), columns, rows))
