@@ -54,6 +54,8 @@ def test_two_node_sweep_with_token_auth_runs_on_both_nodes(tmp_path, cluster, s3
     assert nodes == {head.node_id, worker.node_id}  # both nodes trained trials
     for child in children:
         assert child.data.tags["status"] == "completed" and child.data.tags["host"]
+        # How it trained, as resolved on its node: CPU defaults are exact fp32 with fused SGD.
+        assert (child.data.tags["device"], child.data.tags["speed"]) == ("cpu", "fp32 fused-sgd")
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_error")]
         assert steps == [1, 2, 3]
         assert f"(node {child.data.tags['node_id'][:8]})" in out.stdout  # progress lines say where
