@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 
 __all__ = [
+    "ArrayTrainer",
     "ConfigError",
     "DataConfig",
     "DataUnavailableError",
@@ -24,6 +25,7 @@ __all__ = [
     "layer_responses",
     "load_splits",
     "train",
+    "train_array",
 ]
 
 _HOMES = {
@@ -31,7 +33,7 @@ _HOMES = {
     "DataConfig": "config", "ModelConfig": "config", "RunConfig": "config", "TrainConfig": "config",
     "DataUnavailableError": "data", "load_splits": "data",
     "ResNet": "resnet", "build_model": "resnet",
-    "Trainer": "train", "train": "train",
+    "Trainer": "train", "train": "train", "ArrayTrainer": "array", "train_array": "array",
     "count_macs": "analysis", "count_params": "analysis", "describe_model": "analysis", "layer_responses": "analysis",
 }
 

@@ -175,6 +175,7 @@ class Trainer:
         self.epoch = 0
         self.history: list[dict[str, float]] = []
         self.status = Status.RUNNING
+        self._responses: tuple[int, list[float]] | None = None  # (epoch, layer response std)
 
     def _sgd(self) -> torch.optim.SGD:
         """The paper's SGD; fused into one kernel per step where torch has one for the device,
@@ -330,8 +331,11 @@ class Trainer:
         return self.result()
 
     def layer_response_std(self) -> list[float]:
-        """2015 Fig. 7 on the val split (held out from training, never the test set)."""
-        return layer_responses(self.model, (x for x, _ in self.val_loader))
+        """2015 Fig. 7 on the val split (held out from training, never the test set); measured
+        once per epoch (the last epoch's report and the result both ask for it)."""
+        if self._responses is None or self._responses[0] != self.epoch:
+            self._responses = (self.epoch, layer_responses(self.model, (x for x, _ in self.val_loader)))
+        return list(self._responses[1])
 
     def result(self) -> dict[str, Any]:
         best = self.best_epoch()
