@@ -7,10 +7,13 @@ that fails (server down) is queued and replayed on the next callback and at the 
 """
 from __future__ import annotations
 
+import atexit
 import json
+import queue
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from typing import Any, Callable
 
@@ -93,6 +96,8 @@ class SweepTracker(Callback):
         self.nodes: dict[str, list[str]] = {}  # run id → node ids it ran on
         self.last_result: dict[str, dict] = {}
         self._client = None
+        self._writer: threading.Thread | None = None
+        self._jobs: queue.SimpleQueue | None = None
         self._pending: list[tuple[Callable, tuple]] = []
         self._retry_at = 0.0
         self._warned = False
@@ -108,7 +113,7 @@ class SweepTracker(Callback):
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_client"] = None
+        state["_client"] = state["_writer"] = state["_jobs"] = None
         state["_pending"] = []
         return state
 
@@ -118,6 +123,34 @@ class SweepTracker(Callback):
 
             self._client = open_client(self.tracking_uri)
         return self._client
+
+    # --- writes off Tune's loop ------------------------------------------------------------------
+    def _submit(self, fn: Callable, *args) -> None:
+        """Hands a write to one writer thread, which makes them in order: Tune's loop, which also
+        takes results and starts trials, never waits on MLflow (an HTTP round trip per write, or
+        rendering a trial's figures). ``end_sweep`` waits for the writes to be made."""
+        if self._writer is None or not self._writer.is_alive():
+            self._jobs = queue.SimpleQueue()
+            self._writer = threading.Thread(target=self._write_loop, name="mlflow-writer", daemon=True)
+            self._writer.start()
+            atexit.register(self._drain)
+        self._jobs.put((fn, args))
+
+    def _write_loop(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, args = job
+            try:
+                self._call(fn, *args)
+            except Exception as err:  # noqa: BLE001 — a bug must not stop the writes after it
+                print(f"warning: MLflow write {fn.__name__} failed: {type(err).__name__}: {redact(str(err))[:300]}",
+                      file=sys.stderr, flush=True)
+
+    def _drain(self) -> None:
+        """Waits until every submitted write has been made (or queued for a down server)."""
+        if self._writer is not None and self._writer.is_alive():
+            self._jobs.put(None)
+            self._writer.join()
+        self._writer = None
 
     # --- failure-tolerant writes ----------------------------------------------------------------
     def _call(self, fn: Callable, *args) -> Any:
@@ -284,7 +317,7 @@ class SweepTracker(Callback):
             self.client.set_tag(run_id, TAG_STATUS, str(Status.RUNNING))
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self._call(self._start, trial)
+        self._submit(self._start, trial)
 
     def on_trial_restore(self, iteration, trials, trial, **info) -> None:
         self.on_trial_start(iteration, trials, trial)
@@ -342,7 +375,7 @@ class SweepTracker(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         self.last_result[trial.trial_id] = result
-        self._call(self._log_result, trial, result)
+        self._submit(self._log_result, trial, result)
 
     def _finish(self, trial, failed: bool) -> None:
         run_id = self._run_for(trial)
@@ -387,10 +420,10 @@ class SweepTracker(Callback):
             self.client.log_image(run_id, figures.layer_responses(list(responses)), "layer_responses.png")
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._call(self._finish, trial, False)
+        self._submit(self._finish, trial, False)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._call(self._finish, trial, True)
+        self._submit(self._finish, trial, True)
 
     def _interrupt(self, trial) -> None:
         """A trial the sweep left midway (Ctrl-C): KILLED in MLflow, tagged until `resume`."""
@@ -433,6 +466,7 @@ class SweepTracker(Callback):
     def end_sweep(self, interrupted: list, status: Status | None) -> int:
         """The sweep's last writes: the best trial, the trials left midway, the parent's status
         (None: left as it is). Returns the writes MLflow did not take."""
+        self._drain()
         self._call(self._summarize)
         for trial in interrupted:
             self._call(self._interrupt, trial)

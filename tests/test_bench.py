@@ -1,0 +1,41 @@
+"""[9/11] The benchmarks run (their --smoke-test sizes), from any folder, and write their tables.
+They measure nothing here: speed belongs in the benchmarks' own runs, never in a timed test."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def bench(name: str, tmp_path: Path, timeout: float = 300) -> str:
+    out = tmp_path / "tables with spaces.md"
+    proc = subprocess.run([sys.executable, str(BENCH), name, "--smoke-test", "--out", str(out)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    table = out.read_text()
+    assert table.startswith("#### ") and f"`python bench {name} --smoke-test --out " in table
+    return table
+
+
+def test_trainer_bench_compares_every_row_with_the_conventional_pipeline(tmp_path):
+    table = bench("trainer", tmp_path)
+    rows = [line for line in table.splitlines() if line.startswith("| ResNet-8 ")]
+    assert [r.split(" | ")[1] for r in rows] == ["conventional", "bare", "ours off", "ours fused-sgd"]
+    assert rows[0].split(" | ")[4] == "1.00x" and rows[1].split(" | ")[5] == "1.00x"
+    assert "(default)" in rows[3]  # CPU defaults: fp32 with fused SGD
+
+
+def test_packing_bench_runs_k_processes(tmp_path):
+    table = bench("packing", tmp_path)
+    assert "| 1 |" in table and "| 2 |" in table and "1.00x" in table
+
+
+@pytest.mark.parametrize("name", ["nonsense", ""])
+def test_an_unknown_bench_lists_them_all(tmp_path, name):
+    proc = subprocess.run([sys.executable, str(BENCH), *([name] if name else [])], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    for known in ("trainer", "packing", "orchestration", "asha"):
+        assert f"python bench {known}" in proc.stderr
