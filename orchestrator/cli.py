@@ -55,10 +55,9 @@ def _config_from_args(args, flags):
 
 
 def cmd_describe(args) -> int:
-    from resnet_core.analysis import describe_model
     from resnet_core.config import DEFAULT_INPUT_SIZE, DataConfig, num_classes
 
-    from .space import MAX_IMAGE_SIZE, check_model_size
+    from .space import MAX_IMAGE_SIZE, check_model_size, model_description
 
     cfg = _config_from_args(args, MODEL_FLAGS)
     if args.input_size is not None and not 8 <= args.input_size <= MAX_IMAGE_SIZE:
@@ -71,7 +70,7 @@ def cmd_describe(args) -> int:
         # Unset classes: at most ImageNet's 1000, which bounds the check.
         check_model_size(cfg.model, classes=classes or cfg.model.num_classes or 1000,
                          image_size=input_size or DEFAULT_INPUT_SIZE[cfg.model.arch])
-        info = describe_model(cfg.model, input_size=input_size, num_classes=classes)
+        info = model_description(cfg.model, input_size=input_size, classes=classes)
     except ConfigError as err:
         raise UsageError(f"{field_to_flag(err.field)}: {err.reason}") from None
     if args.json:

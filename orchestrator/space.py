@@ -394,6 +394,20 @@ def model_footprint(model: ModelConfig, classes: int, image_size: int) -> Footpr
     return footprint
 
 
+def model_description(model: ModelConfig, *, input_size: int | None, classes: int | None) -> dict:
+    """`resnet-sweep describe`'s numbers (resnet_core.analysis.describe_model), kept in the count
+    cache like the plan's: describing a model described before imports no torch."""
+    key = repr(("describe", model, classes, input_size))
+    cached = COUNT_CACHE.get(key)
+    if isinstance(cached, dict):
+        return cached
+    from resnet_core.analysis import describe_model
+
+    info = describe_model(model, input_size=input_size, num_classes=classes)
+    COUNT_CACHE.put(key, info)
+    return info
+
+
 class CountCache:
     """Model counts on disk (~/.cache/resnet-sweep/model-counts.json, or under $XDG_CACHE_HOME),
     keyed by the model's full configuration and valid for one version of the model code and of
@@ -429,12 +443,13 @@ class CountCache:
                 self._entries = {}
         return self._entries
 
-    def get(self, key: str) -> list[int] | None:
+    def get(self, key: str) -> Any:
         return self._load().get(key)
 
-    def put(self, key: str, counts: tuple[int, ...]) -> None:
+    def put(self, key: str, counts: Any) -> None:
+        """``counts``: anything JSON holds (a tuple is kept as a list)."""
         entries = self._load()
-        entries[key] = list(counts)
+        entries[key] = list(counts) if isinstance(counts, tuple) else counts
         try:  # written whole and renamed: a second `plan` at the same time reads one file or the other
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
@@ -448,32 +463,18 @@ COUNT_CACHE = CountCache()
 
 
 def _count(model: ModelConfig, classes: int, image_size: int) -> Footprint:
-    """Exact counts without allocating the model or building all of it: the net with one block
-    per stage, and with one more block in each stage in turn, are built on the meta device (no
-    memory); a stage's later blocks are all alike, so every count is linear in the block counts."""
-    stages = len(model.blocks_per_stage)
-    base = _measure(model, (1,) * stages, classes, image_size)
-    total = list(base)
-    for i, count in enumerate(model.blocks_per_stage):
-        more = _measure(model, tuple(1 + (j == i) for j in range(stages)), classes, image_size)
-        total = [t + (count - 1) * (m - b) for t, m, b in zip(total, more, base)]
-    return Footprint(*total)
+    """Exact counts, built on the meta device a few blocks at a time (analysis.counts_by_blocks)."""
+    from resnet_core.analysis import count_macs, count_params, counts_by_blocks
 
+    def measure(net) -> tuple[int, int, int]:
+        outputs: list[int] = []
+        for module in net.modules():
+            if not any(module.children()):
+                module.register_forward_hook(lambda _m, _in, out: outputs.append(out.numel()))
+        macs = count_macs(net, image_size)  # its forward pass fills `outputs`
+        return count_params(net), macs, sum(outputs)
 
-def _measure(model: ModelConfig, stages: tuple[int, ...], classes: int, image_size: int) -> tuple[int, int, int]:
-    import torch
-
-    from resnet_core.analysis import count_macs, count_params
-    from resnet_core.resnet import build_model
-
-    with torch.device("meta"):
-        net = build_model(dataclasses.replace(model, stages=stages, depth=None), num_classes=classes)
-    outputs: list[int] = []
-    for module in net.modules():
-        if not any(module.children()):
-            module.register_forward_hook(lambda _m, _in, out: outputs.append(out.numel()))
-    macs = count_macs(net, image_size)  # its forward pass fills `outputs`
-    return count_params(net), macs, sum(outputs)
+    return Footprint(*counts_by_blocks(model, measure, num_classes=classes))
 
 
 def check_model_size(model: ModelConfig, *, classes: int, image_size: int, batch: int = 1,

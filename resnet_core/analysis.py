@@ -1,7 +1,8 @@
 """Model statistics: parameter and multiply-add counts, and the layer responses of 2015 Fig. 7."""
 from __future__ import annotations
 
-from typing import Iterable
+import dataclasses
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -10,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .blocks import ResponseTap
 from .resnet import DEFAULT_INPUT_SIZE, ModelConfig, build_model
 
-__all__ = ["count_macs", "count_params", "describe_model", "layer_responses", "weighted_layers"]
+__all__ = ["count_macs", "count_params", "counts_by_blocks", "describe_model", "layer_responses", "weighted_layers"]
 
 
 def count_params(model: nn.Module) -> int:
@@ -48,28 +49,50 @@ def shortcut_params(model: nn.Module) -> list[int]:
     ]
 
 
+def counts_by_blocks(cfg: ModelConfig, measure: Callable[[nn.Module], Sequence[int]], *,
+                     num_classes: int | None = None) -> list[int]:
+    """``measure`` of the whole model, exactly, without building all of it: the net with one
+    block per stage, and with one more block in each stage in turn, are built on the meta device
+    (no memory); a stage's later blocks are all alike, so every count that adds up over layers is
+    linear in the block counts (ResNet-1202 costs what ResNet-20 does)."""
+    def at(stages: tuple[int, ...]) -> list[int]:
+        with torch.device("meta"):
+            return list(measure(build_model(dataclasses.replace(cfg, stages=stages, depth=None), num_classes=num_classes)))
+
+    stages = len(cfg.blocks_per_stage)
+    base = at((1,) * stages)
+    total = list(base)
+    for i, count in enumerate(cfg.blocks_per_stage):
+        more = at(tuple(1 + (j == i) for j in range(stages)))
+        total = [t + (count - 1) * (m - b) for t, m, b in zip(total, more, base)]
+    return total
+
+
 def describe_model(cfg: ModelConfig, *, input_size: int | None = None, num_classes: int | None = None) -> dict:
-    """Everything `resnet-sweep describe` prints, as one JSON-ready dict. The model is built on
-    the meta device: every count is exact, and nothing is allocated or computed."""
-    with torch.device("meta"):
-        model = build_model(cfg, num_classes=num_classes)
+    """Everything `resnet-sweep describe` prints, as one JSON-ready dict (counts_by_blocks)."""
     size = input_size or DEFAULT_INPUT_SIZE[cfg.arch]
-    projections = [p for p in shortcut_params(model) if p]
+
+    def measure(model: nn.Module) -> list[int]:
+        projections = [p for p in shortcut_params(model) if p]
+        bn = sum(count_params(m) for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+        return [count_params(model), count_params(model) - bn, count_macs(model, size), weighted_layers(model),
+                len(projections), sum(projections), model.fc.out_features]
+
+    params, without_bn, macs, layers, projections, projection_params, classes = counts_by_blocks(
+        cfg, measure, num_classes=num_classes)
     return {
         "name": cfg.name,
         **cfg.to_dict(),
-        "num_classes": model.fc.out_features,
+        "num_classes": classes,
         "input_size": size,
-        "params": count_params(model),
+        "params": params,
         # The 2016 paper's counts (164 → 1.7M, 1001 → 10.2M) leave BN's scale and shift out.
-        "params_without_bn": count_params(model) - sum(
-            count_params(m) for m in model.modules() if isinstance(m, nn.BatchNorm2d)
-        ),
-        "macs": count_macs(model, size),
-        "weighted_layers": weighted_layers(model),
+        "params_without_bn": without_bn,
+        "macs": macs,
+        "weighted_layers": layers,
         "blocks_per_stage": list(cfg.blocks_per_stage),
-        "shortcut_projections": len(projections),
-        "shortcut_params": sum(projections),
+        "shortcut_projections": projections,
+        "shortcut_params": projection_params,
     }
 
 
