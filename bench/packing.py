@@ -50,7 +50,7 @@ from pathlib import Path
 NAME = "packing"
 SEED = 0
 HELD_OUT = 16  # val images split off by load_splits; never looked at here
-SMOKE_TEST = dict(ks=[1, 2], depth=8, images=256, batch_size=64, epochs=1)
+SMOKE_TEST = {"ks": [1, 2], "depth": 8, "images": 256, "batch_size": 64, "epochs": 1}
 # Default sizes, chosen so the whole default GPU run (K = 1, 2, 4, 8) takes about a minute on an
 # H100: 15 processes x (1 warm-up + 2 timed) epochs x 20k images = 900k images at about 25-60k
 # images/s aggregate (~25 s of training) plus process start-up, CUDA init and data per set of K.
@@ -264,8 +264,8 @@ def main(argv: list[str]) -> int:
     rows, speed = [], "?"
     for k in args.ks:
         threads = threads_per_process(k, cuda)
-        settings = dict(images=args.images, epochs=args.epochs, batch_size=args.batch_size, depth=args.depth,
-                        precision=args.precision, device=str(device), threads=threads)
+        settings = {"images": args.images, "epochs": args.epochs, "batch_size": args.batch_size, "depth": args.depth,
+                    "precision": args.precision, "device": str(device), "threads": threads}
         t0 = time.perf_counter()
         reports = run_packed(k, settings)
         speed = reports[0]["speed"]
