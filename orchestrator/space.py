@@ -211,12 +211,13 @@ def _bound(dim: dict, i: int) -> Any:
 
 
 def make_plan(parsed: ParsedSpec, *, gpu_tflops: float = DEFAULT_GPU_TFLOPS, cpu_gflops: float = DEFAULT_CPU_GFLOPS,
-              with_models: bool = True) -> Plan:
+              with_models: bool = True, first: int | None = None) -> Plan:
+    """The sweep's trials, epochs and cost; ``first``: only the first so many trials (a smoke test)."""
     spec = parsed.spec
     fixed = spec.fixed_flat()
     optuna = spec.search.algorithm == "optuna"
     _check_depth_draws(parsed)
-    points = _optuna_probe_points(parsed) if optuna else _points(parsed)
+    points = _optuna_probe_points(parsed) if optuna else _points(parsed)[:first]
     if not points:
         raise parsed.error(("search",), "no trials left: every point of the space is excluded")
     trials, configs = [], []

@@ -96,10 +96,7 @@ def prepare_sweep(
     cluster.check_address(address)
     if smoke_test:
         _smoke(parsed)
-    plan = make_plan(parsed, with_models=False)
-    if smoke_test and plan.trials is not None:
-        plan.trials = plan.trials[:SMOKE_TRIALS]
-        plan.num_trials = len(plan.trials)
+    plan = make_plan(parsed, with_models=False, first=SMOKE_TRIALS if smoke_test else None)
     spec = parsed.spec
     uri = _tracking_uri(tracking_uri, spec)
     cluster.check_tracking_reachable_from_tune(address, uri)
