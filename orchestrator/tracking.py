@@ -105,6 +105,9 @@ class SweepTracker(Callback):
 
     # --- state kept with the Tune experiment (restored by Tuner.restore) ----------------------
     def get_state(self) -> dict:
+        """Saved with Tune's experiment state: the writes before it are made first, so a driver
+        killed after a save has nothing in Tune's state that MLflow lacks (resume relies on it)."""
+        self._drain()
         return {"parent_id": self.parent_id, "runs": dict(self.runs)}
 
     def set_state(self, state: dict) -> None:
@@ -127,8 +130,8 @@ class SweepTracker(Callback):
     # --- writes off Tune's loop ------------------------------------------------------------------
     def _submit(self, fn: Callable, *args) -> None:
         """Hands a write to one writer thread, which makes them in order: Tune's loop, which also
-        takes results and starts trials, never waits on MLflow (an HTTP round trip per write, or
-        rendering a trial's figures). ``end_sweep`` waits for the writes to be made."""
+        takes results and starts trials, does not wait on MLflow (an HTTP round trip per write).
+        A trial's end, Tune's experiment state and ``end_sweep`` wait for the writes before them."""
         if self._writer is None or not self._writer.is_alive():
             self._jobs = queue.SimpleQueue()
             self._writer = threading.Thread(target=self._write_loop, name="mlflow-writer", daemon=True)
@@ -419,11 +422,15 @@ class SweepTracker(Callback):
             self.client.log_dict(run_id, {LAYER_RESPONSES: list(responses)}, "layer_responses.json")
             self.client.log_image(run_id, figures.layer_responses(list(responses)), "layer_responses.png")
 
+    # A trial's end is written in Tune's loop, after the writes before it: once the progress
+    # line says a trial ended, MLflow says so too.
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._submit(self._finish, trial, False)
+        self._drain()
+        self._call(self._finish, trial, False)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._submit(self._finish, trial, True)
+        self._drain()
+        self._call(self._finish, trial, True)
 
     def _interrupt(self, trial) -> None:
         """A trial the sweep left midway (Ctrl-C): KILLED in MLflow, tagged until `resume`."""
