@@ -3,6 +3,7 @@ run and never gate CI. From the repository root (or with its path from anywhere)
 
     python bench trainer        ours vs a conventional pipeline, each speed lever on/off, 64k-step wall time
     python bench packing        K training processes sharing one device vs one alone
+    python bench arrays         K trials as one fused model (member-images/s) vs one alone vs K processes
     python bench orchestration  a 16-trial sweep: wall time vs the ideal and vs bare Ray Tune
     python bench asha           the quickstart space with and without ASHA: epochs spent, best val error
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: resnet_core, bench
 
-NAMES = ("trainer", "packing", "orchestration", "asha")
+NAMES = ("trainer", "packing", "arrays", "orchestration", "asha")
 
 
 def main(argv: list[str]) -> int:

@@ -76,14 +76,16 @@ fi
 bench trainer-resnet20 170 trainer --depth 20 --images 20000
 # 2. Packed trials: K processes sharing the card (what Ray's fractional GPUs do).
 bench packing 100 packing
-# 3. The CUDA tests (bf16/channels_last, device-resident batches, resume, every lever).
+# 3. Trial arrays: K members fused into one model vs one trial alone and vs K processes.
+bench arrays 110 arrays --depth 20 56 --images 10000
+# 4. The CUDA tests (bf16/channels_last, device-resident batches, resume, every lever).
 if "$PYTHON" -c 'import pytest' 2>/dev/null; then
     # --noconftest: the GPU tests need no fixtures, and tests/conftest.py may import the orchestrator.
     step pytest 150 "$PYTHON" -m pytest -q -p no:cacheprovider --noconftest tests/test_gpu.py
 else
     echo "pytest is not importable: tests/test_gpu.py skipped" | tee "$OUT/pytest.txt"
 fi
-# 4. Deeper nets, levers without compilation.
+# 5. Deeper nets, levers without compilation.
 bench trainer-resnet56-110 90 trainer --depth 56 110 --images 10000 --levers off fused-sgd channels_last bf16
 
 echo

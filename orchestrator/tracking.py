@@ -400,9 +400,14 @@ class SweepTracker(Callback):
         if history:
             best = min(history, key=lambda m: (m.value, m.step))
             tags[TAG_BEST_EPOCH] = str(best.step)
-        self._log_figures(run_id, result)
+        responses = result.get(LAYER_RESPONSES)
+        if responses:  # data the report reads: written with the trial's end
+            self.client.log_dict(run_id, {LAYER_RESPONSES: list(responses)}, "layer_responses.json")
+        # The figures are views of what is logged: drawn off Tune's loop (about 0.15 s a trial).
+        self._submit(self._log_figures, run_id, list(responses or []))
         self.client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
-        # The status tag goes last: a run that has it is complete (see _is_final).
+        # The status tag goes last: a run that has it is complete (see _is_final; its figures
+        # may follow a moment later).
         for key, value in sorted(tags.items(), key=lambda kv: kv[0] == TAG_STATUS):
             self.client.set_tag(run_id, key, value)
 
@@ -410,17 +415,15 @@ class SweepTracker(Callback):
         run = self.client.get_run(run_id)
         return run.info.status != "RUNNING" and run.data.tags.get(TAG_STATUS) == str(status)
 
-    def _log_figures(self, run_id: str, result: dict) -> None:
+    def _log_figures(self, run_id: str, responses: list[float]) -> None:
         from . import figures
 
         curves = {key: self.client.get_metric_history(run_id, key) for key in (M.TRAIN_ERROR, M.VAL_ERROR, M.TEST_ERROR)}
         if any(curves.values()):
             png = figures.learning_curve({k: [(m.step, m.value) for m in v] for k, v in curves.items()})
             self.client.log_image(run_id, png, "learning_curve.png")
-        responses = result.get(LAYER_RESPONSES)
         if responses:
-            self.client.log_dict(run_id, {LAYER_RESPONSES: list(responses)}, "layer_responses.json")
-            self.client.log_image(run_id, figures.layer_responses(list(responses)), "layer_responses.png")
+            self.client.log_image(run_id, figures.layer_responses(responses), "layer_responses.png")
 
     # A trial's end is written in Tune's loop, after the writes before it: once the progress
     # line says a trial ended, MLflow says so too.

@@ -32,10 +32,16 @@ def test_packing_bench_runs_k_processes(tmp_path):
     assert "| 1 |" in table and "| 2 |" in table and "1.00x" in table
 
 
+def test_arrays_bench_compares_arrays_with_one_trial_and_processes(tmp_path):
+    rows = [line for line in bench("arrays", tmp_path).splitlines() if line.startswith("| ResNet-8 ")]
+    assert [r.split(" | ")[1] for r in rows] == ["1", "2"]
+    assert rows[0].split(" | ")[5] == "–" and rows[1].split(" | ")[5] != "–"  # processes only for K=2
+
+
 @pytest.mark.parametrize("name", ["nonsense", ""])
 def test_an_unknown_bench_lists_them_all(tmp_path, name):
     proc = subprocess.run([sys.executable, str(BENCH), *([name] if name else [])], cwd=tmp_path,
                           capture_output=True, text=True)
     assert proc.returncode == 2
-    for known in ("trainer", "packing", "orchestration", "asha"):
+    for known in ("trainer", "packing", "orchestration", "asha", "arrays"):
         assert f"python bench {known}" in proc.stderr

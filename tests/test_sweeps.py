@@ -148,7 +148,9 @@ def test_ctrl_c_midway_says_interrupted_everywhere_then_resume_finishes(tmp_path
     seen, done = kill_when_midway("run", "small.yaml", cwd=tmp_path, epochs=epochs, sig=signal.SIGINT)
     assert kill_when_midway.returncode == 130, seen[-3000:]
     rows = table_rows(seen)
-    assert len(rows) == 4, seen[-3000:]
+    # A trial Tune had not created yet when Ctrl-C came (2 run at a time) is counted, not listed.
+    not_run = re.search(r"^(\d+) of 4 planned trials did not run$", seen, re.M)
+    assert len(rows) + (int(not_run.group(1)) if not_run else 0) == 4, seen[-3000:]
     for row in rows:
         expected = " completed " if row.split()[0] in done else " interrupted at epoch "
         assert expected in row, (row, done)
