@@ -6,11 +6,13 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import signal
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import cli
+from tests.conftest import cli, kill_when_midway
 from tests.test_sweeps import child_runs, table_rows
 
 # Six trials of one shape: per seed, two learning rates that train and one that diverges in its
@@ -106,14 +108,16 @@ def test_array_sweep_gives_each_member_its_single_trials_results(tmp_path):
     assert status.returncode == 0, status.stderr
     standing = json.loads(status.stdout)
     assert (standing["planned"], standing["done"], standing["state"]) == (6, 6, "completed")
-    assert standing["counts"] == {"completed": 4, "diverged": 2}
+    assert {word: n for word, n in standing["counts"].items() if n} == {"completed": 4, "diverged": 2}
 
     # `sync` rebuilds the members' runs from Tune's records alone.
     shutil.move(tmp_path / "mlflow.db", tmp_path / "before.db")
     synced = cli("sync", "arrays-on", cwd=tmp_path)
     assert synced.returncode == 0, synced.stdout + synced.stderr
     assert "arrays-on" in synced.stdout and "6 trials, 14 epochs" in synced.stdout, synced.stdout
-    rebuilt = _runs(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), "arrays-on", tmp_path)
+    # (Read from a copy: this process's MLflow keeps the first store's file open under its old URI.)
+    shutil.copy(tmp_path / "mlflow.db", tmp_path / "synced.db")
+    rebuilt = _runs(MlflowClient(f"sqlite:///{tmp_path / 'synced.db'}"), "arrays-on", tmp_path)
     assert set(rebuilt) == set(NAMES)
     for name in NAMES:
         assert rebuilt[name]["metrics"] == with_arrays[name]["metrics"]
@@ -130,3 +134,38 @@ def test_array_spec_errors_name_the_field(tmp_path):
         out = cli("plan", "bad.yaml", cwd=tmp_path)
         assert out.returncode == 2, out.stdout + out.stderr
         assert "resources.array" in out.stderr and message in out.stderr, out.stderr
+
+
+@pytest.mark.slow  # two more sweeps' worth of Ray start-ups; the fast suite has test_sweeps' Ctrl-C test
+def test_array_sweep_interrupted_then_resumed(tmp_path):
+    """Ctrl-C while the second array is midway: its unfinished member is `interrupted` in the
+    table and MLflow, the members that ended (completed, diverged) stay as they are; `resume`
+    continues the array from its checkpoint and each member's history is epochs 1…N once."""
+    epochs = 8  # as test_sweeps' Ctrl-C test: the second array is still midway when the signal lands
+    (tmp_path / "arrays.yaml").write_text(SWEEP.format(name="arrays-resume", array=", array: 4")
+                                          .replace("epochs: 3", f"epochs: {epochs}") + "max_concurrent: 1\n")
+    seen, done = kill_when_midway("run", "arrays.yaml", cwd=tmp_path, epochs=epochs, sig=signal.SIGINT)
+    assert kill_when_midway.returncode == 130, seen[-3000:]
+    assert done == {name for name in NAMES[:4] if "lr1000" not in name}, seen[-3000:]  # the first array
+    rows = {r.split()[0]: r for r in table_rows(seen)}
+    assert set(rows) == set(NAMES), seen[-3000:]
+    assert " diverged " in rows[NAMES[5]] and " interrupted at epoch " in rows[NAMES[4]], seen[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    before = {r.info.run_name: r for r in child_runs(client, "arrays-resume")[1]}
+    assert before[NAMES[4]].data.tags["status"] == "interrupted" and before[NAMES[5]].data.tags["status"] == "diverged"
+
+    out = cli("resume", "arrays-resume", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert len(table_rows(out.stdout)) == 6
+    assert f"start     {NAMES[5]}" not in out.stdout  # ended before its array: not started again
+    parents, after = child_runs(client, "arrays-resume")
+    assert len(parents) == 1 and len(after) == 6  # no duplicate child runs
+    for run in after:
+        name = run.info.run_name
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_error")]
+        if "lr1000" in name:
+            assert (run.data.tags["status"], steps) == ("diverged", []), name
+        else:
+            assert (run.data.tags["status"], steps) == ("completed", list(range(1, epochs + 1))), name
+            if name in done:  # finished before the interruption: untouched
+                assert run.info.end_time == before[name].info.end_time
