@@ -457,9 +457,9 @@ def _log_best_checkpoints(results, spec, tracker: SweepTracker) -> None:
             with checkpoint.as_directory() as folder:
                 tracker.client.log_artifacts(run_id, folder, "best_checkpoint")
     if arrays:
-        print(f"note: tracking.log_best_checkpoint: no checkpoint is logged for the {arrays} arrays (one checkpoint "
-              f"holds all of an array's members, chosen by its best member); their latest are in the sweep's folder",
-              file=sys.stderr)
+        print(f"note: tracking.log_best_checkpoint: nothing is logged for the sweep's {arrays} array(s) (an array's "
+              f"checkpoint holds all its members and is chosen by its best member); their checkpoints are in "
+              f"its trials' folders", file=sys.stderr)
 
 
 def find_experiment(name_or_path: str, storage_path: str | None) -> str:
