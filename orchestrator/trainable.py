@@ -74,12 +74,15 @@ def _checked_state(data: bytes | None, trainer: Trainer | ArrayTrainer) -> dict:
     if not data:
         raise _Unusable("missing" if data is None else "empty file")
     state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    array = isinstance(trainer, ArrayTrainer)
-    saved = (state.get("configs") if array else [state.get("config")]) if isinstance(state, dict) else None
+    found = state if isinstance(state, dict) else {}
+    if isinstance(trainer, ArrayTrainer):
+        ours, saved = [c.to_flat() for c in trainer.cfgs], found.get("configs")
+        unusable = f"not an array state ({type(state).__name__} without its members' configs)"
+    else:
+        ours, saved = [trainer.cfg.to_flat()], [found.get("config")]
+        unusable = f"not a trainer state ({type(state).__name__} without a config)"
     if not isinstance(saved, list) or not all(isinstance(c, dict) for c in saved):
-        what = "an array state" if array else "a trainer state"
-        raise _Unusable(f"not {what} ({type(state).__name__} without {'its members' if array else 'a'} config{'s' * array})")
-    ours = [c.to_flat() for c in trainer.cfgs] if array else [trainer.cfg.to_flat()]
+        raise _Unusable(unusable)
     if len(saved) != len(ours):
         raise _Unusable(f"another array's state: {len(saved)} members, this array's {len(ours)}")
     for saved_config, config in zip(saved, ours):
