@@ -209,15 +209,19 @@ def cmd_plan(args) -> int:
         print(json.dumps(plan_summary(plan)))
         return EXIT_OK
     print(f"{plan.spec.name}: {plan.spec.description}".rstrip(": "))
+    arrays = plan.arrays
     if plan.trials is not None:
         keys = list(dict.fromkeys(k for t in plan.trials for k in t.varying))
         width = max(len(t.name) for t in plan.trials)
         cols = {k: max(len(k), *(len(str(t.varying.get(k, ""))) for t in plan.trials)) for k in keys}
-        print(f"\n{'#':>3}  {'trial':<{width}}  " + "  ".join(f"{k:>{cols[k]}}" for k in keys) + f"  {'params':>8}  {'MACs':>8}")
+        array_of = {t.index: i for i, array in enumerate(arrays or []) for t in array}
+        print(f"\n{'#':>3}  {'trial':<{width}}  " + "  ".join(f"{k:>{cols[k]}}" for k in keys) + f"  {'params':>8}  {'MACs':>8}"
+              + ("  array" if arrays else ""))
         for t in plan.trials:
             model = plan.models[plan.model_of[t.index]]
             print(f"{t.index:>3}  {t.name:<{width}}  " + "  ".join(f"{str(t.varying.get(k, '')):>{cols[k]}}" for k in keys)
-                  + f"  {_fmt_count(model['params']):>8}  {_fmt_count(model['macs']):>8}")
+                  + f"  {_fmt_count(model['params']):>8}  {_fmt_count(model['macs']):>8}"
+                  + (f"  {array_of[t.index]:>5}" if arrays else ""))
     else:
         print(f"\n{plan.num_trials} trials drawn by Optuna (TPE) from:")
         for key, dim in plan.spec.search.space.items():
@@ -227,6 +231,9 @@ def cmd_plan(args) -> int:
     for name, m in plan.models.items():
         print(f"  {name:<{label_width}} {m['params']:>12,} params  {_fmt_count(m['macs']):>8} MACs")
     print(f"\ntrials: {plan.num_trials}, up to {plan.epochs_per_trial} epochs each on {plan.train_images:,} images")
+    if arrays:
+        print(f"arrays: {len(arrays)} ({'+'.join(str(len(a)) for a in arrays)} members), each one Tune trial on one device "
+              f"(resources.array: {plan.spec.resources.array}; trials of one shape share an array)")
     print(f"epochs without early stopping: {plan.total_epochs:,}")
     if plan.asha_epochs is not None:
         print(f"epochs expected with ASHA:     {plan.asha_epochs:,.0f} ({plan.asha_epochs / plan.total_epochs:.0%})")

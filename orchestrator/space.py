@@ -78,6 +78,26 @@ class Plan:
     def spec(self):
         return self.parsed.spec
 
+    @property
+    def arrays(self) -> list[list[Trial]] | None:
+        """With resources.array K > 1: the trials grouped into arrays, each one Tune trial. Trials
+        of one shape (equal ``resnet_core.array.array_key``) share arrays in plan order, K to an
+        array; None without arrays."""
+        size = self.spec.resources.array
+        if size == 1 or self.trials is None:
+            return None
+        from resnet_core.array import array_key  # torch: only sweeps with arrays pay for it
+
+        arrays: list[list[Trial]] = []
+        filling: dict[tuple, list[Trial]] = {}  # shape → its array still taking members
+        for trial in self.trials:
+            key = array_key(RunConfig.from_flat(trial.config))
+            if key not in filling or len(filling[key]) == size:
+                filling[key] = []
+                arrays.append(filling[key])
+            filling[key].append(trial)
+        return arrays
+
 
 def resolve_trial(fixed: dict[str, Any], assignment: dict[str, Any]) -> dict[str, Any]:
     """Fixed settings + one point of the space → a validated, fully resolved flat config.
@@ -253,7 +273,10 @@ def make_plan(parsed: ParsedSpec, *, gpu_tflops: float = DEFAULT_GPU_TFLOPS, cpu
                            f"{plan.epochs_per_trial} or leave it out (it defaults to the trials' epochs)")
     plan.total_epochs = sum(min(e, plan.epochs_per_trial) for e in epochs) if not optuna else num_trials * plan.epochs_per_trial
     if spec.scheduler.name == "asha":
-        plan.asha_epochs = asha_expected_epochs(num_trials, plan.epochs_per_trial, spec.scheduler)
+        # ASHA stops whole arrays: it sees one Tune trial per array, whose epochs each member trains.
+        arrays = plan.arrays
+        tune_trials = len(arrays) if arrays else num_trials
+        plan.asha_epochs = asha_expected_epochs(tune_trials, plan.epochs_per_trial, spec.scheduler) * num_trials / tune_trials
     plan.warnings = _warnings(plan, runs)
     if with_models:
         _count_models(plan, runs, gpu_tflops, cpu_gflops)
@@ -582,6 +605,7 @@ def plan_json(plan: Plan) -> str:
 
 def plan_summary(plan: Plan) -> dict:
     spec = plan.spec
+    arrays = plan.arrays
     return {
         "name": spec.name,
         "description": spec.description,
@@ -600,4 +624,5 @@ def plan_summary(plan: Plan) -> dict:
         "trials": [
             {"index": t.index, "name": t.name, "varying": t.varying, "config": t.config} for t in plan.trials or []
         ],
+        **({"arrays": [[t.name for t in array] for array in arrays]} if arrays else {}),
     }

@@ -69,6 +69,9 @@ class SchedulerSpec(_Strict):
 class ResourcesSpec(_Strict):
     cpu: float = Field(1, gt=0)
     gpu: float = Field(0, ge=0)
+    # Trials of one shape trained as one fused model (resnet_core.array), up to this many to an
+    # array; each array is one Tune trial with the resources above.
+    array: int = Field(1, ge=1)
 
     @field_validator("gpu")
     @classmethod
@@ -242,6 +245,10 @@ def _check_sections(parsed: ParsedSpec) -> None:
         raise parsed.error(("search", "num_samples"), "a grid runs every point once; use search.seeds for repeats")
     if search.algorithm == "optuna" and search.exclude:
         raise parsed.error(("search", "exclude"), "exclude rules work with grid and random, not optuna")
+    if search.algorithm == "optuna" and spec.resources.array > 1:
+        raise parsed.error(("resources", "array"), "arrays group planned trials; Optuna draws one trial at a time, so "
+                                                   "there is nothing to group: use search.algorithm grid or random, "
+                                                   "or leave resources.array out")
     if search.algorithm == "optuna" and not search.space:
         raise parsed.error(("search", "space") if "space" in search.model_fields_set else ("search", "algorithm"),
                            "Optuna has nothing to search (search.space is empty): every trial would be the same; "

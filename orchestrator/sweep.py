@@ -22,13 +22,14 @@ from resnet_core.metrics import Status
 from resnet_core.train import RunConfig
 
 from . import cluster, driver_lock, storage
+from .arrays import ArrayDirName, ArrayMembers, array_config, member_results, members_of, trained_epochs
 from .progress import TUNE_INTERRUPT, Progress, TrialErrorTraces, TrialDirName, TrialNamer, table_rows
 from .space import Plan, make_plan, optuna_space, plan_json
 from .spec import ParsedSpec, SpecError, parse_spec
 from .mlflow_store import PASSWORD, USERNAME, check_tracking_uri, redact, default_tracking_uri, normalize_tracking_uri, use_tracking_uri
 from .tracking import SweepTracker, git_commit
 from .vocabulary import TAG_STORAGE
-from .trainable import train_trial
+from .trainable import train_array_trial, train_trial
 from .trial_table import format_table
 
 __all__ = ["SweepError", "find_experiment", "prepare_sweep", "resume_sweep", "run_or_resume", "run_sweep", "SPEC_FILE"]
@@ -163,8 +164,8 @@ def _epoch_budget_stopper(max_epochs: int):
             self.seen: set[tuple[str, int]] = set()
 
         def __call__(self, trial_id, result) -> bool:
-            if M.EPOCH in result:  # each (trial, epoch) once: resumes and final results repeat them
-                self.seen.add((trial_id, int(result[M.EPOCH])))
+            # Each (trial, array member, epoch) once: resumes and final results repeat them.
+            self.seen.update((trial_id, member, epoch) for member, epoch in trained_epochs(result))
             return False
 
         def stop_all(self) -> bool:
@@ -186,7 +187,8 @@ def _search_and_space(prep: Prepared, concurrency: int):
             space=optuna_space(prep.parsed), metric=spec.metric.name, mode=spec.metric.mode, seed=spec.search.seed
         )
         return ConcurrencyLimiter(searcher, max_concurrent=limit), {}
-    points = [t.config for t in prep.plan.trials]
+    arrays = prep.plan.arrays
+    points = [array_config([t.config for t in a]) for a in arrays] if arrays else [t.config for t in prep.plan.trials]
     param_space: dict[str, Any] = dict(points[0])
     for key in points[0]:
         values = {repr(p[key]): p[key] for p in points}
@@ -275,7 +277,9 @@ def run_sweep(prep: Prepared, *, address: str | None = None, folder_taken: bool 
     from ray.tune.schedulers import ASHAScheduler
 
     spec, plan = prep.parsed.spec, prep.plan
-    _connect(address, prep.storage_path, spec, plan.num_trials)
+    arrays = plan.arrays
+    tune_trials = len(arrays) if arrays else plan.num_trials
+    _connect(address, prep.storage_path, spec, tune_trials)
     concurrency = cluster.trial_concurrency(spec, local=address is None)
     search_alg, param_space = _search_and_space(prep, concurrency)
     if folder_taken:  # this sweep's own folder, from a start that never got under way
@@ -306,6 +310,11 @@ def run_sweep(prep: Prepared, *, address: str | None = None, folder_taken: bool 
             artifacts={SPEC_FILE: prep.parsed.text, "plan.json": plan_json(plan)},
         )
         namer = tracker.trial_namer
+        trial_name = ArrayDirName(namer) if arrays else TrialDirName(namer)
+        progress = Progress(namer, plan.epochs_per_trial, _stopped_by(spec), _max_failures(spec, address),
+                            planned=plan.num_trials, epochs_expected=round(plan.asha_epochs) if plan.asha_epochs else None)
+        # With arrays, MLflow and the progress lines see each array's members as trials.
+        per_trial = [ArrayMembers([tracker, progress])] if arrays else [tracker, progress]
         tuner = tune.Tuner(
             _trainable(spec, prep.experiment_path),
             param_space=param_space,
@@ -314,9 +323,9 @@ def run_sweep(prep: Prepared, *, address: str | None = None, folder_taken: bool 
                 mode=spec.metric.mode,
                 search_alg=search_alg,
                 scheduler=scheduler,
-                num_samples=plan.num_trials,
-                trial_name_creator=TrialDirName(namer),
-                trial_dirname_creator=TrialDirName(namer),
+                num_samples=tune_trials,
+                trial_name_creator=trial_name,
+                trial_dirname_creator=trial_name,
                 # A trial's actor is kept for the next one: no worker start-up between trials.
                 reuse_actors=True,
             ),
@@ -325,14 +334,13 @@ def run_sweep(prep: Prepared, *, address: str | None = None, folder_taken: bool 
                 storage_path=prep.storage_path,
                 failure_config=tune.FailureConfig(max_failures=_max_failures(spec, address)),
                 checkpoint_config=_checkpoint_config(spec),
-                callbacks=[cluster.TuneDriverSetup(), JsonLoggerCallback(), tracker,
-                           Progress(namer, plan.epochs_per_trial, _stopped_by(spec), _max_failures(spec, address),
-                                    planned=plan.num_trials, epochs_expected=round(plan.asha_epochs) if plan.asha_epochs else None)],
+                callbacks=[cluster.TuneDriverSetup(), JsonLoggerCallback(), *per_trial],
                 stop=_epoch_budget_stopper(spec.budget.max_epochs) if spec.budget.max_epochs else None,
                 verbose=0,
             ),
         )
-        print(f"sweep {prep.name}: {plan.num_trials} trials, up to {plan.epochs_per_trial} epochs each, "
+        in_arrays = f" in {len(arrays)} arrays of up to {spec.resources.array}" if arrays else ""
+        print(f"sweep {prep.name}: {plan.num_trials} trials{in_arrays}, up to {plan.epochs_per_trial} epochs each, "
               f"{_where_it_runs(spec, concurrency, address)}; results in {prep.experiment_path}, MLflow {prep.tracking_uri} "
               f"(experiment {prep.experiment!r})", flush=True)
         results = tuner.fit()
@@ -359,7 +367,10 @@ def _max_failures(spec, address: str | None) -> int:
 def _trainable(spec, experiment_path: str):
     from ray import tune
 
-    trainable = tune.with_parameters(train_trial, experiment_path=experiment_path)
+    if spec.resources.array > 1:  # an array trial takes the resources of one trial
+        trainable = tune.with_parameters(train_array_trial, experiment_path=experiment_path, metric=spec.metric.name)
+    else:
+        trainable = tune.with_parameters(train_trial, experiment_path=experiment_path)
     return tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
 
@@ -378,7 +389,7 @@ def _checkpoint_config(spec):
 def _finish(prep: Prepared, results, namer: TrialNamer, epochs: int, tracker: SweepTracker | None, num_trials: int,
             *, address: str | None, report: bool) -> int:
     spec = prep.parsed.spec
-    rows = table_rows(results, namer, epochs, _stopped_by(spec))
+    rows = table_rows(member_results(results) if prep.plan.arrays else results, namer, epochs, _stopped_by(spec))
     rows.sort(key=lambda r: (r.get("val_error") is None, r.get("val_error", math.inf)))
     print()
     print(format_table(rows, show_nodes=address is not None))
@@ -430,12 +441,22 @@ def _log_best_checkpoints(results, spec, tracker: SweepTracker) -> None:
         print("warning: tracking.log_best_checkpoint: this sweep's MLflow runs were not found; "
               "no checkpoint was logged", file=sys.stderr)
         return
+    arrays = 0
     for result in results:
+        if members_of(result.config) is not None:
+            # An array keeps one checkpoint for all its members, the best by its best member's
+            # metric: that is no member's own best checkpoint, so none is logged.
+            arrays += 1
+            continue
         run_id = tracker.runs.get(result.metrics.get("trial_id", "")) if result.metrics else None
         checkpoint = result.get_best_checkpoint(spec.metric.name, spec.metric.mode) if result.best_checkpoints else result.checkpoint
         if run_id and checkpoint is not None:
             with checkpoint.as_directory() as folder:
                 tracker.client.log_artifacts(run_id, folder, "best_checkpoint")
+    if arrays:
+        print(f"note: tracking.log_best_checkpoint: nothing is logged for the sweep's {arrays} array(s) (an array's "
+              f"checkpoint holds all its members and is chosen by its best member); their checkpoints are in "
+              f"its trials' folders", file=sys.stderr)
 
 
 def find_experiment(name_or_path: str, storage_path: str | None) -> str:

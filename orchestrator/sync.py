@@ -11,6 +11,7 @@ import json
 from resnet_core.metrics import Status
 
 from . import driver_lock, storage
+from .arrays import ArrayMembers, trained_epochs
 from .spec import SpecError
 from .sweep import SPEC_FILE, open_sweep, sweep_tracker, write_tracking
 from .vocabulary import STATUS, TAG_STORAGE
@@ -55,25 +56,31 @@ def _sync(prep, tracking: dict, trials: list, experiment_path: str) -> int:
     tracker = sweep_tracker(prep, tracking["sweep_key"], tags={TAG_STORAGE: experiment_path},
                             artifacts={SPEC_FILE: prep.parsed.text})
     tracker.setup()
+    # With arrays, the records are replayed as the driver saw them: each member as a trial.
+    arrays = ArrayMembers([tracker]) if prep.plan.arrays else None
+    feed = arrays or tracker
     interrupted, epochs = [], 0
     for trial in trials:
         records = _records(experiment_path, trial)
         if not records and trial.status != "ERROR":
             continue  # never started: nothing to record
         for record in records:
-            tracker.on_trial_result(0, trials, trial, record)
-        epochs += len({r.get("epoch") for r in records})
+            feed.on_trial_result(iteration=0, trials=trials, trial=trial, result=record)
+        epochs += len({pair for r in records for pair in trained_epochs(r)})
         if trial.status in ("TERMINATED", "ERROR") or (records and records[-1].get(STATUS) in ENDED):
-            (tracker.on_trial_error if trial.status == "ERROR" else tracker.on_trial_complete)(0, trials, trial)
+            (feed.on_trial_error if trial.status == "ERROR" else feed.on_trial_complete)(iteration=0, trials=trials, trial=trial)
         else:  # left midway by a driver that died or was stopped: `resume` continues it
             interrupted.append(trial)
+    if arrays:
+        interrupted = arrays.unfinished(interrupted)
+    planned = len(arrays.expand(trials)) if arrays else len(trials)  # the trials MLflow has runs for
     # The parent's status is the driver's to set; sync sets it only for a driver that died first.
     status = None
     if not tracker.parent_ended():
-        done = not interrupted and len(trials) >= tracking.get("num_trials", len(trials))
+        done = not interrupted and planned >= tracking.get("num_trials", planned)
         status = Status.COMPLETED if done else Status.INTERRUPTED
     left = tracker.end_sweep(interrupted, status)
-    print(f"synced {prep.name} to {prep.tracking_uri} (experiment {prep.experiment!r}): {len(trials)} trials, "
+    print(f"synced {prep.name} to {prep.tracking_uri} (experiment {prep.experiment!r}): {planned} trials, "
           f"{epochs} epochs in Tune's records; sent {tracker.points_sent} metric points, "
           f"created {tracker.runs_created} runs" + (f"; {len(interrupted)} trial(s) unfinished (resume them with "
                                                     f"`resnet-sweep resume {experiment_path}`)" if interrupted else ""))

@@ -1,5 +1,6 @@
-"""The Tune function trainable: flat config → resnet_core's trainer, one report and one
-checkpoint per epoch. It never talks to MLflow: the driver's callback does (tracking.py)."""
+"""The Tune function trainables: flat config → resnet_core's trainer (or an array of trials →
+its ArrayTrainer), one report and one checkpoint per epoch. They never talk to MLflow: the
+driver's callback does (tracking.py)."""
 from __future__ import annotations
 
 import io
@@ -14,14 +15,28 @@ from typing import Any
 import torch
 
 from resnet_core import metrics as M
+from resnet_core.array import ArrayEpochReport, ArrayTrainer
 from resnet_core.metrics import Status
 from resnet_core.train import RunConfig, Trainer
 
 from . import storage
 from .space import resolve_trial
-from .vocabulary import DEVICE, EARLIER_EPOCHS, HOSTNAME, LAYER_RESPONSES, NODE_ID, NOTICE, REPLAYED, SPEED, STATUS
+from .vocabulary import (
+    ARRAY,
+    ARRAY_BEST,
+    DEVICE,
+    EARLIER_EPOCHS,
+    HOSTNAME,
+    LAYER_RESPONSES,
+    MEMBERS,
+    NODE_ID,
+    NOTICE,
+    REPLAYED,
+    SPEED,
+    STATUS,
+)
 
-__all__ = ["CHECKPOINT_FILE", "error_trace", "train_trial"]
+__all__ = ["CHECKPOINT_FILE", "error_trace", "train_array_trial", "train_trial"]
 
 CHECKPOINT_FILE = "state.pt"
 # Settings that say where a trial runs, not what it trains: a checkpoint may differ in them.
@@ -46,17 +61,34 @@ class _Unusable(Exception):
     """A checkpoint that is not a state for this trial (the message says why)."""
 
 
-def _checked_state(data: bytes | None, trainer: Trainer) -> dict:
-    """The trainer state in ``data``, or an exception saying why it is not one for this trial."""
+def _fresh(trainer: Trainer | ArrayTrainer) -> Trainer | ArrayTrainer:
+    """A new trainer of the same trial (or array) on the same data, at epoch 0."""
+    if isinstance(trainer, ArrayTrainer):
+        return ArrayTrainer(trainer.cfgs, splits=trainer.splits)
+    return Trainer(trainer.cfg, splits=trainer.splits)
+
+
+def _checked_state(data: bytes | None, trainer: Trainer | ArrayTrainer) -> dict:
+    """The trainer state in ``data``, or an exception saying why it is not one for this trial
+    (an array's state: for this array, its members in the same order)."""
     if not data:
         raise _Unusable("missing" if data is None else "empty file")
     state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
-        raise _Unusable(f"not a trainer state ({type(state).__name__} without a config)")
-    saved, ours = state["config"], trainer.cfg.to_flat()
-    for key, value in ours.items():
-        if key in saved and key not in _WHERE_NOT_WHAT and saved[key] != value:
-            raise _Unusable(f"another trial's state: {key} {saved[key]!r}, this trial's {value!r}")
+    found = state if isinstance(state, dict) else {}
+    if isinstance(trainer, ArrayTrainer):
+        ours, saved = [c.to_flat() for c in trainer.cfgs], found.get("configs")
+        unusable = f"not an array state ({type(state).__name__} without its members' configs)"
+    else:
+        ours, saved = [trainer.cfg.to_flat()], [found.get("config")]
+        unusable = f"not a trainer state ({type(state).__name__} without a config)"
+    if not isinstance(saved, list) or not all(isinstance(c, dict) for c in saved):
+        raise _Unusable(unusable)
+    if len(saved) != len(ours):
+        raise _Unusable(f"another array's state: {len(saved)} members, this array's {len(ours)}")
+    for saved_config, config in zip(saved, ours):
+        for key, value in config.items():
+            if key in saved_config and key not in _WHERE_NOT_WHAT and saved_config[key] != value:
+                raise _Unusable(f"another trial's state: {key} {saved_config[key]!r}, this trial's {value!r}")
     epoch = state.get("epoch")
     if not isinstance(epoch, int) or not 0 <= epoch <= trainer.epochs:
         raise _Unusable(f"epoch {epoch!r} is not in 0…{trainer.epochs}")
@@ -75,7 +107,7 @@ def _reason(err: Exception) -> str:
     return f"{type(err).__name__}: {text[:200]}{'…' if len(text) > 200 else ''}" if text else type(err).__name__
 
 
-def _restore(trainer: Trainer, trial_uri: str, checkpoint) -> tuple[Trainer, str | None]:
+def _restore(trainer: Trainer | ArrayTrainer, trial_uri: str, checkpoint) -> tuple[Trainer | ArrayTrainer, str | None]:
     """Loads the trial's newest usable checkpoint into ``trainer``: the trainer to go on with
     (a fresh one after a state that failed halfway in) and a warning line when a checkpoint had
     to be passed over (None otherwise).
@@ -108,7 +140,7 @@ def _restore(trainer: Trainer, trial_uri: str, checkpoint) -> tuple[Trainer, str
         try:
             trainer.load_state_dict(state)
         except Exception as err:  # noqa: BLE001 — e.g. shapes of another model: start clean
-            trainer = Trainer(trainer.cfg, splits=trainer.splits)
+            trainer = _fresh(trainer)
             passed_over.append(f"{name} ({_reason(err)})")
             continue
         used = name.split("/", 1)[0]
@@ -119,7 +151,9 @@ def _restore(trainer: Trainer, trial_uri: str, checkpoint) -> tuple[Trainer, str
     return trainer, f"warning: trial {trial_uri}: cannot restore {', '.join(passed_over)}; {then}"
 
 
-def train_trial(config: dict[str, Any], experiment_path: str) -> None:
+def _on_worker(experiment_path: str) -> tuple[dict, str]:
+    """In the trial's worker: torch's threads from the CPUs Tune gave the trial; where it runs;
+    its folder in storage."""
     import ray
     from ray import tune
 
@@ -127,9 +161,49 @@ def train_trial(config: dict[str, Any], experiment_path: str) -> None:
     cpus = context.get_assigned_resources().get("CPU", 1)
     torch.set_num_threads(max(1, int(cpus)))
     placement = {NODE_ID: context.get_node_id(), HOSTNAME: socket.gethostname()}
+    return placement, storage.join(experiment_path, Path(tune.get_context().get_trial_dir()).name)
+
+
+def _report(result: dict, state: dict | None = None) -> None:
+    """One result to Tune, with ``state`` as its checkpoint when given."""
+    from ray import tune
+
+    if state is None:
+        tune.report(result)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        torch.save(state, Path(folder) / CHECKPOINT_FILE)
+        tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def _epoch_result(metrics: dict, epochs: int, extra: dict, responses: Callable[[], list[float]]) -> dict:
+    """A trial's result for an epoch it trained: complete, with its layer responses, at its last."""
+    result = {**metrics, **extra}
+    last = metrics[M.EPOCH] == epochs
+    result[STATUS] = str(Status.COMPLETED if last else Status.RUNNING)
+    if last:
+        result[LAYER_RESPONSES] = responses()
+    return result
+
+
+def _diverged_result(epoch: int, extra: dict) -> dict:
+    """A diverged trial's last result: the worst possible for the searcher and scheduler, not a crash."""
+    return {M.EPOCH: epoch, M.VAL_ERROR: 1.0, M.TRAIN_ERROR: 1.0, **extra, STATUS: str(Status.DIVERGED)}
+
+
+def _replayed_result(history: list[dict], extra: dict, responses: Callable[[], list[float]]) -> dict:
+    """A finished trial's last result again, after a restore from its final checkpoint (the driver
+    died before recording the end): nothing is trained or checkpointed again. (No node: this one
+    trained nothing; the node that did is in the earlier results.)"""
+    return {**history[-1], **extra, REPLAYED: True, STATUS: str(Status.COMPLETED), LAYER_RESPONSES: responses()}
+
+
+def train_trial(config: dict[str, Any], experiment_path: str) -> None:
+    from ray import tune
+
+    placement, trial_uri = _on_worker(experiment_path)
     trainer = Trainer(RunConfig.from_flat(resolve_trial(config, {})))
     placement.update({DEVICE: str(trainer.device), SPEED: str(trainer.speed)})
-    trial_uri = storage.join(experiment_path, Path(tune.get_context().get_trial_dir()).name)
     trainer, warning = _restore(trainer, trial_uri, tune.get_checkpoint())
     # The epochs before the restore go with the first result, once: the driver logs any that
     # it had not (it may have died before they reached it), so MLflow keeps epochs 1…N.
@@ -141,28 +215,80 @@ def train_trial(config: dict[str, Any], experiment_path: str) -> None:
         once[NOTICE] = warning
 
     def report(r) -> None:
-        result = {**r.metrics, **placement, **once}
+        result = _epoch_result(r.metrics, r.epochs, {**placement, **once}, trainer.layer_response_std)
         once.clear()
-        last = r.epoch == r.epochs
-        result[STATUS] = str(Status.COMPLETED if last else Status.RUNNING)
-        if last:
-            result[LAYER_RESPONSES] = trainer.layer_response_std()
-        with tempfile.TemporaryDirectory() as folder:
-            torch.save(r.checkpoint(), Path(folder) / CHECKPOINT_FILE)
-            tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
+        _report(result, r.checkpoint())
 
     if trainer.history and trainer.epoch >= trainer.epochs:
-        # Restored from its final checkpoint (the driver died before recording the end): say
-        # the trial is complete again without training or checkpointing anything.
-        # (No node: this one trained nothing; the node that did is in the earlier results.)
-        tune.report({**trainer.history[-1], **once, REPLAYED: True, STATUS: str(Status.COMPLETED),
-                     LAYER_RESPONSES: trainer.layer_response_std()})
+        _report(_replayed_result(trainer.history, once, trainer.layer_response_std))
         return
     trainer.run(report)
     if trainer.status == Status.DIVERGED:
-        # A diverged trial is the worst possible result for the searcher and scheduler, not a crash.
-        tune.report({M.EPOCH: trainer.epoch + 1, M.VAL_ERROR: 1.0, M.TRAIN_ERROR: 1.0, **placement, **once,
-                     STATUS: str(Status.DIVERGED)})
+        _report(_diverged_result(trainer.epoch + 1, {**placement, **once}))
+
+
+def _array_result(records: dict[int, dict], metric: str) -> dict:
+    """An array trial's result: its best member's (lowest ``metric``: every sweep metric is an
+    error or a loss), so ASHA and the searcher judge the array by its best member, and every
+    member's own result under MEMBERS (JSON text: one flat value, as EARLIER_EPOCHS)."""
+    trained = {k: r for k, r in records.items() if r[STATUS] != str(Status.DIVERGED)}
+    if trained:
+        best = min(trained, key=lambda k: (trained[k][metric], k))
+        top = {key: v for key, v in trained[best].items() if key not in (EARLIER_EPOCHS, LAYER_RESPONSES, NOTICE)}
+        top[ARRAY_BEST] = best
+    else:
+        top = _diverged_result(max(r[M.EPOCH] for r in records.values()), {})
+    return {**top, MEMBERS: json.dumps({str(k): r for k, r in sorted(records.items())})}
+
+
+def train_array_trial(config: dict[str, Any], experiment_path: str, metric: str) -> None:
+    """An array of trials (config[ARRAY]: the members' flat configs) as one Tune trial: one
+    result per epoch holding each member's result as its single trial reports it, one array
+    checkpoint per epoch."""
+    from ray import tune
+
+    placement, trial_uri = _on_worker(experiment_path)
+    trainer = ArrayTrainer([RunConfig.from_flat(c) for c in json.loads(config[ARRAY])])
+    placement.update({DEVICE: str(trainer.device), SPEED: f"{trainer.speed} array={trainer.size}"})
+    trainer, warning = _restore(trainer, trial_uri, tune.get_checkpoint())
+    once = {k: {EARLIER_EPOCHS: json.dumps(h)} for k, h in enumerate(trainer.histories) if h}  # as train_trial
+
+    def replayed(k: int) -> dict:
+        if trainer.statuses[k] == Status.DIVERGED:
+            return {**_diverged_result(len(trainer.histories[k]) + 1, once.pop(k, {})), REPLAYED: True}
+        return _replayed_result(trainer.histories[k], once.pop(k, {}), lambda: trainer.layer_response_std(k))
+
+    # Members that had ended before the restore are told again with the first result: the driver
+    # may have died before it recorded their end (it skips what it has).
+    finished = trainer.epoch >= trainer.epochs
+    pending = {k: replayed(k) for k in range(trainer.size) if finished or trainer.statuses[k] != Status.RUNNING}
+    told = set(pending)  # members whose last result is sent or pending
+
+    def send(records: dict[int, dict], state: dict | None = None) -> None:
+        nonlocal warning
+        if warning:  # printed once by the driver, with the first member's result
+            records[min(records)][NOTICE], warning = warning, None
+        _report(_array_result(records, metric), state)
+
+    def report(r: ArrayEpochReport) -> None:
+        records = {**pending}
+        pending.clear()
+        for k, metrics in r.metrics.items():
+            records[k] = _epoch_result(metrics, r.epochs, {**placement, **once.pop(k, {})},
+                                       lambda k=k: trainer.layer_response_std(k))
+        for k in r.diverged:  # frozen at once; the others go on
+            records[k] = _diverged_result(r.epoch, {**placement, **once.pop(k, {})})
+            told.add(k)
+        send(records, r.checkpoint())
+
+    if not finished:
+        trainer.run(report)
+    # Members that diverged in an epoch that no member finished: the array made no report for it.
+    for k in range(trainer.size):
+        if trainer.statuses[k] == Status.DIVERGED and k not in told:
+            pending[k] = _diverged_result(trainer.epoch + 1, {**placement, **once.pop(k, {})})
+    if pending:
+        send(pending)
 
 
 def error_trace(trial) -> str:

@@ -9,7 +9,7 @@ from resnet_core import metrics as M
 from resnet_core.metrics import Status
 
 __all__ = [
-    "DEVICE", "EARLIER_EPOCHS", "HOSTNAME", "SPEED", "TAG_DEVICE", "TAG_SPEED", "LAYER_RESPONSES", "NODE_ID", "NOTICE", "REPLAYED", "STATUS",
+    "ARRAY", "ARRAY_BEST", "DEVICE", "EARLIER_EPOCHS", "MEMBERS", "HOSTNAME", "SPEED", "TAG_DEVICE", "TAG_SPEED", "LAYER_RESPONSES", "NODE_ID", "NOTICE", "REPLAYED", "STATUS",
     "TAG_BEST_EPOCH", "TAG_ERROR", "TAG_HOST", "TAG_NODES", "TAG_NODE_ID", "TAG_ROLE", "TAG_STATUS",
     "TAG_STOPPED_AT", "TAG_STORAGE", "TAG_SWEEP", "TAG_TRIAL_ID", "PARENT_TAG", "FINAL_STATUSES",
     "REPORT_FOLDER", "describe_status", "error_line", "final_status",
@@ -25,6 +25,10 @@ HOSTNAME = "hostname"  # the same key Tune fills in itself
 NOTICE = "notice"  # a line for the user (to stderr), sent once with the first result
 DEVICE = "device"  # the trial's training device (cuda:0, cpu)
 SPEED = "speed"  # its speed levers as resolved there (resnet_core.train.Speed)
+# Trial arrays (resources.array): one Tune trial trains several trials, its members.
+ARRAY = "array"  # an array trial's config: its members' flat configs, as JSON text
+MEMBERS = "members"  # in an array trial's result: member index → that member's own result, as JSON text
+ARRAY_BEST = "array_best"  # the member whose metrics an array trial reports as its own
 
 # --- MLflow tags ------------------------------------------------------------------------------------
 TAG_SWEEP = "resnet_sweep.sweep"  # on parent and children: the sweep's key
