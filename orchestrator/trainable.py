@@ -25,7 +25,7 @@ __all__ = ["CHECKPOINT_FILE", "error_trace", "train_trial"]
 
 CHECKPOINT_FILE = "state.pt"
 # Settings that say where a trial runs, not what it trains: a checkpoint may differ in them.
-_WHERE_NOT_WHAT = frozenset({"dataset.cache_dir", "train.device"})
+_WHERE_NOT_WHAT = frozenset({"dataset.cache_dir", "dataset.root", "dataset.workers", "train.device"})
 
 
 def _checkpoint_index(folder: str) -> int:
@@ -146,7 +146,7 @@ def train_trial(config: dict[str, Any], experiment_path: str) -> None:
         last = r.epoch == r.epochs
         result[STATUS] = str(Status.COMPLETED if last else Status.RUNNING)
         if last:
-            result[LAYER_RESPONSES] = trainer.layer_response_std()
+            result.update(trainer.final_metrics(), **{LAYER_RESPONSES: trainer.layer_response_std()})
         with tempfile.TemporaryDirectory() as folder:
             torch.save(r.checkpoint(), Path(folder) / CHECKPOINT_FILE)
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
@@ -156,7 +156,7 @@ def train_trial(config: dict[str, Any], experiment_path: str) -> None:
         # the trial is complete again without training or checkpointing anything.
         # (No node: this one trained nothing; the node that did is in the earlier results.)
         tune.report({**trainer.history[-1], **once, REPLAYED: True, STATUS: str(Status.COMPLETED),
-                     LAYER_RESPONSES: trainer.layer_response_std()})
+                     **trainer.final_metrics(), LAYER_RESPONSES: trainer.layer_response_std()})
         return
     trainer.run(report)
     if trainer.status == Status.DIVERGED:
