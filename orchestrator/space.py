@@ -147,8 +147,8 @@ def _trial_error(parsed: ParsedSpec, err: ConfigError, point: dict[str, Any]) ->
         path = ("search", "space", key)
     elif section in ("model", "dataset", "train") and name in getattr(spec, section):
         path = (section, name)
-    else:
-        path = (section,) if section in ("model", "dataset", "train") else ()
+    else:  # a setting the file leaves out: named, at its section's line
+        path = (section, name) if section in ("model", "dataset", "train") else ()
     try:
         _checked_config(parsed.spec.fixed_flat(), {})
         alone = None

@@ -64,7 +64,7 @@ CASES = [
     sweep("no name", VALID.replace("name: t\n", ""), ("name", "required")),
     sweep("a name with a slash", VALID.replace("name: t", "name: a/b"), ("name", "'a/b'"), 1),
     sweep("a word where a number goes", VALID.replace("batch_size: 64", "batch_size: many"), ("train.batch_size", "integer"), 4),
-    sweep("an unknown dataset", VALID.replace("name: digits", "name: imagenet"), ("dataset.name", "cifar10"), 2),
+    sweep("an unknown dataset", VALID.replace("name: digits", "name: svhn"), ("dataset.name", "cifar10"), 2),
     sweep("a depth that is not 6n+2", VALID.replace("[8, 14]", "[8, 21]"), ("search.space.model.depth", "6n+2"), 8),
     sweep("a misspelt search key", VALID.replace("model.depth:", "model.depht:"), ("model.depht", "did you mean model.depth"), 8),
     sweep("an empty list of values", VALID.replace("[8, 14]", "[]"), ("search.space.model.depth", "empty list"), 8),
