@@ -29,13 +29,9 @@ from torchvision.io import ImageReadMode, decode_image, read_file
 
 from .errors import DataUnavailableError
 
-__all__ = ["EIGENVALUES", "EIGENVECTORS", "VIEWS", "DecodePool", "FolderImages", "StreamLoader", "crop_boxes",
+__all__ = ["EIGENVALUES", "EIGENVECTORS", "DecodePool", "FolderImages", "StreamLoader", "crop_boxes",
            "running_stats"]
 
-# "random": a training crop (2015 §3.4); "centre": evaluation's single view; "five": the corners
-# and the centre, which with their flips are the ten crops of 10-crop testing.
-VIEWS = ("random", "centre", "five")
-PREFETCH = 4  # batches each worker decodes ahead
 # AlexNet's colour augmentation (Krizhevsky et al. 2012 §4.1): RGB in [0, 1] plus
 # eigenvectors · (alpha ⊙ eigenvalues) of ImageNet's pixel covariance, alpha ~ N(0, std²) per
 # image; the constants of fb.resnet.torch (datasets/imagenet.lua), the eigenvectors as columns.
@@ -65,14 +61,13 @@ def crop_boxes(height: int, width: int, *, crop: int, side: int, view: str,
 
 class FolderImages(Dataset):
     """The workers' side. A job is (view, rows): rows of (file index, seed); it returns the crops
-    of its images, uint8 B×V×3×crop×crop (V: 1, or 5 for "five")."""
+    of its images, uint8 B×V×3×crop×crop. Views: "random", a training crop (2015 §3.4);
+    "centre", evaluation's single view; "five" (V = 5), the corners and the centre, which with
+    their flips are the ten crops of 10-crop testing."""
 
     def __init__(self, root: str, files: np.ndarray, *, crop: int, scale_range: tuple[int, int]) -> None:
         self.root, self.files = root, files  # paths under root as a bytes array: no per-item objects to copy on fork
         self.crop, self.scale_range = crop, scale_range
-
-    def __len__(self) -> int:
-        return len(self.files)
 
     def __getitem__(self, job: tuple[str, torch.Tensor]) -> torch.Tensor:
         view, rows = job
@@ -110,9 +105,10 @@ class DecodePool:
 
     def __init__(self, images: FolderImages, *, workers: int, pin_memory: bool) -> None:
         self.sampler = _Jobs()
+        # Each worker decodes up to two batches ahead (DataLoader's default): batches of 256
+        # crops of 224 px are 38 MB each in shared memory (/dev/shm).
         self.loader = DataLoader(images, batch_size=None, sampler=self.sampler, num_workers=workers,
-                                 persistent_workers=workers > 0, pin_memory=pin_memory,
-                                 prefetch_factor=PREFETCH if workers else None)
+                                 persistent_workers=workers > 0, pin_memory=pin_memory)
         self.busy = False
 
     def run(self, jobs: list) -> Iterator[torch.Tensor]:
