@@ -6,7 +6,8 @@ resized to a random length in [256, 480], a random 224×224 crop); for evaluatio
 side at the range's low end and the centre crop, or the five crops of 10-crop testing (the
 corners and the centre; their flips are made on the device). A crop is the matching box of the
 decoded image resized on its own (antialiased): the whole image resized, then cropped, up to
-the box's rounding to whole source pixels, at a fraction of the cost. Normalisation, flips and
+the box's rounding to whole source pixels and its edges (the filter sees nothing outside the
+box), at a fraction of the cost. Normalisation, flips and
 the colour augmentation run batched on the training device.
 
 Deterministic: every random number comes from the trainer's generator, in the training
