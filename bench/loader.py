@@ -20,9 +20,10 @@ conventional  torchvision's ImageFolder (PIL decode) + transforms.v2 (RandomResi
               DataLoader's workers (persistent), as reproductions usually write it: the whole
               image resized, then cropped. It has no PCA lighting (torchvision has none).
 
-Each row: a fresh loader, one untimed warm-up epoch (worker start, page cache; ours also takes
-its mean image first), then ``--epochs`` timed epochs over all images, the device synchronised
-at the end. "per worker" divides by the worker processes (0: the training process decodes):
+Per number of workers: a fresh loader of each, one untimed warm-up epoch each (worker start,
+page cache; ours also takes its mean image first), then ``--epochs`` (2) timed epochs over all
+images each, taking turns (ours, conventional, ours, …) so that load from other work falls on
+both, the device synchronised after each. "per worker" divides by the worker processes (0: the training process decodes):
 images/s per CPU core while the cores outnumber the workers; on a machine with fewer cores than
 workers + 1 the workers share them, and on CPU the training process's normalisation shares them
 too. Workers decode whole batches, so the batch is small here (32: 31 of them in 1,000 images)
@@ -70,27 +71,15 @@ def write_images(root: Path, count: int) -> float:
     return sum(sizes) / len(sizes) / 1024
 
 
-def time_epochs(batches, epochs: int, device: torch.device) -> float:
-    """Images/s over ``epochs`` passes of ``batches()``, after one untimed pass."""
-    for _ in batches():
-        pass
-    start, seen = time.perf_counter(), 0
-    for _ in range(epochs):
-        for x, _ in batches():
-            seen += len(x)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return seen / (time.perf_counter() - start)
-
-
-def ours(root: Path, workers: int, args) -> float:
+def ours(root: Path, workers: int, args):
+    """The training batches of a trial's loader (its mean image taken first)."""
     cfg = RunConfig(model=ModelConfig(arch="imagenet"), train=TrainConfig(batch_size=args.batch_size, epochs=1),
                     dataset=DataConfig(name="imagefolder", root=str(root), val_per_class=1, workers=workers))
     loaders = make_loaders(cfg, args.device, torch.Generator(args.device).manual_seed(0))
-    return time_epochs(lambda: loaders.train, args.epochs, args.device)
+    return lambda: loaders.train
 
 
-def conventional(root: Path, workers: int, args) -> float:
+def conventional(root: Path, workers: int, args):
     from torch.utils.data import DataLoader
     from torchvision.datasets import ImageFolder
     from torchvision.transforms import v2
@@ -105,7 +94,25 @@ def conventional(root: Path, workers: int, args) -> float:
         for x, y in loader:
             yield x.to(args.device, non_blocking=True), y.to(args.device, non_blocking=True)
 
-    return time_epochs(batches, args.epochs, args.device)
+    return batches
+
+
+def images_per_second(pipelines: dict, epochs: int, device: torch.device) -> dict[str, float]:
+    """Each pipeline's images/s over ``epochs`` passes, after one untimed pass each; the timed
+    passes take turns (A B A B …), so load from other work falls on both."""
+    for batches in pipelines.values():
+        for _ in batches():
+            pass
+    seconds, seen = dict.fromkeys(pipelines, 0.0), dict.fromkeys(pipelines, 0)
+    for _ in range(epochs):
+        for name, batches in pipelines.items():
+            start = time.perf_counter()
+            for x, _ in batches():
+                seen[name] += len(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds[name] += time.perf_counter() - start
+    return {name: seen[name] / seconds[name] for name in pipelines}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -117,7 +124,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, nargs="+", default=default_workers,
                    help=f"worker processes per row (default {' '.join(map(str, default_workers))}: up to the CPUs)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--epochs", type=int, default=1, help="timed epochs, after one untimed warm-up epoch")
+    p.add_argument("--epochs", type=int, default=2, help="timed epochs of each, after one untimed warm-up epoch")
     p.add_argument("--device", default="auto", help="where batches go and ours normalises: auto, cpu, cuda, …")
     args = parse_with_smoke_test(p, argv, SMOKE_TEST)
     for flag, value, least in (("--images", args.images, 2 * CLASSES), ("--batch-size", args.batch_size, 1),
@@ -137,10 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-loader-") as tmp:
         kb = write_images(Path(tmp), args.images)
         for workers in args.workers:
-            speeds = {}
-            for name, pipeline in (("ours", ours), ("conventional", conventional)):
-                speeds[name] = pipeline(Path(tmp), workers, args)
-                print(f"{name:<12} workers {workers:>2}: {speeds[name]:7.1f} images/s", flush=True)
+            pipelines = {"ours": ours(Path(tmp), workers, args), "conventional": conventional(Path(tmp), workers, args)}
+            speeds = images_per_second(pipelines, args.epochs, args.device)
+            print(f"workers {workers:>2}: " + ", ".join(f"{k} {v:.1f}" for k, v in speeds.items()) + " images/s", flush=True)
             for name, speed in speeds.items():
                 rows.append((name, str(workers), f"{speed:.1f}", f"{speed / max(workers, 1):.1f}",
                              f"{speed / speeds['conventional']:.2f}x"))
