@@ -6,6 +6,7 @@ run and never gate CI. From the repository root (or with its path from anywhere)
     python bench arrays         K trials as one fused model (member-images/s) vs one alone vs K processes
     python bench orchestration  a 16-trial sweep: wall time vs the ideal and vs bare Ray Tune
     python bench asha           the quickstart space with and without ASHA: epochs spent, best val error
+    python bench loader         the streaming image-folder loader: decoded+augmented images/s per worker
 
 `python bench NAME --help` for each one's options; numbers go to docs/benchmarks.md.
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: resnet_core, bench
 
-NAMES = ("trainer", "packing", "arrays", "orchestration", "asha")
+NAMES = ("trainer", "packing", "arrays", "orchestration", "asha", "loader")
 
 
 def main(argv: list[str]) -> int:

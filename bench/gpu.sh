@@ -85,7 +85,9 @@ if "$PYTHON" -c 'import pytest' 2>/dev/null; then
 else
     echo "pytest is not importable: tests/test_gpu.py skipped" | tee "$OUT/pytest.txt"
 fi
-# 5. Deeper nets, levers without compilation.
+# 5. The streaming image-folder loader feeding the card (decode workers; normalisation on the GPU).
+bench loader 90 loader --images 2000 --workers 1 4 16
+# 6. Deeper nets, levers without compilation.
 bench trainer-resnet56-110 90 trainer --depth 56 110 --images 10000 --levers off fused-sgd channels_last bf16
 
 echo

@@ -199,6 +199,7 @@ def parse_ks(text: str) -> list[int]:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
+    from bench.table import parse_with_smoke_test
     from resnet_core.config import PRECISIONS, ModelConfig
     from resnet_core.errors import ConfigError
 
@@ -215,13 +216,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="the trainer's precision (default auto: bf16 on CUDA where supported, fp32 elsewhere)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default auto)")
-    p.add_argument("--out", type=Path, help="also append the table as markdown to this file")
-    p.add_argument("--smoke-test", action="store_true", help="a tiny run (K = 1, 2; ResNet-8) that checks the benchmark works")
-    args = p.parse_args(argv)
+    args = parse_with_smoke_test(p, argv, SMOKE_TEST, "a tiny run (K = 1, 2; ResNet-8) that checks the benchmark works")
 
-    if args.smoke_test:
-        for key, value in SMOKE_TEST.items():
-            setattr(args, key, value)
     from resnet_core.train import resolve_device  # imports torch
 
     try:

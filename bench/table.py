@@ -2,6 +2,7 @@
 markdown appended to a file (for docs/benchmarks.md), under a title that says what and where."""
 from __future__ import annotations
 
+import argparse
 import platform
 import sys
 from datetime import datetime, timezone
@@ -53,3 +54,16 @@ def emit(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]], out:
         out.parent.mkdir(parents=True, exist_ok=True)
         with out.open("a") as f:
             f.write(format_markdown(title, command.strip(), columns, rows))
+
+
+def parse_with_smoke_test(parser: argparse.ArgumentParser, argv: list[str] | None, smoke_test: dict,
+                          smoke_help: str = "a tiny run that checks the benchmark works") -> argparse.Namespace:
+    """Adds --out and --smoke-test to ``parser`` and parses ``argv``; --smoke-test sets the
+    arguments named in ``smoke_test`` to its values."""
+    parser.add_argument("--out", type=Path, help="also append the table as markdown to this file")
+    parser.add_argument("--smoke-test", action="store_true", help=smoke_help)
+    args = parser.parse_args(argv)
+    if args.smoke_test:
+        for key, value in smoke_test.items():
+            setattr(args, key, value)
+    return args

@@ -33,13 +33,12 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
-from bench.table import emit, machine
+from bench.table import emit, machine, parse_with_smoke_test
 from resnet_core.config import PAPER_ITERATIONS
 from resnet_core.data import DataConfig, DeviceLoader, load_splits, normalization_stats
 from resnet_core.errors import ConfigError
@@ -256,12 +255,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=2, help="timed epochs, after one untimed warm-up epoch")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, …")
     p.add_argument("--workers", type=int, help="conventional: DataLoader workers (default 8 on CUDA, 2 on CPU)")
-    p.add_argument("--out", type=Path, help="also append the table as markdown to this file")
-    p.add_argument("--smoke-test", action="store_true", help="a tiny run that checks the benchmark works")
-    args = p.parse_args(argv)
-    if args.smoke_test:
-        for key, value in SMOKE_TEST.items():
-            setattr(args, key, value)
+    args = parse_with_smoke_test(p, argv, SMOKE_TEST)
     try:
         args.device = resolve_device(args.device)
     except (RuntimeError, ConfigError) as err:

@@ -8,8 +8,9 @@ import signal
 import sys
 from pathlib import Path
 
+from resnet_core import metrics as M
 from resnet_core.config import DATASETS
-from resnet_core.errors import ConfigError
+from resnet_core.errors import ConfigError, DataUnavailableError
 from resnet_core.registry import VARIANTS
 
 from .spec import SpecError
@@ -55,7 +56,8 @@ def _config_from_args(args, flags):
 
 
 def cmd_describe(args) -> int:
-    from resnet_core.config import DEFAULT_INPUT_SIZE, DataConfig, num_classes
+    from resnet_core.config import DEFAULT_CROP, DEFAULT_INPUT_SIZE, DataConfig, num_classes
+    from resnet_core.folders import ILSVRC2012
 
     from .space import MAX_IMAGE_SIZE, check_model_size, model_description
 
@@ -63,7 +65,9 @@ def cmd_describe(args) -> int:
     if args.input_size is not None and not 8 <= args.input_size <= MAX_IMAGE_SIZE:
         raise UsageError(f"--input-size: {args.input_size} must be between 8 and {MAX_IMAGE_SIZE}")
     input_size, classes = args.input_size, None
-    if args.dataset:  # the dataset's image size and class count
+    if args.dataset == "imagenet":  # no folder needed: ILSVRC-2012's classes, the recipe's crop
+        input_size, classes = input_size or DEFAULT_CROP, ILSVRC2012.classes
+    elif args.dataset:  # the dataset's image size and class count
         data = DataConfig(name=args.dataset)
         input_size, classes = input_size or data.image_size, num_classes(data)
     try:
@@ -134,14 +138,13 @@ def _writable(path_text: str, flag: str, *, folder: bool = False) -> Path:
 def cmd_train(args) -> int:
     import torch
 
-    from resnet_core.data import DataUnavailableError
     from resnet_core.train import Trainer
 
     from .space import check_trial_size
 
     cfg = _config_from_args(args, MODEL_FLAGS + TRAIN_FLAGS)
     if args.dataset__name is None:
-        raise UsageError("--dataset: required (cifar10, cifar100, digits, synthetic)")
+        raise UsageError(f"--dataset: required ({', '.join(DATASETS)})")
     json_out = _writable(args.json_out, "--json-out") if args.json_out else None
     ckpt_dir = _writable(args.checkpoint_dir, "--checkpoint-dir", folder=True) if args.checkpoint_dir else None
     resume_state = _load_checkpoint(args.resume, cfg.to_flat()) if args.resume else None
@@ -150,9 +153,6 @@ def cmd_train(args) -> int:
         trainer = Trainer(cfg)
     except ConfigError as err:
         raise UsageError(f"{field_to_flag(err.field)}: {err.reason}") from None
-    except DataUnavailableError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_FAILURE
     if ckpt_dir:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
     if resume_state is not None:
@@ -178,6 +178,9 @@ def cmd_train(args) -> int:
     print(f"done: best epoch {result['best_epoch']} (chosen on val)  train err {result['train_error']:.2%}  "
           f"val err {result['val_error']:.2%}  test err {result['test_error']:.2%}  "
           f"{result['images_per_second']:.0f} img/s")
+    if M.TEST_ERROR_10CROP in result:
+        print(f"final model, 10-crop test: top-1 err {result[M.TEST_ERROR_10CROP]:.2%}  "
+              f"top-5 err {result[M.TEST_TOP5_ERROR_10CROP]:.2%}")
     return EXIT_OK
 
 
@@ -414,7 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("describe", help="parameters, multiply-adds and layers of one model", epilog=variants)
     add_variant_flag(p)
     add_flags(p, MODEL_FLAGS, "model")
-    p.add_argument("--dataset", choices=DATASETS, help="count at this dataset's image size and classes")
+    p.add_argument("--dataset", choices=[d for d in DATASETS if d != "imagefolder"],
+                   help="count at this dataset's image size and classes")
     p.add_argument("--input-size", type=int, help="input side in pixels for the MAC count (default: the dataset's, else 32 CIFAR, 224 ImageNet)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_describe)
@@ -512,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, SpecError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except ReadFailure as err:
+    except (ReadFailure, DataUnavailableError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:

@@ -16,6 +16,7 @@ from typing import Any
 
 from resnet_core.errors import ConfigError
 from resnet_core.config import (
+    FOLDER_DATASETS,
     PAPER_ITERATIONS,
     ModelConfig,
     RunConfig,
@@ -166,8 +167,8 @@ def _trial_error(parsed: ParsedSpec, err: ConfigError, point: dict[str, Any]) ->
         path = ("search", "space", key)
     elif section in ("model", "dataset", "train") and name in getattr(spec, section):
         path = (section, name)
-    else:
-        path = (section,) if section in ("model", "dataset", "train") else ()
+    else:  # a setting the file leaves out: named, at its section's line
+        path = (section, name) if section in ("model", "dataset", "train") else ()
     try:
         _checked_config(parsed.spec.fixed_flat(), {})
         alone = None
@@ -330,6 +331,8 @@ _NEEDS = (
     ("dataset.synthetic_size", "dataset.name: synthetic", lambda c: c["dataset.name"] == "synthetic"),
     ("dataset.synthetic_classes", "dataset.name: synthetic", lambda c: c["dataset.name"] == "synthetic"),
     ("dataset.cache_dir", "dataset.name: cifar10 or cifar100", lambda c: c["dataset.name"].startswith("cifar")),
+    *((f"dataset.{key}", "dataset.name: imagenet or imagefolder", lambda c: c["dataset.name"] in FOLDER_DATASETS)
+      for key in ("root", "val_per_class", "scale_range", "lighting", "workers")),
 )
 
 
@@ -539,8 +542,9 @@ def check_trial_size(run: RunConfig) -> None:
     if epochs > MAX_EPOCHS:
         key = "train.iterations" if run.train.iterations is not None else "train.epochs"
         raise ConfigError(key, f"{epochs:,} epochs is over the limit of {MAX_EPOCHS:,}")
+    in_memory = 0 if data.from_folder else (train + val + test) * 3 * data.image_size**2  # folders stream
     check_model_size(run.model, classes=num_classes(data), image_size=data.image_size,
-                     batch=min(run.train.batch_size, train), data_bytes=(train + val + test) * 3 * data.image_size**2)
+                     batch=min(run.train.batch_size, train), data_bytes=in_memory)
 
 
 def _model_label(run: RunConfig, first: dict[str, RunConfig]) -> str:

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from resnet_core import metrics as M
-from resnet_core.data import DataUnavailableError, load_splits
+from resnet_core.data import DataUnavailableError, check_data
+from resnet_core.errors import ConfigError
 from resnet_core.metrics import Status
 from resnet_core.train import RunConfig
 
@@ -97,21 +98,31 @@ def prepare_sweep(
     cluster.check_address(address)
     if smoke_test:
         _smoke(parsed)
-    plan = make_plan(parsed, with_models=False, first=SMOKE_TRIALS if smoke_test else None)
+    with _data_errors(parsed):  # an image folder's counts are read for the plan
+        plan = make_plan(parsed, with_models=False, first=SMOKE_TRIALS if smoke_test else None)
     spec = parsed.spec
     uri = _tracking_uri(tracking_uri, spec)
     cluster.check_tracking_reachable_from_tune(address, uri)
-    # Fail fast on data: the driver loads (or downloads into the cache) what trials will need.
-    first = RunConfig.from_flat(plan.configs[0])
-    try:
-        load_splits(first.dataset)
-    except DataUnavailableError as err:
-        raise SweepError(str(err)) from None
+    # Fail fast on data: the driver checks (or downloads into the cache) what trials will need.
+    with _data_errors(parsed):
+        check_data(RunConfig.from_flat(plan.configs[0]).dataset)
     if address is None:
         check_resources(spec)
     where = storage.normalize(storage_path or spec.storage_path or storage.default_storage_path())
     storage.check_usable(where)
     return Prepared(parsed, plan, where, spec.name, uri, spec.tracking.experiment or spec.name)
+
+
+@contextlib.contextmanager
+def _data_errors(parsed: ParsedSpec):
+    """Data that cannot be had: SweepError (exit 1); data that does not fit a setting (a class
+    with too few images to hold out val): the setting's SpecError (exit 2)."""
+    try:
+        yield
+    except DataUnavailableError as err:
+        raise SweepError(str(err)) from None
+    except ConfigError as err:
+        raise parsed.error(tuple(err.field.split(".", 1)), err.reason) from None
 
 
 def _tracking_uri(given: str | None, spec) -> str:

@@ -347,7 +347,7 @@ class SweepTracker(Callback):
         for record in records:
             epoch = int(record.get(M.EPOCH, 0))
             if epoch > last:
-                epochs.append((epoch, [Metric(key, float(record[key]), now, epoch) for key in M.METRICS if key in record]))
+                epochs.append((epoch, [Metric(key, float(record[key]), now, epoch) for key in M.METRICS + M.FINAL_METRICS if key in record]))
                 last = epoch
         # Whole epochs per batch (MLflow takes at most 1000 metrics; a batch is one transaction),
         # each counted as logged once written: a replay after a failure sends only what is missing.

@@ -40,7 +40,7 @@ __all__ = ["CHECKPOINT_FILE", "error_trace", "train_array_trial", "train_trial"]
 
 CHECKPOINT_FILE = "state.pt"
 # Settings that say where a trial runs, not what it trains: a checkpoint may differ in them.
-_WHERE_NOT_WHAT = frozenset({"dataset.cache_dir", "train.device"})
+_WHERE_NOT_WHAT = frozenset({"dataset.cache_dir", "dataset.root", "dataset.workers", "train.device"})
 
 
 def _checkpoint_index(folder: str) -> int:
@@ -176,13 +176,14 @@ def _report(result: dict, state: dict | None = None) -> None:
         tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-def _epoch_result(metrics: dict, epochs: int, extra: dict, responses: Callable[[], list[float]]) -> dict:
-    """A trial's result for an epoch it trained: complete, with its layer responses, at its last."""
+def _epoch_result(metrics: dict, epochs: int, extra: dict, ending: Callable[[], dict]) -> dict:
+    """A trial's result for an epoch it trained: complete, with ``ending()`` (its layer responses
+    and final metrics), at its last."""
     result = {**metrics, **extra}
     last = metrics[M.EPOCH] == epochs
     result[STATUS] = str(Status.COMPLETED if last else Status.RUNNING)
     if last:
-        result[LAYER_RESPONSES] = responses()
+        result.update(ending())
     return result
 
 
@@ -191,11 +192,11 @@ def _diverged_result(epoch: int, extra: dict) -> dict:
     return {M.EPOCH: epoch, M.VAL_ERROR: 1.0, M.TRAIN_ERROR: 1.0, **extra, STATUS: str(Status.DIVERGED)}
 
 
-def _replayed_result(history: list[dict], extra: dict, responses: Callable[[], list[float]]) -> dict:
+def _replayed_result(history: list[dict], extra: dict, ending: Callable[[], dict]) -> dict:
     """A finished trial's last result again, after a restore from its final checkpoint (the driver
     died before recording the end): nothing is trained or checkpointed again. (No node: this one
     trained nothing; the node that did is in the earlier results.)"""
-    return {**history[-1], **extra, REPLAYED: True, STATUS: str(Status.COMPLETED), LAYER_RESPONSES: responses()}
+    return {**history[-1], **extra, REPLAYED: True, STATUS: str(Status.COMPLETED), **ending()}
 
 
 def train_trial(config: dict[str, Any], experiment_path: str) -> None:
@@ -214,13 +215,16 @@ def train_trial(config: dict[str, Any], experiment_path: str) -> None:
     if warning:
         once[NOTICE] = warning
 
+    def ending() -> dict:  # with the last epoch: Fig. 7's responses and the 10-crop test errors
+        return {**trainer.final_metrics(), LAYER_RESPONSES: trainer.layer_response_std()}
+
     def report(r) -> None:
-        result = _epoch_result(r.metrics, r.epochs, {**placement, **once}, trainer.layer_response_std)
+        result = _epoch_result(r.metrics, r.epochs, {**placement, **once}, ending)
         once.clear()
         _report(result, r.checkpoint())
 
     if trainer.history and trainer.epoch >= trainer.epochs:
-        _report(_replayed_result(trainer.history, once, trainer.layer_response_std))
+        _report(_replayed_result(trainer.history, once, ending))
         return
     trainer.run(report)
     if trainer.status == Status.DIVERGED:
@@ -256,7 +260,7 @@ def train_array_trial(config: dict[str, Any], experiment_path: str, metric: str)
     def replayed(k: int) -> dict:
         if trainer.statuses[k] == Status.DIVERGED:
             return {**_diverged_result(len(trainer.histories[k]) + 1, once.pop(k, {})), REPLAYED: True}
-        return _replayed_result(trainer.histories[k], once.pop(k, {}), lambda: trainer.layer_response_std(k))
+        return _replayed_result(trainer.histories[k], once.pop(k, {}), lambda: {LAYER_RESPONSES: trainer.layer_response_std(k)})
 
     # Members that had ended before the restore are told again with the first result: the driver
     # may have died before it recorded their end (it skips what it has).
@@ -275,7 +279,7 @@ def train_array_trial(config: dict[str, Any], experiment_path: str, metric: str)
         pending.clear()
         for k, metrics in r.metrics.items():
             records[k] = _epoch_result(metrics, r.epochs, {**placement, **once.pop(k, {})},
-                                       lambda k=k: trainer.layer_response_std(k))
+                                       lambda k=k: {LAYER_RESPONSES: trainer.layer_response_std(k)})
         for k in r.diverged:  # frozen at once; the others go on
             records[k] = _diverged_result(r.epoch, {**placement, **once.pop(k, {})})
             told.add(k)

@@ -29,9 +29,9 @@ __all__ = [
 ]
 
 _HOMES = {
-    "ConfigError": "errors", "Status": "metrics",
+    "ConfigError": "errors", "DataUnavailableError": "errors", "Status": "metrics",
     "DataConfig": "config", "ModelConfig": "config", "RunConfig": "config", "TrainConfig": "config",
-    "DataUnavailableError": "data", "load_splits": "data",
+    "load_splits": "data",
     "ResNet": "resnet", "build_model": "resnet",
     "Trainer": "train", "train": "train", "ArrayTrainer": "array", "train_array": "array",
     "count_macs": "analysis", "count_params": "analysis", "describe_model": "analysis", "layer_responses": "analysis",

@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import ConfigError, choice_error
+from .folders import ILSVRC2012, FolderCounts, folder_counts
 from .registry import IMAGENET_STAGES
 
 __all__ = [
-    "ARCHS", "BLOCK_NAMES", "BOTTLENECK_STRIDES", "DATASETS", "DEFAULT_INPUT_SIZE", "DEFAULT_VAL_SIZE", "NORMALIZATIONS",
+    "ARCHS", "BLOCK_NAMES", "BOTTLENECK_STRIDES", "DATASETS", "DEFAULT_INPUT_SIZE", "DEFAULT_VAL_SIZE", "FOLDER_DATASETS",
+    "NORMALIZATIONS",
     "PAPER_ITERATIONS", "COMPILE_MODES", "PRECISIONS", "SCHEDULES", "SHORTCUTS", "DataConfig", "ModelConfig", "RunConfig",
-    "TrainConfig", "default_cache_dir", "layers_per_block", "num_classes", "planned_epochs", "split_sizes",
+    "TrainConfig", "check_hold_out", "default_cache_dir", "layers_per_block", "num_classes", "planned_epochs", "split_sizes",
     "steps_per_epoch",
 ]
 
@@ -152,11 +154,19 @@ class ModelConfig:
 
 
 
-DATASETS = ("cifar10", "cifar100", "digits", "synthetic")
+DATASETS = ("cifar10", "cifar100", "digits", "synthetic", "imagenet", "imagefolder")
+# Streamed from an ImageFolder on disk (resnet_core.stream), not held in memory.
+FOLDER_DATASETS = ("imagenet", "imagefolder")
 NORMALIZATIONS = ("pixel-mean", "channel")
 # Default val sizes: CIFAR's 45k/5k split of the training set (2015 §4.2); digits keeps 10% for
-# val and 20% for test of its 1,797 images.
+# val and 20% for test of its 1,797 images. Folders hold out DEFAULT_VAL_PER_CLASS per class.
 DEFAULT_VAL_SIZE = {"cifar10": 5000, "cifar100": 5000, "digits": 180, "synthetic": 256}
+DEFAULT_VAL_PER_CLASS = 10
+# 2015 §3.4: a 224 crop of the image with its shorter side at random in [256, 480]; other crop
+# sizes keep the ratios (8/7 and 15/7 of the crop).
+DEFAULT_CROP = 224
+SCALE_RATIOS = (256 / 224, 480 / 224)
+DEFAULT_LIGHTING = 0.1  # std of the PCA colour noise (Krizhevsky et al. 2012 §4.1; fb.resnet.torch)
 
 
 def default_cache_dir() -> Path:
@@ -165,7 +175,13 @@ def default_cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the images come from and how they are split and prepared (YAML ``dataset.*``)."""
+    """Where the images come from and how they are split and prepared (YAML ``dataset.*``).
+
+    imagenet / imagefolder stream torchvision's ImageFolder layout from ``root`` (train/ and
+    val/ of class folders; val/ is reported as the test set): the paper's recipe (2015 §3.4) is
+    the default, scale augmentation (shorter side at random in ``scale_range``), a random
+    ``image_size`` crop, flip and PCA lighting; evaluation on the centre crop of the image with
+    its shorter side at ``scale_range[0]``."""
 
     __pydantic_config__ = {"extra": "forbid"}
 
@@ -175,20 +191,31 @@ class DataConfig:
     cache_dir: str | None = None
     normalize: str = "pixel-mean"
     # Pad-crop-flip (2015 §4.2). Default: on for CIFAR, off for digits (a flipped 2 is not a 2)
-    # and synthetic.
+    # and synthetic; folders: scale, crop, flip and lighting (2015 §3.4).
     augment: bool | None = None
-    image_size: int = 32
+    # digits/synthetic: the image side (default 32; CIFAR is 32); folders: the crop (default 224).
+    image_size: int | None = None
     # Use only the first N training images (smoke tests, quick looks); None = all.
     train_limit: int | None = None
     # synthetic only: how many images and classes to generate.
     synthetic_size: int = 1024
     synthetic_classes: int = 10
+    # imagenet / imagefolder only.
+    root: str | None = None  # a relative path is taken from the working directory (resolved here)
+    val_per_class: int | None = None  # training images held out per class as val (default 10)
+    scale_range: tuple[int, int] | None = None  # shorter side in training (default [256, 480] at 224)
+    lighting: float | None = None  # PCA colour noise std (default 0.1; 0: none)
+    workers: int | None = None  # decoding processes (default: one per CPU the run has, torch's threads)
 
     def __post_init__(self) -> None:
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
         if self.name not in DATASETS:
             raise choice_error("dataset.name", self.name, DATASETS)
+        folder = self.from_folder
         if self.augment is None:
-            object.__setattr__(self, "augment", self.name.startswith("cifar"))
+            set_("augment", folder or self.name.startswith("cifar"))
+        if self.image_size is None:
+            set_("image_size", DEFAULT_CROP if folder else 32)
         if self.name.startswith("cifar") and self.image_size != 32:
             raise ConfigError("dataset.image_size", f"{self.image_size}: CIFAR images are 32 px")
         if self.normalize not in NORMALIZATIONS:
@@ -203,24 +230,75 @@ class DataConfig:
             raise ConfigError("dataset.synthetic_size", f"{self.synthetic_size} must be at least 16")
         if self.synthetic_classes < 2:
             raise ConfigError("dataset.synthetic_classes", f"{self.synthetic_classes} must be at least 2")
-        if split_sizes(self)[0] < 1:
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError("dataset.workers", f"{self.workers} must be non-negative (0: decode in the training process)")
+        if folder:
+            self._resolve_folder()
+        elif split_sizes(self)[0] < 1:
             raise ConfigError("dataset.val_size", f"{self.val_size or DEFAULT_VAL_SIZE[self.name]} leaves no training images")
+
+    def _resolve_folder(self) -> None:
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
+        if not self.root:
+            raise ConfigError("dataset.root", f"required for {self.name}: the folder holding train/ and val/")
+        # Absolute, so trials (in other working directories, on other nodes) read the same folder.
+        set_("root", os.path.abspath(os.path.expanduser(self.root)))
+        if self.val_size is not None:
+            raise ConfigError("dataset.val_size", f"{self.name} holds out dataset.val_per_class images of each class instead")
+        if self.val_per_class is None:
+            set_("val_per_class", DEFAULT_VAL_PER_CLASS)
+        if self.val_per_class < 1:
+            raise ConfigError("dataset.val_per_class", f"{self.val_per_class} must be at least 1 (best epoch is chosen on val)")
+        if self.scale_range is None:
+            set_("scale_range", tuple(round(self.image_size * r) for r in SCALE_RATIOS))
+        set_("scale_range", tuple(self.scale_range))
+        if len(self.scale_range) != 2 or not self.image_size <= self.scale_range[0] <= self.scale_range[1]:
+            raise ConfigError("dataset.scale_range", f"{list(self.scale_range)} must be [low, high] shorter sides with "
+                                                     f"dataset.image_size {self.image_size} ≤ low ≤ high")
+        if self.lighting is None:
+            set_("lighting", DEFAULT_LIGHTING)
+        if not 0 <= self.lighting < 10:
+            raise ConfigError("dataset.lighting", f"{self.lighting} must be in [0, 10) (the paper's recipe: 0.1)")
+
+    @property
+    def from_folder(self) -> bool:
+        """Streamed from an ImageFolder on disk rather than held in memory."""
+        return self.name in FOLDER_DATASETS
+
+    def folder_counts(self) -> FolderCounts:
+        """Classes and images of the folder, without reading an image (ImageNet: ILSVRC-2012's)."""
+        return ILSVRC2012 if self.name == "imagenet" else folder_counts(self.root)
+
+
+def check_hold_out(cfg: DataConfig, counts: FolderCounts) -> None:
+    """Every class keeps training images after ``val_per_class`` of them are held out."""
+    if counts.smallest_class <= cfg.val_per_class:
+        raise ConfigError("dataset.val_per_class", f"{cfg.val_per_class} leaves no training images: the smallest class "
+                                                   f"folder in {os.path.join(cfg.root, 'train')} has {counts.smallest_class}")
 
 
 def num_classes(cfg: DataConfig) -> int:
     """Classes of ``cfg``'s dataset, without loading it."""
+    if cfg.from_folder:
+        return cfg.folder_counts().classes
     return {"cifar100": 100, "synthetic": cfg.synthetic_classes}.get(cfg.name, 10)
 
 
 def split_sizes(cfg: DataConfig) -> tuple[int, int, int]:
     """(train, val, test) image counts of ``cfg`` without loading anything (for planning)."""
-    total, test = {
-        "cifar10": (50000, 10000),
-        "cifar100": (50000, 10000),
-        "digits": (1797 - 1797 // 5, 1797 // 5),
-        "synthetic": (cfg.synthetic_size, max(cfg.synthetic_size // 4, 16)),
-    }[cfg.name]
-    val = cfg.val_size if cfg.val_size is not None else DEFAULT_VAL_SIZE[cfg.name]
+    if cfg.from_folder:
+        counts = cfg.folder_counts()
+        check_hold_out(cfg, counts)
+        val = cfg.val_per_class * counts.classes
+        total, test = counts.train, counts.test
+    else:
+        total, test = {
+            "cifar10": (50000, 10000),
+            "cifar100": (50000, 10000),
+            "digits": (1797 - 1797 // 5, 1797 // 5),
+            "synthetic": (cfg.synthetic_size, max(cfg.synthetic_size // 4, 16)),
+        }[cfg.name]
+        val = cfg.val_size if cfg.val_size is not None else DEFAULT_VAL_SIZE[cfg.name]
     train = total - val
     if cfg.train_limit is not None:
         train = min(train, cfg.train_limit)
@@ -331,6 +409,13 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     SECTIONS = {"model": ModelConfig, "dataset": DataConfig, "train": TrainConfig}
+
+    def __post_init__(self) -> None:
+        if self.dataset.from_folder and self.train.epochs is None and self.train.iterations is None:
+            # The default, 64k iterations, is the CIFAR recipe's (2015 §4.2): a few ImageNet epochs.
+            raise ConfigError("train.epochs", f"give train.epochs or train.iterations for {self.dataset.name} (ImageNet: "
+                                              f"90 epochs, lr ÷10 at 30 and 60: train.milestones [0.333333, 0.666667]; "
+                                              f"the paper: up to 600k iterations of batch 256)")
 
     @classmethod
     def from_flat(cls, flat: dict[str, Any]) -> "RunConfig":

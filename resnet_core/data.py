@@ -1,9 +1,11 @@
-"""Datasets and the device-resident loader.
+"""Datasets and their loaders.
 
-Every dataset becomes three uint8 tensors (train / val / test, N×3×H×W) plus labels. The loader
-keeps them on the training device and does normalisation, the paper's augmentation (2015 §4.2:
-4-px zero padding, random 32×32 crop, random horizontal flip) and shuffling as batched tensor
-ops, so a GPU never waits for a CPU worker (the airbench94 approach). It behaves the same on CPU.
+Every in-memory dataset becomes three uint8 tensors (train / val / test, N×3×H×W) plus labels.
+The DeviceLoader keeps them on the training device and does normalisation, the paper's
+augmentation (2015 §4.2: 4-px zero padding, random 32×32 crop, random horizontal flip) and
+shuffling as batched tensor ops, so a GPU never waits for a CPU worker (the airbench94
+approach). It behaves the same on CPU. Image folders (imagenet, imagefolder) are too big for
+that: they stream from disk (resnet_core.stream). ``make_loaders`` builds a run's loaders of either.
 """
 from __future__ import annotations
 
@@ -11,21 +13,27 @@ import fcntl
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .config import (
     DATASETS,
     DEFAULT_VAL_SIZE,
+    FOLDER_DATASETS,
     NORMALIZATIONS,
     DataConfig,
+    RunConfig,
+    check_hold_out,
     default_cache_dir,
     num_classes,
     split_sizes,
 )
-from .errors import ConfigError
+from .errors import ConfigError, DataUnavailableError
+from .folders import ILSVRC2012, list_folder
+from .stream import DecodePool, FolderImages, StreamLoader, running_stats
 
 __all__ = [
     "DATASETS",
@@ -34,15 +42,15 @@ __all__ = [
     "DataConfig",
     "DataUnavailableError",
     "DeviceLoader",
+    "Loaders",
     "Splits",
+    "check_data",
     "default_cache_dir",
     "load_splits",
+    "make_loaders",
     "num_classes",
     "split_sizes",
 ]
-
-class DataUnavailableError(RuntimeError):
-    """The dataset's files are not on disk and could not be downloaded."""
 
 
 @dataclass
@@ -143,6 +151,9 @@ def _synthetic(cfg: DataConfig):
 def load_splits(cfg: DataConfig) -> Splits:
     """Load ``cfg``'s dataset (CPU tensors). The test set is always the held-out one; val is a
     seeded split of the training set, so choosing the best epoch never sees the test set."""
+    if cfg.from_folder:
+        raise ConfigError("dataset.name", f"{cfg.name} streams from disk (make_loaders): it is never loaded into "
+                                          f"memory (use one of {', '.join(n for n in DATASETS if n not in FOLDER_DATASETS)})")
     loaders = {"cifar10": _cifar, "cifar100": _cifar, "digits": _digits, "synthetic": _synthetic}
     train_x, train_y, test_x, test_y, classes = loaders[cfg.name](cfg)
     val_size = cfg.val_size if cfg.val_size is not None else DEFAULT_VAL_SIZE[cfg.name]
@@ -219,3 +230,120 @@ def normalization_stats(train_x: torch.Tensor, mode: str) -> tuple[torch.Tensor,
     if mode == "pixel-mean":
         return x.mean(0, keepdim=True), torch.ones(1, 1, 1, 1, device=x.device)
     return x.mean((0, 2, 3), keepdim=True), x.std((0, 2, 3), keepdim=True).clamp(min=1e-3)
+
+
+MEAN_IMAGES = 2000  # training images (a seeded sample) the mean of an image folder is taken from
+
+
+@dataclass
+class FolderSplit:
+    """An image folder's files (paths under its root) and labels, and which are train, val and
+    test (indices into them)."""
+
+    files: np.ndarray
+    labels: torch.Tensor
+    train: torch.Tensor
+    val: torch.Tensor
+    test: torch.Tensor
+    num_classes: int
+
+
+def split_folder(cfg: DataConfig) -> FolderSplit:
+    """``cfg.root``'s images, checked, split with seed ``split_seed``: val holds out
+    ``val_per_class`` training images of each class (the best epoch is chosen on it, never on
+    the test set, as for CIFAR); val/ is the test set; train is in a seeded order, so
+    ``train_limit`` keeps a sample of all classes."""
+    listing = list_folder(cfg.root)
+    counts = listing.counts()
+    if cfg.name == "imagenet" and counts.classes != ILSVRC2012.classes:
+        raise DataUnavailableError(f"{cfg.root}/train: {counts.classes} class folders, ImageNet (ILSVRC-2012) has "
+                                   f"{ILSVRC2012.classes} (dataset.name: imagefolder reads any number)")
+    check_hold_out(cfg, counts)
+    g = torch.Generator().manual_seed(cfg.split_seed)
+    files, labels, train, val = [], [], [], []
+    for k, (name, names) in enumerate(zip(listing.classes, listing.train)):
+        order = torch.randperm(len(names), generator=g) + len(files)
+        val.append(order[: cfg.val_per_class])
+        train.append(order[cfg.val_per_class :])
+        files += [f"train/{name}/{f}" for f in names]
+        labels += [k] * len(names)
+    first_test = len(files)
+    for k, (name, names) in enumerate(zip(listing.classes, listing.test)):
+        files += [f"val/{name}/{f}" for f in names]
+        labels += [k] * len(names)
+    train = torch.cat(train)
+    train = train[torch.randperm(len(train), generator=g)][: cfg.train_limit]
+    return FolderSplit(np.array([f.encode() for f in files]), torch.tensor(labels), train, torch.cat(val),
+                       torch.arange(first_test, len(files)), counts.classes)
+
+
+def check_data(cfg: DataConfig) -> None:
+    """DataUnavailableError (one line naming the folder or cache) unless ``cfg``'s data can be
+    had: a sweep's driver asks before any trial starts. CIFAR is downloaded into its cache."""
+    if cfg.from_folder:
+        split_folder(cfg)
+    else:
+        load_splits(cfg)
+
+
+@dataclass
+class Loaders:
+    """A run's batches of train, val and test, and for image folders also the test set's ten
+    crops (10-crop testing, 2015 Table 3)."""
+
+    train: Iterable
+    val: Iterable
+    test: Iterable
+    ten_crop: StreamLoader | None
+    num_classes: int
+    splits: Splits | None  # the data, when it is held in memory
+
+
+def make_loaders(cfg: RunConfig, device: torch.device, generator: torch.Generator, *, channels_last: bool = False,
+                 splits: Splits | None = None) -> Loaders:
+    """The loaders of ``cfg``'s data on ``device``: shuffling and augmentation draw from
+    ``generator`` only. In-memory data (``splits``, else loaded) is moved to the device."""
+    tc, dc = cfg.train, cfg.dataset
+    # Evaluation in eval mode gives each image the same output in any batch: large batches
+    # are cheaper (fewer launches), about 4 MB of input each.
+    eval_batch = max(tc.batch_size, 1024 * 32 * 32 // (dc.image_size**2))
+    if dc.from_folder:
+        return _folder_loaders(cfg, device, generator, eval_batch=eval_batch, channels_last=channels_last)
+    splits = (splits if splits is not None else load_splits(dc)).to(device)
+    mean, std = normalization_stats(splits.train_x, dc.normalize)
+    common = dict(mean=mean, std=std, channels_last=channels_last)
+    train = DeviceLoader(splits.train_x, splits.train_y, batch_size=tc.batch_size, train=True, augment=dc.augment,
+                         generator=generator, **common)
+    val = DeviceLoader(splits.val_x, splits.val_y, batch_size=eval_batch, **common)
+    test = DeviceLoader(splits.test_x, splits.test_y, batch_size=eval_batch, **common)
+    return Loaders(train, val, test, None, splits.num_classes, splits)
+
+
+def _folder_loaders(cfg: RunConfig, device: torch.device, generator: torch.Generator, *, eval_batch: int,
+                    channels_last: bool) -> Loaders:
+    """2015 §3.4: training on random crops of the image at a random scale, flipped and lit
+    (with ``augment``), the per-pixel mean (of centre crops of a training sample) subtracted;
+    val and test on the centre crop; the ten crops of the test set for the final metric."""
+    dc = cfg.dataset
+    split = split_folder(dc)
+    workers = dc.workers if dc.workers is not None else torch.get_num_threads()
+    images = FolderImages(dc.root, split.files, crop=dc.image_size, scale_range=dc.scale_range)
+    pool = DecodePool(images, workers=workers, pin_memory=device.type == "cuda")
+    labels = split.labels.to(device)
+
+    def loader(files: torch.Tensor, batch_size: int, view: str, mean=None, std=None, **kw) -> StreamLoader:
+        return StreamLoader(pool, files, labels[files.to(device)], batch_size=batch_size, view=view,
+                            mean=mean, std=std, channels_last=channels_last, **kw)
+
+    sample = loader(split.train[:MEAN_IMAGES], eval_batch, "centre")
+    mean, std = running_stats((crops.flatten(0, 1) for crops, _ in sample.crops()), dc.normalize)
+    augment = dict(generator=generator, flip=dc.augment, lighting=dc.lighting if dc.augment else 0.0)
+    return Loaders(
+        train=loader(split.train, cfg.train.batch_size, "random" if dc.augment else "centre", mean, std, train=True,
+                     **augment),
+        val=loader(split.val, eval_batch, "centre", mean, std),
+        test=loader(split.test, eval_batch, "centre", mean, std),
+        ten_crop=loader(split.test, max(1, eval_batch // 10), "five", mean, std),
+        num_classes=split.num_classes,
+        splits=None,
+    )

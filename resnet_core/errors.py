@@ -1,7 +1,8 @@
-"""The one error type for bad settings, shared by every layer that validates user input."""
+"""The error types for bad input, shared by every layer that validates it: a bad setting, and
+data that cannot be had. Torch-free, like the settings."""
 from __future__ import annotations
 
-__all__ = ["ConfigError"]
+__all__ = ["ConfigError", "DataUnavailableError"]
 
 
 class ConfigError(ValueError):
@@ -20,3 +21,8 @@ class ConfigError(ValueError):
 def choice_error(field: str, value: object, choices) -> ConfigError:
     shown = ", ".join(str(c) for c in choices)
     return ConfigError(field, f"{value!r} is not one of: {shown}")
+
+
+class DataUnavailableError(RuntimeError):
+    """The dataset's files are not on disk (or not in the layout expected) and could not be
+    downloaded: one line naming the folder or file (a runtime failure, exit code 1)."""

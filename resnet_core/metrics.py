@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-__all__ = ["EPOCH", "ITERATION", "METRICS", "Status"]
+__all__ = ["EPOCH", "FINAL_METRICS", "ITERATION", "METRICS", "Status"]
 
 EPOCH = "epoch"
 ITERATION = "iteration"  # optimizer steps taken by the end of the epoch (the x axis of 2015 Fig. 6)
@@ -18,6 +18,12 @@ EPOCH_SECONDS = "epoch_seconds"
 
 # Per-epoch metrics, in the order the progress table shows them. Errors are fractions in [0, 1].
 METRICS = (ITERATION, TRAIN_LOSS, TRAIN_ERROR, VAL_LOSS, VAL_ERROR, TEST_ERROR, LR, IMAGES_PER_SECOND, EPOCH_SECONDS)
+
+# Per-run metrics of the final model, measured once after the last epoch (logged at its step):
+# 10-crop testing (2015 Table 3: top-1 and top-5), for image folders.
+TEST_ERROR_10CROP = "test_error_10crop"
+TEST_TOP5_ERROR_10CROP = "test_top5_error_10crop"
+FINAL_METRICS = (TEST_ERROR_10CROP, TEST_TOP5_ERROR_10CROP)
 
 
 class Status(str, Enum):

@@ -1,4 +1,4 @@
-"""The training loop: the paper's recipe by default (2015 §3.4, §4.2), device-resident data,
+"""The training loop: the paper's recipe by default (2015 §3.4, §4.2), device-resident or streamed data,
 exact checkpoint/resume, divergence handling, and the layer responses of Fig. 7.
 
 It reports each epoch through a callback and knows nothing of Ray or MLflow.
@@ -17,7 +17,7 @@ from torch import nn
 from . import metrics as M
 from .analysis import count_params, layer_responses
 from .config import PAPER_ITERATIONS, PRECISIONS, SCHEDULES, RunConfig, TrainConfig, planned_epochs, steps_per_epoch
-from .data import DeviceLoader, Splits, load_splits, normalization_stats
+from .data import Splits, make_loaders
 from .errors import ConfigError
 from .metrics import Status
 from .resnet import build_model
@@ -129,38 +129,21 @@ class Trainer:
         self.cfg = cfg
         tc = cfg.train
         self.device = resolve_device(tc.device)
-        splits = splits if splits is not None else load_splits(cfg.dataset)
-        self.splits = splits.to(self.device)
-        self.num_classes = splits.num_classes
-
         self.speed = Speed.resolve(tc, self.device)
+        self.generator = torch.Generator(device=self.device).manual_seed(tc.seed + 1)
+        loaders = make_loaders(cfg, self.device, self.generator, channels_last=self.speed.channels_last, splits=splits)
+        self.splits, self.num_classes = loaders.splits, loaders.num_classes
+        self.train_loader, self.val_loader, self.test_loader = loaders.train, loaders.val, loaders.test
+        self.ten_crop_loader = loaders.ten_crop
 
         torch.manual_seed(tc.seed)
-        self.model = build_model(cfg.model, num_classes=splits.num_classes).to(self.device)
+        self.model = build_model(cfg.model, num_classes=self.num_classes).to(self.device)
         if self.speed.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.forward = self.model
         if self.speed.compile:
             mode = None if self.speed.compile is True else self.speed.compile
             self.forward = torch.compile(self.model, mode=mode)
-
-        mean, std = normalization_stats(self.splits.train_x, cfg.dataset.normalize)
-        self.generator = torch.Generator(device=self.device).manual_seed(tc.seed + 1)
-        common = dict(mean=mean, std=std, channels_last=self.speed.channels_last)
-        self.train_loader = DeviceLoader(
-            self.splits.train_x,
-            self.splits.train_y,
-            batch_size=tc.batch_size,
-            train=True,
-            augment=cfg.dataset.augment,
-            generator=self.generator,
-            **common,
-        )
-        # Evaluation in eval mode gives each image the same output in any batch: large batches
-        # are cheaper (fewer launches), about 4 MB of input each.
-        eval_batch = max(tc.batch_size, 1024 * 32 * 32 // (cfg.dataset.image_size**2))
-        self.val_loader = DeviceLoader(self.splits.val_x, self.splits.val_y, batch_size=eval_batch, **common)
-        self.test_loader = DeviceLoader(self.splits.test_x, self.splits.test_y, batch_size=eval_batch, **common)
 
         self.epochs = planned_epochs(tc, len(self.train_loader))
         self.total_steps = self.epochs * len(self.train_loader)
@@ -175,7 +158,7 @@ class Trainer:
         self.epoch = 0
         self.history: list[dict[str, float]] = []
         self.status = Status.RUNNING
-        self._responses: tuple[int, list[float]] | None = None  # (epoch, layer response std)
+        self._measured: dict[str, tuple[int, Any]] = {}  # what _once_per_epoch measured: (epoch, value)
 
     def _sgd(self) -> torch.optim.SGD:
         """The paper's SGD; fused into one kernel per step where torch has one for the device,
@@ -285,7 +268,7 @@ class Trainer:
         }
 
     @torch.no_grad()
-    def evaluate(self, loader: DeviceLoader) -> tuple[float, float]:
+    def evaluate(self, loader) -> tuple[float, float]:
         """(mean loss, error) of the single original view of each image."""
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
@@ -299,6 +282,25 @@ class Trainer:
             wrong += (logits.argmax(1) != y).sum()
             seen += len(y)
         return loss_sum.item() / max(seen, 1), wrong.item() / max(seen, 1)
+
+    @torch.no_grad()
+    def evaluate_ten_crop(self, loader) -> dict[str, float]:
+        """10-crop testing (2015 Table 3) on a loader of ten crops per image: the class
+        probabilities (softmax) averaged over each image's crops, as AlexNet averages its
+        predictions (Krizhevsky et al. 2012 §4.1); top-1 and top-5 errors."""
+        self.model.eval()
+        wrong = torch.zeros(2, device=self.device, dtype=torch.long)
+        seen = 0
+        for x, y in loader:
+            self._new_step()
+            with self._autocast():
+                logits = self.forward(x)
+            probs = logits.float().softmax(1).unflatten(0, (len(y), -1)).mean(1)
+            top5 = probs.topk(min(5, probs.shape[1]), 1).indices
+            wrong += torch.stack([(top5[:, 0] != y).sum(), (top5 != y[:, None]).all(1).sum()])
+            seen += len(y)
+        top1, top5 = (wrong.double() / max(seen, 1)).tolist()
+        return {M.TEST_ERROR_10CROP: top1, M.TEST_TOP5_ERROR_10CROP: top5}
 
     def best_epoch(self) -> dict[str, float] | None:
         """The epoch with the lowest val error (earliest on ties): chosen on val, never on test."""
@@ -330,17 +332,28 @@ class Trainer:
             self.status = Status.COMPLETED
         return self.result()
 
+    def _once_per_epoch(self, name: str, measure: Callable[[], Any]) -> Any:
+        """``measure()`` once per epoch: the last epoch's report and the result both ask."""
+        if self._measured.get(name, (None,))[0] != self.epoch:
+            self._measured[name] = (self.epoch, measure())
+        return copy.copy(self._measured[name][1])
+
     def layer_response_std(self) -> list[float]:
-        """2015 Fig. 7 on the val split (held out from training, never the test set); measured
-        once per epoch (the last epoch's report and the result both ask for it)."""
-        if self._responses is None or self._responses[0] != self.epoch:
-            self._responses = (self.epoch, layer_responses(self.model, (x for x, _ in self.val_loader)))
-        return list(self._responses[1])
+        """2015 Fig. 7 on the val split (held out from training, never the test set)."""
+        return self._once_per_epoch("responses", lambda: layer_responses(self.model, (x for x, _ in self.val_loader)))
+
+    def final_metrics(self) -> dict[str, float]:
+        """The per-run metrics of the model as it is (metrics.FINAL_METRICS): 10-crop test errors
+        for image folders; none for data held in memory."""
+        if self.ten_crop_loader is None:
+            return {}
+        return self._once_per_epoch("final", lambda: self.evaluate_ten_crop(self.ten_crop_loader))
 
     def result(self) -> dict[str, Any]:
         best = self.best_epoch()
         diverged = self.status == Status.DIVERGED
         responses = [] if diverged else self.layer_response_std()
+        final = {} if diverged else self.final_metrics()
         speeds = [h[M.IMAGES_PER_SECOND] for h in self.history[1:]] or [
             h[M.IMAGES_PER_SECOND] for h in self.history
         ]
@@ -357,6 +370,7 @@ class Trainer:
             # Steady-state speed: the first epoch (warm-up, compilation) is left out when possible.
             M.IMAGES_PER_SECOND: sum(speeds) / len(speeds) if speeds else None,
             "layer_response_std": responses,
+            **final,  # the final model's, where the errors above are the best epoch's
             "params": count_params(self.model),
             "device": str(self.device),
             "speed": str(self.speed),

@@ -27,6 +27,7 @@ DOC = REPO / "docs" / "reliability.md"
 UNWRITABLE = "/sys/resnet-sweep"  # refused even to root, unlike a chmod-ed folder
 
 RANDOM = VALID.replace("grid", "random")
+FOLDER_SWEEP = VALID.replace("name: digits, image_size: 16", "name: imagefolder, root: images, image_size: 32")
 BOMB = "".join(f"{a}: &{a} [{', '.join([f'*{p}'] * 9)}]\n" for p, a in zip("abcdefgh", "bcdefghi"))
 BOMB = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + BOMB + VALID
 
@@ -63,7 +64,7 @@ CASES = [
     sweep("no name", VALID.replace("name: t\n", ""), ("name", "required")),
     sweep("a name with a slash", VALID.replace("name: t", "name: a/b"), ("name", "'a/b'"), 1),
     sweep("a word where a number goes", VALID.replace("batch_size: 64", "batch_size: many"), ("train.batch_size", "integer"), 4),
-    sweep("an unknown dataset", VALID.replace("name: digits", "name: imagenet"), ("dataset.name", "cifar10"), 2),
+    sweep("an unknown dataset", VALID.replace("name: digits", "name: svhn"), ("dataset.name", "cifar10"), 2),
     sweep("a depth that is not 6n+2", VALID.replace("[8, 14]", "[8, 21]"), ("search.space.model.depth", "6n+2"), 8),
     sweep("a misspelt search key", VALID.replace("model.depth:", "model.depht:"), ("model.depht", "did you mean model.depth"), 8),
     sweep("an empty list of values", VALID.replace("[8, 14]", "[]"), ("search.space.model.depth", "empty list"), 8),
@@ -182,6 +183,15 @@ CASES = [
          files={"sweep.yaml": VALID.replace("name: digits, image_size: 16", "name: cifar10, cache_dir: notes.txt"), "notes.txt": "x"}),
     Case("train on CIFAR offline, --cache-dir a file", ("train", "--dataset", "cifar10", "--cache-dir", "notes.txt"),
          ("cifar10 is not in", "notes.txt"), 1, files={"notes.txt": "x"}),
+    Case("an image folder that is not there", ("run", "sweep.yaml"), ("images: no such folder", "dataset.root"), 1,
+         files={"sweep.yaml": FOLDER_SWEEP}),
+    Case("plan with an image folder that is not there", ("plan", "sweep.yaml"), ("images: no such folder",), 1,
+         files={"sweep.yaml": FOLDER_SWEEP}),
+    Case("an image folder without val/", ("run", "sweep.yaml"), ("images/val: no such folder",), 1,
+         files={"sweep.yaml": FOLDER_SWEEP, "images/train/a/0.jpg": b"x"}),
+    Case("train on an image folder with an empty class", ("train", "--dataset", "imagefolder", "--root", "images", "--epochs", "1"),
+         ("images/train/b: no images",), 1,
+         files={"images/train/a/0.jpg": b"x", "images/train/b/notes.txt": "x", "images/val/a/0.jpg": b"x"}),
     # --- checkpoints and resume targets -----------------------------------------------------------------
     Case("--resume with no such file", ("train", "--dataset", "digits", "--resume", "missing.pt"), ("--resume", "no checkpoint file")),
     Case("--resume with random bytes", ("train", "--dataset", "digits", "--resume", "state.pt"), ("--resume", "is not a checkpoint"),

@@ -38,10 +38,17 @@ def test_arrays_bench_compares_arrays_with_one_trial_and_processes(tmp_path):
     assert rows[0].split(" | ")[5] == "–" and rows[1].split(" | ")[5] != "–"  # processes only for K=2
 
 
+def test_loader_bench_compares_the_streaming_loader_with_the_conventional_pipeline(tmp_path):
+    table = bench("loader", tmp_path)
+    rows = [line.split(" | ") for line in table.splitlines() if line.startswith(("| ours ", "| conventional "))]
+    assert [(r[0], r[1]) for r in rows] == [("| ours", "0"), ("| conventional", "0"), ("| ours", "1"), ("| conventional", "1")]
+    assert all(r[4] == "1.00x |" for r in rows[1::2])
+
+
 @pytest.mark.parametrize("name", ["nonsense", ""])
 def test_an_unknown_bench_lists_them_all(tmp_path, name):
     proc = subprocess.run([sys.executable, str(BENCH), *([name] if name else [])], cwd=tmp_path,
                           capture_output=True, text=True)
     assert proc.returncode == 2
-    for known in ("trainer", "packing", "orchestration", "asha", "arrays"):
+    for known in ("trainer", "packing", "orchestration", "asha", "arrays", "loader"):
         assert f"python bench {known}" in proc.stderr

@@ -115,3 +115,30 @@ def test_every_lever_with_cuda_graphs_matches_fp32_eager_and_resumes():
     for x, y in zip(result["history"], again["history"], strict=True):
         assert y[M.TRAIN_LOSS] == pytest.approx(x[M.TRAIN_LOSS], rel=1e-3)
         assert y[M.VAL_ERROR] == pytest.approx(x[M.VAL_ERROR], abs=2 / len(fast.splits.val_y))
+
+
+
+def test_an_image_folder_streams_to_the_gpu_and_resumes_exactly(tmp_path):
+    """Decoding workers, pinned batches, normalisation, flips and lighting on the card, 10-crop
+    testing; a restored loader gives the next epoch's batches exactly, and (deterministic cuDNN,
+    fp32) the resumed run the same epoch 2."""
+    from tests.test_imagefolder import recipe, write_folder
+
+    cfg = recipe(write_folder(tmp_path / "images"), workers=2)
+    cfg = RunConfig(cfg.model, cfg.dataset, TrainConfig(**{**vars(cfg.train), "device": DEVICE, "precision": "fp32"}))
+    states = []
+    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True):
+        full = Trainer(cfg).run(lambda r: states.append(r.checkpoint()) if r.epoch == 1 else None)
+        resumed = Trainer(cfg)
+        resumed.load_state_dict(states[0])
+        again = resumed.run()
+    assert full["status"] == "completed" and 0 <= full[M.TEST_ERROR_10CROP] <= 1
+    assert again["history"][1][M.TRAIN_LOSS] == pytest.approx(full["history"][1][M.TRAIN_LOSS], abs=1e-5)
+
+    fresh = Trainer(cfg)
+    for _ in fresh.train_loader:  # epoch 1's draws
+        pass
+    restored = Trainer(cfg)
+    restored.load_state_dict(states[0])
+    for (xa, ya), (xb, yb) in zip(fresh.train_loader, restored.train_loader, strict=True):
+        assert xa.device.type == DEVICE and torch.equal(xa, xb) and torch.equal(ya, yb)
