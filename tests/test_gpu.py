@@ -142,3 +142,22 @@ def test_an_image_folder_streams_to_the_gpu_and_resumes_exactly(tmp_path):
     restored.load_state_dict(states[0])
     for (xa, ya), (xb, yb) in zip(fresh.train_loader, restored.train_loader, strict=True):
         assert xa.device.type == DEVICE and torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_an_array_on_cuda_trains_each_member_as_its_single_trial():
+    """[10/11] The CUDA path of trial arrays (every conv grouped, torch's fused SGD per member):
+    in fp32 each member ends within rounding of its single trial, and a diverging member is
+    frozen while the other goes on."""
+    from resnet_core.array import ArrayTrainer
+
+    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True):
+        members = [tiny_run(precision="fp32", seed=s, lr=lr) for s, lr in ((0, 0.05), (1, 0.1))]
+        results = ArrayTrainer(members).run()
+        alone = [Trainer(cfg).run() for cfg in members]
+        for member, single in zip(results, alone, strict=True):
+            assert member["status"] == single["status"] == "completed"
+            for a, b in zip(member["history"], single["history"], strict=True):
+                assert a[M.TRAIN_LOSS] == pytest.approx(b[M.TRAIN_LOSS], rel=1e-3)
+
+        bf16 = ArrayTrainer([tiny_run(seed=0), tiny_run(seed=1, lr=1e4)]).run()
+        assert [r["status"] for r in bf16] == ["completed", "diverged"]
