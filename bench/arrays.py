@@ -221,7 +221,8 @@ def table_rows(depth: int, arrays: dict[int, dict], procs: dict[int, float]) -> 
 # --- entry point -----------------------------------------------------------------------------
 def parse_args(argv: list[str]) -> argparse.Namespace:
     from bench.packing import parse_ks
-    from resnet_core.config import PRECISIONS, ModelConfig
+    from bench.table import check_args
+    from resnet_core.config import PRECISIONS
     from resnet_core.errors import ConfigError
 
     p = argparse.ArgumentParser(prog=f"python bench {NAME}", description=__doc__.split("\n\n")[0],
@@ -271,15 +272,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.process_ks = [k for k in args.ks if k <= CUDA_PROCESS_MAX_K] if cuda else list(args.ks)
     elif set(args.process_ks) - set(args.ks):
         p.error(f"--process-ks: {sorted(set(args.process_ks) - set(args.ks))} not among --ks {args.ks}")
-    for flag, value, least in (("--images", args.images, 16), ("--batch-size", args.batch_size, 1),
-                               ("--epochs", args.epochs, 1)):
-        if value < least:
-            p.error(f"{flag}: {value} must be at least {least}")
-    for depth in args.depth:
-        try:
-            ModelConfig(depth=depth)
-        except ConfigError as err:
-            p.error(f"--depth: {err.reason}")
+    check_args(p, {"--images": (args.images, 16), "--batch-size": (args.batch_size, 1), "--epochs": (args.epochs, 1)},
+               args.depth)
     return args
 
 

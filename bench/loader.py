@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bench.table import emit, machine, parse_with_smoke_test
+from bench.table import check_args, emit, machine, parse_with_smoke_test
 from resnet_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from resnet_core.data import make_loaders
 from resnet_core.errors import ConfigError
@@ -127,10 +127,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=2, help="timed epochs of each, after one untimed warm-up epoch")
     p.add_argument("--device", default="auto", help="where batches go and ours normalises: auto, cpu, cuda, …")
     args = parse_with_smoke_test(p, argv, SMOKE_TEST)
-    for flag, value, least in (("--images", args.images, 2 * CLASSES), ("--batch-size", args.batch_size, 1),
-                               ("--epochs", args.epochs, 1), ("--workers", min(args.workers), 0)):
-        if value < least:
-            p.error(f"{flag}: {value} must be at least {least}")
+    check_args(p, {"--images": (args.images, 2 * CLASSES), "--batch-size": (args.batch_size, 1),
+                   "--epochs": (args.epochs, 1), "--workers": (min(args.workers), 0)})
     try:
         args.device = resolve_device(args.device)
     except ConfigError as err:

@@ -199,8 +199,8 @@ def parse_ks(text: str) -> list[int]:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    from bench.table import parse_with_smoke_test
-    from resnet_core.config import PRECISIONS, ModelConfig
+    from bench.table import check_args, parse_with_smoke_test
+    from resnet_core.config import PRECISIONS
     from resnet_core.errors import ConfigError
 
     p = argparse.ArgumentParser(prog=f"python bench {NAME}", description=__doc__.split("\n\n")[0],
@@ -229,14 +229,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.images = CUDA_IMAGES if cuda else CPU_IMAGES
     if args.epochs is None:
         args.epochs = CUDA_EPOCHS if cuda else CPU_EPOCHS
-    for flag, value, least in (("--images", args.images, 16), ("--batch-size", args.batch_size, 1),
-                               ("--epochs", args.epochs, 1)):
-        if value < least:
-            p.error(f"{flag}: {value} must be at least {least}")
-    try:
-        ModelConfig(depth=args.depth)
-    except ConfigError as err:
-        p.error(str(err))
+    check_args(p, {"--images": (args.images, 16), "--batch-size": (args.batch_size, 1), "--epochs": (args.epochs, 1)},
+               [args.depth])
     if 1 not in args.ks:
         args.ks = [1, *args.ks]
     return args

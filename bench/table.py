@@ -67,3 +67,19 @@ def parse_with_smoke_test(parser: argparse.ArgumentParser, argv: list[str] | Non
         for key, value in smoke_test.items():
             setattr(args, key, value)
     return args
+
+
+def check_args(parser: argparse.ArgumentParser, minimums: dict[str, tuple[int, int]], depths=()) -> None:
+    """A usage error (exit 2) for a value below its minimum (``{"--flag": (value, least)}``) or a
+    depth that is not a CIFAR ResNet's."""
+    from resnet_core.config import ModelConfig
+    from resnet_core.errors import ConfigError
+
+    for flag, (value, least) in minimums.items():
+        if value < least:
+            parser.error(f"{flag}: {value} must be at least {least}")
+    for depth in depths:
+        try:
+            ModelConfig(depth=depth)
+        except ConfigError as err:
+            parser.error(f"--depth: {err.reason}")

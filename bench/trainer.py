@@ -38,7 +38,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from bench.table import emit, machine, parse_with_smoke_test
+from bench.table import check_args, emit, machine, parse_with_smoke_test
 from resnet_core.config import PAPER_ITERATIONS
 from resnet_core.data import DataConfig, DeviceLoader, load_splits, normalization_stats
 from resnet_core.errors import ConfigError
@@ -265,15 +265,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.levers = args.levers or list(LEVERS if cuda else list(LEVERS)[:4])
     args.images = args.images if args.images is not None else (45000 if cuda else 2048)
     args.workers = args.workers if args.workers is not None else (8 if cuda else 2)
-    for flag, value, least in (("--images", args.images, 16), ("--batch-size", args.batch_size, 1),
-                               ("--epochs", args.epochs, 1), ("--workers", args.workers, 0)):
-        if value < least:
-            p.error(f"{flag}: {value} must be at least {least}")
-    for depth in args.depth:
-        try:
-            ModelConfig(depth=depth)
-        except ConfigError as err:
-            p.error(f"--depth: {err.reason}")
+    check_args(p, {"--images": (args.images, 16), "--batch-size": (args.batch_size, 1), "--epochs": (args.epochs, 1),
+                   "--workers": (args.workers, 0)}, args.depth)
     return args
 
 
