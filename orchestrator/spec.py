@@ -67,8 +67,12 @@ class SchedulerSpec(_Strict):
 
 
 class ResourcesSpec(_Strict):
+    # Per worker process of a trial: a trial is one process unless `workers` > 1.
     cpu: float = Field(1, gt=0)
     gpu: float = Field(0, ge=0)
+    # Data-parallel processes per trial (DDP through Ray Train's TorchTrainer), each with `cpu`
+    # and `gpu` above; `train.batch_size` stays the global batch, split among them.
+    workers: int = Field(1, ge=1)
     # Trials of one shape trained as one fused model (resnet_core.array), up to this many to an
     # array; each array is one Tune trial with the resources above.
     array: int = Field(1, ge=1)
@@ -76,10 +80,18 @@ class ResourcesSpec(_Strict):
     @field_validator("gpu")
     @classmethod
     def _one_device(cls, v: float) -> float:
-        if v > 1:  # accepting 2 would hold a second GPU idle: the trainer uses one device
-            raise ValueError("a trial trains on one device: use 1, or a fraction (0.5, 0.25) to pack trials on a "
-                             "GPU; data-parallel trials on several GPUs are not supported yet")
+        if v > 1:  # accepting 2 would hold a second GPU idle: a worker process uses one device
+            raise ValueError("a worker process trains on one device: use 1, or a fraction (0.5, 0.25) to pack trials "
+                             "on a GPU; for a trial on several GPUs set resources.workers (one GPU each)")
         return v
+
+    @property
+    def trial_cpus(self) -> float:
+        return self.cpu * self.workers
+
+    @property
+    def trial_gpus(self) -> float:
+        return self.gpu * self.workers
 
 
 class TrackingSpec(_Strict):
@@ -249,6 +261,9 @@ def _check_sections(parsed: ParsedSpec) -> None:
         raise parsed.error(("resources", "array"), "arrays group planned trials; Optuna draws one trial at a time, so "
                                                    "there is nothing to group: use search.algorithm grid or random, "
                                                    "or leave resources.array out")
+    if spec.resources.workers > 1 and spec.resources.array > 1:
+        raise parsed.error(("resources", "workers"), "an array trains its members on one device; use resources.array "
+                                                     "or resources.workers, not both")
     if search.algorithm == "optuna" and not search.space:
         raise parsed.error(("search", "space") if "space" in search.model_fields_set else ("search", "algorithm"),
                            "Optuna has nothing to search (search.space is empty): every trial would be the same; "
