@@ -309,7 +309,7 @@ def trial_concurrency(spec, *, local: bool) -> int:
     import ray
 
     resources = ray.cluster_resources()
-    concurrency = max(1, int(resources.get("CPU", 1) // spec.resources.cpu))
+    concurrency = max(1, int(resources.get("CPU", 1) // spec.resources.trial_cpus))
     if spec.resources.gpu:
-        concurrency = min(concurrency, max(1, int(resources.get("GPU", 0) // spec.resources.gpu)))
+        concurrency = min(concurrency, max(1, int(resources.get("GPU", 0) // spec.resources.trial_gpus)))
     return concurrency

@@ -88,6 +88,7 @@ TRAIN_FLAGS = (
     Flag("train.channels_last", "--channels-last", "NHWC memory layout (default: on CUDA only)", boolean=True),
     Flag("train.compile", "--compile", "torch.compile the model (a mode, e.g. reduce-overhead: in YAML)", boolean=True),
     Flag("train.fused_sgd", "--fused-sgd", "one fused SGD kernel per step (default: on)", boolean=True),
+    Flag("train.sync_bn", "--sync-bn", "data-parallel runs: batch norm over the global batch (default: on)", boolean=True),
     Flag("train.seed", "--seed", "seed of init, shuffling and augmentation", int),
     Flag("train.device", "--device", "auto (cuda if present), cpu, cuda, cuda:N", str),
 )

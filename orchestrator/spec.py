@@ -261,6 +261,9 @@ def _check_sections(parsed: ParsedSpec) -> None:
         raise parsed.error(("resources", "array"), "arrays group planned trials; Optuna draws one trial at a time, so "
                                                    "there is nothing to group: use search.algorithm grid or random, "
                                                    "or leave resources.array out")
+    if spec.resources.workers > 1 and 0 < spec.resources.gpu < 1:
+        raise parsed.error(("resources", "gpu"), f"{spec.resources.gpu:g}: data-parallel workers take a whole GPU each "
+                                                 f"(NCCL runs one process per GPU); use 1 with resources.workers")
     if spec.resources.workers > 1 and spec.resources.array > 1:
         raise parsed.error(("resources", "workers"), "an array trains its members on one device; use resources.array "
                                                      "or resources.workers, not both")

@@ -30,7 +30,7 @@ from .spec import ParsedSpec, SpecError, parse_spec
 from .mlflow_store import PASSWORD, USERNAME, check_tracking_uri, redact, default_tracking_uri, normalize_tracking_uri, use_tracking_uri
 from .tracking import SweepTracker, git_commit
 from .vocabulary import TAG_STORAGE
-from .trainable import train_array_trial, train_trial
+from .trainable import train_array_trial, train_data_parallel_trial, train_trial
 from .trial_table import format_table
 
 __all__ = ["SweepError", "find_experiment", "prepare_sweep", "resume_sweep", "run_or_resume", "run_sweep", "SPEC_FILE"]
@@ -75,14 +75,16 @@ def _smoke(parsed: ParsedSpec) -> None:
 
 
 def check_resources(spec) -> None:
-    """Per-trial resources must fit one node of this machine (local runs)."""
+    """A trial's resources (all its workers') must fit this machine (local runs)."""
     import torch
 
+    r = spec.resources
     cpus, gpus = os.cpu_count() or 1, torch.cuda.device_count()
-    if spec.resources.gpu > gpus:
-        raise SpecError("resources.gpu", f"{spec.resources.gpu:g} GPUs per trial, but this machine has {gpus}")
-    if spec.resources.cpu > cpus:
-        raise SpecError("resources.cpu", f"{spec.resources.cpu:g} CPUs per trial, but this machine has {cpus}")
+    each = f" ({r.workers} workers × {{}})" if r.workers > 1 else ""
+    if r.trial_gpus > gpus:
+        raise SpecError("resources.gpu", f"{r.trial_gpus:g} GPUs per trial{each.format(f'{r.gpu:g}')}, but this machine has {gpus}")
+    if r.trial_cpus > cpus:
+        raise SpecError("resources.cpu", f"{r.trial_cpus:g} CPUs per trial{each.format(f'{r.cpu:g}')}, but this machine has {cpus}")
 
 
 def prepare_sweep(
@@ -245,9 +247,10 @@ def _where_it_runs(spec, concurrency: int, address: str | None) -> str:
     if address is None:
         return f"{concurrency} at a time on this machine"
     nodes = cluster.alive_nodes()
-    fits = sum(int(n["Resources"].get("CPU", 0) // spec.resources.cpu) for n in nodes)
+    fits = sum(int(n["Resources"].get("CPU", 0) // spec.resources.cpu) for n in nodes)  # workers (a trial's may span nodes)
     if spec.resources.gpu:
         fits = min(fits, sum(int(n["Resources"].get("GPU", 0) // spec.resources.gpu) for n in nodes))
+    fits //= spec.resources.workers
     limit = f"up to {concurrency}" if concurrency else "as many as the cluster fits"
     return f"{limit} at a time on the Ray cluster at {address} ({len(nodes)} nodes now, room for {fits}; more nodes get trials as they join)"
 
@@ -338,7 +341,9 @@ def run_sweep(prep: Prepared, *, address: str | None = None, folder_taken: bool 
                 trial_name_creator=trial_name,
                 trial_dirname_creator=trial_name,
                 # A trial's actor is kept for the next one: no worker start-up between trials.
-                reuse_actors=True,
+                # Not for data-parallel trials: ending the actor is what ends its Ray Train
+                # run (the controller and workers are the actor's).
+                reuse_actors=spec.resources.workers == 1,
             ),
             run_config=tune.RunConfig(
                 name=prep.name,
@@ -378,11 +383,18 @@ def _max_failures(spec, address: str | None) -> int:
 def _trainable(spec, experiment_path: str):
     from ray import tune
 
-    if spec.resources.array > 1:  # an array trial takes the resources of one trial
+    r = spec.resources
+    if r.workers > 1:
+        # The Tune function only relays results: Ray Train's workers hold the resources. (A
+        # token byte of memory: Tune needs some resource, and any CPU would keep a worker out.)
+        trainable = tune.with_parameters(train_data_parallel_trial, experiment_path=experiment_path,
+                                         workers=r.workers, cpu=r.cpu, gpu=r.gpu)
+        return tune.with_resources(trainable, {"cpu": 0, "memory": 1})
+    if r.array > 1:  # an array trial takes the resources of one trial
         trainable = tune.with_parameters(train_array_trial, experiment_path=experiment_path, metric=spec.metric.name)
     else:
         trainable = tune.with_parameters(train_trial, experiment_path=experiment_path)
-    return tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    return tune.with_resources(trainable, {"cpu": r.cpu, "gpu": r.gpu})
 
 
 def _checkpoint_config(spec):

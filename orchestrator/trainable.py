@@ -1,6 +1,7 @@
 """The Tune function trainables: flat config → resnet_core's trainer (or an array of trials →
-its ArrayTrainer), one report and one checkpoint per epoch. They never talk to MLflow: the
-driver's callback does (tracking.py)."""
+its ArrayTrainer, or a data-parallel trial → Ray Train's TorchTrainer running resnet_core's
+trainer in each worker), one report and one checkpoint per epoch. They never talk to MLflow:
+the driver's callback does (tracking.py)."""
 from __future__ import annotations
 
 import io
@@ -8,6 +9,7 @@ import json
 import re
 import socket
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import torch
 
 from resnet_core import metrics as M
 from resnet_core.array import ArrayEpochReport, ArrayTrainer
+from resnet_core.distributed import Shard
 from resnet_core.metrics import Status
 from resnet_core.train import RunConfig, Trainer
 
@@ -36,7 +39,7 @@ from .vocabulary import (
     STATUS,
 )
 
-__all__ = ["CHECKPOINT_FILE", "error_trace", "train_array_trial", "train_trial"]
+__all__ = ["CHECKPOINT_FILE", "error_trace", "train_array_trial", "train_data_parallel_trial", "train_trial"]
 
 CHECKPOINT_FILE = "state.pt"
 # Settings that say where a trial runs, not what it trains: a checkpoint may differ in them.
@@ -164,15 +167,18 @@ def _on_worker(experiment_path: str) -> tuple[dict, str]:
     return placement, storage.join(experiment_path, Path(tune.get_context().get_trial_dir()).name)
 
 
-def _report(result: dict, state: dict | None = None) -> None:
-    """One result to Tune, with ``state`` as its checkpoint when given."""
+def _report(result: dict, state: dict | bytes | None = None) -> None:
+    """One result to Tune, with ``state`` (or the file of one) as its checkpoint when given."""
     from ray import tune
 
     if state is None:
         tune.report(result)
         return
     with tempfile.TemporaryDirectory() as folder:
-        torch.save(state, Path(folder) / CHECKPOINT_FILE)
+        if isinstance(state, bytes):
+            (Path(folder) / CHECKPOINT_FILE).write_bytes(state)
+        else:
+            torch.save(state, Path(folder) / CHECKPOINT_FILE)
         tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
@@ -199,13 +205,13 @@ def _replayed_result(history: list[dict], extra: dict, ending: Callable[[], dict
     return {**history[-1], **extra, REPLAYED: True, STATUS: str(Status.COMPLETED), **ending()}
 
 
-def train_trial(config: dict[str, Any], experiment_path: str) -> None:
-    from ray import tune
+Send = Callable[[dict, Callable[[], dict] | None], None]  # (result, its checkpoint's state or None)
 
-    placement, trial_uri = _on_worker(experiment_path)
-    trainer = Trainer(RunConfig.from_flat(resolve_trial(config, {})))
-    placement.update({DEVICE: str(trainer.device), SPEED: str(trainer.speed)})
-    trainer, warning = _restore(trainer, trial_uri, tune.get_checkpoint())
+
+def _train(trainer: Trainer, trial_uri: str, checkpoint, placement: dict, send: Send) -> None:
+    """A trial's epochs from its newest usable checkpoint on, each epoch's result (and state)
+    through ``send``."""
+    trainer, warning = _restore(trainer, trial_uri, checkpoint)
     # The epochs before the restore go with the first result, once: the driver logs any that
     # it had not (it may have died before they reached it), so MLflow keeps epochs 1…N.
     # (As JSON text: one flat value in Tune's result.json and progress lines.)
@@ -221,14 +227,97 @@ def train_trial(config: dict[str, Any], experiment_path: str) -> None:
     def report(r) -> None:
         result = _epoch_result(r.metrics, r.epochs, {**placement, **once}, ending)
         once.clear()
-        _report(result, r.checkpoint())
+        send(result, r.checkpoint)
 
     if trainer.history and trainer.epoch >= trainer.epochs:
-        _report(_replayed_result(trainer.history, once, ending))
+        send(_replayed_result(trainer.history, once, ending), None)
         return
     trainer.run(report)
     if trainer.status == Status.DIVERGED:
-        _report(_diverged_result(trainer.epoch + 1, {**placement, **once}))
+        send(_diverged_result(trainer.epoch + 1, {**placement, **once}), None)
+
+
+def _to_tune(result: dict, checkpoint: Callable[[], dict] | None) -> None:
+    _report(result, checkpoint() if checkpoint else None)
+
+
+def train_trial(config: dict[str, Any], experiment_path: str) -> None:
+    from ray import tune
+
+    placement, trial_uri = _on_worker(experiment_path)
+    trainer = Trainer(RunConfig.from_flat(resolve_trial(config, {})))
+    placement.update({DEVICE: str(trainer.device), SPEED: str(trainer.speed)})
+    _train(trainer, trial_uri, tune.get_checkpoint(), placement, _to_tune)
+
+
+def _data_parallel_worker(loop: dict) -> None:
+    """One process of a data-parallel trial, in a Ray Train worker (torch's process group is set
+    up). Every process trains its part of each batch and computes every result (evaluation is
+    shared out); rank 0 hands them, with its state, to the trial's Tune function."""
+    import ray
+    import ray.train.torch
+
+    shard = Shard.of_process_group()
+    flat = resolve_trial(loop["config"], {})
+    if flat["train.device"] == "auto":  # the GPU Ray Train gave this worker (several may share a node)
+        flat["train.device"] = str(ray.train.torch.get_device())
+    torch.set_num_threads(max(1, int(loop["cpu"])))
+    trainer = Trainer(RunConfig.from_flat(flat), shard=shard)
+    placement = {NODE_ID: ray.get_runtime_context().get_node_id(), HOSTNAME: socket.gethostname(),
+                 DEVICE: str(trainer.device), SPEED: f"{trainer.speed} ddp={shard.size}"}
+
+    def send(result: dict, checkpoint: Callable[[], dict] | None) -> None:
+        if shard.rank == 0:
+            state = None
+            if checkpoint is not None:
+                state = io.BytesIO()
+                torch.save(checkpoint(), state)
+            loop["results"].put((result, state.getvalue() if state else None))
+
+    _train(trainer, loop["trial_uri"], loop["checkpoint"], placement, send)
+
+
+def train_data_parallel_trial(config: dict[str, Any], experiment_path: str, workers: int, cpu: float,
+                              gpu: float) -> None:
+    """A data-parallel trial (resources.workers > 1): Ray Train's TorchTrainer runs ``workers``
+    processes (gloo on CPU, NCCL on GPUs) with ``cpu`` and ``gpu`` each, placed by Ray like any
+    actors (on one node or several). This Tune function holds no resources itself; it passes
+    rank 0's results and checkpoints on to Tune, so the trial reports, checkpoints, resumes and
+    is tracked like a single-process one. Retries are Tune's (from the trial's checkpoint)."""
+    from ray import train, tune
+    from ray.train.torch import TorchTrainer
+    from ray.util.queue import Empty, Queue
+
+    _, trial_uri = _on_worker(experiment_path)
+    results = Queue(maxsize=1, actor_options={"num_cpus": 0})  # rank 0 waits while Tune takes a result
+    trainer = TorchTrainer(
+        _data_parallel_worker,
+        train_loop_config={"config": config, "trial_uri": trial_uri, "checkpoint": tune.get_checkpoint(),
+                           "results": results, "cpu": cpu},
+        scaling_config=train.ScalingConfig(num_workers=workers, use_gpu=gpu > 0,
+                                           resources_per_worker={"CPU": cpu, **({"GPU": gpu} if gpu else {})}),
+        run_config=train.RunConfig(name="train", storage_path=trial_uri, failure_config=train.FailureConfig(max_failures=0)),
+    )
+    failure: list[BaseException] = []
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except BaseException as err:  # noqa: BLE001 — raised again in the trial's thread below
+            failure.append(err)
+
+    fitting = threading.Thread(target=fit, name="ray-train", daemon=True)
+    fitting.start()
+    while True:
+        try:
+            result, state = results.get(timeout=0.5)
+        except Empty:
+            if fitting.is_alive() or not results.empty():
+                continue
+            break
+        _report(result, state)
+    if failure:
+        raise failure[0]
 
 
 def _array_result(records: dict[int, dict], metric: str) -> dict:

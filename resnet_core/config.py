@@ -338,6 +338,10 @@ class TrainConfig:
     # A step loss above this multiple of chance level (ln K) means the weights blew up: the run
     # is declared diverged. BN keeps such nets finite, so non-finite alone misses e.g. lr 10.
     divergence_factor: float = 50.0
+    # Data-parallel trials (resources.workers > 1): batch norm over the global batch, as one
+    # process computes it (true), or over each process's part (false: no collectives in BN,
+    # per-GPU statistics as fb.resnet.torch and Goyal et al. 2017 train).
+    sync_bn: bool = True
     # Speed levers: how fast, never what is computed (no hyperparameter changes). "auto" is the
     # fastest measured setting of the device (docs/benchmarks.md): bf16 autocast and channels_last
     # on CUDA; fp32 and the default layout elsewhere, so CPU runs stay exact.

@@ -31,6 +31,7 @@ from .config import (
     num_classes,
     split_sizes,
 )
+from .distributed import Shard, batch_sizes
 from .errors import ConfigError, DataUnavailableError
 from .folders import ILSVRC2012, list_folder
 from .stream import DecodePool, FolderImages, StreamLoader, running_stats
@@ -166,6 +167,9 @@ def load_splits(cfg: DataConfig) -> Splits:
 class DeviceLoader:
     """Batches of one split, normalised (and augmented when training) on the split's device.
 
+    With a ``shard`` of several data-parallel processes it yields this process's part of each
+    global batch (resnet_core.distributed).
+
     ``mean``/``std`` come from the training split: the per-pixel mean image (2015 §4.2, std 1)
     or per-channel statistics. Shuffling and augmentation draw from ``generator`` only, so a
     checkpoint of its state restores the loader exactly at an epoch boundary.
@@ -183,8 +187,10 @@ class DeviceLoader:
         augment: bool = False,
         generator: torch.Generator | None = None,
         channels_last: bool = False,
+        shard: Shard = Shard(),
     ) -> None:
         self.images, self.labels = images, labels
+        self.shard = shard
         self.batch_size, self.train, self.augment = batch_size, train, augment and train
         self.mean, self.std = mean, std
         self.generator = generator
@@ -192,6 +198,10 @@ class DeviceLoader:
 
     def __len__(self) -> int:
         return -(-len(self.images) // self.batch_size)
+
+    def sizes(self) -> list[int]:
+        """The global batches' sizes, in order."""
+        return batch_sizes(len(self.images), self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n, device = len(self.images), self.images.device
@@ -202,25 +212,34 @@ class DeviceLoader:
         )
         for i in range(len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            # The augmentation is drawn for the whole global batch: the same numbers in every process.
+            draws = self._crop_flip_draws(len(idx), device) if self.augment else None
+            part = self.shard.part(len(idx))
+            idx = idx[part]
             x = (self.images[idx].float() / 255.0 - self.mean) / self.std
-            if self.augment:
-                x = self._pad_crop_flip(x)
+            if draws is not None:
+                x = self._pad_crop_flip(x, *(d[part] for d in draws))
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, self.labels[idx]
 
-    def _pad_crop_flip(self, x: torch.Tensor, pad: int = 4) -> torch.Tensor:
+    def _crop_flip_draws(self, b: int, device: torch.device, pad: int = 4):
+        dy = torch.randint(0, 2 * pad + 1, (b,), device=device, generator=self.generator)
+        dx = torch.randint(0, 2 * pad + 1, (b,), device=device, generator=self.generator)
+        flip = torch.rand(b, device=device, generator=self.generator) < 0.5
+        return dy, dx, flip
+
+    @staticmethod
+    def _pad_crop_flip(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor,
+                       pad: int = 4) -> torch.Tensor:
         # Written by hand: torchvision's transforms crop one image at a time; this is one gather.
         b, c, h, w = x.shape
         padded = F.pad(x, (pad, pad, pad, pad))
-        dy = torch.randint(0, 2 * pad + 1, (b,), device=x.device, generator=self.generator)
-        dx = torch.randint(0, 2 * pad + 1, (b,), device=x.device, generator=self.generator)
         rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
         cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
         batch = torch.arange(b, device=x.device)[:, None, None, None]
         chan = torch.arange(c, device=x.device)[None, :, None, None]
         out = padded[batch, chan, rows, cols]
-        flip = torch.rand(b, device=x.device, generator=self.generator) < 0.5
         return torch.where(flip[:, None, None, None], out.flip(3), out)
 
 
@@ -300,18 +319,19 @@ class Loaders:
 
 
 def make_loaders(cfg: RunConfig, device: torch.device, generator: torch.Generator, *, channels_last: bool = False,
-                 splits: Splits | None = None) -> Loaders:
+                 splits: Splits | None = None, shard: Shard = Shard()) -> Loaders:
     """The loaders of ``cfg``'s data on ``device``: shuffling and augmentation draw from
-    ``generator`` only. In-memory data (``splits``, else loaded) is moved to the device."""
+    ``generator`` only. In-memory data (``splits``, else loaded) is moved to the device. With
+    a ``shard`` of several processes every loader yields this process's part of each batch."""
     tc, dc = cfg.train, cfg.dataset
     # Evaluation in eval mode gives each image the same output in any batch: large batches
     # are cheaper (fewer launches), about 4 MB of input each.
     eval_batch = max(tc.batch_size, 1024 * 32 * 32 // (dc.image_size**2))
     if dc.from_folder:
-        return _folder_loaders(cfg, device, generator, eval_batch=eval_batch, channels_last=channels_last)
+        return _folder_loaders(cfg, device, generator, eval_batch=eval_batch, channels_last=channels_last, shard=shard)
     splits = (splits if splits is not None else load_splits(dc)).to(device)
     mean, std = normalization_stats(splits.train_x, dc.normalize)
-    common = dict(mean=mean, std=std, channels_last=channels_last)
+    common = dict(mean=mean, std=std, channels_last=channels_last, shard=shard)
     train = DeviceLoader(splits.train_x, splits.train_y, batch_size=tc.batch_size, train=True, augment=dc.augment,
                          generator=generator, **common)
     val = DeviceLoader(splits.val_x, splits.val_y, batch_size=eval_batch, **common)
@@ -320,7 +340,7 @@ def make_loaders(cfg: RunConfig, device: torch.device, generator: torch.Generato
 
 
 def _folder_loaders(cfg: RunConfig, device: torch.device, generator: torch.Generator, *, eval_batch: int,
-                    channels_last: bool) -> Loaders:
+                    channels_last: bool, shard: Shard) -> Loaders:
     """2015 §3.4: training on random crops of the image at a random scale, flipped and lit
     (with ``augment``), the per-pixel mean (of centre crops of a training sample) subtracted;
     val and test on the centre crop; the ten crops of the test set for the final metric."""
@@ -332,10 +352,11 @@ def _folder_loaders(cfg: RunConfig, device: torch.device, generator: torch.Gener
     labels = split.labels.to(device)
 
     def loader(files: torch.Tensor, batch_size: int, view: str, mean=None, std=None, **kw) -> StreamLoader:
+        kw.setdefault("shard", shard)
         return StreamLoader(pool, files, labels[files.to(device)], batch_size=batch_size, view=view,
                             mean=mean, std=std, channels_last=channels_last, **kw)
 
-    sample = loader(split.train[:MEAN_IMAGES], eval_batch, "centre")
+    sample = loader(split.train[:MEAN_IMAGES], eval_batch, "centre", shard=Shard())  # every process: the same mean
     mean, std = running_stats((crops.flatten(0, 1) for crops, _ in sample.crops()), dc.normalize)
     augment = dict(generator=generator, flip=dc.augment, lighting=dc.lighting if dc.augment else 0.0)
     return Loaders(

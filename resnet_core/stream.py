@@ -28,6 +28,7 @@ import torchvision.transforms.v2.functional as TF
 from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_image, read_file
 
+from .distributed import Shard, batch_sizes
 from .errors import DataUnavailableError
 
 __all__ = ["EIGENVALUES", "EIGENVECTORS", "DecodePool", "FolderImages", "StreamLoader", "crop_boxes",
@@ -72,6 +73,8 @@ class FolderImages(Dataset):
 
     def __getitem__(self, job: tuple[str, torch.Tensor]) -> torch.Tensor:
         view, rows = job
+        if not len(rows):  # a data-parallel process's part of a short last batch can be empty
+            return torch.empty((0, 5 if view == "five" else 1, 3, self.crop, self.crop), dtype=torch.uint8)
         return torch.stack([self.crops(index, view, seed) for index, seed in rows.tolist()])
 
     def crops(self, index: int, view: str, seed: int) -> torch.Tensor:
@@ -131,8 +134,9 @@ class StreamLoader:
 
     def __init__(self, pool: DecodePool, files: torch.Tensor, labels: torch.Tensor, *, batch_size: int, view: str,
                  mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator | None = None,
-                 train: bool = False, flip: bool = False, lighting: float = 0.0, channels_last: bool = False) -> None:
-        self.pool, self.files, self.labels = pool, files, labels
+                 train: bool = False, flip: bool = False, lighting: float = 0.0, channels_last: bool = False,
+                 shard: Shard = Shard()) -> None:
+        self.pool, self.files, self.labels, self.shard = pool, files, labels, shard
         self.batch_size, self.view, self.train = batch_size, view, train
         self.mean, self.std, self.generator = mean, std, generator
         self.flip, self.lighting, self.channels_last = flip, lighting, channels_last
@@ -142,28 +146,35 @@ class StreamLoader:
     def __len__(self) -> int:
         return -(-len(self.files) // self.batch_size)
 
+    def sizes(self) -> list[int]:
+        """The global batches' sizes, in order."""
+        return batch_sizes(len(self.files), self.batch_size)
+
     def crops(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(uint8 crops B×V×3×crop×crop, labels B) per batch, on the labels' device."""
+        """(uint8 crops B×V×3×crop×crop, labels B) per batch, on the labels' device: this
+        process's part of each global batch (its order and seeds are drawn for all)."""
         n, device = len(self.files), self.labels.device
         order = torch.randperm(n, device=device, generator=self.generator) if self.train else torch.arange(n, device=device)
         seeds = (torch.randint(0, 2**62, (n,), device=device, generator=self.generator).cpu() if self.view == "random"
                  else torch.zeros(n, dtype=torch.long))
         rows = torch.stack([self.files[order.cpu()], seeds], 1)
         labels, b = self.labels[order], self.batch_size
-        jobs = [(self.view, rows[i : i + b]) for i in range(0, n, b)]
-        for i, crops in enumerate(self.pool.run(jobs)):
-            yield crops.to(device, non_blocking=True), labels[i * b : (i + 1) * b]
+        parts = [(i, self.shard.part(size)) for i, size in zip(range(0, n, b), self.sizes())]
+        jobs = [(self.view, rows[i : i + b][part]) for i, part in parts]
+        for (i, part), crops in zip(parts, self.pool.run(jobs)):
+            yield crops.to(device, non_blocking=True), labels[i : i + b][part]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for crops, y in self.crops():
+        for (crops, y), size in zip(self.crops(), self.sizes()):
             b, views = crops.shape[:2]
+            part = self.shard.part(size)  # the lighting and flips are drawn for the global batch
             x = crops.flatten(0, 1).float() / 255.0
             if self.lighting:
-                alpha = torch.randn(b, 3, device=x.device, generator=self.generator) * self.lighting
+                alpha = torch.randn(size, 3, device=x.device, generator=self.generator)[part] * self.lighting
                 x = x + (alpha @ self.colours.T)[:, :, None, None]
             x = (x - self.mean) / self.std
             if self.flip:
-                flip = torch.rand(b, device=x.device, generator=self.generator) < 0.5
+                flip = torch.rand(size, device=x.device, generator=self.generator)[part] < 0.5
                 x = torch.where(flip[:, None, None, None], x.flip(3), x)
             if views > 1:  # the ten crops: each image's five, then their mirror images
                 x = x.unflatten(0, (b, views))

@@ -1,5 +1,6 @@
 """The training loop: the paper's recipe by default (2015 §3.4, §4.2), device-resident or streamed data,
-exact checkpoint/resume, divergence handling, and the layer responses of Fig. 7.
+exact checkpoint/resume, divergence handling, and the layer responses of Fig. 7. One process, or
+several training one run data-parallel (DDP: resnet_core.distributed).
 
 It reports each epoch through a callback and knows nothing of Ray or MLflow.
 """
@@ -18,6 +19,7 @@ from . import metrics as M
 from .analysis import count_params, layer_responses
 from .config import PAPER_ITERATIONS, PRECISIONS, SCHEDULES, RunConfig, TrainConfig, planned_epochs, steps_per_epoch
 from .data import Splits, make_loaders
+from .distributed import Shard, sync_batchnorm
 from .errors import ConfigError
 from .metrics import Status
 from .resnet import build_model
@@ -125,13 +127,17 @@ class EpochReport:
 class Trainer:
     """One training run. ``run()`` trains to the end (or divergence) and returns the result."""
 
-    def __init__(self, cfg: RunConfig, *, splits: Splits | None = None) -> None:
+    def __init__(self, cfg: RunConfig, *, splits: Splits | None = None, shard: Shard = Shard()) -> None:
+        """``shard``: this process's place when several train the run data-parallel (torch's
+        process group set up): each trains on its part of every batch of ``cfg.train.batch_size``."""
         self.cfg = cfg
         tc = cfg.train
+        self.shard = shard
         self.device = resolve_device(tc.device)
         self.speed = Speed.resolve(tc, self.device)
         self.generator = torch.Generator(device=self.device).manual_seed(tc.seed + 1)
-        loaders = make_loaders(cfg, self.device, self.generator, channels_last=self.speed.channels_last, splits=splits)
+        loaders = make_loaders(cfg, self.device, self.generator, channels_last=self.speed.channels_last, splits=splits,
+                               shard=shard)
         self.splits, self.num_classes = loaders.splits, loaders.num_classes
         self.train_loader, self.val_loader, self.test_loader = loaders.train, loaders.val, loaders.test
         self.ten_crop_loader = loaders.ten_crop
@@ -140,10 +146,19 @@ class Trainer:
         self.model = build_model(cfg.model, num_classes=self.num_classes).to(self.device)
         if self.speed.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.forward = self.model
+        self.forward = self.infer = self.model  # training's forward; evaluation's
+        if shard.distributed:
+            if tc.sync_bn:
+                self.model = sync_batchnorm(self.model, self.device)
+            # Buffers need no broadcast: the running statistics are the same in every process
+            # with sync_bn, and each process's own without.
+            self.forward = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device] if self.device.type == "cuda" else None, forward_sync_buffers=False)
+            self.infer = self.model  # evaluation runs no collectives: processes may see different numbers of batches
         if self.speed.compile:
             mode = None if self.speed.compile is True else self.speed.compile
-            self.forward = torch.compile(self.model, mode=mode)
+            self.forward = torch.compile(self.forward, mode=mode)
+            self.infer = self.forward if not shard.distributed else torch.compile(self.model, mode=mode)
 
         self.epochs = planned_epochs(tc, len(self.train_loader))
         self.total_steps = self.epochs * len(self.train_loader)
@@ -154,6 +169,7 @@ class Trainer:
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.speed.precision == "fp16")
         self.criterion = nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
+        self.criterion_sum = nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing, reduction="sum")
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.speed.precision)
         self.epoch = 0
         self.history: list[dict[str, float]] = []
@@ -226,6 +242,17 @@ class Trainer:
         blown = ~torch.isfinite(loss_sum)
         return blown | (max_loss > limit) if limit > 0 else blown
 
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor, global_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(the loss to backpropagate, its sum over this process's images, their mean). Data
+        parallel, each process's part of the batch weighs by its share of the global batch:
+        DDP averages the processes' gradients, which then equal the global batch mean's."""
+        if not self.shard.distributed:
+            loss = self.criterion(logits, y)
+            return loss, loss.detach().double() * len(y), loss.detach().float()
+        summed = self.criterion_sum(logits, y)
+        mean = summed.detach().float() / max(len(y), 1)
+        return summed * (self.shard.size / global_size), summed.detach().double(), mean
+
     def _train_epoch(self) -> dict[str, float] | None:
         """One pass over the training split; None when the run diverged."""
         self.model.train()
@@ -235,6 +262,7 @@ class Trainer:
         seen = 0
         watch = _DivergenceWatch(self.device)
         lr = self.optimizer.param_groups[0]["lr"]
+        sizes = self.train_loader.sizes()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         start = time.perf_counter()
@@ -242,30 +270,44 @@ class Trainer:
             self._new_step()
             with self._autocast():
                 logits = self.forward(x)
-                loss = self.criterion(logits, y)
+                loss, batch_sum, batch_mean = self._loss(logits, y, sizes[step - 1])
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
-            loss_sum += loss.detach().double() * len(y)
-            max_loss = torch.maximum(max_loss, loss.detach().float())
+            loss_sum += batch_sum
+            max_loss = torch.maximum(max_loss, batch_mean)
             wrong += (logits.detach().argmax(1) != y).sum()
             seen += len(y)
-            if step % watch.EVERY == 0 and watch.check(self._diverged(loss_sum, max_loss)):
+            if step % watch.EVERY == 0 and self._stop(watch, loss_sum, max_loss):
                 return None
-        if self._diverged(loss_sum, max_loss).item():
+        if self.shard.any(self._diverged(loss_sum, max_loss)):
             return None
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - start
+        loss_sum, wrong, seen = self.shard.sum(torch.stack([loss_sum, wrong.double(), torch.tensor(
+            float(seen), dtype=torch.float64, device=self.device)])).tolist()
         return {
-            M.TRAIN_LOSS: loss_sum.item() / seen,
-            M.TRAIN_ERROR: wrong.item() / seen,
+            M.TRAIN_LOSS: loss_sum / seen,
+            M.TRAIN_ERROR: wrong / seen,
             M.LR: lr,
             M.IMAGES_PER_SECOND: seen / seconds,
             M.EPOCH_SECONDS: seconds,
         }
+
+    def _stop(self, watch: _DivergenceWatch, loss_sum: torch.Tensor, max_loss: torch.Tensor) -> bool:
+        """Whether the run diverged, asked every watch.EVERY steps. Data-parallel processes ask
+        all at once and read the answer at once, so they stop at the same step."""
+        if self.shard.distributed:
+            return self.shard.any(self._diverged(loss_sum, max_loss))
+        return watch.check(self._diverged(loss_sum, max_loss))
+
+    def _summed(self, *values: torch.Tensor) -> list[float]:
+        """``values`` (device scalars or vectors) summed over the data-parallel processes, as floats."""
+        flat = torch.cat([v.double().reshape(-1) for v in values])
+        return self.shard.sum(flat).tolist()
 
     @torch.no_grad()
     def evaluate(self, loader) -> tuple[float, float]:
@@ -277,11 +319,12 @@ class Trainer:
         for x, y in loader:
             self._new_step()
             with self._autocast():
-                logits = self.forward(x)
+                logits = self.infer(x)
             loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum").double()
             wrong += (logits.argmax(1) != y).sum()
             seen += len(y)
-        return loss_sum.item() / max(seen, 1), wrong.item() / max(seen, 1)
+        loss_sum, wrong, seen = self._summed(loss_sum, wrong, torch.tensor(seen, device=self.device))
+        return loss_sum / max(seen, 1), wrong / max(seen, 1)
 
     @torch.no_grad()
     def evaluate_ten_crop(self, loader) -> dict[str, float]:
@@ -294,13 +337,13 @@ class Trainer:
         for x, y in loader:
             self._new_step()
             with self._autocast():
-                logits = self.forward(x)
+                logits = self.infer(x)
             probs = logits.float().softmax(1).unflatten(0, (len(y), -1)).mean(1)
             top5 = probs.topk(min(5, probs.shape[1]), 1).indices
             wrong += torch.stack([(top5[:, 0] != y).sum(), (top5 != y[:, None]).all(1).sum()])
             seen += len(y)
-        top1, top5 = (wrong.double() / max(seen, 1)).tolist()
-        return {M.TEST_ERROR_10CROP: top1, M.TEST_TOP5_ERROR_10CROP: top5}
+        top1_wrong, top5_wrong, seen = self._summed(wrong, torch.tensor(seen, device=self.device))
+        return {M.TEST_ERROR_10CROP: top1_wrong / max(seen, 1), M.TEST_TOP5_ERROR_10CROP: top5_wrong / max(seen, 1)}
 
     def best_epoch(self) -> dict[str, float] | None:
         """The epoch with the lowest val error (earliest on ties): chosen on val, never on test."""
