@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from resnet_core import metrics as M
-from resnet_core.config import DATASETS
+from resnet_core.config import DATASETS, FOLDER_DATASETS
 from resnet_core.errors import ConfigError, DataUnavailableError
 from resnet_core.registry import VARIANTS
 
@@ -271,7 +271,7 @@ def _print_gpu_estimate(plan, *, given: bool) -> None:
     by_pass = plan.gpu_hours_by_pass
     run = plan.configs[0]
     evaluated = "val + test every epoch"
-    if run["dataset.name"] in ("imagenet", "imagefolder"):
+    if run["dataset.name"] in FOLDER_DATASETS:
         from resnet_core.config import RunConfig, split_sizes
 
         _, val, test = split_sizes(RunConfig.from_flat(run).dataset)
