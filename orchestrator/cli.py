@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from resnet_core import metrics as M
-from resnet_core.config import DATASETS
+from resnet_core.config import DATASETS, FOLDER_DATASETS
 from resnet_core.errors import ConfigError, DataUnavailableError
 from resnet_core.registry import VARIANTS
 
@@ -202,10 +202,15 @@ def _warn(lines: list[str]) -> None:
 
 
 def cmd_plan(args) -> int:
-    from .space import DEFAULT_CPU_GFLOPS, DEFAULT_GPU_TFLOPS, make_plan, plan_summary
+    from .space import DECODE_IMAGES_PER_CORE, DEFAULT_CPU_GFLOPS, make_plan, plan_summary
 
-    tflops, gflops = args.gpu_tflops or DEFAULT_GPU_TFLOPS, args.cpu_gflops or DEFAULT_CPU_GFLOPS
-    plan = make_plan(_load(args.sweep), gpu_tflops=tflops, cpu_gflops=gflops)
+    for flag in ("gpu_tflops", "cpu_gflops", "decode_rate"):
+        value = getattr(args, flag)
+        if value is not None and not 0 < value < float("inf"):
+            raise UsageError(f"--{flag.replace('_', '-')}: {value:g} must be a positive number")
+    gflops = args.cpu_gflops or DEFAULT_CPU_GFLOPS
+    plan = make_plan(_load(args.sweep), gpu_tflops=args.gpu_tflops, cpu_gflops=gflops,
+                     decode_rate=args.decode_rate or DECODE_IMAGES_PER_CORE)
     _warn(plan.warnings)
     budget = plan.spec.budget.model_dump()
     if args.json:
@@ -242,10 +247,66 @@ def cmd_plan(args) -> int:
         print(f"epochs expected with ASHA:     {plan.asha_epochs:,.0f} ({plan.asha_epochs / plan.total_epochs:.0%})")
     print("budget: " + ", ".join(f"{key} {'none' if value is None else f'{value:,}'}" for key, value in budget.items()))
     if plan.spec.resources.gpu:
-        print(f"GPU-hours (estimate at {tflops:g} TFLOP/s sustained): {plan.gpu_hours:.2f}")
+        _print_gpu_estimate(plan, given=args.gpu_tflops is not None)
     else:
         print(f"CPU core-hours (estimate at {gflops:g} GFLOP/s per core sustained; resources.gpu is 0): {plan.cpu_hours:.2f}")
     return EXIT_OK
+
+
+def _span(values, fmt: str) -> str:
+    """One value, or the lowest and highest: ``5`` or ``5–50``."""
+    low, high = min(values), max(values)
+    return format(low, fmt) if low == high else f"{low:{fmt}}–{high:{fmt}}"
+
+
+def _print_gpu_estimate(plan, *, given: bool) -> None:
+    """`plan`'s GPU-hours: by pass, the throughput assumed and why, one trial's wall-clock on its
+    GPUs, and for image folders what the CPUs decode against what the GPU trains."""
+    from .space import IMAGENET_GPU_TFLOPS, IMAGENET_MIN_SIZE
+
+    models = plan.models
+    resources = plan.spec.resources
+    tflops = _span([m["gpu_tflops"] for m in models.values()], "g")
+    print(f"GPU-hours (estimate at {tflops} TFLOP/s sustained per GPU): {plan.gpu_hours:,.2f}")
+    by_pass = plan.gpu_hours_by_pass
+    run = plan.configs[0]
+    evaluated = "val + test every epoch"
+    if run["dataset.name"] in FOLDER_DATASETS:
+        from resnet_core.config import RunConfig, split_sizes
+
+        _, val, test = split_sizes(RunConfig.from_flat(run).dataset)
+        evaluated = f"val {val:,} + test {test:,} centre crops every epoch"
+    line = f"  training {by_pass['train']:,.2f} + {evaluated} {by_pass['eval_every_epoch']:,.2f}"
+    if by_pass["ten_crop"]:
+        line += f" + final 10-crop test {by_pass['ten_crop']:,.2f}"
+    print(line)
+    if not given and any(m["gpu_tflops"] == IMAGENET_GPU_TFLOPS for m in models.values()):
+        print(f"  {IMAGENET_GPU_TFLOPS:g} TFLOP/s per GPU: assumed for ImageNet-size models (arch imagenet at ≥ "
+              f"{IMAGENET_MIN_SIZE} px), about NVIDIA's published mixed-precision ResNet-50 rate on A100s; not measured "
+              f"here yet (--gpu-tflops sets it)")
+    if resources.array == 1:
+        per_gpu = ""
+        if resources.workers > 1:
+            batches = {c["train.batch_size"] // resources.workers for c in plan.configs}
+            per_gpu = f", {_span(batches, ',')} images per GPU per step"
+        gpus = f"{resources.trial_gpus:g} GPU{'s' if resources.trial_gpus > 1 else ''}"
+        if resources.workers > 1:
+            gpus += f" (resources.workers {resources.workers} × gpu {resources.gpu:g}{per_gpu})"
+        hours = {name: m["trial_hours"] for name, m in models.items()}
+        slowest = max(hours, key=hours.get)
+        shown = _span(hours.values(), ",.2f") + " h" + (f" ({slowest} the longest)" if len(set(hours.values())) > 1 else "")
+        print(f"  one trial on {gpus}: {shown}")
+    if plan.loader:
+        # One line: the CPUs' decoding against the range of what the GPU trains, the most demanding model named.
+        loader = plan.loader
+        rates = {name: m["gpu_trains_images_per_s"] / m["decodes_images_per_s"] for name, m in loader["models"].items()}
+        worst = loader["models"][max(rates, key=rates.get)]
+        trains = _span([m["gpu_trains_images_per_s"] for m in loader["models"].values()], ",.0f")
+        starved = [name for name, m in loader["models"].items() if m["starved"]]
+        print(f"loader: {worst['decoding_cpus']:g} CPUs per worker decode ≈ {worst['decodes_images_per_s']:,.0f} images/s "
+              f"({loader['decode_images_per_core']:g} per core); a GPU trains ≈ {trains} images/s at the rate above "
+              f"({max(rates, key=rates.get)} the most): "
+              + (f"the GPU would wait for the CPUs ({', '.join(starved)})" if starved else "enough"))
 
 
 def cmd_run(args) -> int:
@@ -435,7 +496,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="validate a sweep file and show its trials, models and budget (starts nothing)")
     p.add_argument("sweep", metavar="SWEEP.yaml")
     p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
-    p.add_argument("--gpu-tflops", type=float, default=None, help="sustained TFLOP/s assumed for the GPU-hour estimate (default 5)")
+    p.add_argument("--gpu-tflops", type=float, default=None,
+                   help="sustained TFLOP/s per GPU assumed for the GPU-hour estimate (default 50 for ImageNet-size models: "
+                        "arch imagenet at 112 px or more; else 5)")
+    p.add_argument("--decode-rate", type=float, default=None,
+                   help="images/s one CPU core decodes and augments for image folders, to compare with what the GPU "
+                        "trains (default 280: `python bench loader` on a 2-core Xeon)")
     p.add_argument("--cpu-gflops", type=float, default=None,
                    help="sustained GFLOP/s per core assumed for the CPU-hour estimate of sweeps without GPUs (default 25, "
                         "measured on a 2-core Xeon)")

@@ -40,6 +40,7 @@ class TrialRecord:
     stopped_at: int | None = None
     error: str = ""  # a failed trial's exception, one line
     responses: list[float] | None = None  # 2015 Fig. 7, logged when the trial ends
+    final: dict[str, float] = field(default_factory=dict)  # metrics.FINAL_METRICS of the final model (10-crop)
 
     @property
     def epochs(self) -> int:
@@ -161,6 +162,7 @@ def read_sweep(client, parent, experiment: str, *, keys: tuple[str, ...] | None 
             config={k: _typed(v) for k, v in run.data.params.items()},
             history=_history(client, run.info.run_id, keys), stopped_at=int(stopped) if stopped else None,
             error=tags.get(TAG_ERROR, ""),
+            final={key: run.data.metrics[key] for key in M.FINAL_METRICS if key in run.data.metrics},
         )
         if responses and run.info.status != "RUNNING":
             text = _artifact_text(client, run.info.run_id, "layer_responses.json")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from resnet_core.errors import ConfigError
+from resnet_core.folders import ILSVRC2012
 from resnet_core.config import (
     FOLDER_DATASETS,
     PAPER_ITERATIONS,
@@ -29,12 +30,23 @@ from resnet_core.config import (
 
 from .spec import FIELD_TYPES, ParsedSpec, SpecError
 
-__all__ = ["Footprint", "Plan", "Trial", "check_model_size", "check_trial_size", "make_plan", "model_footprint",
-           "optuna_space", "resolve_trial", "trial_name"]
+__all__ = ["Footprint", "Plan", "Trial", "asha_finishers", "assumed_gpu_tflops", "check_model_size", "check_trial_size",
+           "make_plan", "model_footprint", "optuna_space", "resolve_trial", "trial_name"]
 
-# Assumed sustained training throughput for the GPU-hour estimate: small CIFAR ResNets reach a
-# few TFLOP/s, far from a GPU's peak; `plan --gpu-tflops` changes it (calibrate with bench/).
+# Assumed sustained training throughput per GPU for the GPU-hour estimate: small CIFAR ResNets
+# reach a few TFLOP/s, far from a GPU's peak; `plan --gpu-tflops` changes it (calibrate with bench/).
 DEFAULT_GPU_TFLOPS = 5.0
+# ImageNet-size models (2015 Table 1: arch imagenet, here at ≥ IMAGENET_MIN_SIZE px) keep a GPU far
+# busier. NVIDIA's DeepLearningExamples publish mixed-precision ResNet-50 v1.5 training in PyTorch
+# at 2,470 images/s on one A100 and 16,621 on eight: 6 flops per multiply-add and image (4.09G),
+# ≈ 60 and 51 TFLOP/s per GPU in this plan's count. Not yet measured with this trainer (no GPU
+# has been lent to it); `plan --gpu-tflops` changes it.
+IMAGENET_GPU_TFLOPS = 50.0
+IMAGENET_MIN_SIZE = 112
+# Images one CPU core decodes and augments for the streaming image-folder loader (resnet_core.stream):
+# `python bench loader`, one worker on a 2-core Xeon VM, ≈ 280/s (docs/benchmarks.md, "Loader");
+# `plan --decode-rate` changes it.
+DECODE_IMAGES_PER_CORE = 280.0
 # The same for CPU sweeps (resources.gpu 0), per core: ResNet-20/56 training on digits at 16 and
 # 32 px, one thread on a shared 2-core Xeon, measured 20–28 GFLOP/s; `plan --cpu-gflops` changes it.
 DEFAULT_CPU_GFLOPS = 25.0
@@ -73,6 +85,9 @@ class Plan:
     train_images: int = 0
     gpu_hours: float = 0.0
     cpu_hours: float = 0.0  # core-hours, for sweeps without GPUs
+    # The GPU-hours by pass: training, val + test every epoch, the final 10-crop test (folders).
+    gpu_hours_by_pass: dict[str, float] = field(default_factory=dict)
+    loader: dict | None = None  # image folders on GPUs: what the CPUs decode against what the GPU trains
     warnings: list[str] = field(default_factory=list)  # what the user should know before it runs
 
     @property
@@ -231,9 +246,10 @@ def _bound(dim: dict, i: int) -> Any:
     return arg[i] if kind != "choice" else arg[0]
 
 
-def make_plan(parsed: ParsedSpec, *, gpu_tflops: float = DEFAULT_GPU_TFLOPS, cpu_gflops: float = DEFAULT_CPU_GFLOPS,
-              with_models: bool = True, first: int | None = None) -> Plan:
-    """The sweep's trials, epochs and cost; ``first``: only the first so many trials (a smoke test)."""
+def make_plan(parsed: ParsedSpec, *, gpu_tflops: float | None = None, cpu_gflops: float = DEFAULT_CPU_GFLOPS,
+              decode_rate: float = DECODE_IMAGES_PER_CORE, with_models: bool = True, first: int | None = None) -> Plan:
+    """The sweep's trials, epochs and cost; ``first``: only the first so many trials (a smoke test).
+    ``gpu_tflops``: the sustained rate per GPU for every model (default: assumed_gpu_tflops of each)."""
     spec = parsed.spec
     fixed = spec.fixed_flat()
     optuna = spec.search.algorithm == "optuna"
@@ -280,7 +296,7 @@ def make_plan(parsed: ParsedSpec, *, gpu_tflops: float = DEFAULT_GPU_TFLOPS, cpu
         plan.asha_epochs = asha_expected_epochs(tune_trials, plan.epochs_per_trial, spec.scheduler) * num_trials / tune_trials
     plan.warnings = _warnings(plan, runs)
     if with_models:
-        _count_models(plan, runs, gpu_tflops, cpu_gflops)
+        _count_models(plan, runs, epochs, gpu_tflops, cpu_gflops, decode_rate)
     return plan
 
 
@@ -363,6 +379,19 @@ def _warnings(plan: Plan, runs: list[RunConfig]) -> list[str]:
     if max_epochs is not None and max_epochs < plan.epochs_per_trial:
         notes.append(f"budget.max_epochs: {max_epochs} epochs in all stop the sweep before its first trial "
                      f"ends ({plan.epochs_per_trial} epochs)")
+    return notes + _missing_imagenet(runs)
+
+
+def _missing_imagenet(runs: list[RunConfig]) -> list[str]:
+    """ImageNet is planned with ILSVRC-2012's counts, its folder unread: say when the folder `run`
+    needs is not there (`run` stops on it, exit 1, before Ray starts)."""
+    notes = []
+    for root in dict.fromkeys(run.dataset.root for run in runs if run.dataset.name == "imagenet"):
+        missing = [path for path in (root, os.path.join(root, "train"), os.path.join(root, "val")) if not os.path.isdir(path)]
+        if missing:
+            notes.append(f"dataset.root: {missing[0]} is not there: planned with ILSVRC-2012's counts "
+                         f"({ILSVRC2012.train:,} training and {ILSVRC2012.test:,} val images, {ILSVRC2012.classes:,} "
+                         f"classes); `run` needs {root} with train/ and val/ of class folders")
     return notes
 
 
@@ -377,11 +406,23 @@ def _dedupe_names(trials: list[Trial]) -> None:
             t.name = f"{t.name}-{counter[t.name]}"
 
 
-def _count_models(plan: Plan, runs: list[RunConfig], gpu_tflops: float, cpu_gflops: float) -> None:
-    flops = 0.0
+def assumed_gpu_tflops(run: RunConfig) -> float:
+    """The sustained TFLOP/s per GPU the estimate assumes for ``run``'s model (no --gpu-tflops)."""
+    imagenet_size = run.model.arch == "imagenet" and run.dataset.image_size >= IMAGENET_MIN_SIZE
+    return IMAGENET_GPU_TFLOPS if imagenet_size else DEFAULT_GPU_TFLOPS
+
+
+PASSES = ("train", "eval_every_epoch", "ten_crop")  # the keys of Plan.gpu_hours_by_pass
+
+
+def _count_models(plan: Plan, runs: list[RunConfig], epochs: list[int], gpu_tflops: float | None, cpu_gflops: float,
+                  decode_rate: float) -> None:
     labels: dict[tuple, str] = {}
     first: dict[str, RunConfig] = {}
-    for run in runs:
+    flops = dict.fromkeys(PASSES, 0.0)
+    gpu_seconds = dict.fromkeys(PASSES, 0.0)
+    resources = plan.spec.resources
+    for run, run_epochs in zip(runs, epochs):
         # Keyed by everything the count depends on, not the short name: models that differ only
         # in bottleneck_stride, width, … or in the data's size and classes count differently.
         key = (repr(run.model), num_classes(run.dataset), run.dataset.image_size)
@@ -390,15 +431,63 @@ def _count_models(plan: Plan, runs: list[RunConfig], gpu_tflops: float, cpu_gflo
             footprint = model_footprint(run.model, num_classes(run.dataset), run.dataset.image_size)
             plan.models[labels[key]] = {"params": footprint.params, "macs": footprint.macs}
         plan.model_of.append(labels[key])
+        model = plan.models[labels[key]]
         train, val, test = split_sizes(run.dataset)
-        # Training costs ≈ 3 forward passes (forward + backward), 2 flops per multiply-add.
-        per_epoch = 2 * plan.models[labels[key]]["macs"] * (3 * train + val + test)
-        flops += per_epoch * plan.epochs_per_trial
-    if plan.trials is None:  # optuna: all probe runs share one model family; scale to the trial count
-        flops = flops / len(runs) * plan.num_trials
-    budget = plan.asha_epochs / plan.total_epochs if plan.asha_epochs else 1.0
-    plan.gpu_hours = flops * budget / (gpu_tflops * 1e12) / 3600
-    plan.cpu_hours = flops * budget / (cpu_gflops * 1e9) / 3600
+        # 2 flops per multiply-add; training ≈ 3 forward passes (forward + backward); val and the
+        # test set's centre crops every epoch; image folders end with 10-crop testing of the final
+        # model (2015 §3.4: four corners and the centre, and their flips).
+        run_flops = {"train": 2 * model["macs"] * 3 * train * run_epochs,
+                     "eval_every_epoch": 2 * model["macs"] * (val + test) * run_epochs,
+                     "ten_crop": 2 * model["macs"] * 10 * test if run.dataset.from_folder else 0}
+        tflops = gpu_tflops or assumed_gpu_tflops(run)
+        for name, value in run_flops.items():
+            flops[name] += value
+            gpu_seconds[name] += value / (tflops * 1e12)
+        trial_gpu_hours = sum(run_flops.values()) / (tflops * 1e12) / 3600
+        model.update(gpu_tflops=tflops, train_images_per_s_per_gpu=tflops * 1e12 / (6 * model["macs"]),
+                     trial_gpu_hours=max(model.get("trial_gpu_hours", 0.0), trial_gpu_hours))
+        # Wall-clock of one trial alone on its GPUs (resources.workers × gpu), data-parallel.
+        model["trial_hours"] = model["trial_gpu_hours"] / resources.trial_gpus if resources.trial_gpus else None
+    # Optuna: the probe runs stand for the trials it will draw; ASHA: the share of the epochs it is
+    # expected to train, and of the trials that reach the end (only those test 10 crops).
+    scale = plan.num_trials / len(runs) if plan.trials is None else 1.0
+    shares = dict.fromkeys(PASSES, 1.0)
+    if plan.asha_epochs:
+        arrays = plan.arrays
+        tune_trials = len(arrays) if arrays else plan.num_trials
+        shares.update(train=plan.asha_epochs / plan.total_epochs, eval_every_epoch=plan.asha_epochs / plan.total_epochs,
+                      ten_crop=asha_finishers(tune_trials, plan.epochs_per_trial, plan.spec.scheduler) / tune_trials)
+    plan.gpu_hours_by_pass = {name: gpu_seconds[name] * scale * shares[name] / 3600 for name in PASSES}
+    plan.gpu_hours = sum(plan.gpu_hours_by_pass.values())
+    plan.cpu_hours = sum(flops[name] * scale * shares[name] for name in PASSES) / (cpu_gflops * 1e9) / 3600
+    if resources.gpu:
+        _check_loader(plan, runs, decode_rate)
+
+
+def _check_loader(plan: Plan, runs: list[RunConfig], decode_rate: float) -> None:
+    """Image folders are decoded on the CPUs of each worker (resnet_core.stream): what they decode
+    against what the worker's GPU trains at the assumed rate, with a warning where the GPU would
+    wait for the CPUs."""
+    resources = plan.spec.resources
+    models: dict[str, dict] = {}
+    for run, label in zip(runs, plan.model_of):
+        if not run.dataset.from_folder or label in models:
+            continue
+        workers = run.dataset.workers
+        # dataset.workers decoding processes (0: the training process decodes), on the worker's CPUs.
+        cpus = resources.cpu if workers is None else min(resources.cpu, max(workers, 1))
+        decodes = cpus * decode_rate
+        trains = plan.models[label]["train_images_per_s_per_gpu"] * resources.gpu
+        models[label] = {"decoding_cpus": cpus, "decodes_images_per_s": decodes, "gpu_trains_images_per_s": trains,
+                         "starved": decodes < trains}
+        if decodes < trains:
+            limit = "dataset.workers" if workers is not None and workers < resources.cpu else "resources.cpu"
+            plan.warnings.append(
+                f"{limit}: {cpus:g} CPU(s) per worker decode ≈ {decodes:,.0f} images/s ({decode_rate:g} per core), "
+                f"below the ≈ {trains:,.0f} images/s {label} trains per GPU at {plan.models[label]['gpu_tflops']:g} "
+                f"TFLOP/s: the GPU would wait for JPEG decoding; give each worker {math.ceil(trains / decode_rate)} CPUs")
+    if models:
+        plan.loader = {"decode_images_per_core": decode_rate, "cpus_per_worker": resources.cpu, "models": models}
 
 
 @dataclass(frozen=True)
@@ -562,6 +651,14 @@ def _model_label(run: RunConfig, first: dict[str, RunConfig]) -> str:
     return f"{name} ({', '.join(diff)})"
 
 
+def asha_finishers(num_trials: int, max_t: int, scheduler) -> float:
+    """Trials ASHA is expected to let train to ``max_t`` (asha_expected_epochs' last rung)."""
+    alive, rung = float(num_trials), scheduler.grace_period
+    while rung < max_t:
+        alive, rung = max(1.0, alive / scheduler.reduction_factor), rung * scheduler.reduction_factor
+    return alive
+
+
 def asha_expected_epochs(num_trials: int, max_t: int, scheduler) -> float:
     """Epochs ASHA is expected to spend: all trials reach the first rung, 1/η of them each next
     rung (Li et al. 2020); asynchronous promotion makes the real number somewhat higher."""
@@ -620,7 +717,10 @@ def plan_summary(plan: Plan) -> dict:
         "asha_expected_epochs": plan.asha_epochs,
         "train_images": plan.train_images,
         "gpu_hours": plan.gpu_hours,
+        "gpu_hours_by_pass": plan.gpu_hours_by_pass,
+        "gpus_per_trial": spec.resources.trial_gpus,
         "cpu_hours": plan.cpu_hours,
+        "loader": plan.loader,
         "budget": spec.budget.model_dump(),
         "warnings": plan.warnings,
         "models": plan.models,

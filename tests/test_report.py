@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
 
 from orchestrator import cli as cli_main
 from orchestrator.report import Stat, _quantile, _verdict, asha_rungs
@@ -248,3 +249,122 @@ def test_report_survives_odd_sweeps():
     assert "| 1 | 3 | 1.800 |" in text  # the rung's cut-off is a loss: no %
     assert "| 9 |" not in text  # max_t ends trials; no rung there
 
+
+
+def _records_of(sweep: str, final: dict | None = None, change: dict | None = None) -> list:
+    """Completed trials of a shipped sweep's plan, their configs as MLflow gives them back (params
+    are text: lists, not tuples), with 3 epochs at 30% error and ``final`` metrics."""
+    from orchestrator.records import TrialRecord, _typed
+    from orchestrator.space import make_plan
+    from orchestrator.spec import parse_spec
+    from tests.conftest import SWEEPS
+
+    plan = make_plan(parse_spec((SWEEPS / sweep).read_text()), with_models=False)
+    return [TrialRecord(f"r{t.index}", t.name, "completed", {k: _typed(str(v)) for k, v in {**t.config, **(change or {})}.items()},
+                        history=_history(3, 0.3), final=dict(final or {})) for t in plan.trials]
+
+
+def _report_of(sweep: str, trials: list) -> tuple[str, dict]:
+    from orchestrator.records import SweepRecord
+    from orchestrator.report import build_report
+    from tests.conftest import SWEEPS
+
+    record = SweepRecord("s", "s", "parent", "completed", (SWEEPS / sweep).read_text(),
+                         {"num_trials": len(trials), "epochs_per_trial": 3}, trials)
+    report, tables = build_report(record)
+    return report.markdown(), tables
+
+
+def test_imagenet_10crop_errors_beside_the_papers_tables_2_and_3():
+    """The final model's 10-crop errors (MLflow's test_error_10crop / test_top5_error_10crop) per net,
+    with 2015 Table 2 / Table 3's numbers where the trials used the paper's ImageNet recipe."""
+    final = {"test_error_10crop": 0.26, "test_top5_error_10crop": 0.081}
+    paper = {"plain_vs_residual": {"plain-18": (27.94, None), "plain-34": (28.54, 10.02), "ResNet-18": (27.88, None),
+                                   "ResNet-34": (25.03, 7.76)},
+             "shortcuts": {"ResNet-34 (A)": (25.03, 7.76), "ResNet-34 (B)": (24.52, 7.46), "ResNet-34 (C)": (24.19, 7.40)},
+             "depth": {"ResNet-50 bottleneck": (22.85, 6.71), "ResNet-101 bottleneck": (21.75, 6.05),
+                       "ResNet-152 bottleneck": (21.43, 5.71)}}
+    for name, want in paper.items():
+        markdown, tables = _report_of(f"imagenet_{name}.yaml", _records_of(f"imagenet_{name}.yaml", final))
+        rows = {r["net"]: r for r in csv.DictReader(io.StringIO(tables["ten_crop"].csv_text()))}
+        assert {net: tuple(float(r[c]) if r[c] else None for c in ("paper top-1 %", "paper top-5 %"))
+                for net, r in rows.items()} == want
+        for r in rows.values():
+            assert (float(r["top-1 10-crop err % mean"]), float(r["top-5 10-crop err % mean"])) == pytest.approx((26.0, 8.1))
+            assert float(r["top-1 centre-crop err % mean"]) == pytest.approx(30.0) and r["top-1 10-crop err % n"] == "1"
+        assert "## 10-crop test error (2015 Tables 2 and 3)" in markdown and "left out" not in markdown
+        assert "the paper's ImageNet errors are 10-crop, beside ours in the next table" in markdown
+    markdown, _ = _report_of("imagenet_shortcuts.yaml", _records_of("imagenet_shortcuts.yaml", final))
+    assert "| ResNet-34 (B) | 21.80M | 26.00 (n=1) | 8.10 (n=1) | 30.00 (n=1) | 24.52 | 7.46 |" in markdown
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"train.batch_size": 128}, "batch_size 128"),
+    ({"train.epochs": 30}, "30 epochs (under 90)"),
+    ({"dataset.scale_range": [224, 256]}, "scale_range [224, 256]"),
+    ({"dataset.name": "imagefolder"}, "data set imagefolder"),
+])
+def test_imagenet_paper_columns_only_for_the_papers_recipe(change, named):
+    final = {"test_error_10crop": 0.26, "test_top5_error_10crop": 0.081}
+    markdown, tables = _report_of("imagenet_depth.yaml", _records_of("imagenet_depth.yaml", final, change))
+    rows = list(csv.DictReader(io.StringIO(tables["ten_crop"].csv_text())))
+    assert len(rows) == 3 and all(r["paper top-1 %"] == r["paper top-5 %"] == "" for r in rows)
+    assert all(float(r["top-1 10-crop err % mean"]) == pytest.approx(26.0) for r in rows)  # ours stay
+    assert "The paper's numbers are left out where the trials do not use its ImageNet recipe and model" in markdown
+    assert named in markdown
+
+
+def test_imagenet_recipe_is_the_papers_model_too():
+    from orchestrator.report import _imagenet_recipe
+
+    (config,) = [t.config for t in _records_of("imagenet_depth.yaml") if t.config["model.depth"] == 50]
+    assert _imagenet_recipe(config) == []
+    assert _imagenet_recipe({**config, "model.bottleneck_stride": "3x3"}) == ["bottleneck_stride 3x3"]  # torchvision's v1.5
+    assert _imagenet_recipe({**config, "model.block": "preact-bottleneck"}) == ["block preact-bottleneck"]
+    assert _imagenet_recipe({**config, "train.epochs": None, "train.iterations": 600_000}) == []  # the paper's 60×10^4
+
+
+def test_imagenet_trials_without_10crop_yet_and_cifar_sweeps_have_no_10crop_table():
+    markdown, tables = _report_of("imagenet_depth.yaml", _records_of("imagenet_depth.yaml"))  # no final metrics yet
+    rows = list(csv.DictReader(io.StringIO(tables["ten_crop"].csv_text())))
+    assert [r["top-1 10-crop err %"] for r in rows] == ["", "", ""] and rows[0]["paper top-1 %"] == "22.85"
+    markdown, tables = _report_of("cifar_depth.yaml", _records_of("cifar_depth.yaml"))
+    assert "ten_crop" not in tables and "10-crop" not in markdown
+
+
+def test_cifar_paper_column_for_the_papers_recipe_as_mlflow_gives_it_back():
+    """Milestones come back from MLflow as a list; the paper's errors are already in %."""
+    markdown, tables = _report_of("cifar_depth.yaml", _records_of("cifar_depth.yaml"))
+    paper = {r["net"]: r["paper test err %"] for r in csv.DictReader(io.StringIO(tables["table6"].csv_text()))}
+    assert paper == {"20": "8.75", "32": "7.51", "44": "7.17", "56": "6.97", "110": "6.43"}
+    assert "| 0.85M | 30.00 (n=1) | 30.00 (n=1) | 30.00 (n=1) | 30.00 (n=1) | 6.97 |" in markdown
+    assert "left out" not in markdown
+
+
+@pytest.mark.slow  # ≈ 15 s for a fresh SQLite store; the fast tests above give the report hand-made records
+def test_report_reads_the_10crop_metrics_from_mlflow(tmp_path):
+    """The report's 10-crop columns come from the trials' MLflow metrics (logged at the last
+    epoch's step), read with the rest of the sweep."""
+    from orchestrator.report import build_report
+    from orchestrator.records import open_record
+    from orchestrator.vocabulary import PARENT_TAG, TAG_ROLE, TAG_STATUS
+    from tests.conftest import SWEEPS
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("imagenet-shortcuts")
+    parent = client.create_run(experiment, run_name="imagenet-shortcuts", tags={TAG_ROLE: "sweep", TAG_STATUS: "completed"})
+    for name, text in (("sweep.yaml", (SWEEPS / "imagenet_shortcuts.yaml").read_text()), ("plan.json", '{"num_trials": 1}')):
+        (tmp_path / name).write_text(text)
+        client.log_artifact(parent.info.run_id, str(tmp_path / name))
+    (trial,) = [t for t in _records_of("imagenet_shortcuts.yaml") if t.config["model.shortcut"] == "B"]
+    child = client.create_run(experiment, run_name=trial.name, tags={PARENT_TAG: parent.info.run_id, TAG_STATUS: "completed"})
+    client.log_batch(child.info.run_id, params=[Param(k, str(v)) for k, v in trial.config.items()],
+                     metrics=[Metric(key, value, 0, h["epoch"]) for h in trial.history for key, value in h.items() if key != "epoch"]
+                     + [Metric("test_error_10crop", 0.2461, 0, 3), Metric("test_top5_error_10crop", 0.0752, 0, 3)])
+    _, record = open_record(uri, "imagenet-shortcuts")
+    assert record.trials[0].final == {"test_error_10crop": 0.2461, "test_top5_error_10crop": 0.0752}
+    _, tables = build_report(record)
+    (row,) = csv.DictReader(io.StringIO(tables["ten_crop"].csv_text()))
+    assert (row["net"], row["paper top-1 %"], row["paper top-5 %"]) == ("ResNet-34", "24.52", "7.46")
+    assert (float(row["top-1 10-crop err % mean"]), float(row["top-5 10-crop err % mean"])) == pytest.approx((24.61, 7.52))
