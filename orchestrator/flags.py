@@ -71,6 +71,7 @@ TRAIN_FLAGS = (
     Flag("dataset.normalize", "--normalize", "per-pixel mean (paper) or per-channel mean/std", choices=NORMALIZATIONS),
     Flag("dataset.augment", "--augment", "pad-crop-flip (CIFAR), scale-crop-flip-lighting (folders) (--no-augment: none)", boolean=True),
     Flag("dataset.train_limit", "--train-limit", "use only the first N training images", int),
+    Flag("dataset.eval_limit", "--eval-limit", "evaluate on a seeded sample of N val and N test images", int),
     Flag("train.epochs", "--epochs", "epochs to train (lr drops stay at the milestones' fractions)", int),
     Flag("train.iterations", "--iterations", "optimizer steps to train (default: the paper's 64000)", int),
     Flag("train.batch_size", "--batch-size", "images per step", int),

@@ -56,7 +56,8 @@ PAPER_IMAGENET = {("plain", 18): (27.94, None), ("plain", 34): (28.54, 10.02), (
 # 60×10^4 iterations of 256, ≈ 120 epochs; any ÷10 milestones are a reading of it).
 IMAGENET_RECIPE = {"dataset.augment": True, "dataset.image_size": 224,
                    "dataset.scale_range": (256, 480), "dataset.lighting": 0.1, "dataset.normalize": "pixel-mean",
-                   "dataset.train_limit": None, "train.batch_size": 256, "train.lr": 0.1, "train.momentum": 0.9,
+                   "dataset.train_limit": None, "dataset.eval_limit": None, "train.batch_size": 256, "train.lr": 0.1,
+                   "train.momentum": 0.9,
                    "train.nesterov": False, "train.weight_decay": 1e-4, "train.bn_weight_decay": True,
                    "train.schedule": "multistep", "train.gamma": 0.1, "train.warmup_iterations": 0,
                    "train.label_smoothing": 0.0, "model.width": 1, "model.stages": None, "model.drop_path": 0.0,

@@ -61,12 +61,14 @@ class Prepared:
 
 
 def _smoke(parsed: ParsedSpec) -> None:
-    """--smoke-test: the same sweep, tiny: 2 epochs on 256 images, at most 4 trials."""
+    """--smoke-test: the same sweep, tiny: 2 epochs on 256 training images, evaluated on 256 val and
+    256 test images, at most 4 trials."""
     spec = parsed.spec
     spec.train.pop("iterations", None)
     spec.train["epochs"] = min(spec.train.get("epochs") or SMOKE_EPOCHS, SMOKE_EPOCHS)
-    spec.dataset["train_limit"] = min(spec.dataset.get("train_limit") or SMOKE_IMAGES, SMOKE_IMAGES)
-    for key in ("train.epochs", "train.iterations", "dataset.train_limit"):
+    for limit in ("train_limit", "eval_limit"):
+        spec.dataset[limit] = min(spec.dataset.get(limit) or SMOKE_IMAGES, SMOKE_IMAGES)
+    for key in ("train.epochs", "train.iterations", "dataset.train_limit", "dataset.eval_limit"):
         spec.search.space.pop(key, None)
     spec.scheduler.grace_period = 1
     spec.scheduler.max_t = spec.train["epochs"]

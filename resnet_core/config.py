@@ -197,6 +197,9 @@ class DataConfig:
     image_size: int | None = None
     # Use only the first N training images (smoke tests, quick looks); None = all.
     train_limit: int | None = None
+    # Evaluate on only N images of val and N of test, a seeded sample (smoke tests: ImageNet's
+    # test set is 50,000 images, its 10 crops 500,000); None = all.
+    eval_limit: int | None = None
     # synthetic only: how many images and classes to generate.
     synthetic_size: int = 1024
     synthetic_classes: int = 10
@@ -226,6 +229,8 @@ class DataConfig:
             raise ConfigError("dataset.image_size", f"{self.image_size} must be at least 8 pixels")
         if self.train_limit is not None and self.train_limit < 1:
             raise ConfigError("dataset.train_limit", f"{self.train_limit} must be positive")
+        if self.eval_limit is not None and self.eval_limit < 1:
+            raise ConfigError("dataset.eval_limit", f"{self.eval_limit} must be positive")
         if self.synthetic_size < 16:
             raise ConfigError("dataset.synthetic_size", f"{self.synthetic_size} must be at least 16")
         if self.synthetic_classes < 2:
@@ -302,6 +307,8 @@ def split_sizes(cfg: DataConfig) -> tuple[int, int, int]:
     train = total - val
     if cfg.train_limit is not None:
         train = min(train, cfg.train_limit)
+    if cfg.eval_limit is not None:
+        val, test = min(val, cfg.eval_limit), min(test, cfg.eval_limit)
     return train, val, test
 
 

@@ -161,7 +161,17 @@ def load_splits(cfg: DataConfig) -> Splits:
     train_x, train_y, val_x, val_y = _split_off(train_x, train_y, val_size, cfg.split_seed)
     if cfg.train_limit is not None:
         train_x, train_y = train_x[: cfg.train_limit], train_y[: cfg.train_limit]
-    return Splits(train_x, train_y, val_x, val_y, test_x, test_y, classes)
+    val, test = _eval_sample(len(val_x), len(test_x), cfg)
+    return Splits(train_x, train_y, val_x[val], val_y[val], test_x[test], test_y[test], classes)
+
+
+def _eval_sample(val: int, test: int, cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which of ``val`` and ``test`` images to evaluate on: all, or a seeded sample of
+    ``eval_limit`` of each (its own generator: the train/val split stays as it is)."""
+    if cfg.eval_limit is None:
+        return torch.arange(val), torch.arange(test)
+    g = torch.Generator().manual_seed(cfg.split_seed + 1)
+    return torch.randperm(val, generator=g)[: cfg.eval_limit], torch.randperm(test, generator=g)[: cfg.eval_limit]
 
 
 class DeviceLoader:
@@ -271,7 +281,7 @@ def split_folder(cfg: DataConfig) -> FolderSplit:
     """``cfg.root``'s images, checked, split with seed ``split_seed``: val holds out
     ``val_per_class`` training images of each class (the best epoch is chosen on it, never on
     the test set, as for CIFAR); val/ is the test set; train is in a seeded order, so
-    ``train_limit`` keeps a sample of all classes."""
+    ``train_limit`` keeps a sample of all classes (and ``eval_limit`` one of val and of test)."""
     listing = list_folder(cfg.root)
     counts = listing.counts()
     if cfg.name == "imagenet" and counts.classes != ILSVRC2012.classes:
@@ -292,8 +302,10 @@ def split_folder(cfg: DataConfig) -> FolderSplit:
         labels += [k] * len(names)
     train = torch.cat(train)
     train = train[torch.randperm(len(train), generator=g)][: cfg.train_limit]
-    return FolderSplit(np.array([f.encode() for f in files]), torch.tensor(labels), train, torch.cat(val),
-                       torch.arange(first_test, len(files)), counts.classes)
+    val, test = torch.cat(val), torch.arange(first_test, len(files))
+    val_sample, test_sample = _eval_sample(len(val), len(test), cfg)
+    return FolderSplit(np.array([f.encode() for f in files]), torch.tensor(labels), train, val[val_sample],
+                       test[test_sample], counts.classes)
 
 
 def check_data(cfg: DataConfig) -> None:

@@ -13,8 +13,14 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+import torch
+
+from resnet_core.config import DataConfig, ModelConfig, TrainConfig
+from resnet_core.data import make_loaders
+from resnet_core.distributed import Shard
 from resnet_core.train import RunConfig, Trainer
 from tests.conftest import cli
+from tests.test_imagefolder import write_folder
 from tests.test_sweeps import child_runs, table_rows
 
 # Batch 64 of 1,077 training images: the last batch (53) splits 27 + 26. lr 0.02: at the paper's
@@ -27,6 +33,32 @@ train: {{epochs: {epochs}, batch_size: 64, lr: 0.02, seed: 3{extra}}}
 resources: {{cpu: 1, workers: 2}}
 """
 LOGGED = ("train_loss", "train_error", "val_loss", "val_error", "test_error")
+
+
+@pytest.mark.parametrize("data", [
+    DataConfig(name="digits", image_size=16, train_limit=100),  # in memory, CIFAR's pad-crop-flip
+    "folder",  # streamed JPEGs: scale augmentation, flips, lighting
+])
+def test_the_workers_parts_of_each_batch_make_up_the_batch_one_process_trains(data, tmp_path):
+    """Each of 3 workers draws the global order and augmentation and keeps its part: together,
+    in rank order, they are exactly one process's batches (a short last batch of 4 splits 2+2+0)."""
+    if data == "folder":
+        data = DataConfig(name="imagefolder", root=str(write_folder(tmp_path)), image_size=32, scale_range=(36, 48),
+                          val_per_class=2, workers=0, train_limit=28)
+    cfg = RunConfig(model=ModelConfig(depth=8), dataset=data, train=TrainConfig(batch_size=8, epochs=1, device="cpu"))
+
+    def batches(shard: Shard) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        loaders = make_loaders(cfg, torch.device("cpu"), torch.Generator().manual_seed(5), shard=shard)
+        return [*loaders.train, *loaders.train, *loaders.test]  # two epochs (new order and crops), then test
+
+    whole = batches(Shard())
+    parts = [batches(Shard(rank, 3)) for rank in range(3)]
+    assert all(len(p) == len(whole) for p in parts)
+    for i, (x, y) in enumerate(whole):
+        assert torch.equal(torch.cat([p[i][0] for p in parts]), x), i
+        assert torch.equal(torch.cat([p[i][1] for p in parts]), y), i
+    last = len(make_loaders(cfg, torch.device("cpu"), torch.Generator(), shard=Shard()).train) - 1
+    assert [len(p[last][1]) for p in parts] == [2, 2, 0]  # the first epoch's last batch
 
 
 def _history(client: MlflowClient, run_id: str) -> dict[str, list[float]]:

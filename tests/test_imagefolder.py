@@ -114,6 +114,11 @@ def test_val_is_a_seeded_hold_out_of_train_per_class(images):
     assert split_sizes(cfg) == (len(a.train), len(a.val), len(a.test)) and num_classes(cfg) == CLASSES
     limited = split_folder(DataConfig(**{**vars(cfg), "train_limit": 5}))
     assert torch.equal(limited.train, a.train[:5])
+    sampled = DataConfig(**{**vars(cfg), "eval_limit": 4})  # --smoke-test's: a seeded sample of val and test
+    c = split_folder(sampled)
+    assert torch.equal(c.train, a.train) and len(c.val) == len(c.test) == 4
+    assert set(c.val.tolist()) < set(a.val.tolist()) and set(c.test.tolist()) < set(a.test.tolist())
+    assert torch.equal(c.test, split_folder(sampled).test) and split_sizes(sampled) == (len(a.train), 4, 4)
 
 
 def _no_val(root: Path) -> None:
