@@ -246,6 +246,11 @@ def cmd_plan(args) -> int:
     if plan.asha_epochs is not None:
         print(f"epochs expected with ASHA:     {plan.asha_epochs:,.0f} ({plan.asha_epochs / plan.total_epochs:.0%})")
     print("budget: " + ", ".join(f"{key} {'none' if value is None else f'{value:,}'}" for key, value in budget.items()))
+    r = plan.spec.resources
+    if r.workers > 1:
+        per = f"{r.cpu:g} CPU" + (f" and {r.gpu:g} GPU" if r.gpu else "")
+        print(f"each trial: {r.workers} data-parallel workers (resources.workers) of {per} each, "
+              f"{plan.configs[0]['train.batch_size']} images per step among them")
     if plan.spec.resources.gpu:
         _print_gpu_estimate(plan, given=args.gpu_tflops is not None)
     else:
