@@ -248,7 +248,7 @@ def cmd_plan(args) -> int:
     print("budget: " + ", ".join(f"{key} {'none' if value is None else f'{value:,}'}" for key, value in budget.items()))
     r = plan.spec.resources
     if r.workers > 1:
-        per = f"{r.cpu:g} CPU" + (f" and {r.gpu:g} GPU" if r.gpu else "")
+        per = f"{r.cpu:g} CPU{'s' if r.cpu != 1 else ''}" + (f" and {r.gpu:g} GPU" if r.gpu else "")
         print(f"each trial: {r.workers} data-parallel workers (resources.workers) of {per} each, "
               f"{plan.configs[0]['train.batch_size']} images per step among them")
     if plan.spec.resources.gpu:

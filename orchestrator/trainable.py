@@ -259,7 +259,8 @@ def _data_parallel_worker(loop: dict) -> None:
 
     shard = Shard.of_process_group()
     flat = resolve_trial(loop["config"], {})
-    if flat["train.device"] == "auto":  # the GPU Ray Train gave this worker (several may share a node)
+    if flat["train.device"] == "auto" or flat["train.device"].startswith("cuda"):
+        # The GPU Ray Train gave this worker: several workers may share a node, each its own GPU.
         flat["train.device"] = str(ray.train.torch.get_device())
     torch.set_num_threads(max(1, int(loop["cpu"])))
     trainer = Trainer(RunConfig.from_flat(flat), shard=shard)
