@@ -142,3 +142,28 @@ def test_per_worker_batch_norm_differs_and_ctrl_c_resumes_a_data_parallel_trial(
     assert steps == [1, 2, 3, 4]
     for ddp, one in zip(_history(client, run.info.run_id)["train_loss"], (h["train_loss"] for h in alone)):
         assert abs(ddp - one) < 1e-2 * one, (ddp, one)
+
+
+@pytest.mark.slow
+def test_a_data_parallel_trial_spans_two_nodes(tmp_path):
+    """A trial of 2 workers of 1 CPU on a cluster of two 1-CPU nodes (separate `ray start`
+    processes) can only run with one worker on each node: it completes, with the loss curve of
+    one process."""
+    from tests.ray_nodes import LocalCluster, token_home
+
+    cluster = LocalCluster(token_home(tmp_path))
+    try:
+        cluster.start_head()
+        cluster.add_worker()
+        (tmp_path / "ddp.yaml").write_text(SWEEP.format(name="ddp-nodes", epochs=2, extra=""))
+        config = json.loads(cli("plan", "ddp.yaml", "--json", cwd=tmp_path).stdout)["trials"][0]["config"]
+        out = cli("run", "ddp.yaml", "--address", cluster.address, cwd=tmp_path, env={"HOME": str(cluster.env["HOME"])})
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    finally:
+        cluster.shutdown()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = _only_run(client, "ddp-nodes")
+    assert run.data.tags["status"] == "completed"
+    alone = Trainer(RunConfig.from_flat(config)).run()["history"]
+    for ddp, one in zip(_history(client, run.info.run_id)["train_loss"], (h["train_loss"] for h in alone), strict=True):
+        assert abs(ddp - one) < 1e-2 * one, (ddp, one)
