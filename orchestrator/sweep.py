@@ -159,7 +159,7 @@ def write_tracking(prep: Prepared) -> dict:
     """tracking.json: where the sweep's MLflow runs are, for `resume` and `sync` (the sweep key
     finds them by tag)."""
     tracking = {"tracking_uri": prep.tracking_uri, "experiment": prep.experiment, "num_trials": prep.plan.num_trials,
-                "sweep_key": uuid.uuid4().hex}
+                "sweep_key": uuid.uuid4().hex, "workdir": os.getcwd()}
     storage.write_text(prep.experiment_path, TRACKING_FILE, json.dumps(tracking))
     return tracking
 
@@ -513,10 +513,27 @@ def sweep_tracking(experiment_path: str, spec, given_uri: str | None) -> tuple[d
     return tracking, uri
 
 
+def _roots_from(spec, workdir: str | None) -> None:
+    """A relative ``dataset.root`` is taken from the folder the sweep started in (tracking.json's
+    workdir), wherever `resume` or `sync` runs: the sweep file keeps it as the user wrote it."""
+    if not workdir:
+        return
+
+    def absolute(root):
+        return os.path.join(workdir, os.path.expanduser(root)) if isinstance(root, str) else root
+
+    if "root" in spec.dataset:
+        spec.dataset["root"] = absolute(spec.dataset["root"])
+    roots = spec.search.space.get("dataset.root")
+    if isinstance(roots, list):
+        spec.search.space["dataset.root"] = [absolute(r) for r in roots]
+
+
 def open_sweep(experiment_path: str, tracking_uri: str | None = None) -> tuple[Prepared, dict]:
     """A started sweep, from its folder: its spec and plan, tracking.json, the checked tracking URI."""
     text = storage.read_text(experiment_path, SPEC_FILE)
     parsed = parse_spec(text, source=f"{experiment_path}/{SPEC_FILE}")
+    _roots_from(parsed.spec, json.loads(storage.read_text(experiment_path, TRACKING_FILE) or "{}").get("workdir"))
     plan = make_plan(parsed, with_models=False)
     storage_path, name = experiment_path.rstrip("/").rsplit("/", 1)
     tracking, uri = sweep_tracking(experiment_path, parsed.spec, tracking_uri)

@@ -147,7 +147,8 @@ def interrupted_then_resumed(cwd: Path, name: str) -> MlflowClient:
     for run in before.values():
         assert (run.data.tags["status"], run.info.status) == ("interrupted", "KILLED"), run.info.run_name
 
-    resumed = cli("resume", name, "--no-report", cwd=cwd, timeout=600)
+    # From another folder, by path: the relative root is still the one the sweep started with.
+    resumed = cli("resume", str(cwd / "ray_results" / name), "--no-report", cwd=cwd.parent, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert sorted(row.split()[0] for row in table_rows(resumed.stdout)) == sorted(NAMES), resumed.stdout[-3000:]
     assert all(" completed " in row for row in table_rows(resumed.stdout)), resumed.stdout[-3000:]
