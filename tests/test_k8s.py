@@ -360,7 +360,7 @@ class MlflowFromManifest:
         self.proc.wait(timeout=30)
 
 
-@pytest.mark.slow  # test_sweeps.py keeps run --resume-if-exists on a local Ray
+@pytest.mark.slow  # test_sweeps.py's Ctrl-C test keeps run --resume-if-exists on a local Ray
 def test_rayjob_entrypoint_run_twice_continues_the_sweep(tmp_path, capsys):
     """A lost head pod: KubeRay retries the RayJob (backoffLimit) on a new Ray cluster with the
     same entrypoint. Here: the rendered entrypoint on a real local Ray cluster (RAY_ADDRESS set,
