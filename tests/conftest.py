@@ -51,6 +51,26 @@ def kill_when_midway(*args: str, cwd: Path, epochs: int, env: dict | None = None
     return "".join(seen) + rest, done
 
 
+def ctrl_c_when(*args: str, cwd: Path, printed: str, before=None) -> str:
+    """Run `resnet-sweep ARGS…` and press Ctrl-C (SIGINT) once it prints a line matching the
+    regex ``printed`` (``before()`` runs just before the signal); returns all it printed. The
+    exit code is in ``ctrl_c_when.returncode``."""
+    exe = Path(sys.executable).parent / "resnet-sweep"
+    proc = subprocess.Popen([str(exe), *map(str, args)], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if re.match(printed, line):
+            break
+    if before is not None:
+        before()
+    proc.send_signal(signal.SIGINT)
+    seen.append(proc.communicate(timeout=300)[0])
+    ctrl_c_when.returncode = proc.returncode
+    return "".join(seen)
+
+
 @pytest.fixture
 def ray_tmpdir():
     """A RAY_TMPDIR of the test's own, removed afterwards; short, as Ray's socket paths live in it."""

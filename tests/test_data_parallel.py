@@ -3,23 +3,16 @@ processes (gloo on CPU here), which together train exactly the batches one proce
 from __future__ import annotations
 
 import json
-import os
-import re
-import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-from mlflow import MlflowClient
-
 import torch
+from mlflow import MlflowClient
 
 from resnet_core.config import DataConfig, ModelConfig, TrainConfig
 from resnet_core.data import make_loaders
 from resnet_core.distributed import Shard
 from resnet_core.train import RunConfig, Trainer
-from tests.conftest import cli
+from tests.conftest import cli, ctrl_c_when
 from tests.test_imagefolder import write_folder
 from tests.test_sweeps import child_runs, table_rows
 
@@ -64,21 +57,6 @@ def test_the_workers_parts_of_each_batch_make_up_the_batch_one_process_trains(da
 def _history(client: MlflowClient, run_id: str) -> dict[str, list[float]]:
     return {key: [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
             for key in LOGGED}
-
-
-def _ctrl_c_after_epoch(sweep: str, epoch: int, *, cwd: Path) -> tuple[int, str]:
-    """`resnet-sweep run SWEEP` interrupted (SIGINT, as Ctrl-C) once it prints epoch ``epoch``."""
-    exe = Path(sys.executable).parent / "resnet-sweep"
-    proc = subprocess.Popen([str(exe), "run", sweep], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=dict(os.environ))
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if re.match(rf"^\[\d\d:\d\d\] epoch +{epoch}/", line):
-            break
-    proc.send_signal(signal.SIGINT)
-    seen.append(proc.communicate(timeout=300)[0])
-    return proc.returncode, "".join(seen)
 
 
 def _only_run(client: MlflowClient, experiment: str):
@@ -131,8 +109,8 @@ def test_per_worker_batch_norm_differs_and_ctrl_c_resumes_a_data_parallel_trial(
     local = _history(client, _only_run(client, "ddp-local-bn").info.run_id)["train_loss"][0]
     assert abs(local - alone[0]["train_loss"]) > 1e-3 * alone[0]["train_loss"], (local, alone[0]["train_loss"])
 
-    code, printed = _ctrl_c_after_epoch("synced.yaml", 2, cwd=tmp_path)
-    assert code == 130, printed[-3000:]
+    printed = ctrl_c_when("run", "synced.yaml", cwd=tmp_path, printed=r"^\[\d\d:\d\d\] epoch +2/")
+    assert ctrl_c_when.returncode == 130, printed[-3000:]
     assert _only_run(client, "ddp-synced").data.tags["status"] == "interrupted"
     out = cli("resume", "ddp-synced", cwd=tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]

@@ -8,9 +8,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import signal
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,7 +16,7 @@ from mlflow import MlflowClient
 
 from orchestrator.trainable import CHECKPOINT_FILE
 from resnet_core import metrics as M
-from tests.conftest import cli
+from tests.conftest import cli, ctrl_c_when
 from tests.test_imagefolder import CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS, write_folder
 from tests.test_sweeps import child_runs, table_rows
 
@@ -58,19 +55,10 @@ def write_sweep(cwd: Path, name: str) -> Path:
 def interrupt_after_first_checkpoint(cwd: Path, name: str) -> str:
     """`resnet-sweep run NAME.yaml`, Ctrl-C (SIGINT) once a trial has reported an epoch and its
     checkpoint is on disk; returns all it printed (exit 130 checked)."""
-    exe = Path(sys.executable).parent / "resnet-sweep"
-    proc = subprocess.Popen([str(exe), "run", f"{name}.yaml", "--no-report"], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if re.match(r"^\[\d\d:\d\d\] epoch +\d+/\d+ ", line):
-            break
-    checkpoints = sorted((cwd / "ray_results" / name).glob(f"*/checkpoint_*/{CHECKPOINT_FILE}"))
-    proc.send_signal(signal.SIGINT)
-    seen.append(proc.communicate(timeout=300)[0])
-    out = "".join(seen)
-    assert proc.returncode == 130, out[-3000:]
+    checkpoints = []
+    out = ctrl_c_when("run", f"{name}.yaml", "--no-report", cwd=cwd, printed=r"^\[\d\d:\d\d\] epoch +\d+/\d+ ",
+                      before=lambda: checkpoints.extend((cwd / "ray_results" / name).glob(f"*/checkpoint_*/{CHECKPOINT_FILE}")))
+    assert ctrl_c_when.returncode == 130, out[-3000:]
     assert checkpoints, out[-3000:]  # the signal came after the first checkpoint was saved
     return out
 
