@@ -21,6 +21,7 @@ __all__ = [
     "check_usable",
     "default_storage_path",
     "exists",
+    "file_names",
     "is_local",
     "join",
     "local_folder_problem",
@@ -31,6 +32,7 @@ __all__ = [
     "reason",
     "remove",
     "subfolders",
+    "tune_filesystem",
     "write_text",
 ]
 
@@ -71,10 +73,24 @@ def join(storage: str, name: str) -> str:
     return f"{storage.rstrip('/')}/{name}"
 
 
+def tune_filesystem(storage: str):
+    """The pyarrow filesystem Tune and Ray Train read and write ``storage`` through: whole files
+    for a local folder; None (Tune's own choice) for an object store."""
+    if not is_local(storage):
+        return None
+    import pyarrow.fs
+
+    from .whole_files import WholeFileLocalFS
+
+    return pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(WholeFileLocalFS(auto_mkdir=True)))
+
+
 def _filesystem(uri: str):
     import pyarrow.fs
 
-    fs, root = pyarrow.fs.FileSystem.from_uri(uri if "://" in uri else str(Path(uri).resolve()))
+    if is_local(uri):
+        return tune_filesystem(uri), str(Path(uri.removeprefix("file://")).resolve())
+    fs, root = pyarrow.fs.FileSystem.from_uri(uri)
     return fs, root.rstrip("/")
 
 
@@ -102,17 +118,30 @@ def read_bytes(folder: str, filename: str) -> bytes | None:
         return None
 
 
-def subfolders(folder: str, prefix: str) -> list[str]:
-    """URIs of the folders directly under ``folder`` whose names start with ``prefix``."""
+def _entries(folder: str) -> list:
+    """pyarrow FileInfo of what is directly in ``folder`` ([] when it, or the storage, is not there)."""
     import pyarrow
     import pyarrow.fs
 
     try:
         fs, root = _filesystem(folder)
-        infos = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
+        return fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
     except (OSError, ValueError, pyarrow.ArrowException):
         return []
-    return [join(folder, Path(i.path).name) for i in infos
+
+
+def file_names(folder: str) -> list[str]:
+    """The names of the files directly in ``folder``."""
+    import pyarrow.fs
+
+    return [Path(i.path).name for i in _entries(folder) if i.type == pyarrow.fs.FileType.File]
+
+
+def subfolders(folder: str, prefix: str) -> list[str]:
+    """URIs of the folders directly under ``folder`` whose names start with ``prefix``."""
+    import pyarrow.fs
+
+    return [join(folder, Path(i.path).name) for i in _entries(folder)
             if i.type == pyarrow.fs.FileType.Directory and Path(i.path).name.startswith(prefix)]
 
 

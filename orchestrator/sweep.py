@@ -280,7 +280,7 @@ def run_or_resume(prep: Prepared, *, address: str | None = None, report: bool = 
     path = existing_sweep(prep)
     if path is None:
         return run_sweep(prep, address=address, report=report)
-    if tune.Tuner.can_restore(path):
+    if tune.Tuner.can_restore(path, storage_filesystem=storage.tune_filesystem(path)):
         print(f"{prep.parsed.spec.name} is already in {prep.storage_path}: continuing it", flush=True)
         return resume_sweep(path, address=address, wait_for_other_host=True, report=report)
     # Its driver died before Tune saved anything: nothing ran, so it starts again in that folder.
@@ -350,6 +350,7 @@ def run_sweep(prep: Prepared, *, address: str | None = None, folder_taken: bool 
             run_config=tune.RunConfig(
                 name=prep.name,
                 storage_path=prep.storage_path,
+                storage_filesystem=storage.tune_filesystem(prep.storage_path),
                 failure_config=tune.FailureConfig(max_failures=_max_failures(spec, address)),
                 checkpoint_config=_checkpoint_config(spec),
                 callbacks=[cluster.TuneDriverSetup(), JsonLoggerCallback(), *per_trial],
@@ -546,6 +547,34 @@ def sweep_tracker(prep: Prepared, sweep_key: str, *, tags: dict | None = None, a
                         trial_namer=TrialNamer(varying_keys(prep)), planned_epochs=prep.plan.epochs_per_trial)
 
 
+# Tune's own state in a sweep's folder, newest session last by name (Tune reads the newest).
+TUNE_STATE_FILES = ("experiment_state-*.json", "basic-variant-state-*.json", "searcher-state-*.pkl")
+
+
+def _check_tune_state(experiment_path: str) -> None:
+    """SweepError naming a Tune state file that is cut short: Tune would fail on it with a
+    traceback. (Written whole since resnet-sweep wrote them through whole_files; a folder from
+    an older version, or a copy cut short, can still hold one.)"""
+    import fnmatch
+
+    import ray.cloudpickle
+
+    names = storage.file_names(experiment_path)
+    for pattern in TUNE_STATE_FILES:
+        matching = fnmatch.filter(names, pattern)
+        if not matching:
+            continue
+        newest = max(matching)
+        data = storage.read_bytes(experiment_path, newest) or b""
+        try:
+            json.loads(data) if pattern.startswith("experiment_state") else ray.cloudpickle.loads(data)
+        except Exception:  # noqa: BLE001 — any unreadable file is the same problem
+            raise SweepError(f"cannot resume {experiment_path}: Tune's {newest} there is "
+                             f"{'empty' if not data else f'cut short ({len(data)} bytes)'} (a crash while it was "
+                             f"written); the trials' checkpoints are intact, but Tune cannot continue this sweep: "
+                             f"run it again as a new sweep") from None
+
+
 def resume_sweep(experiment_path: str, *, address: str | None = None, wait_for_other_host: bool = False,
                  tracking_uri: str | None = None, report: bool = True) -> int:
     from ray import tune
@@ -554,8 +583,14 @@ def resume_sweep(experiment_path: str, *, address: str | None = None, wait_for_o
     spec = prep.parsed.spec
     cluster.check_tracking_reachable_from_tune(address, prep.tracking_uri)
     with _holding(experiment_path, prep.name, wait_for_other_host=wait_for_other_host):
+        _check_tune_state(experiment_path)
+        if storage.is_local(experiment_path):
+            from .whole_files import remove_unfinished
+
+            remove_unfinished(experiment_path)
         _connect(address, prep.storage_path, spec, prep.plan.num_trials)
-        tuner = tune.Tuner.restore(experiment_path, _trainable(spec, experiment_path), resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(experiment_path, _trainable(spec, experiment_path), resume_unfinished=True,
+                                   resume_errored=True, storage_filesystem=storage.tune_filesystem(experiment_path))
         print(f"resuming {experiment_path}", flush=True)
         results = tuner.fit()
         # The restored Tune loop holds its own tracker; this one only finds the runs (best checkpoints).

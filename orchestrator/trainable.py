@@ -297,7 +297,8 @@ def train_data_parallel_trial(config: dict[str, Any], experiment_path: str, work
                            "results": results, "cpu": cpu},
         scaling_config=train.ScalingConfig(num_workers=workers, use_gpu=gpu > 0,
                                            resources_per_worker={"CPU": cpu, **({"GPU": gpu} if gpu else {})}),
-        run_config=train.RunConfig(name="train", storage_path=trial_uri, failure_config=train.FailureConfig(max_failures=0)),
+        run_config=train.RunConfig(name="train", storage_path=trial_uri, storage_filesystem=storage.tune_filesystem(trial_uri),
+                                   failure_config=train.FailureConfig(max_failures=0)),
     )
     failure: list[BaseException] = []
 

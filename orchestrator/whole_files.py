@@ -1,0 +1,76 @@
+"""A local filesystem for pyarrow (through fsspec) in which each file written appears whole or
+not at all: Tune's experiment state, searcher state and trial checkpoints in a local (or NFS)
+storage folder."""
+from __future__ import annotations
+
+import io
+import os
+import uuid
+
+from fsspec.implementations.local import LocalFileSystem
+
+__all__ = ["WholeFileLocalFS", "remove_unfinished"]
+
+
+class _WholeFile(io.FileIO):
+    """A file being written under a temporary name next to its own, given its name once it is
+    whole (flushed to disk, then renamed: atomic on one file system, NFS included). A write
+    that fails (a full disk) leaves the old file as it was."""
+
+    def __init__(self, path: str) -> None:
+        self.final = path
+        self.temporary = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.part")
+        # os.open's mode goes through the umask, as a plain open()'s does (mkstemp's 0600 would not).
+        super().__init__(os.open(self.temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb")
+        self.failed = False
+
+    def write(self, data) -> int:
+        try:
+            return super().write(data)
+        except BaseException:
+            self.failed = True
+            raise
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            os.fsync(self.fileno())
+        except OSError:
+            self.failed = True
+            raise
+        finally:
+            super().close()
+            if self.failed:
+                os.unlink(self.temporary)
+            else:
+                os.replace(self.temporary, self.final)
+
+
+class WholeFileLocalFS(LocalFileSystem):
+    """The local disk (or a mounted NFS folder) where each file written appears whole or not at
+    all. pyarrow's local copy truncates the file first: a driver killed while Tune copies its
+    experiment state into the storage folder (every few seconds) left it empty or cut short,
+    and the sweep could not be resumed. Object stores need no help: an object appears whole.
+    (Hand-written: fsspec's uncommitted files live in the system temp folder, so their move
+    into a storage folder on another disk would be a copy again.)"""
+
+    def _open(self, path, mode="rb", block_size=None, **kwargs):
+        if "w" in mode and "+" not in mode:
+            path = self._strip_protocol(path)
+            if self.auto_mkdir:
+                self.makedirs(self._parent(path), exist_ok=True)
+            return _WholeFile(path)
+        return super()._open(path, mode, block_size=block_size, **kwargs)
+
+
+def remove_unfinished(folder: str) -> int:
+    """Delete the temporary files that writers killed midway left under ``folder`` (run only by
+    the driver that holds the sweep, so nothing is writing them); how many there were."""
+    removed = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            if name.startswith(".") and name.endswith(".part"):
+                os.unlink(os.path.join(root, name))
+                removed += 1
+    return removed
