@@ -436,7 +436,8 @@ def cmd_k8s_render(args) -> int:
     parsed = _load(args.sweep)
     try:
         objects = render(parsed, image=args.image, gpus=args.gpus, namespace=args.namespace, name=args.name,
-                         tracking_uri=args.tracking_uri, storage_path=args.storage_path)
+                         tracking_uri=args.tracking_uri, storage_path=args.storage_path, data_claim=args.data_claim,
+                         warn=lambda line: print(line, file=sys.stderr))
     except RenderError as err:
         raise UsageError(str(err)) from None
     sys.stdout.write(render_yaml(objects))
@@ -574,6 +575,9 @@ def build_parser() -> argparse.ArgumentParser:
                                           "else the cluster's http://mlflow:5000)")
     p.add_argument("--storage-path", help="where Tune keeps the sweep: a folder on the shared volume (default "
                                           "/mnt/sweeps) or s3://bucket/prefix")
+    p.add_argument("--data-claim", metavar="CLAIM", help="a PersistentVolumeClaim holding the data, mounted read-only in "
+                                                         "every pod at dataset.root (ImageNet, image folders) or "
+                                                         "dataset.cache_dir (CIFAR)")
     p.set_defaults(func=cmd_k8s_render)
     return parser
 

@@ -13,11 +13,13 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from resnet_core.config import FOLDER_DATASETS, DataConfig
+
 from .spec import ParsedSpec
 
 __all__ = ["RenderError", "render", "render_yaml", "ray_job_name"]
 
-SWEEP_VOLUME, STORAGE_VOLUME, SWEEP_FILE = "sweep", "storage", "sweep.yaml"
+SWEEP_VOLUME, STORAGE_VOLUME, DATA_VOLUME, SWEEP_FILE = "sweep", "storage", "data", "sweep.yaml"
 # Host memory per trial on a GPU worker (data on the device, model, Ray worker process), plus
 # the Ray node itself (raylet, object store); requests equal limits (Guaranteed QoS).
 TRIAL_MEMORY_GIB, NODE_MEMORY_GIB = 8, 2
@@ -41,8 +43,10 @@ def ray_job_name(sweep_name: str) -> str:
 
 
 def render(parsed: ParsedSpec, *, image: str, gpus: int = 1, namespace: str | None = None, name: str | None = None,
-           tracking_uri: str | None = None, storage_path: str | None = None) -> list[dict]:
-    """The ConfigMap and the RayJob for this sweep, as objects ready to dump."""
+           tracking_uri: str | None = None, storage_path: str | None = None, data_claim: str | None = None,
+           warn=lambda line: None) -> list[dict]:
+    """The ConfigMap and the RayJob for this sweep, as objects ready to dump; ``warn`` gets a
+    line about what the manifests leave to the user (an image folder not mounted)."""
     template = yaml.safe_load(files(__package__).joinpath("rayjob.yaml").read_text())
     job = copy.deepcopy(template)
     name = _checked_name(name) if name is not None else ray_job_name(parsed.spec.name)
@@ -66,6 +70,7 @@ def render(parsed: ParsedSpec, *, image: str, gpus: int = 1, namespace: str | No
         for container in pod["containers"]:
             container["image"] = image
     _size_workers(workers, parsed, gpus)
+    _mount_data(parsed, job, data_claim, warn)
 
     argv = shlex.split(job["spec"]["entrypoint"])
     storage = _flag(argv, "--storage-path")
@@ -100,7 +105,11 @@ def _size_workers(group: dict, parsed: ParsedSpec, gpus: int) -> None:
                            "resources.gpu (1, or 0.5 to pack two trials on a GPU) to run this sweep with k8s render")
     if gpus < 1:
         raise RenderError(f"--gpus: {gpus} must be at least 1")
-    # One GPU per pod (a trial uses one device: resources.gpu ≤ 1), holding 1/gpu trials.
+    if per_trial.trial_gpus > gpus:  # the trial would wait for GPUs that never come
+        raise RenderError(f"--gpus: {gpus} cannot hold one trial of resources.workers {per_trial.workers} × gpu "
+                          f"{per_trial.gpu:g} ({per_trial.trial_gpus:g} GPUs); pass --gpus {math.ceil(per_trial.trial_gpus)} or more")
+    # One GPU per pod (a process uses one device: resources.gpu ≤ 1), holding 1/gpu trials or
+    # data-parallel workers (Ray places a trial's workers on as many pods as it needs).
     trials_per_pod = int(1 / per_trial.gpu + 1e-9)
     cpu = trials_per_pod * per_trial.cpu
     size = {"cpu": str(int(cpu)) if cpu == int(cpu) else f"{math.ceil(cpu * 1000)}m",
@@ -111,6 +120,33 @@ def _size_workers(group: dict, parsed: ParsedSpec, gpus: int) -> None:
     # ones down to zero (minReplicas 0) once the last trials finish.
     group["replicas"] = group["maxReplicas"] = gpus
     group["minReplicas"] = 0
+
+
+def _mount_data(parsed: ParsedSpec, job: dict, claim: str | None, warn) -> None:
+    """The PersistentVolumeClaim ``claim`` mounted read-only, in every pod, at the folder the
+    sweep reads its data from: an image folder's dataset.root, CIFAR's dataset.cache_dir."""
+    name = parsed.spec.dataset.get("name", DataConfig.name)
+    field = "root" if name in FOLDER_DATASETS else "cache_dir"
+    folder = parsed.spec.dataset.get(field)
+    if claim is None:
+        if name in FOLDER_DATASETS:
+            warn(f"warning: dataset.root {folder} is not mounted in the pods: pass --data-claim CLAIM (a "
+                 f"PersistentVolumeClaim holding it), unless the image holds it")
+        return
+    if len(claim) > 253 or not DNS_1123.fullmatch(claim):
+        raise RenderError(f"--data-claim: {claim!r} is not a PersistentVolumeClaim name (lowercase letters, digits, '-')")
+    if not folder:
+        raise RenderError(f"--data-claim: the sweep sets no dataset.cache_dir to mount it at (where {name}'s files "
+                          f"are read from)" if name.startswith("cifar") else f"--data-claim: {name} reads no data folder")
+    if not folder.startswith("/"):
+        raise parsed.error(("dataset", field), f"{folder!r}: the pods mount --data-claim there, so it must be an "
+                                               f"absolute path (e.g. /data/imagenet)")
+    cluster = job["spec"]["rayClusterSpec"]
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        pod = group["template"]["spec"]
+        pod["volumes"].append({"name": DATA_VOLUME, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+        for container in pod["containers"]:
+            container["volumeMounts"].append({"name": DATA_VOLUME, "mountPath": folder, "readOnly": True})
 
 
 def _place_storage(path: str, job: dict, mount: str) -> str:

@@ -144,6 +144,31 @@ def test_render_sizes_workers_from_the_sweeps_resources(tmp_path, capsys):
         assert pod["containers"][0]["envFrom"] == [{"secretRef": {"name": "resnet-sweep-s3", "optional": True}}]
 
 
+def test_render_mounts_the_data_claim_where_an_imagenet_sweep_reads_and_gives_it_the_gpus(tmp_path):
+    sweep = SWEEPS / "imagenet_depth.yaml"  # dataset.root /data/imagenet; 8 workers × 1 GPU per trial
+    out = cli("k8s", "render", sweep, "--image", "r/x:1", "--gpus", "16", "--data-claim", "imagenet-train", cwd=tmp_path)
+    assert out.returncode == 0 and not out.stderr.strip(), out.stderr
+    _, job = yaml.safe_load_all(out.stdout)
+    assert problems([job]) == []
+    for pod in pods(job):
+        assert {"name": "data", "persistentVolumeClaim": {"claimName": "imagenet-train", "readOnly": True}} in pod["volumes"]
+        assert {"name": "data", "mountPath": "/data/imagenet", "readOnly": True} in pod["containers"][0]["volumeMounts"]
+
+    bare = cli("k8s", "render", sweep, "--image", "r/x:1", "--gpus", "8", cwd=tmp_path)  # the image may hold the data
+    assert bare.returncode == 0 and "data" not in {v["name"] for p in pods(list(yaml.safe_load_all(bare.stdout))[1])
+                                                   for v in p["volumes"]}
+    assert bare.stderr.strip() == ("warning: dataset.root /data/imagenet is not mounted in the pods: pass --data-claim "
+                                   "CLAIM (a PersistentVolumeClaim holding it), unless the image holds it")
+
+    few = cli("k8s", "render", sweep, "--image", "r/x:1", "--gpus", "4", cwd=tmp_path)  # a trial would wait forever
+    assert few.returncode == 2 and few.stdout == "" and few.stderr.strip() == (
+        "error: --gpus: 4 cannot hold one trial of resources.workers 8 × gpu 1 (8 GPUs); pass --gpus 8 or more")
+
+    (tmp_path / "rel.yaml").write_text(sweep.read_text().replace("root: /data/imagenet", "root: data/imagenet"))
+    rel = cli("k8s", "render", "rel.yaml", "--image", "r/x:1", "--gpus", "8", "--data-claim", "imagenet-train", cwd=tmp_path)
+    assert rel.returncode == 2 and "dataset.root: 'data/imagenet': the pods mount --data-claim there" in rel.stderr
+
+
 @pytest.mark.parametrize("args, message", [
     (["--gpus", "0"], "--gpus: 0 must be at least 1"),
     (["--name", "x" * 48], "--name: "),
@@ -155,6 +180,8 @@ def test_render_sizes_workers_from_the_sweeps_resources(tmp_path, capsys):
     (["--storage-path", "s3://key:secret@bucket/x"], "--storage-path: credentials or options in the URI"),
     (["--storage-path", "ftp://host/x"], "--storage-path: 'ftp://host/x': expected s3://bucket/…"),
     (["--image", ""], "--image: '' is not an image reference"),
+    (["--data-claim", "Data_PVC"], "--data-claim: 'Data_PVC' is not a PersistentVolumeClaim name"),
+    (["--data-claim", "data"], "--data-claim: digits reads no data folder"),
 ])
 def test_render_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
     (tmp_path / "two.yaml").write_text(SMALL_GRID.format(epochs=2).replace("resources: {cpu: 1}", "resources: {cpu: 1, gpu: 1}"))
