@@ -26,6 +26,7 @@ TRIAL_MEMORY_GIB, NODE_MEMORY_GIB = 8, 2
 RAY_JOB_NAME_MAX = 47  # KubeRay appends a 6-character suffix for the RayCluster (limit 53)
 DNS_1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 DNS_1123 = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+DNS_1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 OBJECT_STORES = ("s3", "gs")
 
 
@@ -133,8 +134,8 @@ def _mount_data(parsed: ParsedSpec, job: dict, claim: str | None, warn) -> None:
             warn(f"warning: dataset.root {folder} is not mounted in the pods: pass --data-claim CLAIM (a "
                  f"PersistentVolumeClaim holding it), unless the image holds it")
         return
-    if len(claim) > 253 or not DNS_1123.fullmatch(claim):
-        raise RenderError(f"--data-claim: {claim!r} is not a PersistentVolumeClaim name (lowercase letters, digits, '-')")
+    if len(claim) > 253 or not DNS_1123_SUBDOMAIN.fullmatch(claim):
+        raise RenderError(f"--data-claim: {claim!r} is not a PersistentVolumeClaim name (lowercase letters, digits, '-', '.')")
     if not folder:
         raise RenderError(f"--data-claim: the sweep sets no dataset.cache_dir to mount it at (where {name}'s files "
                           f"are read from)" if name.startswith("cifar") else f"--data-claim: {name} reads no data folder")
@@ -142,6 +143,11 @@ def _mount_data(parsed: ParsedSpec, job: dict, claim: str | None, warn) -> None:
         raise parsed.error(("dataset", field), f"{folder!r}: the pods mount --data-claim there, so it must be an "
                                                f"absolute path (e.g. /data/imagenet)")
     cluster = job["spec"]["rayClusterSpec"]
+    taken = {m["mountPath"].rstrip("/") for c in cluster["headGroupSpec"]["template"]["spec"]["containers"]
+             for m in c["volumeMounts"]}
+    if folder.rstrip("/") in taken | {""}:
+        raise parsed.error(("dataset", field), f"{folder!r}: the pods mount something else there "
+                                               f"({', '.join(sorted(taken))} are taken); keep the data elsewhere")
     for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
         pod = group["template"]["spec"]
         pod["volumes"].append({"name": DATA_VOLUME, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})

@@ -547,29 +547,32 @@ def sweep_tracker(prep: Prepared, sweep_key: str, *, tags: dict | None = None, a
                         trial_namer=TrialNamer(varying_keys(prep)), planned_epochs=prep.plan.epochs_per_trial)
 
 
-# Tune's own state in a sweep's folder, newest session last by name (Tune reads the newest).
-TUNE_STATE_FILES = ("experiment_state-*.json", "basic-variant-state-*.json", "searcher-state-*.pkl")
+# Tune's own state in a sweep's folder, one file of each per driver session; Tune reads the
+# newest by name. All but experiment_state are pickles.
+TUNE_STATE_FILES = ("experiment_state-*.json", "basic-variant-state-*.json", "search_gen_state-*.json",
+                    "searcher-state-*.pkl", "callback-states-*.pkl")
 
 
 def _check_tune_state(experiment_path: str) -> None:
     """SweepError naming a Tune state file that is cut short: Tune would fail on it with a
     traceback. (Written whole since resnet-sweep wrote them through whole_files; a folder from
-    an older version, or a copy cut short, can still hold one.)"""
+    an older version, or a copy cut short, can still hold one.) What cannot be read at all is
+    left to Tune, which says why."""
     import fnmatch
+    import pickle
 
     import ray.cloudpickle
 
     names = storage.file_names(experiment_path)
     for pattern in TUNE_STATE_FILES:
         matching = fnmatch.filter(names, pattern)
-        if not matching:
+        data = storage.read_bytes(experiment_path, max(matching)) if matching else None
+        if data is None:
             continue
-        newest = max(matching)
-        data = storage.read_bytes(experiment_path, newest) or b""
         try:
             json.loads(data) if pattern.startswith("experiment_state") else ray.cloudpickle.loads(data)
-        except Exception:  # noqa: BLE001 — any unreadable file is the same problem
-            raise SweepError(f"cannot resume {experiment_path}: Tune's {newest} there is "
+        except (ValueError, EOFError, pickle.UnpicklingError):  # JSON's and pickle's "cut short"
+            raise SweepError(f"cannot resume {experiment_path}: Tune's {max(matching)} there is "
                              f"{'empty' if not data else f'cut short ({len(data)} bytes)'} (a crash while it was "
                              f"written); the trials' checkpoints are intact, but Tune cannot continue this sweep: "
                              f"run it again as a new sweep") from None

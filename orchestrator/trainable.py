@@ -54,9 +54,12 @@ def _checkpoint_index(folder: str) -> int:
 
 def _tune_reader(checkpoint) -> Callable[[], bytes | None]:
     def read() -> bytes | None:
-        with checkpoint.as_directory() as folder:
-            path = Path(folder) / CHECKPOINT_FILE
-            return path.read_bytes() if path.is_file() else None
+        # The one file, read where it is (as_directory would copy the whole folder to /tmp first).
+        try:
+            with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{CHECKPOINT_FILE}") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
     return read
 
 

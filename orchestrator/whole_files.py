@@ -15,7 +15,8 @@ __all__ = ["WholeFileLocalFS", "remove_unfinished"]
 class _WholeFile(io.FileIO):
     """A file being written under a temporary name next to its own, given its name once it is
     whole (flushed to disk, then renamed: atomic on one file system, NFS included). A write
-    that fails (a full disk) leaves the old file as it was."""
+    that fails (a full disk), or a writer that drops the file without closing it (pyarrow's
+    copy when its source fails), leaves the old file as it was."""
 
     def __init__(self, path: str) -> None:
         self.final = path
@@ -25,17 +26,27 @@ class _WholeFile(io.FileIO):
         self.failed = False
 
     def write(self, data) -> int:
+        # A raw write may take only part (a disk filling up); pyarrow ignores the count.
+        view = memoryview(data).cast("B")
         try:
-            return super().write(data)
+            while view:
+                view = view[super().write(view):]
         except BaseException:
             self.failed = True
             raise
+        return len(data)
+
+    def __del__(self) -> None:
+        if not self.closed:  # dropped unclosed: its writer stopped midway
+            self.failed = True
+        super().__del__()
 
     def close(self) -> None:
         if self.closed:
             return
         try:
-            os.fsync(self.fileno())
+            if not self.failed:
+                os.fsync(self.fileno())
         except OSError:
             self.failed = True
             raise
@@ -47,7 +58,7 @@ class _WholeFile(io.FileIO):
                 os.replace(self.temporary, self.final)
 
 
-class WholeFileLocalFS(LocalFileSystem):
+class WholeFileLocalFS(LocalFileSystem):  # keep its name and module: Tune's saved state refers to them
     """The local disk (or a mounted NFS folder) where each file written appears whole or not at
     all. pyarrow's local copy truncates the file first: a driver killed while Tune copies its
     experiment state into the storage folder (every few seconds) left it empty or cut short,

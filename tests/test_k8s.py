@@ -146,12 +146,12 @@ def test_render_sizes_workers_from_the_sweeps_resources(tmp_path, capsys):
 
 def test_render_mounts_the_data_claim_where_an_imagenet_sweep_reads_and_gives_it_the_gpus(tmp_path):
     sweep = SWEEPS / "imagenet_depth.yaml"  # dataset.root /data/imagenet; 8 workers × 1 GPU per trial
-    out = cli("k8s", "render", sweep, "--image", "r/x:1", "--gpus", "16", "--data-claim", "imagenet-train", cwd=tmp_path)
+    out = cli("k8s", "render", sweep, "--image", "r/x:1", "--gpus", "16", "--data-claim", "imagenet-train.v2", cwd=tmp_path)
     assert out.returncode == 0 and not out.stderr.strip(), out.stderr
     _, job = yaml.safe_load_all(out.stdout)
     assert problems([job]) == []
     for pod in pods(job):
-        assert {"name": "data", "persistentVolumeClaim": {"claimName": "imagenet-train", "readOnly": True}} in pod["volumes"]
+        assert {"name": "data", "persistentVolumeClaim": {"claimName": "imagenet-train.v2", "readOnly": True}} in pod["volumes"]
         assert {"name": "data", "mountPath": "/data/imagenet", "readOnly": True} in pod["containers"][0]["volumeMounts"]
 
     bare = cli("k8s", "render", sweep, "--image", "r/x:1", "--gpus", "8", cwd=tmp_path)  # the image may hold the data
@@ -167,6 +167,9 @@ def test_render_mounts_the_data_claim_where_an_imagenet_sweep_reads_and_gives_it
     (tmp_path / "rel.yaml").write_text(sweep.read_text().replace("root: /data/imagenet", "root: data/imagenet"))
     rel = cli("k8s", "render", "rel.yaml", "--image", "r/x:1", "--gpus", "8", "--data-claim", "imagenet-train", cwd=tmp_path)
     assert rel.returncode == 2 and "dataset.root: 'data/imagenet': the pods mount --data-claim there" in rel.stderr
+    (tmp_path / "shm.yaml").write_text(sweep.read_text().replace("root: /data/imagenet", "root: /dev/shm/"))
+    shm = cli("k8s", "render", "shm.yaml", "--image", "r/x:1", "--gpus", "8", "--data-claim", "imagenet.v2", cwd=tmp_path)
+    assert shm.returncode == 2 and "dataset.root: '/dev/shm/': the pods mount something else there" in shm.stderr
 
 
 @pytest.mark.parametrize("args, message", [
@@ -181,6 +184,7 @@ def test_render_mounts_the_data_claim_where_an_imagenet_sweep_reads_and_gives_it
     (["--storage-path", "ftp://host/x"], "--storage-path: 'ftp://host/x': expected s3://bucket/…"),
     (["--image", ""], "--image: '' is not an image reference"),
     (["--data-claim", "Data_PVC"], "--data-claim: 'Data_PVC' is not a PersistentVolumeClaim name"),
+    (["--data-claim", "data.v1-"], "--data-claim: 'data.v1-' is not a PersistentVolumeClaim name"),
     (["--data-claim", "data"], "--data-claim: digits reads no data folder"),
 ])
 def test_render_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
