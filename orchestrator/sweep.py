@@ -30,7 +30,7 @@ from .spec import ParsedSpec, SpecError, parse_spec
 from .mlflow_store import PASSWORD, USERNAME, check_tracking_uri, redact, default_tracking_uri, normalize_tracking_uri, use_tracking_uri
 from .tracking import SweepTracker, git_commit
 from .vocabulary import TAG_STORAGE
-from .trainable import train_array_trial, train_data_parallel_trial, train_trial
+from .trainable import RestoreFromWhatIsThere, train_array_trial, train_data_parallel_trial, train_trial
 from .trial_table import format_table
 
 __all__ = ["SweepError", "find_experiment", "prepare_sweep", "resume_sweep", "run_or_resume", "run_sweep", "SPEC_FILE"]
@@ -388,16 +388,19 @@ def _trainable(spec, experiment_path: str):
 
     r = spec.resources
     if r.workers > 1:
-        # The Tune function only relays results: Ray Train's workers hold the resources. (A
-        # token byte of memory: Tune needs some resource, and any CPU would keep a worker out.)
         trainable = tune.with_parameters(train_data_parallel_trial, experiment_path=experiment_path,
                                          workers=r.workers, cpu=r.cpu, gpu=r.gpu)
-        return tune.with_resources(trainable, {"cpu": 0, "memory": 1})
-    if r.array > 1:  # an array trial takes the resources of one trial
-        trainable = tune.with_parameters(train_array_trial, experiment_path=experiment_path, metric=spec.metric.name)
+        # The Tune function only relays results: Ray Train's workers hold the resources. (A
+        # token byte of memory: Tune needs some resource, and any CPU would keep a worker out.)
+        resources = {"cpu": 0, "memory": 1}
     else:
-        trainable = tune.with_parameters(train_trial, experiment_path=experiment_path)
-    return tune.with_resources(trainable, {"cpu": r.cpu, "gpu": r.gpu})
+        if r.array > 1:  # an array trial takes the resources of one trial
+            trainable = tune.with_parameters(train_array_trial, experiment_path=experiment_path, metric=spec.metric.name)
+        else:
+            trainable = tune.with_parameters(train_trial, experiment_path=experiment_path)
+        resources = {"cpu": r.cpu, "gpu": r.gpu}
+    trainable.__mixins__ = (RestoreFromWhatIsThere,)
+    return tune.with_resources(trainable, resources)
 
 
 def _checkpoint_config(spec):

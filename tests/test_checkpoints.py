@@ -97,6 +97,32 @@ def test_unrestorable_checkpoints_restart_their_trials_once_on_resume(tmp_path):
         assert (run.data.tags["status"], run.info.status) == ("completed", "FINISHED"), run.info.run_name
 
 
+@pytest.mark.slow
+def test_a_checkpoint_tune_names_but_storage_no_longer_holds_resumes_from_the_newest_there(tmp_path):
+    """Tune deletes a trial's older checkpoint once a newer one is saved, and uploads the
+    experiment state naming the newer one later: a driver killed in between left a state naming
+    a deleted checkpoint, and the trial failed on every resume. Here each trial's checkpoints
+    are renumbered 10 up after Ctrl-C, so whichever one the state names is gone."""
+    (tmp_path / "twins.yaml").write_text(TWINS)
+    interrupt_midway(tmp_path)
+    for trial in (p for p in (tmp_path / "ray_results" / "twins").iterdir() if p.is_dir()):
+        for state in reversed(states(trial)):
+            folder = state.parent
+            folder.rename(folder.with_name(f"checkpoint_{int(folder.name.removeprefix('checkpoint_')) + 10:06d}"))
+
+    out = cli("resume", "twins", cwd=tmp_path, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = table_rows(out.stdout)
+    assert len(rows) == 2 and all(" completed " in r for r in rows), out.stdout
+    assert not re.search(r"^\[\d\d:\d\d\] (retrying|failed) ", out.stdout, re.MULTILINE), out.stdout
+    assert not re.search(r"^\[\d\d:\d\d\] epoch +1/", out.stdout, re.MULTILINE), out.stdout  # none started again
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    _, children = child_runs(client, "twins")
+    for run in children:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_error")]
+        assert steps == list(range(1, EPOCHS + 1)), (run.info.run_name, steps)
+
+
 # --- the choice itself, on a trial folder as Tune leaves it (no Ray needed) --------------------
 
 def tiny(depth: int = 8, residual: bool = True) -> RunConfig:
