@@ -568,14 +568,14 @@ def _check_tune_state(experiment_path: str) -> None:
 
     names = storage.file_names(experiment_path)
     for pattern in TUNE_STATE_FILES:
-        matching = fnmatch.filter(names, pattern)
-        data = storage.read_bytes(experiment_path, max(matching)) if matching else None
+        newest = max(fnmatch.filter(names, pattern), default=None)
+        data = storage.read_bytes(experiment_path, newest) if newest else None
         if data is None:
             continue
         try:
             json.loads(data) if pattern.startswith("experiment_state") else ray.cloudpickle.loads(data)
         except (ValueError, EOFError, pickle.UnpicklingError):  # JSON's and pickle's "cut short"
-            raise SweepError(f"cannot resume {experiment_path}: Tune's {max(matching)} there is "
+            raise SweepError(f"cannot resume {experiment_path}: Tune's {newest} there is "
                              f"{'empty' if not data else f'cut short ({len(data)} bytes)'} (a crash while it was "
                              f"written); the trials' checkpoints are intact, but Tune cannot continue this sweep: "
                              f"run it again as a new sweep") from None

@@ -54,27 +54,19 @@ def _checkpoint_index(folder: str) -> int:
 
 class RestoreFromWhatIsThere:
     """A Tune trainable mixin (``__mixins__`` of the trial function; Tune's wrap_function puts it
-    in the trainable's bases): a restore from a checkpoint that storage no longer holds starts
-    from the newest one the trial's folder does hold. Tune deletes a trial's older checkpoint as
-    soon as a newer one is saved, but uploads the experiment state naming the newer one later,
-    in the background: a driver killed in between leaves a state that names a deleted
-    checkpoint, and Tune's own restore would fail that trial on every resume."""
+    in the trainable's bases): a checkpoint that storage no longer holds is not Tune's to
+    restore; the trial's own restore (``_restore``) then takes the newest one its folder holds.
+    Tune deletes a trial's older checkpoint as soon as a newer one is saved, but uploads the
+    experiment state naming the newer one later, in the background: a driver killed in between
+    leaves a state that names a deleted checkpoint, and Tune's own restore would fail that trial
+    on every resume."""
 
     def restore(self, checkpoint_path):
         import pyarrow.fs
 
         checkpoint = getattr(checkpoint_path, "checkpoint", None)  # Tune's (checkpoint, metrics)
-        if checkpoint is not None:
-            fs = checkpoint.filesystem
-            if fs.get_file_info(checkpoint.path).type == pyarrow.fs.FileType.NotFound:
-                trial_folder = checkpoint.path.rstrip("/").rsplit("/", 1)[0]
-                there = fs.get_file_info(pyarrow.fs.FileSelector(trial_folder, allow_not_found=True))
-                folders = [i.path for i in there if i.type == pyarrow.fs.FileType.Directory
-                           and _checkpoint_index(i.path) >= 0]
-                if not folders:
-                    return None  # nothing to restore: the trial starts again from epoch 0
-                newest = type(checkpoint)(max(folders, key=_checkpoint_index), filesystem=fs)
-                checkpoint_path = type(checkpoint_path)(checkpoint=newest, metrics=checkpoint_path.metrics)
+        if checkpoint is not None and checkpoint.filesystem.get_file_info(checkpoint.path).type == pyarrow.fs.FileType.NotFound:
+            return None
         return super().restore(checkpoint_path)
 
 
