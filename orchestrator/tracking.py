@@ -37,6 +37,7 @@ from .vocabulary import (
     STATUS,
     TAG_BEST_EPOCH,
     TAG_DEVICE,
+    TAG_DUPLICATE_OF,
     TAG_ERROR,
     TAG_HOST,
     TAG_NODE_ID,
@@ -64,6 +65,25 @@ def git_commit() -> str | None:
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def _nothing() -> None:
+    """A job that marks a point in the writer's queue (``_drain`` waits for it)."""
+
+
+class _Done:
+    """A job's value, once the writer thread has made it."""
+
+    def __init__(self) -> None:
+        self._event, self.value = threading.Event(), None
+
+    def set(self, value: Any) -> None:
+        self.value = value
+        self._event.set()
+
+    def wait(self) -> Any:
+        self._event.wait()
+        return self.value
 
 
 class SweepTracker(Callback):
@@ -96,8 +116,11 @@ class SweepTracker(Callback):
         self.nodes: dict[str, list[str]] = {}  # run id → node ids it ran on
         self.last_result: dict[str, dict] = {}
         self._client = None
+        # One writer thread owns every MLflow write and the state below it (runs, logged_epoch,
+        # names, nodes, the outage queue): two threads deciding a trial's run made two runs.
         self._writer: threading.Thread | None = None
         self._jobs: queue.SimpleQueue | None = None
+        self._at_exit = False
         self._pending: list[tuple[Callable, tuple]] = []
         self._retry_at = 0.0
         self._warned = False
@@ -107,7 +130,9 @@ class SweepTracker(Callback):
     def get_state(self) -> dict:
         """Saved with Tune's experiment state: the writes before it are made first, so a driver
         killed after a save has nothing in Tune's state that MLflow lacks (resume relies on it)."""
-        self._drain()
+        return self._submit(self._state, wait=True, queued=False) or {"parent_id": self.parent_id, "runs": {}}
+
+    def _state(self) -> dict:
         return {"parent_id": self.parent_id, "runs": dict(self.runs)}
 
     def set_state(self, state: dict) -> None:
@@ -117,7 +142,7 @@ class SweepTracker(Callback):
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_client"] = state["_writer"] = state["_jobs"] = None
-        state["_pending"] = []
+        state["_pending"], state["_at_exit"] = [], False
         return state
 
     @property
@@ -127,33 +152,43 @@ class SweepTracker(Callback):
             self._client = open_client(self.tracking_uri)
         return self._client
 
-    # --- writes off Tune's loop ------------------------------------------------------------------
-    def _submit(self, fn: Callable, *args) -> None:
-        """Hands a write to one writer thread, which makes them in order: Tune's loop, which also
-        takes results and starts trials, does not wait on MLflow (an HTTP round trip per write).
-        A trial's end, Tune's experiment state and ``end_sweep`` wait for the writes before them."""
+    # --- writes off Tune's loop, in one thread ---------------------------------------------------------
+    def _submit(self, fn: Callable, *args, wait: bool = False, queued: bool = True) -> Any:
+        """Hands ``fn(*args)`` to the writer thread, which makes the writes one at a time and in
+        order: Tune's loop, which also takes results and starts trials, does not wait on MLflow
+        (an HTTP round trip per write). With ``wait``, returns once it (and every write before
+        it) is made, with its value. ``queued``: a failed write waits in the outage queue."""
+        if threading.current_thread() is self._writer:  # a write that follows another (figures)
+            self._jobs.put((fn, args, queued, None))
+            return None
         if self._writer is None or not self._writer.is_alive():
             self._jobs = queue.SimpleQueue()
             self._writer = threading.Thread(target=self._write_loop, name="mlflow-writer", daemon=True)
             self._writer.start()
-            atexit.register(self._drain)
-        self._jobs.put((fn, args))
+            if not self._at_exit:  # once per tracker: Tune saves its state hundreds of times
+                atexit.register(self._drain)
+                self._at_exit = True
+        done = _Done() if wait else None
+        self._jobs.put((fn, args, queued, done))
+        return done.wait() if done else None
 
     def _write_loop(self) -> None:
         while (job := self._jobs.get()) is not None:
-            fn, args = job
+            fn, args, queued, done = job
+            value = None
             try:
-                self._call(fn, *args)
+                value = self._call(fn, *args) if queued else fn(*args)
             except Exception as err:  # noqa: BLE001 — a bug must not stop the writes after it
                 print(f"warning: MLflow write {fn.__name__} failed: {type(err).__name__}: {redact(str(err))[:300]}",
                       file=sys.stderr, flush=True)
+            finally:
+                if done is not None:
+                    done.set(value)
 
     def _drain(self) -> None:
         """Waits until every submitted write has been made (or queued for a down server)."""
         if self._writer is not None and self._writer.is_alive():
-            self._jobs.put(None)
-            self._writer.join()
-        self._writer = None
+            self._submit(_nothing, wait=True, queued=False)
 
     # --- failure-tolerant writes ----------------------------------------------------------------
     def _call(self, fn: Callable, *args) -> Any:
@@ -248,12 +283,48 @@ class SweepTracker(Callback):
             self.parent_id = found[0].info.run_id if found else None
         if self.parent_id is None:
             return False
+        by_trial: dict[str, list] = {}
         for run in client.search_runs([self.experiment_id], f"tags.`{PARENT_TAG}` = '{self.parent_id}'", max_results=10000):
-            trial_id = run.data.tags.get(TAG_TRIAL_ID)
-            if trial_id:
-                self.runs[trial_id] = run.info.run_id
-                self.names.add(run.info.run_name)
+            self.names.add(run.info.run_name)
+            if trial_id := run.data.tags.get(TAG_TRIAL_ID):
+                by_trial.setdefault(trial_id, []).append(run)
+        for trial_id, runs in by_trial.items():
+            self.runs[trial_id] = self._merge(runs) if len(runs) > 1 else runs[0].info.run_id
         return True
+
+    def _merge(self, runs: list) -> str:
+        """One trial's history split over two runs (a store written by an older version, or a
+        create MLflow made twice): the first run takes the points it lacks and, when only the other
+        ended, its end; the other is deleted (MLflow keeps it restorable) and named in one line."""
+        from mlflow.entities import Metric, RunTag
+
+        runs = sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+        keep, extras = runs[0], runs[1:]
+        kept = keep.info.run_id
+        ended = keep.data.tags.get(TAG_STATUS) in FINAL_STATUSES
+        for extra in extras:
+            other = extra.info.run_id
+            for key in extra.data.metrics:
+                have = {m.step for m in self.client.get_metric_history(kept, key)}
+                missing = [Metric(key, m.value, m.timestamp, m.step) for m in self.client.get_metric_history(other, key)
+                           if m.step not in have]
+                for i in range(0, len(missing), 1000):
+                    self.client.log_batch(kept, metrics=missing[i : i + 1000])
+            if not ended and extra.data.tags.get(TAG_STATUS) in FINAL_STATUSES:
+                tags = {k: v for k, v in extra.data.tags.items()
+                        if k in (TAG_ERROR, TAG_STOPPED_AT, TAG_BEST_EPOCH, TAG_STATUS)}
+                self.client.set_terminated(kept, extra.info.status)
+                self.client.log_batch(kept, tags=[RunTag(k, v) for k, v in tags.items()])
+                self._log_figures(kept, [])
+                ended = True
+            self.client.set_tag(other, TAG_DUPLICATE_OF, kept)
+            if extra.info.status == "RUNNING":
+                self.client.set_terminated(other, "KILLED")
+            self.client.delete_run(other)
+            print(f"note: trial {extra.data.tags.get(TAG_TRIAL_ID)} had a second MLflow run, {extra.info.run_name} "
+                  f"({other}); its points are merged into {keep.info.run_name} ({kept}) and it is deleted "
+                  f"(`mlflow runs restore --run-id {other}` brings it back)", file=sys.stderr, flush=True)
+        return kept
 
     # --- one child run per trial ----------------------------------------------------------------------
     def _run_for(self, trial) -> str:
@@ -275,7 +346,6 @@ class SweepTracker(Callback):
         base = name
         while name in self.names:
             name, k = f"{base}-{k}", k + 1
-        self.names.add(name)
         run = self.client.create_run(
             self.experiment_id,
             run_name=name,
@@ -287,6 +357,7 @@ class SweepTracker(Callback):
                 TAG_STATUS: str(Status.RUNNING),
             },
         )
+        self.names.add(name)
         self.runs_created += 1
         return run.info.run_id
 
@@ -380,11 +451,10 @@ class SweepTracker(Callback):
         self.last_result[trial.trial_id] = result
         self._submit(self._log_result, trial, result)
 
-    def _finish(self, trial, failed: bool) -> None:
+    def _finish(self, trial, failed: bool, result: dict) -> None:
         run_id = self._run_for(trial)
         if self._is_final(run_id):
             return
-        result = self.last_result.get(trial.trial_id) or trial.last_result or {}
         epoch = int(result.get(M.EPOCH, 0))
         trace = redact(error_trace(trial) or "") if failed else ""
         status = final_status(result, errored=failed, planned_epochs=self.planned_epochs, error=trace)
@@ -425,15 +495,16 @@ class SweepTracker(Callback):
         if responses:
             self.client.log_image(run_id, figures.layer_responses(responses), "layer_responses.png")
 
-    # A trial's end is written in Tune's loop, after the writes before it: once the progress
-    # line says a trial ended, MLflow says so too.
+    # Tune's loop waits for a trial's end to be written, after the writes before it: once the
+    # progress line says a trial ended, MLflow says so too.
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._drain()
-        self._call(self._finish, trial, False)
+        self._submit(self._finish, trial, False, self._last(trial), wait=True)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._drain()
-        self._call(self._finish, trial, True)
+        self._submit(self._finish, trial, True, self._last(trial), wait=True)
+
+    def _last(self, trial) -> dict:
+        return self.last_result.get(trial.trial_id) or trial.last_result or {}
 
     def _interrupt(self, trial) -> None:
         """A trial the sweep left midway (Ctrl-C): KILLED in MLflow, tagged until `resume`."""
@@ -476,7 +547,9 @@ class SweepTracker(Callback):
     def end_sweep(self, interrupted: list, status: Status | None) -> int:
         """The sweep's last writes: the best trial, the trials left midway, the parent's status
         (None: left as it is). Returns the writes MLflow did not take."""
-        self._drain()
+        return self._submit(self._end_sweep, interrupted, status, wait=True, queued=False)
+
+    def _end_sweep(self, interrupted: list, status: Status | None) -> int:
         self._call(self._summarize)
         for trial in interrupted:
             self._call(self._interrupt, trial)

@@ -34,6 +34,7 @@ ARRAY_BEST = "array_best"  # the member whose metrics an array trial reports as 
 TAG_SWEEP = "resnet_sweep.sweep"  # on parent and children: the sweep's key
 TAG_ROLE = "resnet_sweep.role"  # "sweep" | "trial"
 TAG_TRIAL_ID = "resnet_sweep.trial_id"
+TAG_DUPLICATE_OF = "resnet_sweep.duplicate_of"  # on a trial's second run (deleted): the run it was merged into
 TAG_STATUS = "status"
 TAG_BEST_EPOCH = "best_epoch"
 TAG_STOPPED_AT = "stopped_at_epoch"

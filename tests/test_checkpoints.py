@@ -1,5 +1,6 @@
 """[7/11] A checkpoint that cannot be restored (cut short, corrupt, another trial's): the trial
 falls back to an older checkpoint or restarts from epoch 0, says so once, and never crash-loops."""
+import os
 import re
 import signal
 import subprocess
@@ -32,10 +33,15 @@ resources: {{cpu: 1}}
 
 
 def interrupt_midway(cwd: Path) -> str:
-    """`resnet-sweep run twins.yaml`, Ctrl-C once both trials are past epoch 2 and unfinished."""
+    """`resnet-sweep run twins.yaml`, Ctrl-C once both trials have reported epoch 2, where the
+    test's fault hook holds them (tests/faults): both are unfinished, however loaded the machine."""
+    faults = cwd / "faults"
+    faults.mkdir()
+    (faults / "hold").write_text("2")
     exe = Path(sys.executable).parent / "resnet-sweep"
-    proc = subprocess.Popen([str(exe), "run", "twins.yaml"], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([str(exe), "run", "twins.yaml"], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent / "faults"),
+                                            "RESNET_SWEEP_TEST_FAULTS": str(faults)})
     seen, epoch = [], {}
     for line in proc.stdout:
         seen.append(line)
@@ -45,8 +51,9 @@ def interrupt_midway(cwd: Path) -> str:
             break
     proc.send_signal(signal.SIGINT)
     seen.append(proc.communicate(timeout=300)[0])
+    (faults / "hold").unlink()
     assert proc.returncode == 130, "".join(seen)[-3000:]
-    assert max(epoch.values()) < EPOCHS, "".join(seen)[-3000:]  # both unfinished
+    assert epoch == {name: 2 for name in epoch}, "".join(seen)[-3000:]  # both held at epoch 2 of 6
     return "".join(seen)
 
 

@@ -2,11 +2,14 @@
 every process of the sweep, Ray's workers included. RESNET_SWEEP_TEST_FAULTS names a folder of
 `<depth>-<lr>` files, each holding what the trial of that depth and lr does at its second epoch:
 `raise-once` (a RuntimeError on its first attempt only) or `oom` (torch's OutOfMemoryError,
-as CUDA raises it, on every attempt)."""
+as CUDA raises it, on every attempt). A file `hold` holding a number k holds every trial once it
+has reported epoch k, for as long as the file is there: a test interrupts a sweep in a known
+state, not by the clock (a loaded machine would let a trial run to its end first)."""
 import importlib.abc
 import importlib.machinery
 import os
 import sys
+import time
 from pathlib import Path
 
 FOLDER = os.environ.get("RESNET_SWEEP_TEST_FAULTS")
@@ -18,6 +21,9 @@ def _inject(module) -> None:
     original = module.Trainer._train_epoch
 
     def _train_epoch(self):
+        hold = Path(FOLDER, "hold")
+        while hold.is_file() and hold.read_text().strip() == str(self.epoch):
+            time.sleep(0.05)
         plan = Path(FOLDER, f"{self.cfg.model.depth}-{self.cfg.train.lr:g}")
         if self.epoch == 1 and plan.is_file():
             fault = plan.read_text().strip()
