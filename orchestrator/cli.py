@@ -347,10 +347,14 @@ def cmd_resume(args) -> int:
 
 
 def cmd_sync(args) -> int:
-    from .sweep import find_experiment
+    from .sweep import SweepError, find_experiment
     from .sync import sync_sweep
 
-    return sync_sweep(find_experiment(args.sweep, args.storage_path), tracking_uri=args.tracking_uri)
+    try:
+        return sync_sweep(find_experiment(args.sweep, args.storage_path), tracking_uri=args.tracking_uri)
+    except SweepError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 def _from_mlflow(read):

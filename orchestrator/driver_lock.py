@@ -1,110 +1,470 @@
-"""One driver per sweep: a lock file in the experiment folder names the live driver (host, pid)
-and carries a heartbeat, so a second `run --resume-if-exists` / `resume` of the same sweep is
-refused instead of fighting the first over the same folder. Works on local folders and on
-object stores (no atomic create there: the write is read back). A lock left by a crash is
-recognised as stale — its pid is gone on this host, or its heartbeat stopped elsewhere. Written
-by hand: Tune has no notion of a second driver on one experiment."""
+"""One driver per sweep, on a local or NFS folder and on an object store.
+
+The lock is a folder ``driver.lock/`` in the experiment folder holding numbered claims:
+``00000001`` (who holds the sweep: host, pid, a token; never rewritten) and its heartbeat
+``00000001.beat`` (rewritten by the holder every HEARTBEAT_SECONDS). The highest claim holds the
+sweep. A claim is made by an exclusive create of the next number, so of two drivers taking over
+the same dead claim only one can succeed, and a claim that a live driver made meanwhile is never
+removed (compare-and-swap: a hard link on a folder, S3's conditional ``If-None-Match: *`` write).
+
+A claim is taken over only when it is provably dead: its process is gone on this very machine
+(same boot, same pid namespace, and that pid is not the process that started then), or the
+reader watched its heartbeat not change for STALE_AFTER_SECONDS on the reader's own clock (no two
+hosts' clocks are compared). Its holder checks before each heartbeat that the highest claim is
+still its own; when it is not, it stops its sweep (``on_lost``) and writes nothing more.
+Written by hand: Tune has no notion of a second driver on one experiment.
+"""
 from __future__ import annotations
 
 import json
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from typing import Callable, Iterator
 
 from . import storage
 
-__all__ = ["LOCK_FILE", "SweepBusy", "hold"]
+__all__ = ["LOCK_FOLDER", "DriverLock", "Identity", "LockUnreadable", "SweepBusy", "hold"]
 
-LOCK_FILE = "driver.lock"
+LOCK_FOLDER = "driver.lock"
 HEARTBEAT_SECONDS = 20
-STALE_AFTER_SECONDS = 90  # a driver on another host that has not written for this long is gone
+STALE_AFTER_SECONDS = 90  # a claim whose heartbeat has not changed for this long is dead
+READ_ATTEMPTS = 3  # a failed read is retried, never taken for "no lock"
 
 
 class SweepBusy(Exception):
     """Another live driver holds the sweep."""
 
 
-def _holder_alive(lock: dict) -> bool:
-    if lock.get("host") == socket.gethostname():
-        try:
-            os.kill(int(lock["pid"]), 0)
-        except ProcessLookupError:
+class LockUnreadable(Exception):
+    """The sweep's lock could not be read: whether another driver holds it is unknown."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A driver process, as exactly as the machine allows: on Linux its boot, pid namespace and
+    the pid's start time make a reused pid or a restarted container another process."""
+
+    host: str
+    pid: int
+    machine: str = ""  # boot id + pid namespace: "" where there is no /proc
+    start: str = ""  # the process's start time, in clock ticks since boot
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    started: str = field(default_factory=lambda: datetime.now().strftime("%Y-%m-%d %H:%M:%S"))
+
+    @classmethod
+    def here(cls) -> Identity:
+        pid = os.getpid()
+        return cls(host=socket.gethostname(), pid=pid, machine=_machine(), start=_process_start(pid) or "")
+
+    def describe(self) -> str:
+        return f"pid {self.pid} on {self.host} (since {self.started})"
+
+    def process_gone(self) -> bool:
+        """True when this claim's process provably no longer runs (read on its own machine)."""
+        if not self.machine or self.machine != _machine() or self.host != socket.gethostname():
             return False
-        except (PermissionError, KeyError, ValueError):
-            return True
-        return True
-    return time.time() - float(lock.get("heartbeat", 0)) < STALE_AFTER_SECONDS
+        return _process_start(self.pid) != self.start
 
 
-def _read(folder: str) -> dict | None:
-    text = storage.read_text(folder, LOCK_FILE)
+def _machine() -> str:
     try:
-        return json.loads(text) if text else None
-    except ValueError:  # a torn write: treat as no lock
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        return f"{boot}/{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return ""
+
+
+def _process_start(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]  # field 22, after the command name
+    except (OSError, IndexError):
         return None
 
 
-def _describe(lock: dict) -> str:
-    return f"pid {lock.get('pid')} on {lock.get('host')} (since {lock.get('started', '?')})"
+# --- where the claims live -----------------------------------------------------------------------
+
+class _Folder:
+    """Claims in a local (or NFS) folder: written whole under a name of their own, then
+    hard-linked to their number, which fails when the number exists (atomic on NFS too)."""
+
+    def __init__(self, experiment: str) -> None:
+        self.experiment = experiment
+        self.path = os.path.join(experiment.removeprefix("file://"), LOCK_FOLDER)
+
+    def names(self) -> list[str]:
+        try:
+            return os.listdir(self.path)
+        except FileNotFoundError:
+            return []
+
+    def read(self, name: str) -> bytes | None:
+        try:
+            with open(os.path.join(self.path, name), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    def _whole(self, data: bytes) -> str:
+        os.makedirs(self.path, exist_ok=True)
+        temporary = os.path.join(self.path, f".{uuid.uuid4().hex}.part")
+        with open(temporary, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return temporary
+
+    def create(self, name: str, data: bytes) -> bool:
+        temporary = self._whole(data)
+        try:
+            os.link(temporary, os.path.join(self.path, name))
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(temporary)
+
+    def write(self, name: str, data: bytes) -> None:
+        os.replace(self._whole(data), os.path.join(self.path, name))
+
+    def remove(self, name: str) -> None:
+        try:
+            os.unlink(os.path.join(self.path, name))
+        except FileNotFoundError:
+            pass
+
+    def tidy(self) -> None:
+        try:
+            os.rmdir(self.path)  # only when empty: a claim made meanwhile stays
+        except OSError:
+            pass
+
+
+class _S3:
+    """Claims on S3 or an S3-compatible server (MinIO, moto): created with a conditional write
+    (``If-None-Match: *``), which the server refuses when the key exists."""
+
+    def __init__(self, experiment: str) -> None:
+        import boto3  # endpoint and credentials from the environment, as pyarrow and Tune take them
+
+        self.experiment = experiment
+        bucket_and_key = experiment.split("://", 1)[1]
+        self.bucket, _, prefix = bucket_and_key.partition("/")
+        self.prefix = f"{prefix.strip('/')}/{LOCK_FOLDER}/".lstrip("/")
+        self.path = f"s3://{self.bucket}/{self.prefix.rstrip('/')}"
+        self.client = boto3.client("s3")
+
+    def _code(self, err) -> str:
+        return str(getattr(err, "response", {}).get("Error", {}).get("Code", ""))
+
+    def names(self) -> list[str]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix)
+        return [o["Key"][len(self.prefix):] for page in pages for o in page.get("Contents", [])]
+
+    def read(self, name: str) -> bytes | None:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self.prefix + name)["Body"].read()
+        except self.client.exceptions.NoSuchKey:
+            return None
+
+    def create(self, name: str, data: bytes) -> bool:
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self.prefix + name, Body=data, IfNoneMatch="*")
+            return True
+        except self.client.exceptions.ClientError as err:
+            if self._code(err) in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise
+
+    def write(self, name: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self.prefix + name, Body=data)
+
+    def remove(self, name: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self.prefix + name)
+
+    def tidy(self) -> None:
+        pass
+
+
+class _ObjectStore:
+    """Claims on another object store (gs://…), through pyarrow, which has no conditional write:
+    a claim is written and read back after a pause. Two drivers starting within that pause of
+    each other may both proceed; each is then stopped by its heartbeat's check but one."""
+
+    SETTLE_SECONDS = 2
+
+    def __init__(self, experiment: str) -> None:
+        self.experiment = experiment
+        self.folder = storage.join(experiment, LOCK_FOLDER)
+        self.path = self.folder
+
+    def names(self) -> list[str]:
+        return storage.file_names(self.folder)
+
+    def read(self, name: str) -> bytes | None:
+        return storage.read_bytes(self.folder, name)
+
+    def create(self, name: str, data: bytes) -> bool:
+        if self.read(name) is not None:
+            return False
+        storage.write_text(self.folder, name, data.decode())
+        time.sleep(self.SETTLE_SECONDS)
+        return self.read(name) == data
+
+    def write(self, name: str, data: bytes) -> None:
+        storage.write_text(self.folder, name, data.decode())
+
+    def remove(self, name: str) -> None:
+        storage.remove(self.folder, name)
+
+    def tidy(self) -> None:
+        pass
+
+
+class _Legacy:
+    """The single lock file of earlier versions, at the lock folder's path."""
+
+    def __init__(self, store) -> None:
+        self.experiment = store.experiment
+        self.path = storage.join(self.experiment, LOCK_FOLDER)
+
+    def read(self) -> bytes | None:
+        if storage.is_local(self.experiment) and not os.path.isfile(self.path.removeprefix("file://")):
+            return None
+        return storage.read_bytes(self.experiment, LOCK_FOLDER)
+
+    def remove(self) -> None:
+        storage.remove(self.experiment, LOCK_FOLDER)
+
+
+def _store(experiment: str):
+    if storage.is_local(experiment):
+        return _Folder(experiment)
+    if experiment.startswith("s3://"):
+        return _S3(experiment)
+    return _ObjectStore(experiment)
+
+
+# --- the lock ---------------------------------------------------------------------------------------
+
+BEAT = ".beat"
+
+
+def _claim_name(number: int) -> str:
+    return f"{number:08d}"
+
+
+class DriverLock:
+    """The lock of the sweep in ``experiment`` as held (or sought) by the driver ``me``."""
+
+    def __init__(self, experiment: str, name: str, me: Identity | None = None, *,
+                 on_lost: Callable[[str], None] | None = None, say: Callable[[str], None] | None = None) -> None:
+        self.store = _store(experiment)
+        self.name = name
+        self.me = me or Identity.here()
+        self.on_lost = on_lost or (lambda message: print(message, file=sys.stderr, flush=True))
+        self.say = say or (lambda line: print(line, flush=True))
+        self.number: int | None = None  # the claim this driver holds
+        self.lost: str | None = None  # why it no longer holds the sweep
+        self._beat = threading.Lock()  # a heartbeat's check and write, never after release
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- reading, never taking an error for "no lock" -------------------------------------------
+    def _retrying(self, what: str, fn):
+        for attempt in range(READ_ATTEMPTS):
+            try:
+                return fn()
+            except Exception as err:  # noqa: BLE001 — any storage error: unknown, not "free"
+                if attempt + 1 == READ_ATTEMPTS:
+                    raise LockUnreadable(f"cannot read the lock of sweep {self.name} at {self.store.path} ({what}: "
+                                         f"{storage.reason(err)}); not knowing whether another driver runs it, "
+                                         f"this one does not start") from None
+                time.sleep(1)
+
+    def newest(self) -> int | None:
+        """The number of the highest claim, or None when there is none."""
+        names = self._retrying("listing", self.store.names)
+        numbers = [int(n) for n in names if n.isdigit()]
+        return max(numbers, default=None)
+
+    def claim(self, number: int) -> tuple[Identity | None, bytes | None]:
+        """Claim ``number``'s holder (None when its file is empty or unreadable JSON) and its raw text."""
+        data = self._retrying("reading", lambda: self.store.read(_claim_name(number)))
+        try:
+            return Identity(**json.loads(data)), data
+        except (TypeError, ValueError):  # empty (a crash mid-create, on a store without whole files) or foreign
+            return None, data
+
+    def heartbeat(self, number: int) -> bytes | None:
+        return self._retrying("reading", lambda: self.store.read(_claim_name(number) + BEAT))
+
+    def where(self, number: int | None = None) -> str:
+        return f"{self.store.path}/{_claim_name(number)}" if number is not None else self.store.path
+
+    # --- taking the sweep -----------------------------------------------------------------------
+    def acquire(self) -> None:
+        """Hold the sweep, or raise SweepBusy (a live driver holds it) / LockUnreadable."""
+        self._retire_legacy()
+        while True:
+            number = self.newest()
+            if number is None:
+                if self._create(1):
+                    return
+                continue  # another driver claimed it first: judge that claim
+            holder, _ = self.claim(number)
+            try:
+                self._judge(number, holder)  # returns only when that claim is dead
+            except _Again:
+                continue
+            if self._create(number + 1):
+                self._remove_before(number + 1)
+                return
+            # a third driver took it over first: judged afresh
+
+    def _remove_before(self, number: int) -> None:
+        """Tidy the dead claims below ``number`` (best effort: the highest claim decides)."""
+        try:
+            for name in self.store.names():
+                if name.split(".")[0].isdigit() and int(name.split(".")[0]) < number:
+                    self.store.remove(name)
+        except Exception:  # noqa: BLE001 — left for the next driver to tidy
+            pass
+
+    def _retire_legacy(self) -> None:
+        """A lock file of resnet-sweep before the claims (one ``driver.lock`` file, rewritten by
+        its heartbeat): judged like a claim, and removed once dead."""
+        legacy = _Legacy(self.store)
+        data = legacy.read()
+        if data is None:
+            return
+        try:
+            lock = json.loads(data)
+            holder = Identity(host=str(lock["host"]), pid=int(lock["pid"]), token=str(lock.get("token", "")),
+                              started=str(lock.get("started", "?")))
+        except (TypeError, ValueError, KeyError):
+            holder = None
+        self._watch(holder.describe() if holder else f"an unreadable lock ({legacy.path})", legacy.path, legacy.read)
+        legacy.remove()
+
+    def _judge(self, number: int, holder: Identity | None) -> None:
+        """Returns when claim ``number`` is dead; SweepBusy when its holder is alive."""
+        who = holder.describe() if holder is not None else f"an unreadable claim ({self.where(number)})"
+        if holder is not None and holder.machine and holder.machine == self.me.machine and holder.host == self.me.host:
+            if holder.process_gone():
+                return
+            raise self._busy(who, self.where(number))
+        self._watch(who, self.where(number), lambda: self.heartbeat(number), replaced=lambda: self.newest() != number)
+
+    def _watch(self, who: str, where: str, read: Callable[[], bytes | None], replaced: Callable[[], bool] = lambda: False) -> None:
+        """Returns once ``read()`` has not changed for STALE_AFTER_SECONDS on this machine's
+        clock; SweepBusy as soon as it changes (its driver is alive)."""
+        first, since = read(), time.monotonic()
+        self.say(f"checking whether the sweep's driver ({who}) is alive: taken over if its heartbeat does not change "
+                 f"for {STALE_AFTER_SECONDS:g} s (the lock: {where})")
+        while time.monotonic() - since < STALE_AFTER_SECONDS:
+            time.sleep(min(1.0, STALE_AFTER_SECONDS / 10))
+            if replaced():  # taken over or released meanwhile: judged afresh
+                raise _Again()
+            if read() != first:
+                raise self._busy(who, where)
+
+    def _busy(self, who: str, where: str) -> SweepBusy:
+        return SweepBusy(f"sweep {self.name} is already being run by {who}: wait for it to end or stop it first "
+                         f"(the lock: {where})")
+
+    def _create(self, number: int) -> bool:
+        data = json.dumps(asdict(self.me)).encode()
+        if not self.store.create(_claim_name(number), data):
+            return False
+        self.number = number
+        self.store.write(_claim_name(number) + BEAT, self._beat_data(0))
+        return True
+
+    def _beat_data(self, count: int) -> bytes:
+        return json.dumps({"token": self.me.token, "count": count, "at": time.strftime("%Y-%m-%d %H:%M:%S")}).encode()
+
+    # --- holding it ---------------------------------------------------------------------------------
+    def start_heartbeat(self) -> None:
+        self._thread = threading.Thread(target=self._heartbeats, name="driver-lock", daemon=True)
+        self._thread.start()
+
+    def _heartbeats(self) -> None:
+        count, failing_since = 0, None
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            with self._beat:
+                if self._stop.is_set():
+                    return
+                try:
+                    taker = self._taken_by()
+                    if taker is None:
+                        count += 1
+                        self.store.write(_claim_name(self.number) + BEAT, self._beat_data(count))
+                        failing_since = None
+                        continue
+                except Exception as err:  # noqa: BLE001 — storage unreachable: retried at the next beat
+                    if failing_since is None:
+                        failing_since = time.monotonic()
+                        print(f"warning: the sweep's lock at {self.where(self.number)} cannot be renewed "
+                              f"({storage.reason(err)}); another driver may take the sweep over if this lasts "
+                              f"{STALE_AFTER_SECONDS} s", file=sys.stderr, flush=True)
+                    continue
+                self.lost = (f"error: sweep {self.name} was taken over by {taker} while this driver could not renew "
+                             f"its lock ({self.where(self.number)}); this driver stops and leaves the sweep to it")
+                self._stop.set()
+            self.on_lost(self.lost)
+            return
+
+    def _taken_by(self) -> str | None:
+        """Who holds the sweep now, when it is no longer this driver."""
+        newest = self.newest()
+        holder, _ = self.claim(self.number)
+        if newest == self.number and holder is not None and holder.token == self.me.token:
+            return None
+        if newest is None:
+            return "nobody (its lock was removed)"
+        other, _ = self.claim(newest)
+        return other.describe() if other is not None else f"the claim {self.where(newest)}"
+
+    def release(self) -> None:
+        """Stop the heartbeat (a write in flight finishes first: none follows) and remove this
+        driver's claim when it still holds the sweep."""
+        with self._beat:
+            self._stop.set()
+        if self.number is None or self.lost:
+            return
+        try:
+            holder, _ = self.claim(self.number)
+            if holder is not None and holder.token == self.me.token and self.newest() == self.number:
+                self.store.remove(_claim_name(self.number) + BEAT)
+                self.store.remove(_claim_name(self.number))
+                self.store.tidy()
+        except Exception as err:  # noqa: BLE001 — left behind: the next driver finds its process gone or its heartbeat still
+            print(f"warning: the sweep's lock at {self.where(self.number)} was not removed ({storage.reason(err)})",
+                  file=sys.stderr, flush=True)
+
+
+class _Again(Exception):
+    """The claim being judged was replaced meanwhile."""
 
 
 @contextmanager
-def hold(folder: str, name: str, *, wait_for_other_host: bool = False):
-    """Hold the sweep in ``folder`` while the block runs; SweepBusy when a live driver has it.
-    ``wait_for_other_host``: a lock from another host may be a driver that just died (a lost
-    Kubernetes head pod): wait until its heartbeat is stale instead of failing at once."""
-    token = uuid.uuid4().hex
-    lock = {"host": socket.gethostname(), "pid": os.getpid(), "token": token,
-            "started": datetime.now().strftime("%Y-%m-%d %H:%M:%S")}
-    deadline = time.time() + STALE_AFTER_SECONDS + HEARTBEAT_SECONDS
-    while (other := _read(folder)) and other.get("token") != token and _holder_alive(other):
-        if not (wait_for_other_host and other.get("host") != lock["host"] and time.time() < deadline):
-            raise SweepBusy(f"sweep {name} is already being run by {_describe(other)}: wait for it to end or stop "
-                            f"it first (the lock: {storage.join(folder, LOCK_FILE)})")
-        print(f"waiting for the sweep's previous driver ({_describe(other)}) to go quiet…", flush=True)
-        time.sleep(HEARTBEAT_SECONDS)
-    if other is not None:  # stale: its driver is gone
-        storage.remove(folder, LOCK_FILE)
-    if not _create(folder, lock) or (_read(folder) or {}).get("token") != token:
-        raise SweepBusy(f"sweep {name} was taken by another driver at the same moment: {_describe(_read(folder) or {})}")
-    stop = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(folder, lock, stop), name="driver-lock", daemon=True)
-    beat.start()
+def hold(folder: str, name: str, *, on_lost: Callable[[str], None] | None = None) -> Iterator[DriverLock]:
+    """Hold the sweep in ``folder`` while the block runs; SweepBusy when a live driver has it,
+    LockUnreadable when its lock cannot be read. ``on_lost`` is called (from the heartbeat's
+    thread) if another driver takes the sweep over, after this driver's storage stalled."""
+    lock = DriverLock(folder, name, on_lost=on_lost)
+    lock.acquire()
+    lock.start_heartbeat()
     try:
-        yield
+        yield lock
     finally:
-        stop.set()
-        beat.join(timeout=5)
-        if (_read(folder) or {}).get("token") == token:
-            storage.remove(folder, LOCK_FILE)
-
-
-def _create(folder: str, lock: dict) -> bool:
-    """Write the lock unless one exists: atomic on a local folder (O_EXCL); an object store has
-    no exclusive create, so there the caller reads the lock back (the last writer holds it)."""
-    if not storage.is_local(folder):
-        _write(folder, lock)
-        return True
-    try:
-        fd = os.open(os.path.join(folder, LOCK_FILE), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps({**lock, "heartbeat": time.time()}))
-    return True
-
-
-def _write(folder: str, lock: dict) -> None:
-    storage.write_text(folder, LOCK_FILE, json.dumps({**lock, "heartbeat": time.time()}))
-
-
-def _heartbeat(folder: str, lock: dict, stop: threading.Event) -> None:
-    while not stop.wait(HEARTBEAT_SECONDS):
-        try:
-            _write(folder, lock)
-        except Exception:  # noqa: BLE001 — storage briefly unreachable: the next beat retries
-            pass
+        lock.release()

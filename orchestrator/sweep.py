@@ -28,7 +28,7 @@ from .progress import TUNE_INTERRUPT, Progress, TrialErrorTraces, TrialDirName, 
 from .space import Plan, make_plan, optuna_space, plan_json
 from .spec import ParsedSpec, SpecError, parse_spec
 from .mlflow_store import PASSWORD, USERNAME, check_tracking_uri, redact, default_tracking_uri, normalize_tracking_uri, use_tracking_uri
-from .tracking import SweepTracker, git_commit
+from .tracking import TRACKING_FENCE, SweepTracker, git_commit
 from .vocabulary import TAG_STORAGE
 from .trainable import RestoreFromWhatIsThere, train_array_trial, train_data_parallel_trial, train_trial
 from .trial_table import format_table
@@ -282,7 +282,7 @@ def run_or_resume(prep: Prepared, *, address: str | None = None, report: bool = 
         return run_sweep(prep, address=address, report=report)
     if tune.Tuner.can_restore(path, storage_filesystem=storage.tune_filesystem(path)):
         print(f"{prep.parsed.spec.name} is already in {prep.storage_path}: continuing it", flush=True)
-        return resume_sweep(path, address=address, wait_for_other_host=True, report=report)
+        return resume_sweep(path, address=address, report=report)
     # Its driver died before Tune saved anything: nothing ran, so it starts again in that folder.
     return run_sweep(prep, address=address, folder_taken=True, report=report)
 
@@ -302,7 +302,7 @@ def run_sweep(prep: Prepared, *, address: str | None = None, folder_taken: bool 
         storage.write_text(prep.experiment_path, SPEC_FILE, saved_spec_text(prep.parsed))
     else:
         prep.name = storage.claim_name(prep.storage_path, spec.name, SPEC_FILE, saved_spec_text(prep.parsed))
-    with _holding(prep.experiment_path, prep.name, wait_for_other_host=folder_taken):
+    with _holding(prep.experiment_path, prep.name) as lock:
         sweep_key = write_tracking(prep)["sweep_key"]
 
         scheduler = None
@@ -363,18 +363,35 @@ def run_sweep(prep: Prepared, *, address: str | None = None, folder_taken: bool 
               f"{_where_it_runs(spec, concurrency, address)}; results in {prep.experiment_path}, MLflow {prep.tracking_uri} "
               f"(experiment {prep.experiment!r})", flush=True)
         results = tuner.fit()
+        if lock.lost:
+            print(lock.lost, file=sys.stderr)
+            return 1
         return _finish(prep, results, namer, plan.epochs_per_trial, tracker, plan.num_trials, address=address,
                        report=report)
 
 
 @contextlib.contextmanager
-def _holding(experiment_path: str, name: str, *, wait_for_other_host: bool):
-    """This driver holds the sweep (a second driver on one sweep is refused: exit 2)."""
+def _holding(experiment_path: str, name: str):
+    """This driver holds the sweep (a second driver on one sweep is refused: exit 2). Should
+    another driver take it over (this one's storage stalled past the stale time), this one
+    stops writing to MLflow and stops its trials as on Ctrl-C (``lock.lost`` says why)."""
     try:
-        with driver_lock.hold(experiment_path, name, wait_for_other_host=wait_for_other_host):
-            yield
+        with driver_lock.hold(experiment_path, name, on_lost=stop_when_taken) as lock:
+            yield lock
     except driver_lock.SweepBusy as err:  # raised only on entry, before anything started
         raise SpecError("", str(err)) from None
+    except driver_lock.LockUnreadable as err:
+        raise SweepError(str(err)) from None
+
+
+def stop_when_taken(message: str) -> None:
+    """The sweep now belongs to another driver: no MLflow write from this process follows,
+    and Tune stops its trials and saves its state, as on Ctrl-C."""
+    import signal
+
+    TRACKING_FENCE.set()
+    print(message, file=sys.stderr, flush=True)
+    signal.raise_signal(signal.SIGINT)
 
 
 def _max_failures(spec, address: str | None) -> int:
@@ -581,24 +598,27 @@ def _check_tune_state(experiment_path: str) -> None:
                              f"run it again as a new sweep") from None
 
 
-def resume_sweep(experiment_path: str, *, address: str | None = None, wait_for_other_host: bool = False,
-                 tracking_uri: str | None = None, report: bool = True) -> int:
+def resume_sweep(experiment_path: str, *, address: str | None = None, tracking_uri: str | None = None,
+                 report: bool = True) -> int:
     from ray import tune
 
     prep, tracking = open_sweep(experiment_path, tracking_uri)
     spec = prep.parsed.spec
     cluster.check_tracking_reachable_from_tune(address, prep.tracking_uri)
-    with _holding(experiment_path, prep.name, wait_for_other_host=wait_for_other_host):
+    with _holding(experiment_path, prep.name) as lock:
         _check_tune_state(experiment_path)
         if storage.is_local(experiment_path):
             from .whole_files import remove_unfinished
 
-            remove_unfinished(experiment_path)
+            remove_unfinished(experiment_path, older_than_s=driver_lock.STALE_AFTER_SECONDS)
         _connect(address, prep.storage_path, spec, prep.plan.num_trials)
         tuner = tune.Tuner.restore(experiment_path, _trainable(spec, experiment_path), resume_unfinished=True,
                                    resume_errored=True, storage_filesystem=storage.tune_filesystem(experiment_path))
         print(f"resuming {experiment_path}", flush=True)
         results = tuner.fit()
+        if lock.lost:
+            print(lock.lost, file=sys.stderr)
+            return 1
         # The restored Tune loop holds its own tracker; this one only finds the runs (best checkpoints).
         tracker = sweep_tracker(prep, tracking.get("sweep_key", ""))
         return _finish(prep, results, tracker.trial_namer, prep.plan.epochs_per_trial, tracker,

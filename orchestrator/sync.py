@@ -13,7 +13,7 @@ from resnet_core.metrics import Status
 from . import driver_lock, storage
 from .arrays import ArrayMembers, trained_epochs
 from .spec import SpecError
-from .sweep import SPEC_FILE, open_sweep, sweep_tracker, write_tracking
+from .sweep import SPEC_FILE, SweepError, open_sweep, stop_when_taken, sweep_tracker, write_tracking
 from .vocabulary import STATUS, TAG_STORAGE
 
 __all__ = ["sync_sweep"]
@@ -46,10 +46,12 @@ def sync_sweep(experiment_path: str, *, tracking_uri: str | None = None) -> int:
     if not tracking.get("sweep_key"):  # tracked nowhere yet: the parent run is made now, found next time
         tracking = write_tracking(prep)
     try:
-        with driver_lock.hold(experiment_path, prep.name):  # not while a driver writes the same runs
+        with driver_lock.hold(experiment_path, prep.name, on_lost=stop_when_taken):  # not while a driver writes the same runs
             return _sync(prep, tracking, trials, experiment_path)
     except driver_lock.SweepBusy as err:
         raise SpecError("", f"{err}; its driver logs to MLflow itself") from None
+    except driver_lock.LockUnreadable as err:
+        raise SweepError(str(err)) from None
 
 
 def _sync(prep, tracking: dict, trials: list, experiment_path: str) -> int:

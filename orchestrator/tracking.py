@@ -53,8 +53,11 @@ from .vocabulary import (
     final_status,
 )
 
-__all__ = ["SweepTracker"]
+__all__ = ["TRACKING_FENCE", "SweepTracker"]
 
+# Set when another driver took this process's sweep over (driver_lock): its trackers write nothing
+# more, so the runs are the new driver's alone. One per process, as the takeover is.
+TRACKING_FENCE = threading.Event()
 END_WAIT_S = 120  # at the end of a sweep, how long queued writes wait for MLflow to come back
 RETRY_S = 10  # while MLflow is unreachable, queued writes are retried this often
 
@@ -158,6 +161,8 @@ class SweepTracker(Callback):
         order: Tune's loop, which also takes results and starts trials, does not wait on MLflow
         (an HTTP round trip per write). With ``wait``, returns once it (and every write before
         it) is made, with its value. ``queued``: a failed write waits in the outage queue."""
+        if TRACKING_FENCE.is_set():
+            return None
         if threading.current_thread() is self._writer:  # a write that follows another (figures)
             self._jobs.put((fn, args, queued, None))
             return None
@@ -177,7 +182,8 @@ class SweepTracker(Callback):
             fn, args, queued, done = job
             value = None
             try:
-                value = self._call(fn, *args) if queued else fn(*args)
+                if not TRACKING_FENCE.is_set():
+                    value = self._call(fn, *args) if queued else fn(*args)
             except Exception as err:  # noqa: BLE001 — a bug must not stop the writes after it
                 print(f"warning: MLflow write {fn.__name__} failed: {type(err).__name__}: {redact(str(err))[:300]}",
                       file=sys.stderr, flush=True)
@@ -194,6 +200,8 @@ class SweepTracker(Callback):
     def _call(self, fn: Callable, *args) -> Any:
         """Write now, or queue the write (in order) while MLflow is unreachable: tracking never
         stops training, and a down server is retried every RETRY_S, not on every result."""
+        if TRACKING_FENCE.is_set():
+            return None
         if self._pending and time.monotonic() < self._retry_at:
             self._pending.append((fn, args))
             return None
@@ -547,7 +555,7 @@ class SweepTracker(Callback):
     def end_sweep(self, interrupted: list, status: Status | None) -> int:
         """The sweep's last writes: the best trial, the trials left midway, the parent's status
         (None: left as it is). Returns the writes MLflow did not take."""
-        return self._submit(self._end_sweep, interrupted, status, wait=True, queued=False)
+        return self._submit(self._end_sweep, interrupted, status, wait=True, queued=False) or 0
 
     def _end_sweep(self, interrupted: list, status: Status | None) -> int:
         self._call(self._summarize)

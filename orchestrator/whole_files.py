@@ -56,6 +56,18 @@ class _WholeFile(io.FileIO):
                 os.unlink(self.temporary)
             else:
                 os.replace(self.temporary, self.final)
+                _sync_folder(os.path.dirname(self.final))
+
+
+def _sync_folder(folder: str) -> None:
+    """Make a rename in ``folder`` durable: without it a power loss may bring the old name back."""
+    fd = os.open(folder or ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # a folder some file systems cannot fsync: the rename is still atomic
+        pass
+    finally:
+        os.close(fd)
 
 
 class WholeFileLocalFS(LocalFileSystem):  # keep its name and module: Tune's saved state refers to them
@@ -75,13 +87,23 @@ class WholeFileLocalFS(LocalFileSystem):  # keep its name and module: Tune's sav
         return super()._open(path, mode, block_size=block_size, **kwargs)
 
 
-def remove_unfinished(folder: str) -> int:
+def remove_unfinished(folder: str, older_than_s: float = 0) -> int:
     """Delete the temporary files that writers killed midway left under ``folder`` (run only by
-    the driver that holds the sweep, so nothing is writing them); how many there were."""
+    the driver that holds the sweep) and that are older than ``older_than_s`` by the folder's own
+    clock (a driver that lost the sweep may still be finishing one); how many there were."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".now-", suffix=".probe") as probe:
+        now = os.fstat(probe.fileno()).st_mtime  # the file system's clock, not this machine's
     removed = 0
     for root, _, files in os.walk(folder):
         for name in files:
+            path = os.path.join(root, name)
             if name.startswith(".") and name.endswith(".part"):
-                os.unlink(os.path.join(root, name))
-                removed += 1
+                try:
+                    if os.stat(path).st_mtime <= now - older_than_s:
+                        os.unlink(path)
+                        removed += 1
+                except FileNotFoundError:  # finished meanwhile
+                    pass
     return removed
