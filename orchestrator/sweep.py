@@ -598,6 +598,28 @@ def _check_tune_state(experiment_path: str) -> None:
                              f"run it again as a new sweep") from None
 
 
+def _catch_up(prep: Prepared, tracking: dict, experiment_path: str) -> None:
+    """Writes a killed driver still held for a down MLflow: the trials Tune records as finished
+    get no callbacks once Tune continues, so their records are replayed first (what MLflow has
+    is skipped). Should MLflow not take them now, the line says how to send them later."""
+    from .replay import replay, tune_trials
+
+    tracker = sweep_tracker(prep, tracking.get("sweep_key", ""), tags={TAG_STORAGE: experiment_path})
+    try:
+        tracker.setup()
+        replay(tracker, tune_trials(experiment_path), experiment_path, arrays=bool(prep.plan.arrays), finished_only=True)
+        left = tracker.end_sweep([], None, wait_s=0)
+    except Exception as err:  # noqa: BLE001 — MLflow down: the sweep goes on, its own writes wait for it
+        sync = " ".join(shlex.quote(a) for a in ["resnet-sweep", "sync", experiment_path])
+        print(f"warning: MLflow does not answer ({type(err).__name__}: {redact(str(err))[:200]}); the finished trials' "
+              f"results it may lack are sent by `{sync}` once it does", file=sys.stderr, flush=True)
+        return
+    if tracker.points_sent or tracker.runs_created or tracker.runs_ended:
+        print(f"MLflow had not received everything before the last driver stopped: sent {tracker.points_sent} metric "
+              f"points and {tracker.runs_ended} trial ends from Tune's records" + (f" ({left} writes still waiting)" if left else ""),
+              flush=True)
+
+
 def resume_sweep(experiment_path: str, *, address: str | None = None, tracking_uri: str | None = None,
                  report: bool = True) -> int:
     from ray import tune
@@ -612,6 +634,7 @@ def resume_sweep(experiment_path: str, *, address: str | None = None, tracking_u
 
             remove_unfinished(experiment_path, older_than_s=driver_lock.STALE_AFTER_SECONDS)
         _connect(address, prep.storage_path, spec, prep.plan.num_trials)
+        _catch_up(prep, tracking, experiment_path)
         tuner = tune.Tuner.restore(experiment_path, _trainable(spec, experiment_path), resume_unfinished=True,
                                    resume_errored=True, storage_filesystem=storage.tune_filesystem(experiment_path))
         print(f"resuming {experiment_path}", flush=True)

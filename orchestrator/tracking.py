@@ -127,7 +127,7 @@ class SweepTracker(Callback):
         self._pending: list[tuple[Callable, tuple]] = []
         self._retry_at = 0.0
         self._warned = False
-        self.points_sent = self.runs_created = 0  # what this process wrote (sync's summary)
+        self.points_sent = self.runs_created = self.runs_ended = 0  # what this process wrote (sync's summary)
 
     # --- state kept with the Tune experiment (restored by Tuner.restore) ----------------------
     def get_state(self) -> dict:
@@ -484,6 +484,7 @@ class SweepTracker(Callback):
         # The figures are views of what is logged: drawn off Tune's loop (about 0.15 s a trial).
         self._submit(self._log_figures, run_id, list(responses or []))
         self.client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+        self.runs_ended += 1
         # The status tag goes last: a run that has it is complete (see _is_final; its figures
         # may follow a moment later).
         for key, value in sorted(tags.items(), key=lambda kv: kv[0] == TAG_STATUS):
@@ -552,12 +553,13 @@ class SweepTracker(Callback):
         done = not TUNE_INTERRUPT.seen and all(t.status in ("TERMINATED", "ERROR") for t in trials)
         self.end_sweep(left, Status.COMPLETED if done else Status.INTERRUPTED)
 
-    def end_sweep(self, interrupted: list, status: Status | None) -> int:
+    def end_sweep(self, interrupted: list, status: Status | None, *, wait_s: float = END_WAIT_S) -> int:
         """The sweep's last writes: the best trial, the trials left midway, the parent's status
-        (None: left as it is). Returns the writes MLflow did not take."""
-        return self._submit(self._end_sweep, interrupted, status, wait=True, queued=False) or 0
+        (None: left as it is); what MLflow does not take is retried for ``wait_s``. Returns the
+        writes MLflow did not take."""
+        return self._submit(self._end_sweep, interrupted, status, wait_s, wait=True, queued=False) or 0
 
-    def _end_sweep(self, interrupted: list, status: Status | None) -> int:
+    def _end_sweep(self, interrupted: list, status: Status | None, wait_s: float) -> int:
         self._call(self._summarize)
         for trial in interrupted:
             self._call(self._interrupt, trial)
@@ -566,9 +568,10 @@ class SweepTracker(Callback):
         if not self._pending:
             return 0
         sync = f"resnet-sweep sync {shlex.quote(self.tags.get(TAG_STORAGE, self.sweep_name))}"
-        print(f"MLflow does not answer: retrying {len(self._pending)} writes for up to {END_WAIT_S // 60} minutes "
-              f"(the results are safe in the sweep's folder; `{sync}` sends them later)", file=sys.stderr, flush=True)
-        left = self.flush(END_WAIT_S)
+        if wait_s > 0:
+            print(f"MLflow does not answer: retrying {len(self._pending)} writes for up to {wait_s / 60:g} minutes "
+                  f"(the results are safe in the sweep's folder; `{sync}` sends them later)", file=sys.stderr, flush=True)
+        left = self.flush(wait_s)
         if left:
             print(f"warning: {left} MLflow writes were not delivered; send them with `{sync}` once MLflow answers",
                   file=sys.stderr, flush=True)

@@ -187,3 +187,49 @@ def test_login_in_the_tracking_uri_works_with_basic_auth_and_is_never_shown_or_s
         os.environ.pop("MLFLOW_TRACKING_USERNAME", None)
         os.environ.pop("MLFLOW_TRACKING_PASSWORD", None)
         server.stop()
+
+
+@pytest.mark.slow
+def test_writes_queued_for_a_down_server_survive_a_killed_driver_and_resume_sends_them(tmp_path):
+    """MLflow dies, a trial finishes meanwhile (its epochs and end wait in the driver's memory,
+    Tune records it TERMINATED), the driver is SIGKILLed, MLflow comes back: `resume` alone, with
+    no `sync`, leaves MLflow equal to Tune's records point for point, every run in its true status."""
+    epochs = 6
+    (tmp_path / "small.yaml").write_text(SMALL_GRID.format(epochs=epochs))
+    server = MlflowServer(tmp_path / "server").start()
+    exe = Path(sys.executable).parent / "resnet-sweep"
+    proc = subprocess.Popen([str(exe), "run", "small.yaml", "--tracking-uri", server.uri], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    folder = tmp_path / "ray_results" / "small"
+    lines, done = [], None
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if server.proc.poll() is None and re.match(r"^\[\d\d:\d\d\] epoch +1/", line):
+                server.stop(signal.SIGKILL)
+            elif server.proc.poll() is not None and (m := re.match(r"^\[\d\d:\d\d\] completed +(\S+)", line)):
+                done = m.group(1)
+                break
+        # Tune's saved state records the trial TERMINATED before the kill (its ends are in memory only)
+        deadline = time.monotonic() + 120
+        while not any("TERMINATED" in p.read_text() for p in folder.glob("experiment_state-*.json")):
+            assert time.monotonic() < deadline, "".join(lines)[-3000:]
+            time.sleep(0.2)
+        proc.kill()
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = "".join(lines)
+    assert done and "warning: MLflow write failed" in text, text[-3000:]
+    server.start()
+    try:
+        out = cli("resume", "small", cwd=tmp_path, timeout=600)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        assert "MLflow had not received everything before the last driver stopped: sent " in out.stdout, out.stdout
+        assert "sync" not in out.stdout + out.stderr
+        points = assert_mlflow_equals_tune(MlflowClient(server.uri), "small", folder, epochs)
+        assert points == 4 * epochs * len(M.METRICS)
+        print(f"\nkilled with {done} finished while MLflow was down; after resume: {points} points = Tune's records")
+    finally:
+        server.stop()
