@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import storage
+from .login import without_login
 from .spec import SpecError
 
 __all__ = [
@@ -200,7 +201,8 @@ def connect(address: str | None, driver_env: dict[str, str] | None = None) -> No
     # On resume, Tune warns of every trial that has not started yet: it has no results, rightly.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     try:
-        ray.init(address=target, **options)
+        with without_login():  # a local Ray's processes, trials included, start without the MLflow login
+            ray.init(address=target, **options)
     except (ConnectionError, RuntimeError, ValueError) as err:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         hint = ""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import fcntl
 import os
+import re
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -13,8 +14,8 @@ from pathlib import Path
 
 from . import storage
 
-__all__ = ["TrackingUnavailableError", "check_scheme", "check_tracking_uri", "default_tracking_uri",
-           "normalize_tracking_uri", "open_client", "redact", "use_tracking_uri", "PASSWORD", "USERNAME"]
+__all__ = ["TrackingUnavailableError", "check_scheme", "check_tracking_uri", "default_tracking_uri", "secret_in",
+           "normalize_tracking_uri", "open_client", "redact", "use_tracking_uri", "LOGIN_ENV", "PASSWORD", "USERNAME"]
 
 
 class TrackingUnavailableError(RuntimeError):
@@ -38,48 +39,86 @@ HTTP_SCHEMES = ("http", "https")
 # MLflow's SQLAlchemy stores (dialect, or dialect+driver) and its other tracking URIs.
 DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 OTHER_SCHEMES = ("file", "databricks")
-USERNAME, PASSWORD = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"
+USERNAME, PASSWORD, TOKEN = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"
+LOGIN_ENV = (USERNAME, PASSWORD, TOKEN)  # how MLflow's client takes a login (basic auth, bearer token)
+# Query parameters that carry a secret (libpq's password, sslpassword; tokens, keys, signatures).
+SECRET_PARAM = re.compile(r"pass|pwd|token|secret|key|auth|credential|sig", re.IGNORECASE)
 # MLflow's client retries a failed request 7 times with backoff (minutes): the driver's Tune
 # loop would stall on every write during an outage. The tracker queues and retries instead.
 # Its download progress bars would print one line per artifact `report` reads.
 CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
               "MLFLOW_HTTP_REQUEST_TIMEOUT": "60", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
-_database_uris: dict[str, str] = {}  # URI as stored and shown → with its password (memory only)
+_database_uris: dict[str, str] = {}  # URI as stored and shown → with its secrets (memory only)
 
 
 def _scheme(uri: str) -> str:
     return urllib.parse.urlsplit(uri).scheme.split("+", 1)[0].lower()
 
 
+def _query_secrets(query: str) -> list[tuple[str, str]]:
+    """The secret (name, raw value) pairs of a URI's query, values as written (percent-encoded)."""
+    pairs = [part.partition("=") for part in query.split("&") if part]
+    return [(name, value) for name, _, value in pairs if SECRET_PARAM.search(urllib.parse.unquote_plus(name))]
+
+
+def secret_in(uri: str) -> str | None:
+    """What in the URI is a secret (its password, or a query parameter that holds one), or None."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is not None:
+        return "a password"
+    names = [urllib.parse.unquote_plus(name) for name, _ in _query_secrets(parts.query)]
+    return f"a secret in its query ({', '.join(names)}=…)" if names else None
+
+
 def use_tracking_uri(uri: str) -> str:
-    """The tracking URI as given → as stored and shown: without credentials, which never reach
+    """The tracking URI as given → as stored and shown: without its secrets, which never reach
     output, the Tune folder (Tune pickles its callbacks) or MLflow. A login in an http(s) URI goes
-    to MLflow's client as MLFLOW_TRACKING_USERNAME/PASSWORD; a database password stays here."""
+    to MLflow's client as MLFLOW_TRACKING_USERNAME/PASSWORD; a database's password and its query's
+    secrets (``?password=…``) stay in this process's memory. An http(s) query is refused by
+    check_tracking_uri: MLflow's client cannot send one."""
     uri = normalize_tracking_uri(uri)
     parts = urllib.parse.urlsplit(uri)
-    if parts.password is None and parts.username is None:
+    hidden = _query_secrets(parts.query)
+    if parts.password is None and parts.username is None and not hidden:
         return uri
-    host = parts.netloc.rsplit("@", 1)[1]
+    host = parts.netloc.rsplit("@", 1)[-1]
+    query = "&".join(part for part in parts.query.split("&") if part and part.partition("=") not in
+                     [(name, "=", value) for name, value in hidden])
     scheme = _scheme(uri)
     if scheme in HTTP_SCHEMES:
-        shown = urllib.parse.urlunsplit(parts._replace(netloc=host))
-        os.environ[USERNAME] = urllib.parse.unquote(parts.username or "")
-        os.environ[PASSWORD] = urllib.parse.unquote(parts.password or "")
+        if parts.username is not None or parts.password is not None:
+            os.environ[USERNAME] = urllib.parse.unquote(parts.username or "")
+            os.environ[PASSWORD] = urllib.parse.unquote(parts.password or "")
+        shown = urllib.parse.urlunsplit(parts._replace(netloc=host, query=query))
+        if hidden:
+            _hidden_query[shown] = [value for _, value in hidden]
         return shown
-    shown = urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}@{host}" if parts.username else host))
+    shown = urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}@{host}" if parts.username else host, query=query))
     _database_uris[shown] = uri
     return shown
 
 
+_hidden_query: dict[str, list[str]] = {}  # an http(s) URI as shown → its query's secrets (for redaction)
+
+
 def _secrets() -> list[str]:
-    found = [os.environ.get(PASSWORD)] + [urllib.parse.urlsplit(u).password for u in _database_uris.values()]
+    found = [os.environ.get(PASSWORD), os.environ.get(TOKEN)]
+    for uri in _database_uris.values():
+        parts = urllib.parse.urlsplit(uri)
+        found += [parts.password] + [value for _, value in _query_secrets(parts.query)]
+    found += [value for values in _hidden_query.values() for value in values]
     return [s for s in found if s]
 
 
 def redact(text: str) -> str:
-    """Any credential this process holds, replaced in text about to be shown."""
-    for secret in _secrets():
-        text = text.replace(secret, "***").replace(urllib.parse.quote(secret, safe=""), "***")
+    """Any credential this process holds, replaced in text about to be shown: as written in a
+    URI (percent-encoded), decoded, and encoded again."""
+    for secret in sorted(_secrets(), key=len, reverse=True):
+        for form in {secret, urllib.parse.unquote_plus(secret), urllib.parse.unquote(secret),
+                     urllib.parse.quote(secret, safe=""), urllib.parse.quote(urllib.parse.unquote(secret), safe=""),
+                     urllib.parse.quote_plus(urllib.parse.unquote_plus(secret))}:
+            if form:
+                text = text.replace(form, "***")
     return text
 
 
@@ -88,6 +127,10 @@ def check_tracking_uri(uri: str, timeout: float = 30.0) -> None:
     scheme, a SQLite file that cannot be written, a server that is down or refuses the login.
     ``uri`` is as use_tracking_uri returns it."""
     scheme = check_scheme(uri)
+    if scheme in HTTP_SCHEMES and (uri in _hidden_query or urllib.parse.urlsplit(uri).query):
+        raise TrackingUnavailableError(
+            f"{uri} has a query, which MLflow's client cannot send with its requests; give a token in "
+            f"{TOKEN} (or a login as http://USER:PASSWORD@HOST:PORT) instead")
     if scheme in HTTP_SCHEMES:
         _check_server(uri, timeout)
     elif scheme == "sqlite":
@@ -148,6 +191,8 @@ def _check_server(uri: str, timeout: float) -> None:
     if os.environ.get(USERNAME) or os.environ.get(PASSWORD):
         login = f"{os.environ.get(USERNAME, '')}:{os.environ.get(PASSWORD, '')}".encode()
         request.add_header("Authorization", "Basic " + base64.b64encode(login).decode())
+    elif os.environ.get(TOKEN):
+        request.add_header("Authorization", f"Bearer {os.environ[TOKEN]}")
     try:
         urllib.request.urlopen(request, timeout=timeout).close()
     except urllib.error.HTTPError as err:

@@ -9,7 +9,6 @@ import math
 import os
 import shlex
 import sys
-import urllib.parse
 import uuid
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -22,12 +21,12 @@ from resnet_core.errors import ConfigError
 from resnet_core.metrics import Status
 from resnet_core.train import RunConfig
 
-from . import cluster, driver_lock, storage
+from . import cluster, driver_lock, login, storage
 from .arrays import ArrayDirName, ArrayMembers, array_config, member_results, members_of, trained_epochs
 from .progress import TUNE_INTERRUPT, Progress, TrialErrorTraces, TrialDirName, TrialNamer, table_rows
 from .space import Plan, make_plan, optuna_space, plan_json
 from .spec import ParsedSpec, SpecError, parse_spec
-from .mlflow_store import PASSWORD, USERNAME, check_tracking_uri, redact, default_tracking_uri, normalize_tracking_uri, use_tracking_uri
+from .mlflow_store import check_tracking_uri, redact, default_tracking_uri, normalize_tracking_uri, secret_in, use_tracking_uri
 from .tracking import TRACKING_FENCE, SweepTracker, git_commit
 from .vocabulary import TAG_STORAGE
 from .trainable import RestoreFromWhatIsThere, train_array_trial, train_data_parallel_trial, train_trial
@@ -133,9 +132,10 @@ def _tracking_uri(given: str | None, spec) -> str:
     """The tracking URI to use (--tracking-uri, else the sweep's, else ./mlflow.db), checked, as
     stored and shown: without its credentials (tracking.use_tracking_uri)."""
     field = "--tracking-uri" if given else "tracking.tracking_uri"
-    if spec.tracking.tracking_uri and urllib.parse.urlsplit(spec.tracking.tracking_uri).password is not None:
-        raise SpecError("tracking.tracking_uri", "a password in the sweep file would be saved with the sweep; pass it "
-                                                 "in --tracking-uri or MLFLOW_TRACKING_PASSWORD instead")
+    if spec.tracking.tracking_uri and (secret := secret_in(spec.tracking.tracking_uri)):
+        raise SpecError("tracking.tracking_uri", f"{secret} in the sweep file would be saved with the sweep; pass the "
+                                                 f"URI in --tracking-uri, or the login in MLFLOW_TRACKING_PASSWORD or "
+                                                 f"MLFLOW_TRACKING_TOKEN, instead")
     uri = use_tracking_uri(given or spec.tracking.tracking_uri or default_tracking_uri())
     try:
         check_tracking_uri(uri)
@@ -230,8 +230,6 @@ def _connect(address: str | None, storage_path: str, spec, num_trials: int) -> N
         # an autoscaler sees the sweep's whole demand and adds nodes for it. (Known before Ray
         # starts: with ray:// these settings travel to Tune's loop on the head.)
         driver_env[PENDING_TRIALS] = str(spec.max_concurrent or num_trials)
-    if cluster.runs_tune_remotely(address):  # the tracker runs with Tune's loop, on the head
-        driver_env.update({k: os.environ[k] for k in (USERNAME, PASSWORD) if k in os.environ})
     try:
         cluster.connect(address, driver_env)
     except cluster.ClusterError as err:
@@ -243,6 +241,11 @@ def _connect(address: str | None, storage_path: str, spec, num_trials: int) -> N
     if address is not None:
         print(f"checking that every node of the cluster can use {storage_path} …", flush=True)
         cluster.check_storage_on_nodes(storage_path)
+
+
+def _share_login(address: str | None, sweep_key: str):
+    """With ray://, the MLflow login for the tracker in Tune's loop on the head (orchestrator.login)."""
+    return login.share(sweep_key) if cluster.runs_tune_remotely(address) else None
 
 
 def _where_it_runs(spec, concurrency: int, address: str | None) -> str:
@@ -304,6 +307,7 @@ def run_sweep(prep: Prepared, *, address: str | None = None, folder_taken: bool 
         prep.name = storage.claim_name(prep.storage_path, spec.name, SPEC_FILE, saved_spec_text(prep.parsed))
     with _holding(prep.experiment_path, prep.name) as lock:
         sweep_key = write_tracking(prep)["sweep_key"]
+        login_holder = _share_login(address, sweep_key)  # noqa: F841 — held while Tune runs
 
         scheduler = None
         if spec.scheduler.name == "asha":
@@ -634,6 +638,7 @@ def resume_sweep(experiment_path: str, *, address: str | None = None, tracking_u
 
             remove_unfinished(experiment_path, older_than_s=driver_lock.STALE_AFTER_SECONDS)
         _connect(address, prep.storage_path, spec, prep.plan.num_trials)
+        login_holder = _share_login(address, tracking.get("sweep_key", ""))  # noqa: F841 — held while Tune runs
         _catch_up(prep, tracking, experiment_path)
         tuner = tune.Tuner.restore(experiment_path, _trainable(spec, experiment_path), resume_unfinished=True,
                                    resume_errored=True, storage_filesystem=storage.tune_filesystem(experiment_path))

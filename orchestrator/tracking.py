@@ -22,6 +22,7 @@ from ray.tune import Callback
 from resnet_core import metrics as M
 from resnet_core.metrics import Status
 
+from .login import receive
 from .mlflow_store import open_client, redact
 from .progress import TUNE_INTERRUPT, was_interrupted
 from .trainable import error_trace
@@ -151,7 +152,7 @@ class SweepTracker(Callback):
     @property
     def client(self):
         if self._client is None:
-
+            receive(self.sweep_key)  # with ray://, the login this sweep's driver shared
             self._client = open_client(self.tracking_uri)
         return self._client
 

@@ -71,6 +71,35 @@ def ctrl_c_when(*args: str, cwd: Path, printed: str, before=None) -> str:
     return "".join(seen)
 
 
+def descendants(*roots: int) -> list[int]:
+    """Every process started, directly or not, by the processes ``roots`` (read from /proc)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            pass
+    found, frontier = [], set(roots)
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier}
+        found += sorted(frontier)
+    return found
+
+
+def environments_holding(secret: str, *roots: int) -> list[str]:
+    """The processes started by ``roots`` whose environment holds ``secret`` (/proc/PID/environ:
+    what each was started with), named by pid and command line."""
+    leaks = []
+    for pid in descendants(*roots):
+        try:
+            if secret.encode() in Path(f"/proc/{pid}/environ").read_bytes():
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:120]
+                leaks.append(f"pid {pid}: {command!r}")
+        except OSError:  # ended meanwhile
+            pass
+    return leaks
+
+
 @pytest.fixture
 def ray_tmpdir():
     """A RAY_TMPDIR of the test's own, removed afterwards; short, as Ray's socket paths live in it."""

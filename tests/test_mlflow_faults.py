@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 
 from orchestrator.vocabulary import final_status
 from resnet_core import metrics as M
-from tests.conftest import MlflowServer, cli
+from tests.conftest import MlflowServer, cli, descendants, environments_holding
 from tests.test_sweeps import SMALL_GRID, child_runs
 
 
@@ -160,10 +160,22 @@ def test_login_in_the_tracking_uri_works_with_basic_auth_and_is_never_shown_or_s
             out = cli("run", "small.yaml", "--tracking-uri", uri, cwd=tmp_path, env=env)
             assert out.returncode == code and out.stderr.count("\n") == 1 and says in out.stderr, out.stderr
             assert "wrong-password" not in out.stderr
-        out = cli("run", "small.yaml", "--tracking-uri", login, cwd=tmp_path, env=env)
-        outputs.append(out.stdout + out.stderr)
-        assert out.returncode == 0, out.stderr[-3000:]
-        assert f"MLflow http://127.0.0.1:{server.port}" in out.stdout
+        # Mid-run, every process the driver started (Ray's GCS, raylet, the trials' workers) is
+        # searched: trials report to the driver and never need the login.
+        exe = Path(sys.executable).parent / "resnet-sweep"
+        proc = subprocess.Popen([str(exe), "run", "small.yaml", "--tracking-uri", login], cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **env})
+        seen, searched, in_environments = [], 0, []
+        for line in proc.stdout:
+            seen.append(line)
+            if not searched and re.match(r"^\[\d\d:\d\d\] epoch", line):
+                searched = len(descendants(proc.pid))
+                in_environments = environments_holding(secret, proc.pid)
+        proc.wait(timeout=60)
+        outputs.append("".join(seen))
+        assert proc.returncode == 0, outputs[-1][-3000:]
+        assert f"MLflow http://127.0.0.1:{server.port}" in outputs[-1]
+        assert searched >= 3 and in_environments == [], (searched, in_environments)
         # resume needs the login again (it is stored nowhere); sync takes it the same way
         out = cli("resume", "small", cwd=tmp_path, env=env)
         outputs.append(out.stdout + out.stderr)
@@ -182,7 +194,8 @@ def test_login_in_the_tracking_uri_works_with_basic_auth_and_is_never_shown_or_s
         for run in parents + children:
             leaks += [f"run {run.info.run_name}: {k}" for k, v in {**run.data.params, **run.data.tags}.items() if secret in v]
         assert leaks == []
-        print(f"\nsecret searched in {len(outputs)} outputs, {len(files)} files, {len(parents + children)} runs: not found")
+        print(f"\nsecret searched in {len(outputs)} outputs, {len(files)} files, {len(parents + children)} runs, "
+              f"the environments of {searched} processes of the sweep: not found")
     finally:
         os.environ.pop("MLFLOW_TRACKING_USERNAME", None)
         os.environ.pop("MLFLOW_TRACKING_PASSWORD", None)

@@ -3,7 +3,6 @@ on command (tests/fake_mlflow.py): one run per trial and every point once, whate
 which the server dies, comes back and answers. No Ray, no server: the unit tier of tracking."""
 from __future__ import annotations
 
-import threading
 import time
 from types import SimpleNamespace
 
