@@ -11,7 +11,7 @@ import math
 import os
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from resnet_core.errors import ConfigError
@@ -144,6 +144,8 @@ def trial_name(config: dict[str, Any], varying: dict[str, Any]) -> str:
             parts.insert(1, str(value))
         elif key not in skip:
             short = key.split(".", 1)[1].replace("_", "")
+            if isinstance(value, str) and "/" in value:  # a searched folder: its name (Tune's folder names hold no '/')
+                value = PurePath(value).name or value.replace("/", "_")
             parts.append(f"{short}{value:g}" if isinstance(value, float) else f"{short}{value}")
     parts.append(f"s{cfg.train.seed}")
     return "-".join(parts)

@@ -264,6 +264,11 @@ def _check_sections(parsed: ParsedSpec) -> None:
     if spec.resources.workers > 1 and 0 < spec.resources.gpu < 1:
         raise parsed.error(("resources", "gpu"), f"{spec.resources.gpu:g}: data-parallel workers take a whole GPU each "
                                                  f"(NCCL runs one process per GPU); use 1 with resources.workers")
+    workers, batch = spec.resources.workers, spec.train.get("batch_size")
+    if workers > 1 and spec.train.get("sync_bn") is False and isinstance(batch, int) and batch < 2 * workers:
+        raise parsed.error(("train", "batch_size"), f"{batch} split over {workers} workers leaves some fewer than 2 "
+                                                    f"images, and with sync_bn: false each worker's batch norm needs 2; "
+                                                    f"use at least {2 * workers}, or sync_bn: true")
     if spec.resources.workers > 1 and spec.resources.array > 1:
         raise parsed.error(("resources", "workers"), "an array trains its members on one device; use resources.array "
                                                      "or resources.workers, not both")

@@ -107,14 +107,21 @@ def read_text(folder: str, filename: str) -> str | None:
     return None if data is None else data.decode()
 
 
-def read_bytes(folder: str, filename: str) -> bytes | None:
+def read_bytes(folder: str, filename: str, *, only_missing_is_none: bool = False) -> bytes | None:
+    """The file's bytes, or None when it (or the storage) is not there. ``only_missing_is_none``:
+    None only for a file that is not there; any other failure raises (a read that failed
+    says nothing about what the file holds)."""
     import pyarrow
 
     try:
         fs, root = _filesystem(folder)
         with fs.open_input_stream(f"{root}/{filename}") as f:
             return f.read()
+    except FileNotFoundError:
+        return None
     except (OSError, ValueError, pyarrow.ArrowException):
+        if only_missing_is_none:
+            raise
         return None
 
 

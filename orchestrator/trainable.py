@@ -10,6 +10,7 @@ import re
 import socket
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -81,15 +82,23 @@ def _tune_reader(checkpoint) -> Callable[[], bytes | None]:
     return read
 
 
+READ_ATTEMPTS = 3  # a checkpoint read that fails (not "missing") is tried again before it is passed over
+
+
+def _retrying(read: Callable[[], bytes | None]) -> bytes | None:
+    """``read()``, again after a failure (a storage hiccup is not a missing checkpoint)."""
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            return read()
+        except OSError:
+            if attempt + 1 == READ_ATTEMPTS:
+                raise
+            time.sleep(1)
+    return None
+
+
 class _Unusable(Exception):
     """A checkpoint that is not a state for this trial (the message says why)."""
-
-
-def _fresh(trainer: Trainer | ArrayTrainer) -> Trainer | ArrayTrainer:
-    """A new trainer of the same trial (or array) on the same data, at epoch 0."""
-    if isinstance(trainer, ArrayTrainer):
-        return ArrayTrainer(trainer.cfgs, splits=trainer.splits)
-    return Trainer(trainer.cfg, splits=trainer.splits)
 
 
 def _checked_state(data: bytes | None, trainer: Trainer | ArrayTrainer) -> dict:
@@ -146,33 +155,44 @@ def _restore(trainer: Trainer | ArrayTrainer, trial_uri: str, checkpoint) -> tup
       a state that is not this trial's (another model or recipe), would make the trial fail on
       every retry from it: it is passed over for the next older one, or the trial starts again
       from epoch 0 (deterministic, so the same numbers; MLflow skips epochs it already has)."""
+    trainer, warning, _ = _choose(trainer, trial_uri, checkpoint)
+    return trainer, warning
+
+
+def _choose(trainer: Trainer | ArrayTrainer, trial_uri: str, checkpoint) -> tuple[Trainer | ArrayTrainer, str | None, bytes | None]:
+    """_restore's work; also the bytes of the checkpoint it loaded (None: none, epoch 0)."""
     candidates: dict[int, tuple[str, Callable[[], bytes | None]]] = {
-        _checkpoint_index(folder): (folder, lambda folder=folder: storage.read_bytes(folder, CHECKPOINT_FILE))
+        _checkpoint_index(folder): (folder, lambda folder=folder: storage.read_bytes(folder, CHECKPOINT_FILE,
+                                                                                     only_missing_is_none=True))
         for folder in storage.subfolders(trial_uri, "checkpoint_") if _checkpoint_index(folder) >= 0
     }
     if checkpoint is not None:  # read as Tune gives it (it may lie elsewhere than the listing)
         candidates[_checkpoint_index(checkpoint.path)] = (checkpoint.path, _tune_reader(checkpoint))
-    passed_over, used = [], None
+    passed_over, used, data = [], None, None
+    initial = trainer.state_dict() if candidates else None  # epoch 0, to undo a load that failed halfway
     for index in sorted(candidates, reverse=True):
         folder, read = candidates[index]
         name = f"{folder.rstrip('/').rsplit('/', 1)[-1]}/{CHECKPOINT_FILE}"
         try:
-            state = _checked_state(read(), trainer)
+            data = _retrying(read)
+            state = _checked_state(data, trainer)
         except Exception as err:  # noqa: BLE001 — whatever is wrong with it, it is passed over
             passed_over.append(f"{name} ({_reason(err)})")
+            data = None
             continue
         try:
             trainer.load_state_dict(state)
         except Exception as err:  # noqa: BLE001 — e.g. shapes of another model: start clean
-            trainer = _fresh(trainer)
+            trainer.load_state_dict(initial)
             passed_over.append(f"{name} ({_reason(err)})")
+            data = None
             continue
         used = name.split("/", 1)[0]
         break
     if not passed_over:
-        return trainer, None
+        return trainer, None, data
     then = f"continuing from epoch {trainer.epoch} of {used}" if used else "restarting from epoch 0"
-    return trainer, f"warning: trial {trial_uri}: cannot restore {', '.join(passed_over)}; {then}"
+    return trainer, f"warning: trial {trial_uri}: cannot restore {', '.join(passed_over)}; {then}", data
 
 
 def _on_worker(experiment_path: str) -> tuple[dict, str]:
@@ -229,10 +249,10 @@ def _replayed_result(history: list[dict], extra: dict, ending: Callable[[], dict
 Send = Callable[[dict, Callable[[], dict] | None], None]  # (result, its checkpoint's state or None)
 
 
-def _train(trainer: Trainer, trial_uri: str, checkpoint, placement: dict, send: Send) -> None:
-    """A trial's epochs from its newest usable checkpoint on, each epoch's result (and state)
-    through ``send``."""
-    trainer, warning = _restore(trainer, trial_uri, checkpoint)
+def _train(trainer: Trainer, trial_uri: str, checkpoint, placement: dict, send: Send, restore=_restore) -> None:
+    """A trial's epochs from its newest usable checkpoint on (as ``restore`` chooses it), each
+    epoch's result (and state) through ``send``."""
+    trainer, warning = restore(trainer, trial_uri, checkpoint)
     # The epochs before the restore go with the first result, once: the driver logs any that
     # it had not (it may have died before they reached it), so MLflow keeps epochs 1…N.
     # (As JSON text: one flat value in Tune's result.json and progress lines.)
@@ -296,7 +316,27 @@ def _data_parallel_worker(loop: dict) -> None:
                 torch.save(checkpoint(), state)
             loop["results"].put((result, state.getvalue() if state else None))
 
-    _train(trainer, loop["trial_uri"], loop["checkpoint"], placement, send)
+    _train(trainer, loop["trial_uri"], loop["checkpoint"], placement, send, restore=_restored_as_rank_0_chose(shard))
+
+
+def _restored_as_rank_0_chose(shard: Shard):
+    """A data-parallel trial's restore: rank 0 alone reads and chooses the checkpoint and sends
+    its bytes (and its warning) to every rank, which all load them. Each rank choosing for itself
+    could load different epochs (one read failing) after DDP had made the replicas equal."""
+    import torch.distributed as dist
+
+    def restore(trainer: Trainer, trial_uri: str, checkpoint) -> tuple[Trainer, str | None]:
+        chosen: list = [None, None]
+        if shard.rank == 0:
+            trainer, warning, data = _choose(trainer, trial_uri, checkpoint)
+            chosen = [data, warning]
+        dist.broadcast_object_list(chosen, src=0, device=trainer.device if trainer.device.type == "cuda" else None)
+        data, warning = chosen
+        if shard.rank != 0 and data is not None:
+            trainer.load_state_dict(_checked_state(data, trainer))
+        return trainer, warning
+
+    return restore
 
 
 def train_data_parallel_trial(config: dict[str, Any], experiment_path: str, workers: int, cpu: float,

@@ -97,12 +97,14 @@ def describe_model(cfg: ModelConfig, *, input_size: int | None = None, num_class
 
 
 @torch.no_grad()
-def layer_responses(model: nn.Module, batches: Iterable[torch.Tensor]) -> list[float]:
+def layer_responses(model: nn.Module, batches: Iterable[torch.Tensor],
+                    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[float]:
     """Std of every 3×3 conv's response after BN, before ReLU/addition (2015 Fig. 7), in eval
     mode, over all given batches; ordered by depth (the CIFAR stem's 3×3 first). Pooled per
     layer over all elements: ≈ sqrt(mean γ² + var β) of that BN, so it leaves its initial 1
     only as far as training moves BN's scale (2015 §4.2 trains 64k iterations); a short run
-    keeps what an early loss spike gave the first layers."""
+    keeps what an early loss spike gave the first layers. ``reduce`` sums the per-layer totals
+    (3 × layers, float64) over processes that each saw part of the batches."""
     taps = [m for m in model.modules() if isinstance(m, ResponseTap)]
     sums = torch.zeros(len(taps), dtype=torch.float64)
     squares = torch.zeros(len(taps), dtype=torch.float64)
@@ -127,6 +129,8 @@ def layer_responses(model: nn.Module, batches: Iterable[torch.Tensor]) -> list[f
         model.train(was_training)
         for h in handles:
             h.remove()
+    if reduce is not None:
+        sums, squares, counts = reduce(torch.stack([sums, squares, counts]))
     mean = sums / counts.clamp(min=1)
     var = (squares / counts.clamp(min=1) - mean * mean).clamp(min=0)
     return [float(v) for v in var.sqrt()]

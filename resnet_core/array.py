@@ -70,6 +70,7 @@ from .analysis import count_params, layer_responses
 from .blocks import PadShortcut
 from .config import RunConfig, planned_epochs
 from .data import DeviceLoader, Splits, load_splits, normalization_stats
+from .distributed import Shard, smallest_training_batch
 from .errors import ConfigError
 from .metrics import Status
 from .resnet import build_model
@@ -411,7 +412,8 @@ class ArrayTrainer:
         self.generators = [torch.Generator(device=self.device).manual_seed(c.train.seed + 1) for c in cfgs]
         self.train_loaders = [
             DeviceLoader(self.splits.train_x, self.splits.train_y, batch_size=tc0.batch_size, train=True,
-                         augment=cfg0.dataset.augment, generator=g, mean=mean, std=std)
+                         augment=cfg0.dataset.augment, generator=g, mean=mean, std=std,
+                         smallest=smallest_training_batch(Shard(), sync_bn=True))  # its single trial's batches
             for g in self.generators
         ]
         # Evaluation draws nothing: one loader feeds every member (the first conv shares it).

@@ -31,7 +31,7 @@ from .config import (
     num_classes,
     split_sizes,
 )
-from .distributed import Shard, batch_sizes
+from .distributed import Shard, batch_sizes, smallest_training_batch
 from .errors import ConfigError, DataUnavailableError
 from .folders import ILSVRC2012, list_folder
 from .stream import DecodePool, FolderImages, StreamLoader, running_stats
@@ -198,20 +198,21 @@ class DeviceLoader:
         generator: torch.Generator | None = None,
         channels_last: bool = False,
         shard: Shard = Shard(),
+        smallest: int = 1,
     ) -> None:
         self.images, self.labels = images, labels
-        self.shard = shard
+        self.shard, self.smallest = shard, smallest
         self.batch_size, self.train, self.augment = batch_size, train, augment and train
         self.mean, self.std = mean, std
         self.generator = generator
         self.channels_last = channels_last
 
     def __len__(self) -> int:
-        return -(-len(self.images) // self.batch_size)
+        return len(self.sizes())
 
     def sizes(self) -> list[int]:
-        """The global batches' sizes, in order."""
-        return batch_sizes(len(self.images), self.batch_size)
+        """The global batches' sizes, in order (a last one too small joins the one before)."""
+        return batch_sizes(len(self.images), self.batch_size, smallest=self.smallest)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n, device = len(self.images), self.images.device
@@ -220,8 +221,9 @@ class DeviceLoader:
             if self.train
             else torch.arange(n, device=device)
         )
-        for i in range(len(self)):
-            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+        start = 0
+        for size in self.sizes():
+            idx, start = order[start : start + size], start + size
             # The augmentation is drawn for the whole global batch: the same numbers in every process.
             draws = self._crop_flip_draws(len(idx), device) if self.augment else None
             part = self.shard.part(len(idx))
@@ -345,6 +347,7 @@ def make_loaders(cfg: RunConfig, device: torch.device, generator: torch.Generato
     mean, std = normalization_stats(splits.train_x, dc.normalize)
     common = dict(mean=mean, std=std, channels_last=channels_last, shard=shard)
     train = DeviceLoader(splits.train_x, splits.train_y, batch_size=tc.batch_size, train=True, augment=dc.augment,
+                         smallest=smallest_training_batch(shard, tc.sync_bn),
                          generator=generator, **common)
     val = DeviceLoader(splits.val_x, splits.val_y, batch_size=eval_batch, **common)
     test = DeviceLoader(splits.test_x, splits.test_y, batch_size=eval_batch, **common)
@@ -373,7 +376,7 @@ def _folder_loaders(cfg: RunConfig, device: torch.device, generator: torch.Gener
     augment = dict(generator=generator, flip=dc.augment, lighting=dc.lighting if dc.augment else 0.0)
     return Loaders(
         train=loader(split.train, cfg.train.batch_size, "random" if dc.augment else "centre", mean, std, train=True,
-                     **augment),
+                     smallest=smallest_training_batch(shard, cfg.train.sync_bn), **augment),
         val=loader(split.val, eval_batch, "centre", mean, std),
         test=loader(split.test, eval_batch, "centre", mean, std),
         ten_crop=loader(split.test, max(1, eval_batch // 10), "five", mean, std),

@@ -15,12 +15,24 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["GlobalBatchNorm2d", "Shard", "batch_sizes", "sync_batchnorm"]
+__all__ = ["GlobalBatchNorm2d", "Shard", "batch_sizes", "smallest_training_batch", "sync_batchnorm"]
 
 
-def batch_sizes(n: int, batch_size: int) -> list[int]:
-    """The sizes of the batches of ``n`` items in order: full ones, then the rest."""
-    return [min(batch_size, n - i) for i in range(0, n, batch_size)]
+def batch_sizes(n: int, batch_size: int, *, smallest: int = 1) -> list[int]:
+    """The sizes of the batches of ``n`` items in order: full ones, then the rest, which joins
+    the batch before it when it holds fewer than ``smallest`` items. Training asks for 2 per
+    batch norm: one image breaks it where a stage's maps are 1×1 (a process's share of a last
+    batch, with per-process statistics, more often still)."""
+    sizes = [min(batch_size, n - i) for i in range(0, n, batch_size)]
+    if len(sizes) > 1 and sizes[-1] < smallest:
+        sizes[-2:] = [sizes[-2] + sizes[-1]]
+    return sizes
+
+
+def smallest_training_batch(shard: "Shard", sync_bn: bool) -> int:
+    """2 images for every batch norm: over the global batch with synchronised statistics (or
+    one process), else over each process's share (see batch_sizes)."""
+    return 2 * (shard.size if shard.distributed and not sync_bn else 1)
 
 
 @dataclass(frozen=True)
@@ -41,10 +53,11 @@ class Shard:
         return self.size > 1
 
     def part(self, n: int) -> slice:
-        """This process's rows of a global batch of ``n``: ⌈n/size⌉ each in rank order, so the
-        last processes get fewer (or none) of a short last batch."""
-        each = -(-n // self.size)
-        return slice(min(self.rank * each, n), min((self.rank + 1) * each, n))
+        """This process's rows of a global batch of ``n``, in rank order: n // size each, one
+        more for the first n % size (shares differ by at most one)."""
+        each, more = divmod(n, self.size)
+        start = self.rank * each + min(self.rank, more)
+        return slice(start, start + each + (self.rank < more))
 
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """``tensor`` summed over all processes, in place."""

@@ -135,8 +135,8 @@ class StreamLoader:
     def __init__(self, pool: DecodePool, files: torch.Tensor, labels: torch.Tensor, *, batch_size: int, view: str,
                  mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator | None = None,
                  train: bool = False, flip: bool = False, lighting: float = 0.0, channels_last: bool = False,
-                 shard: Shard = Shard()) -> None:
-        self.pool, self.files, self.labels, self.shard = pool, files, labels, shard
+                 shard: Shard = Shard(), smallest: int = 1) -> None:
+        self.pool, self.files, self.labels, self.shard, self.smallest = pool, files, labels, shard, smallest
         self.batch_size, self.view, self.train = batch_size, view, train
         self.mean, self.std, self.generator = mean, std, generator
         self.flip, self.lighting, self.channels_last = flip, lighting, channels_last
@@ -144,11 +144,11 @@ class StreamLoader:
             self.colours = torch.tensor(EIGENVECTORS, device=labels.device) * torch.tensor(EIGENVALUES, device=labels.device)
 
     def __len__(self) -> int:
-        return -(-len(self.files) // self.batch_size)
+        return len(self.sizes())
 
     def sizes(self) -> list[int]:
-        """The global batches' sizes, in order."""
-        return batch_sizes(len(self.files), self.batch_size)
+        """The global batches' sizes, in order (a last one too small joins the one before)."""
+        return batch_sizes(len(self.files), self.batch_size, smallest=self.smallest)
 
     def crops(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(uint8 crops B×V×3×crop×crop, labels B) per batch, on the labels' device: this
@@ -158,11 +158,12 @@ class StreamLoader:
         seeds = (torch.randint(0, 2**62, (n,), device=device, generator=self.generator).cpu() if self.view == "random"
                  else torch.zeros(n, dtype=torch.long))
         rows = torch.stack([self.files[order.cpu()], seeds], 1)
-        labels, b = self.labels[order], self.batch_size
-        parts = [(i, self.shard.part(size)) for i, size in zip(range(0, n, b), self.sizes())]
-        jobs = [(self.view, rows[i : i + b][part]) for i, part in parts]
-        for (i, part), crops in zip(parts, self.pool.run(jobs)):
-            yield crops.to(device, non_blocking=True), labels[i : i + b][part]
+        labels, sizes = self.labels[order], self.sizes()
+        starts = [sum(sizes[:k]) for k in range(len(sizes))]
+        batches = [(slice(start, start + size), self.shard.part(size)) for start, size in zip(starts, sizes)]
+        jobs = [(self.view, rows[batch][part]) for batch, part in batches]
+        for (batch, part), crops in zip(batches, self.pool.run(jobs)):
+            yield crops.to(device, non_blocking=True), labels[batch][part]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for (crops, y), size in zip(self.crops(), self.sizes()):

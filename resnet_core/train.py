@@ -151,7 +151,8 @@ class Trainer:
             if tc.sync_bn:
                 self.model = sync_batchnorm(self.model, self.device)
             # Buffers need no broadcast: the running statistics are the same in every process
-            # with sync_bn, and each process's own without.
+            # with sync_bn; without, each process's own until the epoch's end averages them
+            # (_average_bn_statistics), so every process evaluates and checkpoints one model.
             self.forward = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device] if self.device.type == "cuda" else None, forward_sync_buffers=False)
             self.infer = self.model  # evaluation runs no collectives: processes may see different numbers of batches
@@ -287,6 +288,8 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - start
+        if self.shard.distributed and not self.cfg.train.sync_bn:
+            self._average_bn_statistics()
         loss_sum, wrong, seen = self.shard.sum(torch.stack([loss_sum, wrong.double(), torch.tensor(
             float(seen), dtype=torch.float64, device=self.device)])).tolist()
         return {
@@ -296,6 +299,19 @@ class Trainer:
             M.IMAGES_PER_SECOND: seen / seconds,
             M.EPOCH_SECONDS: seconds,
         }
+
+    def _average_bn_statistics(self) -> None:
+        """Each process's batch-norm running statistics replaced by their mean over all: what
+        every process then evaluates and checkpoints is one model (timm's distribute_bn does the
+        same), and a checkpoint of any process resumes them all exactly."""
+        buffers = [m for m in self.model.modules() if isinstance(m, nn.BatchNorm2d) and m.track_running_stats]
+        stats = [b for m in buffers for b in (m.running_mean, m.running_var)]
+        if not stats:
+            return
+        flat = torch.cat([t.double().reshape(-1) for t in stats])
+        self.shard.sum(flat).div_(self.shard.size)
+        for t, mean in zip(stats, flat.split([t.numel() for t in stats])):
+            t.copy_(mean.view_as(t))
 
     def _stop(self, watch: _DivergenceWatch, loss_sum: torch.Tensor, max_loss: torch.Tensor) -> bool:
         """Whether the run diverged, asked every watch.EVERY steps. Data-parallel processes ask
@@ -383,7 +399,13 @@ class Trainer:
 
     def layer_response_std(self) -> list[float]:
         """2015 Fig. 7 on the val split (held out from training, never the test set)."""
-        return self._once_per_epoch("responses", lambda: layer_responses(self.model, (x for x, _ in self.val_loader)))
+        # Data parallel: each process has its part of val; the sums are over all of them.
+        return self._once_per_epoch("responses", lambda: layer_responses(
+            self.model, (x for x, _ in self.val_loader), reduce=self._summed_on_device))
+
+    def _summed_on_device(self, totals: torch.Tensor) -> torch.Tensor:
+        """CPU ``totals`` summed over the data-parallel processes (on the device: NCCL's way)."""
+        return self.shard.sum(totals.to(self.device)).cpu()
 
     def final_metrics(self) -> dict[str, float]:
         """The per-run metrics of the model as it is (metrics.FINAL_METRICS): 10-crop test errors

@@ -2,6 +2,7 @@
 processes (gloo on CPU here), which together train exactly the batches one process would."""
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -34,7 +35,7 @@ LOGGED = ("train_loss", "train_error", "val_loss", "val_error", "test_error")
 ])
 def test_the_workers_parts_of_each_batch_make_up_the_batch_one_process_trains(data, tmp_path):
     """Each of 3 workers draws the global order and augmentation and keeps its part: together,
-    in rank order, they are exactly one process's batches (a short last batch of 4 splits 2+2+0)."""
+    in rank order, they are exactly one process's batches (a short last batch of 4 splits 2+1+1)."""
     if data == "folder":
         data = DataConfig(name="imagefolder", root=str(write_folder(tmp_path)), image_size=32, scale_range=(36, 48),
                           val_per_class=2, workers=0, train_limit=28)
@@ -51,7 +52,7 @@ def test_the_workers_parts_of_each_batch_make_up_the_batch_one_process_trains(da
         assert torch.equal(torch.cat([p[i][0] for p in parts]), x), i
         assert torch.equal(torch.cat([p[i][1] for p in parts]), y), i
     last = len(make_loaders(cfg, torch.device("cpu"), torch.Generator(), shard=Shard()).train) - 1
-    assert [len(p[last][1]) for p in parts] == [2, 2, 0]  # the first epoch's last batch
+    assert [len(p[last][1]) for p in parts] == [2, 1, 1]  # the first epoch's last batch
 
 
 def _history(client: MlflowClient, run_id: str) -> dict[str, list[float]]:
@@ -145,3 +146,96 @@ def test_a_data_parallel_trial_spans_two_nodes(tmp_path):
     alone = Trainer(RunConfig.from_flat(config)).run()["history"]
     for ddp, one in zip(_history(client, run.info.run_id)["train_loss"], (h["train_loss"] for h in alone), strict=True):
         assert abs(ddp - one) < 1e-2 * one, (ddp, one)
+
+
+# --- two processes of one trial, in torch's own process group (gloo), without Ray -----------------
+
+def _tiny(sync_bn: bool) -> RunConfig:
+    return RunConfig(model=ModelConfig(depth=8), dataset=DataConfig(name="digits", image_size=8, train_limit=256),
+                     train=TrainConfig(batch_size=64, epochs=3, lr=0.05, device="cpu", sync_bn=sync_bn))
+
+
+def _rank(rank: int, port: int, folder: str, phase: str, sync_bn: bool, out) -> None:
+    """One of two processes: trains the trial straight (rank 0 saving a checkpoint per epoch, as
+    Tune's folders hold them), or resumes it from the folder with rank 1's reads failing."""
+    import os
+    from pathlib import Path
+
+    import torch.distributed as dist
+
+    from orchestrator import storage
+    from orchestrator.trainable import CHECKPOINT_FILE, _restored_as_rank_0_chose
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    shard = Shard.of_process_group()
+    trainer = Trainer(_tiny(sync_bn), shard=shard)
+    restored = None
+    if phase == "straight":
+        def save(r) -> None:
+            if rank == 0:
+                path = Path(folder, f"checkpoint_{r.epoch - 1:06d}", CHECKPOINT_FILE)
+                path.parent.mkdir(parents=True)
+                torch.save(r.checkpoint(), path)
+        trainer.run(save)
+    else:
+        if rank == 1:  # this rank's storage fails every read (it has no need to read)
+            def unreadable(*args, **kwargs):
+                raise OSError("injected: rank 1 cannot read the storage")
+            storage.read_bytes = unreadable
+        trainer, _ = _restored_as_rank_0_chose(shard)(trainer, folder, None)
+        restored = trainer.epoch
+        trainer.run()
+    bn = [b.clone() for m in trainer.model.modules() if isinstance(m, torch.nn.BatchNorm2d)
+          for b in (m.running_mean, m.running_var)]
+    sent = io.BytesIO()  # as bytes: tensors shared through the queue would not outlive this process
+    torch.save((rank, restored, trainer.history, trainer.layer_response_std(), trainer.model.state_dict(), bn), sent)
+    out.put(sent.getvalue())
+    dist.destroy_process_group()
+
+
+def _two_ranks(folder, phase: str, sync_bn: bool) -> dict[int, tuple]:
+    import torch.multiprocessing as mp
+
+    from tests.ray_nodes import free_port
+
+    context = mp.get_context("spawn")
+    out = context.SimpleQueue()
+    port = free_port()
+    procs = [context.Process(target=_rank, args=(rank, port, str(folder), phase, sync_bn, out)) for rank in range(2)]
+    for p in procs:
+        p.start()
+    got = {}
+    for _ in procs:
+        rank, *rest = torch.load(io.BytesIO(out.get()), weights_only=False)
+        got[rank] = rest
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    return got
+
+
+@pytest.mark.parametrize("sync_bn", [pytest.param(True, marks=pytest.mark.slow), False])
+def test_both_ranks_resume_the_epoch_rank_0_chose_and_evaluate_one_model(tmp_path, sync_bn):
+    """Must show 4: a 2-process trial resumed from its folder while rank 1 cannot read it: rank 0
+    chooses the newest checkpoint (epoch 2 of 3) and sends it, both ranks continue from it, and
+    the run ends as the uninterrupted one, exactly. Every rank evaluates one model: with
+    per-process batch norm (sync_bn: false) the running statistics are averaged at each epoch's
+    end; Fig. 7's responses are over the whole val split (as one process computes them)."""
+    straight = _two_ranks(tmp_path, "straight", sync_bn)
+    for state in tmp_path.glob("checkpoint_000002"):  # the last epoch's: the driver died before it
+        state.rename(tmp_path / "unused")
+    resumed = _two_ranks(tmp_path, "resume", sync_bn)
+    assert [resumed[rank][0] for rank in (0, 1)] == [2, 2]
+    for rank in (0, 1):
+        _, history, responses, weights, bn = resumed[rank]
+        timing = ("images_per_second", "epoch_seconds")
+        assert [{k: v for k, v in h.items() if k not in timing} for h in history] == [
+            {k: v for k, v in h.items() if k not in timing} for h in straight[rank][1]]  # every epoch's metrics, exactly
+        assert all(torch.equal(weights[k], straight[rank][3][k]) for k in weights)
+        assert all(torch.equal(a, b) for a, b in zip(bn, resumed[0][4]))  # one model in both ranks
+        assert responses == resumed[0][2]
+    alone = Trainer(_tiny(sync_bn))  # the final model, evaluated by one process on the whole val split
+    alone.model.load_state_dict(resumed[0][3])
+    assert alone.layer_response_std() == pytest.approx(resumed[0][2], rel=1e-6)

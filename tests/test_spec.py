@@ -229,3 +229,13 @@ def test_model_counts_are_cached_by_full_config_and_code_version(tmp_path, monke
     fresh = CountCache()
     fresh.put("x", (1, 2, 3))  # cannot be written: kept in memory only
     assert fresh.get("x") == [1, 2, 3]
+
+
+def test_a_searched_folder_is_named_by_its_last_part():
+    """Tune refuses a trial folder name with '/' once the sweep has started: a searched
+    dataset.root appears in the trial's name as its folder's own name."""
+    from orchestrator.space import trial_name
+
+    config = {"model.depth": 18, "model.arch": "imagenet", "dataset.name": "imagefolder", "train.lr": 0.1}
+    name = trial_name({**config, "dataset.root": "/data/a b/train-set/"}, {"dataset.root": "/data/a b/train-set/"})
+    assert name == "resnet18-basic-B-lr0.1-roottrain-set-s0" and "/" not in name

@@ -1,4 +1,5 @@
 """[2/8] The trainer: the paper's recipe, exact resume, divergence, layer responses, data."""
+import dataclasses
 import json
 
 import pytest
@@ -143,3 +144,24 @@ def test_digits_resnet20_30_epochs_reaches_3_percent(tmp_path):
     out = cli("train", "--dataset", "digits", "--arch", "cifar", "--depth", "20", "--block", "basic", "--shortcut", "A", "--epochs", "30", "--json-out", "r.json", cwd=tmp_path, timeout=1200)
     assert out.returncode == 0, out.stderr
     assert json.loads((tmp_path / "r.json").read_text())["test_error"] <= 0.03
+
+
+def test_a_last_batch_of_one_image_joins_the_batch_before_it():
+    """65 training images in batches of 8, ResNet-50 at 32 px (its last stage's maps are 1×1):
+    a last batch of one image would stop batch norm ('Expected more than 1 value per channel');
+    it trains with the 8th batch instead (9 images), as one process, an array and data-parallel
+    shares do (resnet_core.distributed.batch_sizes), and an epoch is 8 iterations."""
+    from resnet_core.array import ArrayTrainer
+    from resnet_core.distributed import Shard, batch_sizes, smallest_training_batch
+
+    assert batch_sizes(65, 8, smallest=2) == [8] * 7 + [9] and batch_sizes(66, 8, smallest=2) == [8] * 8 + [2]
+    assert batch_sizes(5, 8, smallest=2) == [5]  # all there is
+    assert smallest_training_batch(Shard(0, 2), sync_bn=True) == 2  # global statistics: as one process
+    assert smallest_training_batch(Shard(0, 2), sync_bn=False) == 4  # each worker's share: 2 at least
+    cfg = RunConfig(model=ModelConfig(arch="imagenet", depth=50),
+                    dataset=DataConfig(name="digits", image_size=32, train_limit=65, val_size=64),
+                    train=TrainConfig(batch_size=8, epochs=1, lr=0.01, device="cpu"))
+    result = Trainer(cfg).run()
+    assert result["status"] == "completed" and result["history"][0]["iteration"] == 8
+    members = ArrayTrainer([cfg, dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=1))]).run()
+    assert [m["status"] for m in members] == ["completed", "completed"]
