@@ -236,6 +236,6 @@ def test_a_searched_folder_is_named_by_its_last_part():
     dataset.root appears in the trial's name as its folder's own name."""
     from orchestrator.space import trial_name
 
-    config = {"model.depth": 18, "model.arch": "imagenet", "dataset.name": "imagefolder", "train.lr": 0.1}
+    config = {"model.depth": 18, "model.arch": "imagenet", "dataset.name": "imagefolder", "train.lr": 0.1, "train.epochs": 1}
     name = trial_name({**config, "dataset.root": "/data/a b/train-set/"}, {"dataset.root": "/data/a b/train-set/"})
     assert name == "resnet18-basic-B-lr0.1-roottrain-set-s0" and "/" not in name
