@@ -16,6 +16,7 @@ Written by hand: Tune has no notion of a second driver on one experiment.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -30,7 +31,7 @@ from typing import Callable, Iterator
 
 from . import storage
 
-__all__ = ["LOCK_FOLDER", "DriverLock", "Identity", "LockUnreadable", "SweepBusy", "hold"]
+__all__ = ["LOCK_FOLDER", "DriverLock", "Identity", "LockUnavailable", "SweepBusy", "hold"]
 
 LOCK_FOLDER = "driver.lock"
 HEARTBEAT_SECONDS = 20
@@ -42,8 +43,8 @@ class SweepBusy(Exception):
     """Another live driver holds the sweep."""
 
 
-class LockUnreadable(Exception):
-    """The sweep's lock could not be read: whether another driver holds it is unknown."""
+class LockUnavailable(Exception):
+    """The sweep's lock could not be read or written: whether another driver holds it is unknown."""
 
 
 @dataclass(frozen=True)
@@ -129,8 +130,25 @@ class _Folder:
             return True
         except FileExistsError:
             return False
+        except OSError as err:
+            if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            return self._create_exclusive(name, data)  # no hard links here (FUSE mounts of buckets, SMB)
         finally:
             os.unlink(temporary)
+
+    def _create_exclusive(self, name: str, data: bytes) -> bool:
+        """O_EXCL: as exclusive, but a crash between the create and the write leaves it empty
+        (judged like any claim its holder stopped renewing)."""
+        try:
+            fd = os.open(os.path.join(self.path, name), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return True
 
     def write(self, name: str, data: bytes) -> None:
         os.replace(self._whole(data), os.path.join(self.path, name))
@@ -207,10 +225,10 @@ class _ObjectStore:
         self.path = self.folder
 
     def names(self) -> list[str]:
-        return storage.file_names(self.folder)
+        return storage.file_names(self.folder, strict=True)
 
     def read(self, name: str) -> bytes | None:
-        return storage.read_bytes(self.folder, name)
+        return storage.read_bytes(self.folder, name, only_missing_is_none=True)
 
     def create(self, name: str, data: bytes) -> bool:
         if self.read(name) is not None:
@@ -280,15 +298,20 @@ class DriverLock:
 
     # --- reading, never taking an error for "no lock" -------------------------------------------
     def _retrying(self, what: str, fn):
+        if self._in_heartbeat():  # the heartbeat does not wait: its next beat is the retry
+            return fn()
         for attempt in range(READ_ATTEMPTS):
             try:
                 return fn()
             except Exception as err:  # noqa: BLE001 — any storage error: unknown, not "free"
                 if attempt + 1 == READ_ATTEMPTS:
-                    raise LockUnreadable(f"cannot read the lock of sweep {self.name} at {self.store.path} ({what}: "
-                                         f"{storage.reason(err)}); not knowing whether another driver runs it, "
-                                         f"this one does not start") from None
+                    raise LockUnavailable(f"cannot read the lock of sweep {self.name} at {self.store.path} ({what}: "
+                                          f"{storage.reason(err)}); not knowing whether another driver runs it, "
+                                          f"this one does not start") from None
                 time.sleep(1)
+
+    def _in_heartbeat(self) -> bool:
+        return threading.current_thread() is self._thread
 
     def newest(self) -> int | None:
         """The number of the highest claim, or None when there is none."""
@@ -312,14 +335,15 @@ class DriverLock:
 
     # --- taking the sweep -----------------------------------------------------------------------
     def acquire(self) -> None:
-        """Hold the sweep, or raise SweepBusy (a live driver holds it) / LockUnreadable."""
+        """Hold the sweep, or raise SweepBusy (a live driver holds it) / LockUnavailable."""
         self._retire_legacy()
         while True:
             number = self.newest()
             if number is None:
                 if self._create(1):
                     return
-                continue  # another driver claimed it first: judge that claim
+                time.sleep(0.1)  # another driver claimed it first (or a listing lags): judge that claim
+                continue
             holder, _ = self.claim(number)
             try:
                 self._judge(number, holder)  # returns only when that claim is dead
@@ -383,11 +407,25 @@ class DriverLock:
 
     def _create(self, number: int) -> bool:
         data = json.dumps(asdict(self.me)).encode()
-        if not self.store.create(_claim_name(number), data):
-            return False
+        try:
+            if not self.store.create(_claim_name(number), data):
+                return False
+        except Exception as err:  # noqa: BLE001 — a read-only or full storage, no permission …
+            raise self._unwritable(err) from None
+        try:
+            self.store.write(_claim_name(number) + BEAT, self._beat_data(0))
+        except Exception as err:  # noqa: BLE001 — not held: the claim goes again
+            try:
+                self.store.remove(_claim_name(number))
+            except Exception:  # noqa: BLE001 — left: judged dead once its heartbeat never comes
+                pass
+            raise self._unwritable(err) from None
         self.number = number
-        self.store.write(_claim_name(number) + BEAT, self._beat_data(0))
         return True
+
+    def _unwritable(self, err: Exception) -> LockUnavailable:
+        return LockUnavailable(f"cannot write the lock of sweep {self.name} at {self.store.path} "
+                               f"({storage.reason(err)}); this driver does not start")
 
     def _beat_data(self, count: int) -> bytes:
         return json.dumps({"token": self.me.token, "count": count, "at": time.strftime("%Y-%m-%d %H:%M:%S")}).encode()
@@ -398,30 +436,41 @@ class DriverLock:
         self._thread.start()
 
     def _heartbeats(self) -> None:
-        count, failing_since = 0, None
+        """Renew the claim every HEARTBEAT_SECONDS, after checking that it still holds the sweep.
+        A driver that cannot renew it for STALE_AFTER_SECONDS − 2 beats stops as if taken over:
+        another driver may judge it dead only after watching it that long and more, so two
+        drivers never both run the sweep."""
+        count, renewed, warned = 0, time.monotonic(), False
         while not self._stop.wait(HEARTBEAT_SECONDS):
             with self._beat:
                 if self._stop.is_set():
                     return
+                where = self.where(self.number)
                 try:
                     taker = self._taken_by()
                     if taker is None:
                         count += 1
                         self.store.write(_claim_name(self.number) + BEAT, self._beat_data(count))
-                        failing_since = None
+                        renewed, warned = time.monotonic(), False
                         continue
-                except Exception as err:  # noqa: BLE001 — storage unreachable: retried at the next beat
-                    if failing_since is None:
-                        failing_since = time.monotonic()
-                        print(f"warning: the sweep's lock at {self.where(self.number)} cannot be renewed "
-                              f"({storage.reason(err)}); another driver may take the sweep over if this lasts "
-                              f"{STALE_AFTER_SECONDS} s", file=sys.stderr, flush=True)
-                    continue
-                self.lost = (f"error: sweep {self.name} was taken over by {taker} while this driver could not renew "
-                             f"its lock ({self.where(self.number)}); this driver stops and leaves the sweep to it")
+                    self.lost = (f"error: sweep {self.name} was taken over by {taker} (the lock: {where}); this "
+                                 f"driver stops and leaves the sweep to it")
+                except Exception as err:  # noqa: BLE001 — storage unreachable: the next beat tries again
+                    failing = time.monotonic() - renewed
+                    give_up = STALE_AFTER_SECONDS - 2 * HEARTBEAT_SECONDS
+                    if failing < give_up:
+                        if not warned:
+                            print(f"warning: the sweep's lock at {where} cannot be renewed ({storage.reason(err)}); "
+                                  f"this driver stops if it cannot for {give_up:g} s (another may then take the "
+                                  f"sweep over)", file=sys.stderr, flush=True)
+                            warned = True
+                        continue
+                    self.lost = (f"error: sweep {self.name}: this driver could not renew its lock ({where}) for "
+                                 f"{failing:.0f} s ({storage.reason(err)}); another driver may take the sweep over, "
+                                 f"so this one stops (resume the sweep once its storage answers)")
                 self._stop.set()
-            self.on_lost(self.lost)
-            return
+                self.on_lost(self.lost)  # under the lock: release() returns only after it
+                return
 
     def _taken_by(self) -> str | None:
         """Who holds the sweep now, when it is no longer this driver."""
@@ -459,7 +508,7 @@ class _Again(Exception):
 @contextmanager
 def hold(folder: str, name: str, *, on_lost: Callable[[str], None] | None = None) -> Iterator[DriverLock]:
     """Hold the sweep in ``folder`` while the block runs; SweepBusy when a live driver has it,
-    LockUnreadable when its lock cannot be read. ``on_lost`` is called (from the heartbeat's
+    LockUnavailable when its lock cannot be read. ``on_lost`` is called (from the heartbeat's
     thread) if another driver takes the sweep over, after this driver's storage stalled."""
     lock = DriverLock(folder, name, on_lost=on_lost)
     lock.acquire()

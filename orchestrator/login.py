@@ -8,22 +8,27 @@ runtime_env, which Ray keeps in its GCS, writes to its logs and gives to every t
 from __future__ import annotations
 
 import os
+import sys
 from contextlib import contextmanager
 from typing import Iterator
 
-from .mlflow_store import LOGIN_ENV
+from .mlflow_store import LOGIN_ENV, redact
 
 __all__ = ["receive", "share", "without_login"]
 
 
 @contextmanager
 def without_login() -> Iterator[None]:
-    """This process's environment without the MLflow login while the block starts processes."""
+    """This process's environment without the MLflow login, and its command line without any
+    secret (Ray records it as the job's entrypoint), while the block starts Ray."""
+    argv = sys.argv
+    sys.argv = [redact(arg) for arg in argv]
     held = {k: os.environ.pop(k) for k in LOGIN_ENV if k in os.environ}
     try:
         yield
     finally:
         os.environ.update(held)
+        sys.argv = argv
 
 
 def _actor_name(sweep_key: str) -> str:

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
@@ -144,8 +145,9 @@ def trial_name(config: dict[str, Any], varying: dict[str, Any]) -> str:
             parts.insert(1, str(value))
         elif key not in skip:
             short = key.split(".", 1)[1].replace("_", "")
-            if isinstance(value, str) and "/" in value:  # a searched folder: its name (Tune's folder names hold no '/')
-                value = PurePath(value).name or value.replace("/", "_")
+            if isinstance(value, str) and "/" in value:  # a searched folder: its name, in characters a
+                # folder name and a storage URI take as they are (Tune refuses '/'; pyarrow a space in s3://)
+                value = re.sub(r"[^A-Za-z0-9._-]+", "_", PurePath(value).name or value)
             parts.append(f"{short}{value:g}" if isinstance(value, float) else f"{short}{value}")
     parts.append(f"s{cfg.train.seed}")
     return "-".join(parts)

@@ -125,8 +125,9 @@ def read_bytes(folder: str, filename: str, *, only_missing_is_none: bool = False
         return None
 
 
-def _entries(folder: str) -> list:
-    """pyarrow FileInfo of what is directly in ``folder`` ([] when it, or the storage, is not there)."""
+def _entries(folder: str, strict: bool = False) -> list:
+    """pyarrow FileInfo of what is directly in ``folder`` ([] when it, or the storage, is not
+    there; ``strict``: [] only when it is not there, any other failure raises)."""
     import pyarrow
     import pyarrow.fs
 
@@ -134,14 +135,16 @@ def _entries(folder: str) -> list:
         fs, root = _filesystem(folder)
         return fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
     except (OSError, ValueError, pyarrow.ArrowException):
+        if strict:
+            raise
         return []
 
 
-def file_names(folder: str) -> list[str]:
-    """The names of the files directly in ``folder``."""
+def file_names(folder: str, *, strict: bool = False) -> list[str]:
+    """The names of the files directly in ``folder`` (``strict``: see _entries)."""
     import pyarrow.fs
 
-    return [Path(i.path).name for i in _entries(folder) if i.type == pyarrow.fs.FileType.File]
+    return [Path(i.path).name for i in _entries(folder, strict) if i.type == pyarrow.fs.FileType.File]
 
 
 def subfolders(folder: str, prefix: str) -> list[str]:

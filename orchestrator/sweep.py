@@ -384,7 +384,7 @@ def _holding(experiment_path: str, name: str):
             yield lock
     except driver_lock.SweepBusy as err:  # raised only on entry, before anything started
         raise SpecError("", str(err)) from None
-    except driver_lock.LockUnreadable as err:
+    except driver_lock.LockUnavailable as err:
         raise SweepError(str(err)) from None
 
 

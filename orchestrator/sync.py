@@ -27,7 +27,7 @@ def sync_sweep(experiment_path: str, *, tracking_uri: str | None = None) -> int:
             return _sync(prep, tracking, trials, experiment_path)
     except driver_lock.SweepBusy as err:
         raise SpecError("", f"{err}; its driver logs to MLflow itself") from None
-    except driver_lock.LockUnreadable as err:
+    except driver_lock.LockUnavailable as err:
         raise SweepError(str(err)) from None
 
 

@@ -228,6 +228,9 @@ class SweepTracker(Callback):
 
     def _replay(self) -> None:
         while self._pending:
+            if TRACKING_FENCE.is_set():  # the sweep is another driver's now: what is queued is dropped
+                self._pending.clear()
+                return
             fn, args = self._pending.pop(0)
             try:
                 fn(*args)
@@ -245,7 +248,7 @@ class SweepTracker(Callback):
         while self._pending:
             self._retry_at = 0.0
             self._replay()
-            if not self._pending or time.monotonic() + RETRY_S > deadline:
+            if not self._pending or time.monotonic() + RETRY_S > deadline or TRACKING_FENCE.is_set():
                 break
             time.sleep(RETRY_S)
         return len(self._pending)
@@ -320,8 +323,9 @@ class SweepTracker(Callback):
                 for i in range(0, len(missing), 1000):
                     self.client.log_batch(kept, metrics=missing[i : i + 1000])
             if not ended and extra.data.tags.get(TAG_STATUS) in FINAL_STATUSES:
-                tags = {k: v for k, v in extra.data.tags.items()
-                        if k in (TAG_ERROR, TAG_STOPPED_AT, TAG_BEST_EPOCH, TAG_STATUS)}
+                tags = {k: v for k, v in extra.data.tags.items() if k in (TAG_ERROR, TAG_STOPPED_AT, TAG_STATUS)}
+                if best := self._best_epoch(kept):  # of the merged history, not of either half
+                    tags[TAG_BEST_EPOCH] = best
                 self.client.set_terminated(kept, extra.info.status)
                 self.client.log_batch(kept, tags=[RunTag(k, v) for k, v in tags.items()])
                 self._log_figures(kept, [])
@@ -475,21 +479,24 @@ class SweepTracker(Callback):
             self.client.log_text(run_id, trace, "error.txt")
         if status == Status.STOPPED_EARLY:
             tags[TAG_STOPPED_AT] = str(epoch)
-        history = self.client.get_metric_history(run_id, M.VAL_ERROR)
-        if history:
-            best = min(history, key=lambda m: (m.value, m.step))
-            tags[TAG_BEST_EPOCH] = str(best.step)
+        if best := self._best_epoch(run_id):
+            tags[TAG_BEST_EPOCH] = best
         responses = result.get(LAYER_RESPONSES)
         if responses:  # data the report reads: written with the trial's end
             self.client.log_dict(run_id, {LAYER_RESPONSES: list(responses)}, "layer_responses.json")
         # The figures are views of what is logged: drawn off Tune's loop (about 0.15 s a trial).
         self._submit(self._log_figures, run_id, list(responses or []))
         self.client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
-        self.runs_ended += 1
         # The status tag goes last: a run that has it is complete (see _is_final; its figures
-        # may follow a moment later).
+        # may follow a moment later). Counted then: a replay of a write lost midway counts once.
         for key, value in sorted(tags.items(), key=lambda kv: kv[0] == TAG_STATUS):
             self.client.set_tag(run_id, key, value)
+        self.runs_ended += 1
+
+    def _best_epoch(self, run_id: str) -> str | None:
+        """The epoch of the lowest val error, the earliest on ties (chosen on val, never on test)."""
+        history = self.client.get_metric_history(run_id, M.VAL_ERROR)
+        return str(min(history, key=lambda m: (m.value, m.step)).step) if history else None
 
     def _ended_as(self, run_id: str, status: Status) -> bool:
         run = self.client.get_run(run_id)
@@ -525,7 +532,7 @@ class SweepTracker(Callback):
 
     def _summarize(self) -> None:
         """The best trial (lowest val error, chosen on val) on the parent run, for the runs table."""
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric, RunTag
 
         best = None
         for run_id in self.runs.values():
@@ -546,8 +553,8 @@ class SweepTracker(Callback):
         metrics = [Metric(M.VAL_ERROR, value, now, 0)]
         if test:
             metrics.append(Metric(M.TEST_ERROR, test[0], now, 0))
-        self.client.log_batch(self.parent_id, metrics=metrics)
-        self.client.set_tag(self.parent_id, "best_trial", name)
+        # One batch, one transaction: a replay after a lost answer finds the tag and adds no point.
+        self.client.log_batch(self.parent_id, metrics=metrics, tags=[RunTag("best_trial", name)])
 
     def on_experiment_end(self, trials, **info) -> None:
         left = [t for t in trials if t.status != "ERROR" and was_interrupted(t.last_result)]

@@ -456,4 +456,8 @@ def planned_epochs(cfg: TrainConfig, steps_per_epoch: int) -> int:
 
 
 def steps_per_epoch(train_images: int, batch_size: int) -> int:
-    return -(-train_images // batch_size)
+    """A training epoch's batches, as one process's loader makes them (a last batch of one image
+    joins the one before: resnet_core.distributed.batch_sizes)."""
+    from .distributed import Shard, batch_sizes, smallest_training_batch
+
+    return len(batch_sizes(train_images, batch_size, smallest=smallest_training_batch(Shard(), sync_bn=True)))

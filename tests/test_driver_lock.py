@@ -14,7 +14,7 @@ import time
 import pytest
 
 from orchestrator import driver_lock
-from orchestrator.driver_lock import DriverLock, Identity, LockUnreadable, SweepBusy
+from orchestrator.driver_lock import DriverLock, Identity, LockUnavailable, SweepBusy
 
 BEAT, STALE = 0.1, 1.0
 
@@ -89,29 +89,46 @@ def holder_of(sweep: str) -> str | None:
     return None if number is None else reader.claim(number)[0].host
 
 
-def test_a_stalled_driver_is_taken_over_and_stops_when_its_storage_returns(sweep):
+def test_a_stalled_driver_stops_before_another_can_take_the_sweep_over(sweep):
+    """A driver whose storage stalls (an NFS hiccup, a paused VM) cannot renew its claim: it stops
+    before the stale time is up, so the driver that takes the sweep over then (having watched the
+    claim not change for the stale time) never runs beside it; nothing is written after either."""
     lost = []
-    a = DriverLock(sweep, "small", on("node-a"), on_lost=lost.append)
+    a = DriverLock(sweep, "small", on("node-a"), on_lost=lambda line: lost.append((time.monotonic(), line)))
     a.store = Flaky(a.store)
     holding(a)
+    time.sleep(1.5 * BEAT)
     a.store.down = True  # its storage stalls: no heartbeat gets through
     said = []
     b = holding(DriverLock(sweep, "small", on("node-b"), say=said.append))
+    taken = time.monotonic()
     assert b.number == 2 and holder_of(sweep) == "node-b"
     assert said and "pid 4242 on node-a" in said[0] and f"{a.store.path}/00000001" in said[0]
-    a.store.down, back = False, time.monotonic()  # … and comes back: its next heartbeat sees the takeover
-    deadline = time.monotonic() + 5
-    while not lost and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert lost == [a.lost] and a.lost.startswith("error: sweep small was taken over by pid 4242 on node-b ")
-    assert f"({a.store.path}/00000001)" in a.lost
-    assert [w for w in a.store.writes if w[0] > back] == []  # not one write after it came back
+    assert len(lost) == 1 and lost[0][0] < taken, (lost, taken)  # it had stopped first
+    assert lost[0][1] == a.lost and a.lost.startswith("error: sweep small: this driver could not renew its lock (")
+    assert "OSError: stale file handle" in a.lost and "so this one stops" in a.lost
+    a.store.down, back = False, time.monotonic()  # … and comes back: it stays stopped
     time.sleep(3 * BEAT)
+    assert [w for w in a.store.writes if w[0] > back] == [] and len(lost) == 1
     assert holder_of(sweep) == "node-b" and b.lost is None and b._taken_by() is None
     a.release()  # a driver that lost the sweep removes nothing
     assert holder_of(sweep) == "node-b"
     b.release()
     assert holder_of(sweep) is None
+
+
+def test_a_driver_finds_its_sweep_taken_over_at_its_next_heartbeat(sweep):
+    lost = []
+    a = holding(DriverLock(sweep, "small", on("node-a"), on_lost=lost.append))
+    b = DriverLock(sweep, "small", on("node-b"))
+    assert b._create(a.number + 1)  # what a driver that judged it dead does
+    deadline = time.monotonic() + 5
+    while not lost and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert lost == [a.lost] and a.lost.startswith("error: sweep small was taken over by pid 4242 on node-b ")
+    assert a.lost.endswith(f"(the lock: {a.store.path}/00000001); this driver stops and leaves the sweep to it")
+    a.release()
+    assert holder_of(sweep) == "node-b"
 
 
 def dead_claim(sweep: str) -> None:
@@ -155,11 +172,45 @@ def test_a_failed_read_is_never_taken_for_no_lock(sweep):
     with pytest.raises(SweepBusy, match="already being run by pid 4242 on node-a"):
         b.acquire()
     b.store.fail_reads = driver_lock.READ_ATTEMPTS  # the storage does not answer at all
-    with pytest.raises(LockUnreadable) as err:
+    with pytest.raises(LockUnavailable) as err:
         b.acquire()
     assert str(err.value).startswith(f"cannot read the lock of sweep small at {b.store.path} (listing: OSError: ")
+
     assert holder_of(sweep) == "node-a" and b.number is None
     a.release()
+
+
+def test_a_storage_that_takes_no_claim_is_one_line_and_keeps_none(tmp_path):
+    sweep = str(tmp_path / "sweep")
+    lock = DriverLock(sweep, "small", on("node-a"))
+    lock.store = Flaky(lock.store)
+
+    def full(name, data):
+        raise OSError(28, "No space left on device")
+
+    lock.store.write = full  # the claim is made, its first heartbeat is not
+    with pytest.raises(LockUnavailable) as err:
+        lock.acquire()
+    assert str(err.value) == (f"cannot write the lock of sweep small at {lock.store.path} (OSError: [Errno 28] No "
+                              f"space left on device); this driver does not start")
+    assert holder_of(sweep) is None and lock.number is None
+
+
+def test_a_folder_without_hard_links_still_takes_one_claim_at_a_time(tmp_path, monkeypatch):
+    """FUSE mounts of buckets and SMB shares refuse hard links: an exclusive create instead."""
+    import errno
+
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    sweep = str(tmp_path / "sweep")
+    a = holding(DriverLock(sweep, "small", on("node-a")))
+    assert not DriverLock(sweep, "small", on("node-b")).store.create("00000001", b"{}")
+    with pytest.raises(SweepBusy, match="pid 4242 on node-a"):
+        DriverLock(sweep, "small", on("node-b"), say=lambda line: None).acquire()
+    a.release()
+    assert holder_of(sweep) is None
 
 
 def test_a_restarted_container_with_the_same_host_and_pid_is_not_locked_out(tmp_path):

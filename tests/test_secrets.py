@@ -51,3 +51,20 @@ def test_a_secret_in_the_sweep_files_tracking_uri_is_refused_by_name(tmp_path):
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
     assert "tracking.tracking_uri" in out.stderr and "password=…" in out.stderr and "hunter2" not in out.stderr
     assert list(tmp_path.iterdir()) == [tmp_path / "s.yaml"]  # nothing started, nothing written
+
+
+def test_ray_starts_without_the_login_in_its_environment_or_the_command_line(monkeypatch):
+    """Ray's processes inherit the environment, and Ray records the command line as the job's
+    entrypoint: while it starts, neither holds the login."""
+    import os
+    import sys
+
+    from orchestrator.login import without_login
+
+    shown = use_tracking_uri("http://alice:pa%24%24word@mlflow:5000")
+    argv = ["resnet-sweep", "run", "s.yaml", "--tracking-uri", "http://alice:pa%24%24word@mlflow:5000"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with without_login():
+        assert "MLFLOW_TRACKING_PASSWORD" not in os.environ and "pa%24%24word" not in " ".join(sys.argv)
+        assert sys.argv[-1] == "http://alice:***@mlflow:5000"
+    assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "pa$$word" and sys.argv is argv and shown == "http://mlflow:5000"

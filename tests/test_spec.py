@@ -239,3 +239,5 @@ def test_a_searched_folder_is_named_by_its_last_part():
     config = {"model.depth": 18, "model.arch": "imagenet", "dataset.name": "imagefolder", "train.lr": 0.1, "train.epochs": 1}
     name = trial_name({**config, "dataset.root": "/data/a b/train-set/"}, {"dataset.root": "/data/a b/train-set/"})
     assert name == "resnet18-basic-B-lr0.1-roottrain-set-s0" and "/" not in name
+    spaced = trial_name({**config, "dataset.root": "/data/Tiny ImageNet"}, {"dataset.root": "/data/Tiny ImageNet"})
+    assert spaced == "resnet18-basic-B-lr0.1-rootTiny_ImageNet-s0"  # a storage URI takes it as it is
