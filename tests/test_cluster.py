@@ -120,9 +120,13 @@ def test_ray_client_address_runs_tunes_loop_on_the_head(tmp_path, cluster, mlflo
 
 @pytest.mark.slow
 def test_a_node_that_joins_gets_trials_and_a_node_that_dies_costs_at_most_an_epoch(tmp_path, cluster):
-    # Long enough that the head alone is still busy when the worker has started (~20 s on an idle
-    # 2-core machine, where 10 epochs let the head finish all four trials first).
+    # The test's fault hook (tests/faults) holds every trial after epoch 1 until the new node has
+    # a trial, then after epoch 3 until that node is gone: states, not the clock, on a loaded machine.
     epochs = 30
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    (faults / "hold").write_text("1")
+    cluster.env.update(PYTHONPATH=str(Path(__file__).parent / "faults"), RESNET_SWEEP_TEST_FAULTS=str(faults))
     head = cluster.start_head(cpus=1)
     sweep_file(tmp_path, epochs=epochs, size=16, limit=1024)
     exe = Path(sys.executable).parent / "resnet-sweep"
@@ -142,8 +146,10 @@ def test_a_node_that_joins_gets_trials_and_a_node_that_dies_costs_at_most_an_epo
     worker = cluster.add_worker(cpus=1)
     short = worker.node_id[:8]
     moved = read_until(rf"running +(\S+) on .*\(node {short}\)").group(1)  # the new node got a trial
-    read_until(rf"epoch +[2-{min(epochs - 1, 9)}]/{epochs} +{re.escape(moved)} ")  # midway on it
+    (faults / "hold").write_text("3")
+    read_until(rf"epoch +3/{epochs} +{re.escape(moved)} ")  # midway on it, held there
     worker.kill()
+    (faults / "hold").unlink()
     for line in proc.stdout:
         lines.append(line)
     proc.wait(timeout=600)
