@@ -29,14 +29,39 @@ def cli(*args: str, cwd: Path, timeout: float = 600, env: dict | None = None) ->
     )
 
 
+def start(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
+    """The installed `resnet-sweep ARGS…` started as a user would, its output (both streams) to read."""
+    exe = Path(sys.executable).parent / "resnet-sweep"
+    return subprocess.Popen([str(exe), *map(str, args)], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, **(env or {})})
+
+
+def runs_holding(uri: str, user: str, secret: str, experiment: str) -> tuple[list, list, list[str]]:
+    """The experiment's parent and child runs, read with the login, and those whose params or
+    tags hold ``secret``."""
+    import json
+
+    from mlflow import MlflowClient
+
+    from tests.test_sweeps import child_runs
+
+    os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = user, secret
+    try:
+        parents, children = child_runs(MlflowClient(uri), experiment)
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_USERNAME", None)
+        os.environ.pop("MLFLOW_TRACKING_PASSWORD", None)
+    leaks = [f"run {run.info.run_name}" for run in parents + children
+             if secret in json.dumps({**run.data.params, **run.data.tags})]
+    return parents, children, leaks
+
+
 def kill_when_midway(*args: str, cwd: Path, epochs: int, env: dict | None = None,
                      sig: int = signal.SIGKILL) -> tuple[str, set[str]]:
     """Run `resnet-sweep ARGS…` and SIGKILL it once a trial has finished and another is midway,
     as a crash would (or send ``sig``: SIGINT is Ctrl-C); returns all it printed and the names
     of the finished trials. The exit code is in ``kill_when_midway.returncode``."""
-    exe = Path(sys.executable).parent / "resnet-sweep"
-    proc = subprocess.Popen([str(exe), *map(str, args)], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env={**os.environ, **(env or {})})
+    proc = start(*args, cwd=cwd, env=env)
     seen, done = [], set()
     for line in proc.stdout:
         seen.append(line)
@@ -55,9 +80,7 @@ def ctrl_c_when(*args: str, cwd: Path, printed: str, before=None) -> str:
     """Run `resnet-sweep ARGS…` and press Ctrl-C (SIGINT) once it prints a line matching the
     regex ``printed`` (``before()`` runs just before the signal); returns all it printed. The
     exit code is in ``ctrl_c_when.returncode``."""
-    exe = Path(sys.executable).parent / "resnet-sweep"
-    proc = subprocess.Popen([str(exe), *map(str, args)], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = start(*args, cwd=cwd)
     seen = []
     for line in proc.stdout:
         seen.append(line)

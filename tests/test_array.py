@@ -1,4 +1,4 @@
-"""[10/11] Trial arrays: K same-shape trials as one fused model; each member is its single trial.
+"""Trial arrays: K same-shape trials as one fused model; each member is its single trial.
 
 Exactness is checked against ``Trainer`` runs of the same configs. On CPU with one thread (set
 here, as conftest does) the grouped model computes bit for bit what the single trials compute;

@@ -1,4 +1,4 @@
-"""[10/11] Trial arrays in a sweep (resources.array) on real Ray and a real MLflow store: each
+"""Trial arrays in a sweep (resources.array) on real Ray and a real MLflow store: each
 member is still a trial (its own child run, row, status), with the results of the same sweep
 run without arrays; a member that diverges ends alone."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""[7/11] Bad input as a new user tries it: sweep files, flags, tracking URIs, Ray addresses,
+"""Bad input as a new user tries it: sweep files, flags, tracking URIs, Ray addresses,
 storage paths, data folders, checkpoints and resume targets. Each case is one line naming the
 field (and the YAML line), exit 2 (1 for what only trying finds: a dead cluster, data that
 cannot be downloaded), no traceback, nothing started or written.

@@ -1,4 +1,4 @@
-"""[9/11] The benchmarks run (their --smoke-test sizes), from any folder, and write their tables.
+"""The benchmarks run (their --smoke-test sizes), from any folder, and write their tables.
 They measure nothing here: speed belongs in the benchmarks' own runs, never in a timed test."""
 import subprocess
 import sys

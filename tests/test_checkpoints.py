@@ -1,4 +1,4 @@
-"""[7/11] A checkpoint that cannot be restored (cut short, corrupt, another trial's): the trial
+"""A checkpoint that cannot be restored (cut short, corrupt, another trial's): the trial
 falls back to an older checkpoint or restarts from epoch 0, says so once, and never crash-loops."""
 import os
 import re

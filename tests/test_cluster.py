@@ -1,4 +1,4 @@
-"""[5/11] Beyond one machine: sweeps on a real multi-node Ray cluster (separate `ray start`
+"""Beyond one machine: sweeps on a real multi-node Ray cluster (separate `ray start`
 processes on 127.0.0.1, token auth on as Ray 2.60 does by default), node loss, nodes that join,
 and the clear one-line failures (no token, dead cluster, storage a node cannot see)."""
 import os
@@ -180,10 +180,9 @@ def test_ray_client_keeps_the_mlflow_login_out_of_rays_records_logs_and_trials(t
     given on this machine, and the login is in no output, no file of the sweep or of Ray's
     session (logs included), none of Ray's records of the job (runtime_env, actors, tasks), and
     the environment of no process of the cluster (its trials included)."""
-    import json
     import re
 
-    from tests.conftest import descendants, environments_holding
+    from tests.conftest import descendants, environments_holding, runs_holding, start
     from tests.test_k8s import MlflowFromManifest
 
     cluster.start_head(cpus=2)
@@ -193,11 +192,9 @@ def test_ray_client_keeps_the_mlflow_login_out_of_rays_records_logs_and_trials(t
     server = MlflowFromManifest(tmp_path / "mlflow")
     secret = server.PASSWORD
     login = f"http://{server.USER}:{secret}@127.0.0.1:{server.port}"
-    exe = Path(sys.executable).parent / "resnet-sweep"
     try:
-        proc = subprocess.Popen([str(exe), "run", "small.yaml", "--address", cluster.client_address, "--tracking-uri", login],
-                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env={**os.environ, **user})
+        proc = start("run", "small.yaml", "--address", cluster.client_address, "--tracking-uri", login, cwd=tmp_path,
+                     env=user)
         seen, searched, in_environments = [], 0, []
         roots = [proc.pid, *(node.proc.pid for node in cluster.nodes)]
         for line in proc.stdout:
@@ -222,15 +219,10 @@ def test_ray_client_keeps_the_mlflow_login_out_of_rays_records_logs_and_trials(t
         files = [p for root in (tmp_path / "ray_results", cluster.logs) for p in root.rglob("*") if p.is_file()]
         leaks = [str(p) for p in files if secret.encode() in p.read_bytes()]
         leaks += ["output"] * (secret in output) + ["Ray's records of the job"] * (secret.encode() in records.stdout)
-        os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = server.USER, secret
-        parents, children = child_runs(MlflowClient(server.uri), "small")
+        parents, children, in_runs = runs_holding(server.uri, server.USER, secret, "small")
         assert len(parents) == 1 and len(children) == 4
-        leaks += [run.info.run_name for run in parents + children
-                  if secret in json.dumps({**run.data.params, **run.data.tags})]
-        assert leaks == [] and len(files) > 20
+        assert leaks + in_runs == [] and len(files) > 20
         print(f"\nray://: secret searched in the output, {len(files)} files, Ray's records "
               f"({len(records.stdout)} bytes), the environments of {searched} processes, 5 runs: not found")
     finally:
-        os.environ.pop("MLFLOW_TRACKING_USERNAME", None)
-        os.environ.pop("MLFLOW_TRACKING_PASSWORD", None)
         server.stop()

@@ -1,4 +1,4 @@
-"""[11/11] Data-parallel trials (resources.workers): Ray Train's TorchTrainer runs the trial's
+"""Data-parallel trials (resources.workers): Ray Train's TorchTrainer runs the trial's
 processes (gloo on CPU here), which together train exactly the batches one process would."""
 from __future__ import annotations
 

@@ -145,7 +145,7 @@ def test_an_image_folder_streams_to_the_gpu_and_resumes_exactly(tmp_path):
 
 
 def test_an_array_on_cuda_trains_each_member_as_its_single_trial():
-    """[10/11] The CUDA path of trial arrays (every conv grouped, torch's fused SGD per member):
+    """The CUDA path of trial arrays (every conv grouped, torch's fused SGD per member):
     in fp32 each member ends within rounding of its single trial, and a diverging member is
     frozen while the other goes on."""
     from resnet_core.array import ArrayTrainer

@@ -1,4 +1,4 @@
-"""[11/11] Image folders: the ImageNet recipe (2015 §3.4) on real JPEG files written here, the
+"""Image folders: the ImageNet recipe (2015 §3.4) on real JPEG files written here, the
 streaming loader (scale augmentation, deterministic with any number of workers, exact resume),
 10-crop testing, the seeded val hold-out, and errors that name the folder."""
 import shutil

@@ -1,4 +1,4 @@
-"""[11/11] The acceptance sweep for image folders: a tiny ImageFolder of real JPEG files (written
+"""The acceptance sweep for image folders: a tiny ImageFolder of real JPEG files (written
 here), and a sweep with the paper's ImageNet recipe (2015 §3.4: scale augmentation, random crop
 and flip, PCA lighting, per-pixel mean; SGD momentum 0.9, wd 1e-4, lr ÷10 at a third and two
 thirds) training an ImageNet-arch ResNet-18 on it end to end on real Ray and a real MLflow store:

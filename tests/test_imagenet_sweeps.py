@@ -1,4 +1,4 @@
-"""[11/11] The shipped ImageNet sweeps (2015 Tables 2 and 3): `plan` without the data (ILSVRC-2012's
+"""The shipped ImageNet sweeps (2015 Tables 2 and 3): `plan` without the data (ILSVRC-2012's
 counts, one warning naming the root), `run` without it (exit 1 naming the root, before Ray), and
 the plan's GPU-hours: every pass counted, the throughput assumed, the GPUs of a trial, and the
 loader's CPUs against what the GPU trains."""

@@ -1,4 +1,4 @@
-"""[6/11] Kubernetes: k8s/ builds with kustomize for every overlay, every object passes strict
+"""Kubernetes: k8s/ builds with kustomize for every overlay, every object passes strict
 schema validation offline (built-in kinds with kubernetes-validate, RayJobs with our KubeRay v1
 check), `k8s render` prints the same RayJob the base and overlays hold, the validation fails
 on broken manifests, the Dockerfiles pass hadolint, and the RayJob's entrypoint continues the

@@ -1,4 +1,4 @@
-"""[7/11] Load: 64 trials × 20 epochs of a tiny model logging to the default SQLite store. Every
+"""Load: 64 trials × 20 epochs of a tiny model logging to the default SQLite store. Every
 report reaches MLflow (no "database is locked"), and the driver's memory stays flat."""
 import re
 import subprocess

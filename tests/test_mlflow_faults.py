@@ -1,12 +1,9 @@
-"""[7/11] Nothing lost: MLflow equals Tune's own records point for point after an MLflow outage,
+"""Nothing lost: MLflow equals Tune's own records point for point after an MLflow outage,
 after `resnet-sweep sync` rebuilds a lost store, and a login in the tracking URI works against a
 real basic-auth server without ever being shown or stored."""
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,7 +12,7 @@ from mlflow import MlflowClient
 
 from orchestrator.vocabulary import final_status
 from resnet_core import metrics as M
-from tests.conftest import MlflowServer, cli, descendants, environments_holding
+from tests.conftest import MlflowServer, cli, descendants, environments_holding, runs_holding, start
 from tests.test_sweeps import SMALL_GRID, child_runs
 
 
@@ -109,9 +106,7 @@ def test_mlflow_server_killed_midway_and_back_a_minute_later_loses_nothing(tmp_p
     epochs = 30
     (tmp_path / "small.yaml").write_text(SMALL_GRID.format(epochs=epochs))
     server = MlflowServer(tmp_path / "server").start()
-    exe = Path(sys.executable).parent / "resnet-sweep"
-    proc = subprocess.Popen([str(exe), "run", "small.yaml", "--tracking-uri", server.uri], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start("run", "small.yaml", "--tracking-uri", server.uri, cwd=tmp_path)
     lines, killed_at, restarted, during = [], None, False, 0
     try:
         for line in proc.stdout:
@@ -162,9 +157,7 @@ def test_login_in_the_tracking_uri_works_with_basic_auth_and_is_never_shown_or_s
             assert "wrong-password" not in out.stderr
         # Mid-run, every process the driver started (Ray's GCS, raylet, the trials' workers) is
         # searched: trials report to the driver and never need the login.
-        exe = Path(sys.executable).parent / "resnet-sweep"
-        proc = subprocess.Popen([str(exe), "run", "small.yaml", "--tracking-uri", login], cwd=tmp_path,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **env})
+        proc = start("run", "small.yaml", "--tracking-uri", login, cwd=tmp_path, env=env)
         seen, searched, in_environments = [], 0, []
         for line in proc.stdout:
             seen.append(line)
@@ -187,18 +180,11 @@ def test_login_in_the_tracking_uri_works_with_basic_auth_and_is_never_shown_or_s
         leaks = [f"output {i}" for i, text in enumerate(outputs) if secret in text]
         files = [p for root in (tmp_path / "ray_results", ray_tmpdir) for p in root.rglob("*") if p.is_file()]
         leaks += [str(p) for p in files if secret.encode() in p.read_bytes()]
-        os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = server.USER, secret
-        client = MlflowClient(server.uri)
-        parents, children = child_runs(client, "small")
-        assert len(parents) == 1 and len(children) == 2
-        for run in parents + children:
-            leaks += [f"run {run.info.run_name}: {k}" for k, v in {**run.data.params, **run.data.tags}.items() if secret in v]
-        assert leaks == []
+        parents, children, in_runs = runs_holding(server.uri, server.USER, secret, "small")
+        assert len(parents) == 1 and len(children) == 2 and leaks + in_runs == []
         print(f"\nsecret searched in {len(outputs)} outputs, {len(files)} files, {len(parents + children)} runs, "
               f"the environments of {searched} processes of the sweep: not found")
     finally:
-        os.environ.pop("MLFLOW_TRACKING_USERNAME", None)
-        os.environ.pop("MLFLOW_TRACKING_PASSWORD", None)
         server.stop()
 
 
@@ -210,9 +196,7 @@ def test_writes_queued_for_a_down_server_survive_a_killed_driver_and_resume_send
     epochs = 6
     (tmp_path / "small.yaml").write_text(SMALL_GRID.format(epochs=epochs))
     server = MlflowServer(tmp_path / "server").start()
-    exe = Path(sys.executable).parent / "resnet-sweep"
-    proc = subprocess.Popen([str(exe), "run", "small.yaml", "--tracking-uri", server.uri], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start("run", "small.yaml", "--tracking-uri", server.uri, cwd=tmp_path)
     folder = tmp_path / "ray_results" / "small"
     lines, done = [], None
     try:

@@ -1,4 +1,4 @@
-"""[1/8] The model zoo against the papers' numbers and torchvision."""
+"""The model zoo against the papers' numbers and torchvision."""
 import json
 import subprocess
 import sys

@@ -1,4 +1,4 @@
-"""[5/11] Sweeps whose results live in S3 (a real S3-compatible server on 127.0.0.1): the driver
+"""Sweeps whose results live in S3 (a real S3-compatible server on 127.0.0.1): the driver
 killed midway and `resume s3://…` finishing it, names never reused, credentials never written."""
 import re
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""[3/8] Sweep files and plans. Every bad input, with the line the user sees, is in the one
+"""Sweep files and plans. Every bad input, with the line the user sees, is in the one
 table of tests/test_bad_inputs.py."""
 import json
 

@@ -1,4 +1,4 @@
-"""[3/8] + [4/8] Sweeps end to end on real Ray and real MLflow (SQLite file and HTTP server)."""
+"""Sweeps end to end on real Ray and real MLflow (SQLite file and HTTP server)."""
 import csv
 import json
 import math

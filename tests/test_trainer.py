@@ -1,4 +1,4 @@
-"""[2/8] The trainer: the paper's recipe, exact resume, divergence, layer responses, data."""
+"""The trainer: the paper's recipe, exact resume, divergence, layer responses, data."""
 import dataclasses
 import json
 

@@ -1,4 +1,4 @@
-"""[7/11] A trial that raises, runs out of memory or diverges ends with its own status and error
+"""A trial that raises, runs out of memory or diverges ends with its own status and error
 (table, progress lines, MLflow); the others finish; failure.max_failures retries apply. The faults
 are raised inside the real trial processes (tests/faults/sitecustomize.py)."""
 import re
