@@ -10,8 +10,8 @@ are stacked (a leading K dimension, as ``torch.func.stack_module_state`` lays th
 activations of all members travel as one (batch, K·C, H, W) tensor. A weightless copy of the
 model has its layers swapped for grouped ones (``_fuse``): every conv becomes one conv with
 ``groups = K``, every BN one BN over K·C channels whose running statistics are the K members'
-own (contiguous K×C blocks, updated in place by the BN kernel), the classifier one batched
-matmul. The blocks' own ``forward`` code (shortcuts, additions, in-place ReLU) runs unchanged.
+own (contiguous K×C blocks, updated in place by the BN kernel), the classifier one linear per
+member. The blocks' own ``forward`` code (shortcuts, additions, in-place ReLU) runs unchanged.
 
 Why not ``torch.vmap`` (+ ``functional_call`` + ``stack_module_state``), which works with this
 model as it is (in-place ReLU and BN's in-place running-statistics updates included): it runs
@@ -220,7 +220,11 @@ class _GroupedBatchNorm2d(_Grouped):
 
 
 class _GroupedLinear(_Grouped):
-    """K linear layers as one batched matmul: B×(K·I) in, K×B×O out (members first: the logits)."""
+    """K linear layers: B×(K·I) in, K×B×O out (members first: the logits).
+
+    One ``F.linear`` per member, not one batched matmul: a batched matmul's weight gradient sums
+    in another order than ``F.linear``'s on some CPUs (AVX2 MKL), and the head is a negligible
+    share of the step, so each member keeps its single trial's kernels bit for bit."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -229,9 +233,8 @@ class _GroupedLinear(_Grouped):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xs = x.unflatten(1, (self.members, -1)).transpose(0, 1)  # K×B×I
-        if self.bias is None:
-            return torch.bmm(xs, self.weight.transpose(1, 2))
-        return torch.baddbmm(self.bias[:, None, :], xs, self.weight.transpose(1, 2))
+        bias = [None] * self.members if self.bias is None else self.bias
+        return torch.stack([F.linear(xs[k], self.weight[k], bias[k]) for k in range(self.members)])
 
 
 class _GroupedPad(PadShortcut):

@@ -68,8 +68,10 @@ def _only_run(client: MlflowClient, experiment: str):
 
 def test_two_workers_match_one_with_the_same_global_batch(tmp_path):
     """Must show 2: a trial of 2 data-parallel workers logs the loss curve of the 1-process run
-    of the same config and seed (equal up to float rounding of the all-reduce, which training
-    then amplifies), as one MLflow child run."""
+    of the same config and seed, as one MLflow child run: equal up to the rounding of the
+    all-reduce and sync BN's statistics (one step: test_one_step_…), which 17 steps at a constant
+    lr amplify. Measured on an AVX2 EPYC: 8.8e-5 relative after the first epoch, in-process gloo
+    and Ray alike; the same process on 1 and 2 threads differs by 5.7e-6."""
     (tmp_path / "ddp.yaml").write_text(SWEEP.format(name="ddp", epochs=2, extra=""))
     plan = cli("plan", "ddp.yaml", "--json", cwd=tmp_path)
     assert plan.returncode == 0, plan.stderr
@@ -87,8 +89,8 @@ def test_two_workers_match_one_with_the_same_global_batch(tmp_path):
     alone = Trainer(RunConfig.from_flat(trial["config"])).run()["history"]  # the same trial in one process
     assert len(logged["train_loss"]) == len(alone) == 2
     first = (logged["train_loss"][0], alone[0]["train_loss"])
-    assert abs(first[0] - first[1]) < 1e-5 * first[1], first  # one epoch: rounding only
-    assert abs(logged["val_loss"][0] - alone[0]["val_loss"]) < 1e-4 * alone[0]["val_loss"]
+    assert abs(first[0] - first[1]) < 1e-3 * first[1], first  # one epoch: rounding, amplified
+    assert abs(logged["val_loss"][0] - alone[0]["val_loss"]) < 1e-3 * alone[0]["val_loss"]
     for key in ("train_loss", "val_loss"):  # later: rounding, amplified by training
         for epoch, (ddp, one) in enumerate(zip(logged[key], (h[key] for h in alone)), 1):
             assert abs(ddp - one) < 1e-2 * one, (key, epoch, ddp, one)
@@ -150,14 +152,18 @@ def test_a_data_parallel_trial_spans_two_nodes(tmp_path):
 
 # --- two processes of one trial, in torch's own process group (gloo), without Ray -----------------
 
-def _tiny(sync_bn: bool) -> RunConfig:
-    return RunConfig(model=ModelConfig(depth=8), dataset=DataConfig(name="digits", image_size=8, train_limit=256),
-                     train=TrainConfig(batch_size=64, epochs=3, lr=0.05, device="cpu", sync_bn=sync_bn))
+def _tiny(sync_bn: bool, images: int = 256, epochs: int = 3) -> RunConfig:
+    return RunConfig(model=ModelConfig(depth=8), dataset=DataConfig(name="digits", image_size=8, train_limit=images),
+                     train=TrainConfig(batch_size=64, epochs=epochs, lr=0.05, device="cpu", sync_bn=sync_bn))
+
+
+ONE_STEP = {"images": 64, "epochs": 1}  # one batch of 64: 32 images per worker
 
 
 def _rank(rank: int, port: int, folder: str, phase: str, sync_bn: bool, out) -> None:
     """One of two processes: trains the trial straight (rank 0 saving a checkpoint per epoch, as
-    Tune's folders hold them), or resumes it from the folder with rank 1's reads failing."""
+    Tune's folders hold them), resumes it from the folder with rank 1's reads failing, or
+    trains one step ("one step")."""
     import os
     from pathlib import Path
 
@@ -170,9 +176,11 @@ def _rank(rank: int, port: int, folder: str, phase: str, sync_bn: bool, out) -> 
     dist.init_process_group("gloo", rank=rank, world_size=2)
     torch.set_num_threads(1)
     shard = Shard.of_process_group()
-    trainer = Trainer(_tiny(sync_bn), shard=shard)
+    trainer = Trainer(_tiny(sync_bn, **(ONE_STEP if phase == "one step" else {})), shard=shard)
     restored = None
-    if phase == "straight":
+    if phase == "one step":
+        trainer.run()
+    elif phase == "straight":
         def save(r) -> None:
             if rank == 0:
                 path = Path(folder, f"checkpoint_{r.epoch - 1:06d}", CHECKPOINT_FILE)
@@ -214,6 +222,22 @@ def _two_ranks(folder, phase: str, sync_bn: bool) -> dict[int, tuple]:
         p.join(60)
         assert p.exitcode == 0
     return got
+
+
+def test_one_step_of_two_workers_is_one_step_of_one_process(tmp_path):
+    """The data-parallel step is the 1-process step up to float rounding (gloo's sum, sync BN's
+    statistics): after one step every tensor is within 1e-5 of one process's, relative to its
+    norm (the floor: the stem's running mean, ~1e-10 on centred images)."""
+    ranks = _two_ranks(tmp_path, "one step", sync_bn=True)
+    alone = Trainer(_tiny(True, **ONE_STEP))
+    alone.run()
+    assert alone.history[0]["train_loss"] == pytest.approx(ranks[0][1][0]["train_loss"], rel=1e-6)
+    want = alone.model.state_dict()
+    for rank in (0, 1):
+        got = ranks[rank][3]
+        for key, w in want.items():
+            g, w = got[key].double(), w.double()
+            assert (g - w).norm() <= 1e-5 * w.norm() + 1e-9, (rank, key)
 
 
 @pytest.mark.parametrize("sync_bn", [pytest.param(True, marks=pytest.mark.slow), False])
