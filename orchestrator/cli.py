@@ -12,7 +12,9 @@ from resnet_core import metrics as M
 from resnet_core.config import DATASETS, FOLDER_DATASETS
 from resnet_core.errors import ConfigError, DataUnavailableError
 from resnet_core.registry import VARIANTS
+from resnet_core.torch_compat import TorchOpMissing
 
+from .ray_compat import RayCompatError
 from .spec import SpecError
 from .flags import MODEL_FLAGS, TRAIN_FLAGS, add_flags, add_variant_flag, field_to_flag, flat_from_args
 
@@ -595,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, SpecError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (ReadFailure, DataUnavailableError) as err:
+    except (ReadFailure, DataUnavailableError, RayCompatError, TorchOpMissing) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:

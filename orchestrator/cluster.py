@@ -10,7 +10,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import storage
+from . import ray_compat, storage
 from .login import without_login
 from .spec import SpecError
 
@@ -52,12 +52,7 @@ def _enable_token_auth() -> None:
 
 def _set_token_mode() -> None:
     os.environ[AUTH_MODE] = "token"
-    try:  # Ray caches its config at import: refresh it, as ray.init does for `auto`
-        from ray._raylet import Config
-
-        Config.initialize("")
-    except (ImportError, AttributeError):
-        pass
+    ray_compat.refresh_config()  # Ray caches its config at import
 
 
 def _host_port(address: str) -> tuple[str, int]:
@@ -77,9 +72,7 @@ def _resolve_auto() -> str:
     """`auto`: $RAY_ADDRESS, else the cluster `ray start` recorded on this machine."""
     if os.environ.get("RAY_ADDRESS"):
         return os.environ["RAY_ADDRESS"]
-    from ray._private.services import find_bootstrap_address
-
-    address = find_bootstrap_address(None)
+    address = ray_compat.bootstrap_address()
     if not address:
         raise ClusterError("--address auto: no Ray cluster was started on this machine (`ray start --head`) and RAY_ADDRESS is not set")
     return address
@@ -100,14 +93,11 @@ def _check_reachable(address: str, shown: str) -> None:
 def _check_auth(address: str, shown: str) -> None:
     """Ask the cluster's GCS once: a cluster that wants another token says so at once, where
     ray.init would retry for a minute and then report only "Failed to connect"."""
-    try:
-        from ray._raylet import GcsClient
-        from ray.exceptions import AuthenticationError
-    except ImportError:  # a Ray without these: let ray.init report
-        return
+    from ray.exceptions import AuthenticationError
+
     try:
         with _native_stderr_silenced():  # Ray's C++ client logs each refusal on fd 2
-            GcsClient(address=address)
+            ray_compat.gcs_client(address)
     except AuthenticationError:
         source = _token_source()
         if source is None:
@@ -144,13 +134,7 @@ def _keep_credentials_out_of_runtime_envs() -> None:
     logs in plain text (runtime_env_agent.log) and keeps in its GCS. Trials do not need the
     copy: on this machine they inherit the driver's environment, on a cluster each node's own
     (check_storage_on_nodes proves it works), so the copy is switched off. No Ray option does."""
-    try:
-        from ray.tune.execution import class_cache
-    except ImportError:
-        return
-    propagated = getattr(class_cache, "ENV_VARS_TO_PROPAGATE", None)
-    if isinstance(propagated, set):
-        propagated.difference_update(CREDENTIAL_ENV)
+    ray_compat.stop_copying_env(CREDENTIAL_ENV)
 
 
 def connect(address: str | None, driver_env: dict[str, str] | None = None) -> None:

@@ -13,7 +13,7 @@ from resnet_core.errors import ConfigError
 from resnet_core.metrics import Status
 
 from .cluster import describe_node
-from . import standing, trial_table
+from . import ray_compat, standing, trial_table
 from .space import resolve_trial, trial_name
 from .trainable import error_trace
 from .vocabulary import HOSTNAME, NODE_ID, NOTICE, REPLAYED, STATUS, describe_status, error_line, final_status
@@ -61,7 +61,7 @@ class TuneInterrupt(logging.Filter):
     the interrupted trials as if they had finished. Its own resume hint (`Tuner.restore(…)`) is
     dropped: `resnet-sweep resume …` is printed instead."""
 
-    LOGGER = "ray.tune.tune"
+    LOGGER = ray_compat.STOP_LOGGER
 
     def __init__(self) -> None:
         super().__init__()
@@ -69,7 +69,7 @@ class TuneInterrupt(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if message.startswith("Stop signal received"):
+        if message.startswith(ray_compat.STOP_PREFIX):
             self.seen = True
         return "Tuner.restore" not in message and "Trials did not complete" not in message
 
@@ -81,10 +81,10 @@ class TrialErrorTraces(logging.Filter):
     """Tune logs every trial error with its whole trace; the progress lines say it in one line
     (and retries), the trace is in the trial's folder (error.txt) and in MLflow."""
 
-    LOGGER = "ray.tune.execution.tune_controller"
+    LOGGER = ray_compat.ERROR_LOGGER
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Trial task failed for trial")
+        return not record.getMessage().startswith(ray_compat.ERROR_PREFIX)
 
 
 def was_interrupted(result: dict | None) -> bool:

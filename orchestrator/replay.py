@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from resnet_core.metrics import Status
 
-from . import storage
+from . import ray_compat, storage
 from .arrays import ArrayMembers, trained_epochs
 from .spec import SpecError
 from .tracking import SweepTracker
@@ -32,10 +32,9 @@ def tune_trials(experiment_path: str) -> list:
 
 def _records(experiment_path: str, trial) -> list[dict]:
     """Tune's record of the trial's reports (result.json: one JSON object per line)."""
-    from ray.tune.result import EXPR_RESULT_FILE
 
     folder = storage.join(experiment_path, trial.path.rstrip("/").rsplit("/", 1)[-1])
-    text = storage.read_text(folder, EXPR_RESULT_FILE) or ""
+    text = storage.read_text(folder, ray_compat.RESULT_FILE) or ""
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 

@@ -21,7 +21,7 @@ from resnet_core.errors import ConfigError
 from resnet_core.metrics import Status
 from resnet_core.train import RunConfig
 
-from . import cluster, driver_lock, login, storage
+from . import cluster, driver_lock, login, ray_compat, storage
 from .arrays import ArrayDirName, ArrayMembers, array_config, member_results, members_of, trained_epochs
 from .progress import TUNE_INTERRUPT, Progress, TrialErrorTraces, TrialDirName, TrialNamer, table_rows
 from .space import Plan, make_plan, optuna_space, plan_json
@@ -221,6 +221,7 @@ def varying_keys(prep: Prepared) -> list[str]:
 
 
 def _connect(address: str | None, storage_path: str, spec, num_trials: int) -> None:
+    ray_compat.check_tune_messages()  # Ctrl-C is seen only in Tune's log text
     logging.getLogger(TUNE_INTERRUPT.LOGGER).addFilter(TUNE_INTERRUPT)
     logging.getLogger(TrialErrorTraces.LOGGER).addFilter(TrialErrorTraces())
     TUNE_INTERRUPT.seen = False
@@ -420,7 +421,7 @@ def _trainable(spec, experiment_path: str):
         else:
             trainable = tune.with_parameters(train_trial, experiment_path=experiment_path)
         resources = {"cpu": r.cpu, "gpu": r.gpu}
-    trainable.__mixins__ = (RestoreFromWhatIsThere,)
+    ray_compat.add_trainable_mixins(trainable, RestoreFromWhatIsThere)
     return tune.with_resources(trainable, resources)
 
 

@@ -23,7 +23,7 @@ from resnet_core.distributed import Shard
 from resnet_core.metrics import Status
 from resnet_core.train import RunConfig, Trainer
 
-from . import storage
+from . import ray_compat, storage
 from .space import resolve_trial
 from .vocabulary import (
     ARRAY,
@@ -450,7 +450,7 @@ def train_array_trial(config: dict[str, Any], experiment_path: str, metric: str)
 def error_trace(trial) -> str:
     """A failed Tune trial's error trace, as soon as Tune has it: in the driver's staging folder
     before it is synced to storage (where Trial.get_error reads it)."""
-    name = trial.run_metadata.error_filename
+    name = ray_compat.error_filename(trial)
     local = Path(trial.local_path or "", name or "")
     trace = local.read_text(errors="replace") if name and local.is_file() else trial.get_error() or ""
     return re.sub(r"\x1b\[[0-9;]*m", "", trace)  # Ray colours the task's name

@@ -66,6 +66,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import metrics as M
+from . import torch_compat
 from .analysis import count_params, layer_responses
 from .blocks import PadShortcut
 from .config import RunConfig, planned_epochs
@@ -494,7 +495,7 @@ class ArrayTrainer:
             module_name, _, attr = n.rpartition(".")
             param = nn.Parameter(pviews[n])  # shares pviews[n]'s memory
             param.grad = gviews[n]
-            self._fused.get_submodule(module_name)._parameters[attr] = param
+            self._fused.get_submodule(module_name).register_parameter(attr, param)
         # Buffers (BN statistics): one flat tensor per dtype, a snapshot of it, and the member
         # of each element, so freezing dead members' statistics is one torch.where per dtype.
         self._bflat = []
@@ -605,7 +606,7 @@ class ArrayTrainer:
         for i, groups in enumerate(self._sgd_groups):
             tc = self.cfgs[self._slots[i]].train
             for params, grads, bufs, wd in groups:
-                torch._fused_sgd_(
+                torch_compat.fused_sgd_(
                     params, grads, bufs, weight_decay=wd, momentum=tc.momentum, lr=lrs[i], dampening=0.0,
                     nesterov=tc.nesterov, maximize=False, is_first_step=not self._started[i],
                     grad_scale=self._scale[i : i + 1] if self.fp16 else None, found_inf=self._skip[i : i + 1],
@@ -618,13 +619,13 @@ class ArrayTrainer:
         self._found_inf.zero_()
         for i, groups in enumerate(self._sgd_groups):
             grads = [g for group in groups for g in group[1]]
-            torch._amp_foreach_non_finite_check_and_unscale_(grads, self._found_inf[i : i + 1], self._one)
+            torch_compat.unscale_and_check_(grads, self._found_inf[i : i + 1], self._one)
 
     @torch.no_grad()
     def _update_scales(self) -> None:
         """fp16: GradScaler.update per member."""
         for i in range(len(self._slots)):
-            torch._amp_update_scale_(self._scale[i : i + 1], self._growth_tracker[i : i + 1],
+            torch_compat.update_scale_(self._scale[i : i + 1], self._growth_tracker[i : i + 1],
                                      self._found_inf[i : i + 1], _SCALE_GROWTH, _SCALE_BACKOFF, _SCALE_INTERVAL)
 
     def _step(self, x: torch.Tensor, y: torch.Tensor, lrs: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -905,8 +906,8 @@ class ArrayTrainer:
         scheduler_state = scheduler.state_dict()
         scheduler_state["_step_count"] = steps + 1  # as if stepped once per iteration
         scaler = torch.amp.GradScaler(self.device.type, init_scale=state["scale"], enabled=self.fp16)
-        if self.fp16:
-            scaler._init_growth_tracker = state["growth_tracker"]
+        if self.fp16:  # GradScaler's own state format: it takes the tracker at its first step
+            scaler.load_state_dict({**scaler.state_dict(), "_growth_tracker": int(state["growth_tracker"])})
         cuda = self.device.type == "cuda"
         cuda_rng = None
         if cuda:

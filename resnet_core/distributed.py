@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .torch_compat import differentiable_all_reduce_sum
+
 __all__ = ["GlobalBatchNorm2d", "Shard", "batch_sizes", "smallest_training_batch", "sync_batchnorm"]
 
 
@@ -84,14 +86,12 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return super().forward(x)
-        from torch.distributed._functional_collectives import all_reduce  # differentiable (torch's advice)
-
         xf = x.float()  # statistics in fp32 under autocast, as torch's batch norm keeps them
         count = torch.tensor(float(xf.numel() // xf.shape[1]), device=x.device)
         dist.all_reduce(count)
-        mean = all_reduce(xf.sum((0, 2, 3)), "sum", dist.group.WORLD) / count
+        mean = differentiable_all_reduce_sum(xf.sum((0, 2, 3)), dist.group.WORLD) / count
         centred = xf - mean[None, :, None, None]
-        var = all_reduce((centred * centred).sum((0, 2, 3)), "sum", dist.group.WORLD) / count
+        var = differentiable_all_reduce_sum((centred * centred).sum((0, 2, 3)), dist.group.WORLD) / count
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked += 1
