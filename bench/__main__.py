@@ -10,6 +10,7 @@ run and never gate CI. From the repository root (or with its path from anywhere)
 
 `python bench NAME --help` for each one's options; numbers go to docs/benchmarks.md.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -48,6 +48,7 @@ x 2 epochs, each set a few seconds of start-up. The ResNet-20 table is printed f
 cut short still has it. On CPU: ResNet-20, 1,024 images, 1 timed epoch, K = 1, 2, 4, 8 in
 process and as processes (a few minutes on 2 cores).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,8 +67,16 @@ CUDA_PROCESS_MAX_K = 8  # default --process-ks on CUDA: the Ks up to this
 CUDA_IMAGES, CPU_IMAGES = 10_000, 1024
 CUDA_EPOCHS, CPU_EPOCHS = 1, 1
 
-COLUMNS = ("model", "K", "one trial images/s", "array member-images/s", "array vs one",
-           "K processes aggregate images/s", "array vs processes", "array memory")
+COLUMNS = (
+    "model",
+    "K",
+    "one trial images/s",
+    "array member-images/s",
+    "array vs one",
+    "K processes aggregate images/s",
+    "array vs processes",
+    "array memory",
+)
 
 
 def _sync(device) -> None:
@@ -110,8 +119,11 @@ def _load_note(when: str) -> None:
     except (AttributeError, OSError):  # not Unix
         return
     if load > cores() + 0.5:
-        print(f"note: load average {load:.1f} on {cores()} cores {when}: other work shares the CPU, "
-              "the rates here are not clean", flush=True)
+        print(
+            f"note: load average {load:.1f} on {cores()} cores {when}: other work shares the CPU, "
+            "the rates here are not clean",
+            flush=True,
+        )
 
 
 def _free(device) -> None:
@@ -134,14 +146,21 @@ def in_process(depth: int, args) -> tuple[dict[int, dict], str]:
     from resnet_core.train import Trainer
 
     device, cuda = args.device, args.device.type == "cuda"
-    data = DataConfig(name="synthetic", synthetic_size=args.images + HELD_OUT, val_size=HELD_OUT,
-                      image_size=32, augment=True, normalize="channel")
+    data = DataConfig(
+        name="synthetic",
+        synthetic_size=args.images + HELD_OUT,
+        val_size=HELD_OUT,
+        image_size=32,
+        augment=True,
+        normalize="channel",
+    )
     splits = load_splits(data).to(device)  # one copy on the device, read by every trainer
     images = len(splits.train_x)
 
     def config(seed: int, epochs: int) -> RunConfig:
-        train = TrainConfig(epochs=epochs, batch_size=args.batch_size, precision=args.precision, seed=seed,
-                            device=str(device))
+        train = TrainConfig(
+            epochs=epochs, batch_size=args.batch_size, precision=args.precision, seed=seed, device=str(device)
+        )
         return RunConfig(model=ModelConfig(depth=depth), dataset=data, train=train)
 
     # The one trial: its schedule spans its warm-up and every timed epoch of every K.
@@ -175,9 +194,12 @@ def in_process(depth: int, args) -> tuple[dict[int, dict], str]:
             "array": k * args.epochs * images / array_s,
             "memory": peak - base if cuda else None,
         }
-        print(f"  ResNet-{depth} array of {k}: {results[k]['array']:,.0f} member-images/s "
-              f"({results[k]['array'] / results[k]['one']:.2f}x one trial's {results[k]['one']:,.0f}), "
-              f"warm-up epoch {warm:.1f} s", flush=True)
+        print(
+            f"  ResNet-{depth} array of {k}: {results[k]['array']:,.0f} member-images/s "
+            f"({results[k]['array'] / results[k]['one']:.2f}x one trial's {results[k]['one']:,.0f}), "
+            f"warm-up epoch {warm:.1f} s",
+            flush=True,
+        )
         array = array_epoch = None  # freed before the next K is built
     speed = str(one.speed)
     one = one_epoch = splits = None
@@ -194,13 +216,23 @@ def processes(depth: int, args) -> dict[int, float]:
     out = {}
     for k in args.process_ks:
         threads = threads_per_process(k, cuda)
-        settings = {"images": args.images, "epochs": args.epochs, "batch_size": args.batch_size, "depth": depth,
-                    "precision": args.precision, "device": str(args.device), "threads": threads}
+        settings = {
+            "images": args.images,
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "depth": depth,
+            "precision": args.precision,
+            "device": str(args.device),
+            "threads": threads,
+        }
         t0 = time.perf_counter()
         row = summarize(k, run_packed(k, settings), threads)
         out[k] = row["aggregate"]
-        print(f"  ResNet-{depth} {k} process(es): {out[k]:,.0f} images/s aggregate "
-              f"({time.perf_counter() - t0:.1f} s with start-up and warm-up)", flush=True)
+        print(
+            f"  ResNet-{depth} {k} process(es): {out[k]:,.0f} images/s aggregate "
+            f"({time.perf_counter() - t0:.1f} s with start-up and warm-up)",
+            flush=True,
+        )
     return out
 
 
@@ -210,11 +242,18 @@ def table_rows(depth: int, arrays: dict[int, dict], procs: dict[int, float]) -> 
     rows = []
     for k, r in arrays.items():
         p = procs.get(k)
-        rows.append((
-            f"ResNet-{depth}", str(k), f"{r['one']:,.0f}", f"{r['array']:,.0f}", f"{r['array'] / r['one']:.2f}x",
-            "–" if p is None else f"{p:,.0f}", "–" if p is None else f"{r['array'] / p:.2f}x",
-            "–" if r["memory"] is None else gib(r["memory"]),
-        ))
+        rows.append(
+            (
+                f"ResNet-{depth}",
+                str(k),
+                f"{r['one']:,.0f}",
+                f"{r['array']:,.0f}",
+                f"{r['array'] / r['one']:.2f}x",
+                "–" if p is None else f"{p:,.0f}",
+                "–" if p is None else f"{r['array'] / p:.2f}x",
+                "–" if r["memory"] is None else gib(r["memory"]),
+            )
+        )
     return rows
 
 
@@ -225,29 +264,56 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     from resnet_core.config import PRECISIONS
     from resnet_core.errors import ConfigError
 
-    p = argparse.ArgumentParser(prog=f"python bench {NAME}", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--depth", type=int, nargs="+",
-                   help=f"CIFAR ResNet depths, 6n+2 (default {' '.join(map(str, CUDA_DEPTHS))} on CUDA, "
-                        f"{' '.join(map(str, CPU_DEPTHS))} on CPU)")
-    p.add_argument("--ks", type=parse_ks,
-                   help=f"array sizes, comma-separated (default {','.join(map(str, CUDA_KS))} on CUDA, "
-                        f"{','.join(map(str, CPU_KS))} on CPU)")
-    p.add_argument("--process-ks", type=parse_ks,
-                   help=f"the Ks also run as K separate processes (default: those of --ks up to "
-                        f"{CUDA_PROCESS_MAX_K} on CUDA, all of them on CPU)")
+    p = argparse.ArgumentParser(
+        prog=f"python bench {NAME}",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--depth",
+        type=int,
+        nargs="+",
+        help=f"CIFAR ResNet depths, 6n+2 (default {' '.join(map(str, CUDA_DEPTHS))} on CUDA, "
+        f"{' '.join(map(str, CPU_DEPTHS))} on CPU)",
+    )
+    p.add_argument(
+        "--ks",
+        type=parse_ks,
+        help=f"array sizes, comma-separated (default {','.join(map(str, CUDA_KS))} on CUDA, "
+        f"{','.join(map(str, CPU_KS))} on CPU)",
+    )
+    p.add_argument(
+        "--process-ks",
+        type=parse_ks,
+        help=f"the Ks also run as K separate processes (default: those of --ks up to "
+        f"{CUDA_PROCESS_MAX_K} on CUDA, all of them on CPU)",
+    )
     p.add_argument("--no-processes", action="store_true", help="skip the K-processes column")
-    p.add_argument("--images", type=int,
-                   help=f"training images per epoch, per member (default {CUDA_IMAGES} on CUDA, {CPU_IMAGES} on CPU)")
-    p.add_argument("--epochs", type=int,
-                   help=f"timed epochs after one untimed warm-up epoch (default {CUDA_EPOCHS} on CUDA, {CPU_EPOCHS} on CPU)")
+    p.add_argument(
+        "--images",
+        type=int,
+        help=f"training images per epoch, per member (default {CUDA_IMAGES} on CUDA, {CPU_IMAGES} on CPU)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        help=f"timed epochs after one untimed warm-up epoch (default {CUDA_EPOCHS} on CUDA, {CPU_EPOCHS} on CPU)",
+    )
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--precision", default="auto", choices=PRECISIONS,
-                   help="every trainer's precision (default auto: bf16 on CUDA where supported, fp32 elsewhere)")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help="every trainer's precision (default auto: bf16 on CUDA where supported, fp32 elsewhere)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default auto)")
     p.add_argument("--out", type=Path, help="also append the tables as markdown to this file")
-    p.add_argument("--smoke-test", action="store_true",
-                   help="a tiny run (ResNet-8, arrays of K = 1, 2, 2 processes, 256 images) that checks the benchmark works")
+    p.add_argument(
+        "--smoke-test",
+        action="store_true",
+        help="a tiny run (ResNet-8, arrays of K = 1, 2, 2 processes, 256 images) that checks the benchmark works",
+    )
     args = p.parse_args(argv)
 
     if args.smoke_test:
@@ -272,8 +338,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.process_ks = [k for k in args.ks if k <= CUDA_PROCESS_MAX_K] if cuda else list(args.ks)
     elif set(args.process_ks) - set(args.ks):
         p.error(f"--process-ks: {sorted(set(args.process_ks) - set(args.ks))} not among --ks {args.ks}")
-    check_args(p, {"--images": (args.images, 16), "--batch-size": (args.batch_size, 1), "--epochs": (args.epochs, 1)},
-               args.depth)
+    check_args(
+        p,
+        {"--images": (args.images, 16), "--batch-size": (args.batch_size, 1), "--epochs": (args.epochs, 1)},
+        args.depth,
+    )
     return args
 
 
@@ -285,9 +354,12 @@ def main(argv: list[str]) -> int:
     began = time.perf_counter()
     device, cuda = args.device, args.device.type == "cuda"
     where = machine(str(device))
-    print(f"ResNet-{'/'.join(map(str, args.depth))}, {args.images:,} images per member, batch {args.batch_size}, "
-          f"1 warm-up + {args.epochs} timed epoch(s), arrays of K = {', '.join(map(str, args.ks))}, "
-          f"processes K = {', '.join(map(str, args.process_ks)) or 'none'} on {device} ({cores()} cores)", flush=True)
+    print(
+        f"ResNet-{'/'.join(map(str, args.depth))}, {args.images:,} images per member, batch {args.batch_size}, "
+        f"1 warm-up + {args.epochs} timed epoch(s), arrays of K = {', '.join(map(str, args.ks))}, "
+        f"processes K = {', '.join(map(str, args.process_ks)) or 'none'} on {device} ({cores()} cores)",
+        flush=True,
+    )
     if cuda and mps_seen() and args.process_ks:
         print("note: a CUDA MPS pipe directory exists; if its daemon runs, the processes ran with MPS", flush=True)
     _load_note("at the start")
@@ -296,9 +368,13 @@ def main(argv: list[str]) -> int:
         arrays, speed = in_process(depth, args)
         t1 = time.perf_counter()
         procs = processes(depth, args)
-        print(f"  ResNet-{depth}: {t1 - t0:.1f} s in process, {time.perf_counter() - t1:.1f} s of processes", flush=True)
-        title = (f"ResNet-{depth} ({speed}), {args.images:,} images/member, batch {args.batch_size}, "
-                 f"{args.epochs} timed epoch(s): an array of K trials vs one trial alone vs K processes: {where}")
+        print(
+            f"  ResNet-{depth}: {t1 - t0:.1f} s in process, {time.perf_counter() - t1:.1f} s of processes", flush=True
+        )
+        title = (
+            f"ResNet-{depth} ({speed}), {args.images:,} images/member, batch {args.batch_size}, "
+            f"{args.epochs} timed epoch(s): an array of K trials vs one trial alone vs K processes: {where}"
+        )
         emit(title, COLUMNS, table_rows(depth, arrays, procs), args.out, argv, NAME)
         print(flush=True)
         _load_note(f"after ResNet-{depth}")

@@ -33,6 +33,7 @@ a run spends at least 25 epochs (28%), and 38 (42%) or more when both of the fir
 ``--smoke-test`` runs both modes with the orchestrator's own ``--smoke-test`` shrinking (the first
 4 trials, 2 epochs, 256 training images, grace_period 1).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,8 +63,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--grace-period", type=int, default=2, help="ASHA's first rung, in epochs")
     parser.add_argument("--reduction-factor", type=float, default=3, help="ASHA keeps 1 in this many at each rung")
     parser.add_argument("--out", type=Path, help="append the table as markdown to this file")
-    parser.add_argument("--smoke-test", action="store_true",
-                        help="both modes on the orchestrator's --smoke-test sweep: 4 trials, 2 epochs, 256 images")
+    parser.add_argument(
+        "--smoke-test",
+        action="store_true",
+        help="both modes on the orchestrator's --smoke-test sweep: 4 trials, 2 epochs, 256 images",
+    )
     args = parser.parse_args(argv)
     text = args.sweep.read_text()
     asha = {"name": "asha", "grace_period": args.grace_period, "reduction_factor": args.reduction_factor}
@@ -84,19 +88,39 @@ def main(argv: list[str]) -> int:
     grid_epochs = trained(runs["grid (no ASHA)"])
     rows = []
     for mode, run in runs.items():
-        error, folder, trial_id = min((r["val_error"], folder, r["trial_id"])
-                                      for folder, epochs in run["results"].items() for r in epochs)
-        rows.append((mode, str(len(run["results"])), str(trained(run)), str(grid_epochs),
-                     f"{trained(run) / grid_epochs:.0%}", f"{error:.2%}", folder.removesuffix(f"_{trial_id}"),
-                     f"{run['wall']:.0f}"))
+        error, folder, trial_id = min(
+            (r["val_error"], folder, r["trial_id"]) for folder, epochs in run["results"].items() for r in epochs
+        )
+        rows.append(
+            (
+                mode,
+                str(len(run["results"])),
+                str(trained(run)),
+                str(grid_epochs),
+                f"{trained(run) / grid_epochs:.0%}",
+                f"{error:.2%}",
+                folder.removesuffix(f"_{trial_id}"),
+                f"{run['wall']:.0f}",
+            )
+        )
     run = runs["ASHA"]
     scheduler = run["scheduler"]  # as it ran: --smoke-test sets grace_period 1
     planned = asha_expected_epochs(run["num_trials"], run["epochs_per_trial"], scheduler)
-    title = (f"{args.sweep.name}{' --smoke-test' if args.smoke_test else ''}: ASHA grace_period "
-             f"{scheduler.grace_period}, reduction_factor {scheduler.reduction_factor:g}, max_t "
-             f"{scheduler.max_t or run['epochs_per_trial']} (planned ≈{planned:.0f} epochs) ({machine()}, "
-             f"{os.cpu_count()} CPUs, load avg {load_before[0]:.2f} before / {load_after[0]:.2f} after)")
-    columns = ("mode", "trials", "epochs trained", "epochs of grid", "fraction", "best val error", "best trial",
-               "wall s")
+    title = (
+        f"{args.sweep.name}{' --smoke-test' if args.smoke_test else ''}: ASHA grace_period "
+        f"{scheduler.grace_period}, reduction_factor {scheduler.reduction_factor:g}, max_t "
+        f"{scheduler.max_t or run['epochs_per_trial']} (planned ≈{planned:.0f} epochs) ({machine()}, "
+        f"{os.cpu_count()} CPUs, load avg {load_before[0]:.2f} before / {load_after[0]:.2f} after)"
+    )
+    columns = (
+        "mode",
+        "trials",
+        "epochs trained",
+        "epochs of grid",
+        "fraction",
+        "best val error",
+        "best trial",
+        "wall s",
+    )
     emit(title, columns, rows, args.out, argv, "asha")
     return 0

@@ -29,6 +29,7 @@ workers + 1 the workers share them, and on CPU the training process's normalisat
 too. Workers decode whole batches, so the batch is small here (32: 31 of them in 1,000 images)
 to keep the epoch's tail short; training batches of 256 over 5,000 steps have none to speak of.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,8 +74,11 @@ def write_images(root: Path, count: int) -> float:
 
 def ours(root: Path, workers: int, args):
     """The training batches of a trial's loader (its mean image taken first)."""
-    cfg = RunConfig(model=ModelConfig(arch="imagenet"), train=TrainConfig(batch_size=args.batch_size, epochs=1),
-                    dataset=DataConfig(name="imagefolder", root=str(root), val_per_class=1, workers=workers))
+    cfg = RunConfig(
+        model=ModelConfig(arch="imagenet"),
+        train=TrainConfig(batch_size=args.batch_size, epochs=1),
+        dataset=DataConfig(name="imagefolder", root=str(root), val_per_class=1, workers=workers),
+    )
     loaders = make_loaders(cfg, args.device, torch.Generator(args.device).manual_seed(0))
     return lambda: loaders.train
 
@@ -84,11 +88,24 @@ def conventional(root: Path, workers: int, args):
     from torchvision.datasets import ImageFolder
     from torchvision.transforms import v2
 
-    transform = v2.Compose([v2.RandomResize(256, 481), v2.RandomCrop(224), v2.RandomHorizontalFlip(), v2.ToImage(),
-                            v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.485, 0.456, 0.406], [1.0, 1.0, 1.0])])
-    loader = DataLoader(ImageFolder(str(root / "train"), transform=transform), batch_size=args.batch_size,
-                        shuffle=True, num_workers=workers, persistent_workers=workers > 0,
-                        pin_memory=args.device.type == "cuda")
+    transform = v2.Compose(
+        [
+            v2.RandomResize(256, 481),
+            v2.RandomCrop(224),
+            v2.RandomHorizontalFlip(),
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize([0.485, 0.456, 0.406], [1.0, 1.0, 1.0]),
+        ]
+    )
+    loader = DataLoader(
+        ImageFolder(str(root / "train"), transform=transform),
+        batch_size=args.batch_size,
+        shuffle=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=args.device.type == "cuda",
+    )
 
     def batches():
         for x, y in loader:
@@ -116,19 +133,34 @@ def images_per_second(pipelines: dict, epochs: int, device: torch.device) -> dic
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python bench loader", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python bench loader",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     cpus = len(os.sched_getaffinity(0))
     default_workers = [w for w in (1, 2, 4, 8, 16, 32, 64) if w <= max(2, cpus)]
     p.add_argument("--images", type=int, default=1000, help="training images to write and read (default 1000)")
-    p.add_argument("--workers", type=int, nargs="+", default=default_workers,
-                   help=f"worker processes per row (default {' '.join(map(str, default_workers))}: up to the CPUs)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=default_workers,
+        help=f"worker processes per row (default {' '.join(map(str, default_workers))}: up to the CPUs)",
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--epochs", type=int, default=2, help="timed epochs of each, after one untimed warm-up epoch")
     p.add_argument("--device", default="auto", help="where batches go and ours normalises: auto, cpu, cuda, …")
     args = parse_with_smoke_test(p, argv, SMOKE_TEST)
-    check_args(p, {"--images": (args.images, 2 * CLASSES), "--batch-size": (args.batch_size, 1),
-                   "--epochs": (args.epochs, 1), "--workers": (min(args.workers), 0)})
+    check_args(
+        p,
+        {
+            "--images": (args.images, 2 * CLASSES),
+            "--batch-size": (args.batch_size, 1),
+            "--epochs": (args.epochs, 1),
+            "--workers": (min(args.workers), 0),
+        },
+    )
     try:
         args.device = resolve_device(args.device)
     except ConfigError as err:
@@ -144,12 +176,24 @@ def main(argv: list[str] | None = None) -> int:
         for workers in args.workers:
             pipelines = {"ours": ours(Path(tmp), workers, args), "conventional": conventional(Path(tmp), workers, args)}
             speeds = images_per_second(pipelines, args.epochs, args.device)
-            print(f"workers {workers:>2}: " + ", ".join(f"{k} {v:.1f}" for k, v in speeds.items()) + " images/s", flush=True)
+            print(
+                f"workers {workers:>2}: " + ", ".join(f"{k} {v:.1f}" for k, v in speeds.items()) + " images/s",
+                flush=True,
+            )
             for name, speed in speeds.items():
-                rows.append((name, str(workers), f"{speed:.1f}", f"{speed / max(workers, 1):.1f}",
-                             f"{speed / speeds['conventional']:.2f}x"))
-    title = (f"{args.images:,} JPEGs of {WIDTH}×{HEIGHT} px ({kb:.0f} KB on average), training augmentation, batch "
-             f"{args.batch_size}, {args.epochs} timed epoch(s) ({machine(str(args.device))}, "
-             f"{len(os.sched_getaffinity(0))} CPUs, load avg {load_before[0]:.2f} before / {os.getloadavg()[0]:.2f} after)")
+                rows.append(
+                    (
+                        name,
+                        str(workers),
+                        f"{speed:.1f}",
+                        f"{speed / max(workers, 1):.1f}",
+                        f"{speed / speeds['conventional']:.2f}x",
+                    )
+                )
+    title = (
+        f"{args.images:,} JPEGs of {WIDTH}×{HEIGHT} px ({kb:.0f} KB on average), training augmentation, batch "
+        f"{args.batch_size}, {args.epochs} timed epoch(s) ({machine(str(args.device))}, "
+        f"{len(os.sched_getaffinity(0))} CPUs, load avg {load_before[0]:.2f} before / {os.getloadavg()[0]:.2f} after)"
+    )
     emit(title, ("pipeline", "workers", "images/s", "per worker", "vs conventional"), rows, args.out, argv, "loader")
     return 0

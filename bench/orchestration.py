@@ -41,6 +41,7 @@ is what is left (scheduling, actor start, Tune's loop: bare Tune has its share o
 The paths run one after another, so load from other work on a shared machine can fall unevenly:
 the load average is printed with the table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -139,17 +140,27 @@ def run_ours(workdir: str, text: str, smoke_test: bool = False) -> dict:
     for hook in TRACKER_HOOKS:
         _timed(SweepTracker, hook, parts, f"MLflow {hook}")
     start = time.perf_counter()
-    prep = sweep.prepare_sweep(parse_spec(text), storage_path=f"{workdir}/ray_results",
-                               tracking_uri=f"sqlite:///{workdir}/mlflow.db", smoke_test=smoke_test)
+    prep = sweep.prepare_sweep(
+        parse_spec(text),
+        storage_path=f"{workdir}/ray_results",
+        tracking_uri=f"sqlite:///{workdir}/mlflow.db",
+        smoke_test=smoke_test,
+    )
     code = sweep.run_sweep(prep, report=False)
     wall = time.perf_counter() - start
     concurrency = int(ray.cluster_resources().get("CPU", 1) // prep.parsed.spec.resources.cpu)
     ray.shutdown()
     if code != 0:
         raise RuntimeError(f"the sweep ended with exit code {code}")
-    return {"wall": wall, "parts": parts, "results": trial_results(prep.experiment_path), "concurrency": concurrency,
-            "num_trials": prep.plan.num_trials, "epochs_per_trial": prep.plan.epochs_per_trial,
-            "scheduler": prep.parsed.spec.scheduler}
+    return {
+        "wall": wall,
+        "parts": parts,
+        "results": trial_results(prep.experiment_path),
+        "concurrency": concurrency,
+        "num_trials": prep.plan.num_trials,
+        "epochs_per_trial": prep.plan.epochs_per_trial,
+        "scheduler": prep.parsed.spec.scheduler,
+    }
 
 
 # --- bare Ray Tune -------------------------------------------------------------------------------
@@ -189,14 +200,17 @@ def sweep_text(trials: int, epochs: int, depth: int, train_limit: int | None = N
     import yaml
 
     dataset = {"name": "digits", "image_size": 16, **({"train_limit": train_limit} if train_limit else {})}
-    return yaml.safe_dump({
-        "name": "bench-orchestration",
-        "dataset": dataset,
-        "model": {"arch": "cifar", "depth": depth},
-        "train": {"epochs": epochs, "batch_size": 32},
-        "search": {"algorithm": "grid", "seeds": list(range(trials))},
-        "resources": {"cpu": 1},
-    }, sort_keys=False)
+    return yaml.safe_dump(
+        {
+            "name": "bench-orchestration",
+            "dataset": dataset,
+            "model": {"arch": "cifar", "depth": depth},
+            "train": {"epochs": epochs, "batch_size": 32},
+            "search": {"algorithm": "grid", "seeds": list(range(trials))},
+            "resources": {"cpu": 1},
+        },
+        sort_keys=False,
+    )
 
 
 def _sums(run: dict) -> tuple[float, float]:
@@ -209,12 +223,16 @@ def _sums(run: dict) -> tuple[float, float]:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python bench orchestration", description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=16, help="trials (seeds of the same net)")
-    parser.add_argument("--epochs", type=int, default=4,
-                        help="epochs per trial (about 0.45 s each at depth 8 on one core)")
+    parser.add_argument(
+        "--epochs", type=int, default=4, help="epochs per trial (about 0.45 s each at depth 8 on one core)"
+    )
     parser.add_argument("--depth", type=int, default=8, help="CIFAR-style depth, 6n+2")
     parser.add_argument("--out", type=Path, help="append the tables as markdown to this file")
-    parser.add_argument("--smoke-test", action="store_true",
-                        help=f"a tiny run that checks the benchmark works: {SMOKE_TEST}, without the Tune-defaults row")
+    parser.add_argument(
+        "--smoke-test",
+        action="store_true",
+        help=f"a tiny run that checks the benchmark works: {SMOKE_TEST}, without the Tune-defaults row",
+    )
     args = parser.parse_args(argv)
     shape = SMOKE_TEST if args.smoke_test else {"trials": args.trials, "epochs": args.epochs, "depth": args.depth}
     text = sweep_text(**shape)
@@ -226,8 +244,11 @@ def main(argv: list[str]) -> int:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-orchestration-") as tmp:
         runs = {}
-        paths = {"ours": (run_ours, text), "bare Tune, defaults": (run_bare, configs, False),
-                 "bare Tune, reuse_actors": (run_bare, configs, True)}
+        paths = {
+            "ours": (run_ours, text),
+            "bare Tune, defaults": (run_bare, configs, False),
+            "bare Tune, reuse_actors": (run_bare, configs, True),
+        }
         if args.smoke_test:  # under a minute: the defaults differ from the row kept in one flag
             del paths["bare Tune, defaults"]
         for i, (path, (fn, *fn_args)) in enumerate(paths.items()):
@@ -242,11 +263,23 @@ def main(argv: list[str]) -> int:
     for path, run in runs.items():
         trial, train = _sums(run)
         ideal = trial / concurrency
-        rows.append((path, f"{run['wall']:.1f}", f"{run['parts']['Ray start']:.1f}", f"{trial:.1f}", f"{train:.1f}",
-                     f"{ideal:.1f}", f"{run['wall'] / ideal:.2f}x", f"{run['wall'] / like['wall']:.2f}x"))
-    where = (f"{machine()}, {os.cpu_count()} CPUs, load avg {load_before[0]:.2f} before / {load_after[0]:.2f} after")
-    title = (f"{shape['trials']} trials of ResNet-{shape['depth']} × {shape['epochs']} epochs on digits, "
-             f"{concurrency} at a time ({where})")
+        rows.append(
+            (
+                path,
+                f"{run['wall']:.1f}",
+                f"{run['parts']['Ray start']:.1f}",
+                f"{trial:.1f}",
+                f"{train:.1f}",
+                f"{ideal:.1f}",
+                f"{run['wall'] / ideal:.2f}x",
+                f"{run['wall'] / like['wall']:.2f}x",
+            )
+        )
+    where = f"{machine()}, {os.cpu_count()} CPUs, load avg {load_before[0]:.2f} before / {load_after[0]:.2f} after"
+    title = (
+        f"{shape['trials']} trials of ResNet-{shape['depth']} × {shape['epochs']} epochs on digits, "
+        f"{concurrency} at a time ({where})"
+    )
     columns = ("path", "wall s", "Ray start s", "Σ trial s", "Σ train s", "ideal s", "wall/ideal", "vs bare (reuse)")
     emit(title, columns, rows, args.out, argv, "orchestration")
 
@@ -254,10 +287,17 @@ def main(argv: list[str]) -> int:
     parts = dict(runs["ours"]["parts"])
     parts["trials: training loops slower than bare, per slot"] = (train - bare_train) / concurrency
     parts["trials: other time over bare (checkpoints), per slot"] = (
-        (trial - train) - (bare_trial - bare_train)) / concurrency
+        (trial - train) - (bare_trial - bare_train)
+    ) / concurrency
     overhead = runs["ours"]["wall"] - bare_trial / concurrency
     parts["other (scheduling, actor start, Tune's loop)"] = overhead - sum(parts.values())
     rows = [(part, f"{s:.2f}", f"{s / overhead:.0%}") for part, s in parts.items()]
-    emit(f"ours: {overhead:.1f} s of wall above the bare trials' ideal ({bare_trial / concurrency:.1f} s), by part",
-         ("part", "s", "share"), rows, args.out, argv, "orchestration")
+    emit(
+        f"ours: {overhead:.1f} s of wall above the bare trials' ideal ({bare_trial / concurrency:.1f} s), by part",
+        ("part", "s", "share"),
+        rows,
+        args.out,
+        argv,
+        "orchestration",
+    )
     return 0

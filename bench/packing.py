@@ -37,6 +37,7 @@ this benchmark never starts MPS nor changes any GPU setting; it measures the GPU
 GPU memory is each process's peak ``torch.cuda.max_memory_allocated`` (the largest of the K),
 tensors only: each process's CUDA context (a few hundred MiB) comes on top.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -112,15 +113,21 @@ def _worker(rank: int, settings: dict, barrier, results) -> None:
         for _ in range(settings["epochs"]):
             epoch()  # synchronises the device at its end
         end = time.time()
-        results.put((rank, "ok", {
-            "images": images * settings["epochs"],
-            "start": start,
-            "end": end,
-            "memory": torch.cuda.max_memory_allocated(trainer.device) if cuda else None,
-            "speed": str(trainer.speed),
-            "train_images": images,
-        }))
-    except BaseException:  # noqa: BLE001 - reported to the parent, which fails the run
+        results.put(
+            (
+                rank,
+                "ok",
+                {
+                    "images": images * settings["epochs"],
+                    "start": start,
+                    "end": end,
+                    "memory": torch.cuda.max_memory_allocated(trainer.device) if cuda else None,
+                    "speed": str(trainer.speed),
+                    "train_images": images,
+                },
+            )
+        )
+    except BaseException:
         barrier.abort()  # the others must not wait for this one
         results.put((rank, "error", traceback.format_exc()))
 
@@ -181,8 +188,14 @@ def table_rows(rows: list[dict], cuda: bool) -> list[tuple[str, ...]]:
     base = rows[0]["aggregate"]
     cells = []
     for r in rows:
-        row = (str(r["k"]), str(r["threads"]), f"{r['per_process']:,.0f}", f"{r['aggregate']:,.0f}",
-               f"{r['aggregate'] / base:.2f}x", f"{r['span']:.1f}")
+        row = (
+            str(r["k"]),
+            str(r["threads"]),
+            f"{r['per_process']:,.0f}",
+            f"{r['aggregate']:,.0f}",
+            f"{r['aggregate'] / base:.2f}x",
+            f"{r['span']:.1f}",
+        )
         cells.append(row + ((gib(r["memory"]),) if cuda else ()))
     return cells
 
@@ -203,18 +216,34 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     from resnet_core.config import PRECISIONS
     from resnet_core.errors import ConfigError
 
-    p = argparse.ArgumentParser(prog=f"python bench {NAME}", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ks", type=parse_ks, default=[1, 2, 4, 8],
-                   help="numbers of processes sharing the device, comma-separated (default 1,2,4,8; 1 is always run)")
+    p = argparse.ArgumentParser(
+        prog=f"python bench {NAME}",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--ks",
+        type=parse_ks,
+        default=[1, 2, 4, 8],
+        help="numbers of processes sharing the device, comma-separated (default 1,2,4,8; 1 is always run)",
+    )
     p.add_argument("--depth", type=int, default=20, help="CIFAR ResNet depth, 6n+2 (default 20)")
-    p.add_argument("--images", type=int,
-                   help=f"training images per process (default {CUDA_IMAGES} on CUDA, {CPU_IMAGES} on CPU)")
-    p.add_argument("--epochs", type=int,
-                   help=f"timed epochs after one untimed warm-up epoch (default {CUDA_EPOCHS} on CUDA, {CPU_EPOCHS} on CPU)")
+    p.add_argument(
+        "--images", type=int, help=f"training images per process (default {CUDA_IMAGES} on CUDA, {CPU_IMAGES} on CPU)"
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        help=f"timed epochs after one untimed warm-up epoch (default {CUDA_EPOCHS} on CUDA, {CPU_EPOCHS} on CPU)",
+    )
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--precision", default="auto", choices=PRECISIONS,
-                   help="the trainer's precision (default auto: bf16 on CUDA where supported, fp32 elsewhere)")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help="the trainer's precision (default auto: bf16 on CUDA where supported, fp32 elsewhere)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default auto)")
     args = parse_with_smoke_test(p, argv, SMOKE_TEST, "a tiny run (K = 1, 2; ResNet-8) that checks the benchmark works")
 
@@ -229,8 +258,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.images = CUDA_IMAGES if cuda else CPU_IMAGES
     if args.epochs is None:
         args.epochs = CUDA_EPOCHS if cuda else CPU_EPOCHS
-    check_args(p, {"--images": (args.images, 16), "--batch-size": (args.batch_size, 1), "--epochs": (args.epochs, 1)},
-               [args.depth])
+    check_args(
+        p,
+        {"--images": (args.images, 16), "--batch-size": (args.batch_size, 1), "--epochs": (args.epochs, 1)},
+        [args.depth],
+    )
     if 1 not in args.ks:
         args.ks = [1, *args.ks]
     return args
@@ -248,29 +280,44 @@ def main(argv: list[str]) -> int:
 
     began = time.perf_counter()
     device, cuda = args.device, args.device.type == "cuda"
-    print(f"{ModelConfig(depth=args.depth).name}, {args.images:,} images per process, batch {args.batch_size}, "
-          f"1 warm-up + {args.epochs} timed epoch(s), K = {', '.join(map(str, args.ks))} on {device} "
-          f"({cores()} cores)", flush=True)
+    print(
+        f"{ModelConfig(depth=args.depth).name}, {args.images:,} images per process, batch {args.batch_size}, "
+        f"1 warm-up + {args.epochs} timed epoch(s), K = {', '.join(map(str, args.ks))} on {device} "
+        f"({cores()} cores)",
+        flush=True,
+    )
     rows, speed = [], "?"
     for k in args.ks:
         threads = threads_per_process(k, cuda)
-        settings = {"images": args.images, "epochs": args.epochs, "batch_size": args.batch_size, "depth": args.depth,
-                    "precision": args.precision, "device": str(device), "threads": threads}
+        settings = {
+            "images": args.images,
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "depth": args.depth,
+            "precision": args.precision,
+            "device": str(device),
+            "threads": threads,
+        }
         t0 = time.perf_counter()
         reports = run_packed(k, settings)
         speed = reports[0]["speed"]
         row = summarize(k, reports, threads)
         rows.append(row)
-        print(f"  K={k}: {row['aggregate']:,.0f} images/s aggregate over {row['span']:.1f} s timed "
-              f"({time.perf_counter() - t0:.1f} s with start-up and warm-up)", flush=True)
+        print(
+            f"  K={k}: {row['aggregate']:,.0f} images/s aggregate over {row['span']:.1f} s timed "
+            f"({time.perf_counter() - t0:.1f} s with start-up and warm-up)",
+            flush=True,
+        )
 
     columns = ("K", "threads/process", "images/s per process", "aggregate images/s", "vs one alone", "timed s")
     if cuda:
         columns += ("peak GPU memory/process",)
     if cuda and mps_seen():
         print("note: a CUDA MPS pipe directory exists; if its daemon runs, these numbers are with MPS", flush=True)
-    title = (f"{ModelConfig(depth=args.depth).name} ({speed}), {args.images:,} images/process, batch {args.batch_size}, "
-             f"{args.epochs} timed epoch(s), K processes sharing one device: {machine(str(device))}")
+    title = (
+        f"{ModelConfig(depth=args.depth).name} ({speed}), {args.images:,} images/process, batch {args.batch_size}, "
+        f"{args.epochs} timed epoch(s), K processes sharing one device: {machine(str(device))}"
+    )
     emit(title, columns, table_rows(rows, cuda), args.out, argv, NAME)
     print(f"\nelapsed {time.perf_counter() - began:.1f} s", flush=True)
     return 0

@@ -1,5 +1,6 @@
 """What every benchmark prints: a plain-text table on stdout and, with --out, the same table as
 markdown appended to a file (for docs/benchmarks.md), under a title that says what and where."""
+
 from __future__ import annotations
 
 import argparse
@@ -21,29 +22,43 @@ def machine(device: str = "cpu") -> str:
 
 
 def _numeric(cell: str) -> bool:
-    return cell[:1].isdigit() or cell[:1] in "-+–" and cell[1:2].isdigit()
+    return cell[:1].isdigit() or (cell[:1] in "-+–" and cell[1:2].isdigit())
 
 
 def format_text(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     cells = [columns, *rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     right = [all(_numeric(r[i]) or r[i] in ("–", "-") for r in rows) for i in range(len(columns))]
-    lines = ["  ".join(c.rjust(w) if right[i] else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
-             for row in cells]
+    lines = [
+        "  ".join(c.rjust(w) if right[i] else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+        for row in cells
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
 def format_markdown(title: str, command: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     right = [all(_numeric(r[i]) or r[i] in ("–", "-") for r in rows) for i in range(len(columns))]
-    lines = [f"#### {title}", "", f"`{command}`", "", "| " + " | ".join(columns) + " |",
-             "|" + "|".join("---:" if r else "---" for r in right) + "|"]
+    lines = [
+        f"#### {title}",
+        "",
+        f"`{command}`",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "|".join("---:" if r else "---" for r in right) + "|",
+    ]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n\n"
 
 
-def emit(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]], out: Path | None,
-         argv: list[str] | None, name: str) -> None:
+def emit(
+    title: str,
+    columns: tuple[str, ...],
+    rows: list[tuple[str, ...]],
+    out: Path | None,
+    argv: list[str] | None,
+    name: str,
+) -> None:
     """Print the table; append it as markdown to ``out`` with the command that made it."""
     print()
     print(title)
@@ -56,8 +71,12 @@ def emit(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]], out:
             f.write(format_markdown(title, command.strip(), columns, rows))
 
 
-def parse_with_smoke_test(parser: argparse.ArgumentParser, argv: list[str] | None, smoke_test: dict,
-                          smoke_help: str = "a tiny run that checks the benchmark works") -> argparse.Namespace:
+def parse_with_smoke_test(
+    parser: argparse.ArgumentParser,
+    argv: list[str] | None,
+    smoke_test: dict,
+    smoke_help: str = "a tiny run that checks the benchmark works",
+) -> argparse.Namespace:
     """Adds --out and --smoke-test to ``parser`` and parses ``argv``; --smoke-test sets the
     arguments named in ``smoke_test`` to its values."""
     parser.add_argument("--out", type=Path, help="also append the table as markdown to this file")

@@ -28,12 +28,13 @@ training of the paper's recipe (64,000 steps of batch 128, 2015 §4.2) from the 
 run by evaluating 15,000 images (val + test, timed here) after each of its 182 epochs of 45,000
 images. Ratios are measured in this run only.
 """
+
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -143,12 +144,14 @@ def conventional(cfg: RunConfig, splits, workers: int) -> Callable[[], None]:
 
     device, tc = resolve_device(cfg.train.device), cfg.train
     mean, std = normalization_stats(splits.train_x, "channel")
-    transform = T.Compose([
-        T.RandomCrop(32, padding=4),
-        T.RandomHorizontalFlip(),
-        T.ToTensor(),
-        T.Normalize(mean.flatten().tolist(), std.flatten().tolist()),
-    ])
+    transform = T.Compose(
+        [
+            T.RandomCrop(32, padding=4),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(mean.flatten().tolist(), std.flatten().tolist()),
+        ]
+    )
     loader = torch.utils.data.DataLoader(
         PILImages(splits.train_x, splits.train_y, transform),
         batch_size=tc.batch_size,
@@ -185,9 +188,14 @@ def conventional(cfg: RunConfig, splits, workers: int) -> Callable[[], None]:
 def eval_seconds(trainer: Trainer, splits, device: torch.device) -> float:
     """Seconds to evaluate EVAL_IMAGES images the way the trainer does after each epoch."""
     n = min(len(splits.train_x), EVAL_IMAGES)
-    loader = DeviceLoader(trainer.splits.train_x[:n], trainer.splits.train_y[:n], batch_size=trainer.val_loader.batch_size,
-                          mean=trainer.train_loader.mean, std=trainer.train_loader.std,
-                          channels_last=trainer.speed.channels_last)
+    loader = DeviceLoader(
+        trainer.splits.train_x[:n],
+        trainer.splits.train_y[:n],
+        batch_size=trainer.val_loader.batch_size,
+        mean=trainer.train_loader.mean,
+        std=trainer.train_loader.std,
+        channels_last=trainer.speed.channels_last,
+    )
     trainer.evaluate(loader)  # warm-up (a compiled model compiles its eval graph here)
     return timed(device, lambda: trainer.evaluate(loader)) * EVAL_IMAGES / n
 
@@ -201,8 +209,10 @@ def bench_depth(depth: int, args, splits, data: DataConfig) -> list[tuple[str, .
         return RunConfig(model=ModelConfig(depth=depth), dataset=data, train=train)
 
     default = Speed.resolve(config().train, device)
-    pipelines = [Pipeline("conventional", f"fp32, {args.workers} workers", conventional(config(), splits, args.workers)),
-                 Pipeline("bare", str(default), bare(config(), splits))]
+    pipelines = [
+        Pipeline("conventional", f"fp32, {args.workers} workers", conventional(config(), splits, args.workers)),
+        Pipeline("bare", str(default), bare(config(), splits)),
+    ]
     trainers = {}
     for name in args.levers:
         run_epoch, trainers[name] = ours(config(**lever_settings(name)), splits)
@@ -225,11 +235,19 @@ def bench_depth(depth: int, args, splits, data: DataConfig) -> list[tuple[str, .
         trainer = trainers.get(p.label.removeprefix("ours "))
         evals = epochs_of_recipe * eval_seconds(trainer, splits, device) if trainer else None
         steps = PAPER_ITERATIONS * args.batch_size / rate[p.label] + extra
-        rows.append((
-            f"ResNet-{depth}", p.label, p.options, f"{rate[p.label]:,.0f}",
-            f"{rate[p.label] / rate['conventional']:.2f}x", f"{rate[p.label] / rate['bare']:.2f}x",
-            f"{extra:.1f}", _duration(steps), "–" if evals is None else _duration(evals),
-        ))
+        rows.append(
+            (
+                f"ResNet-{depth}",
+                p.label,
+                p.options,
+                f"{rate[p.label]:,.0f}",
+                f"{rate[p.label] / rate['conventional']:.2f}x",
+                f"{rate[p.label] / rate['bare']:.2f}x",
+                f"{extra:.1f}",
+                _duration(steps),
+                "–" if evals is None else _duration(evals),
+            )
+        )
     return rows
 
 
@@ -239,17 +257,33 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 6000 else f"{seconds / 3600:.1f} h"
 
 
-COLUMNS = ("model", "pipeline", "settings", "images/s", "vs conventional", "vs bare", "warm-up extra s",
-           "64k steps", "+ evaluations")
+COLUMNS = (
+    "model",
+    "pipeline",
+    "settings",
+    "images/s",
+    "vs conventional",
+    "vs bare",
+    "warm-up extra s",
+    "64k steps",
+    "+ evaluations",
+)
 
 
 # --- entry point -----------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python bench trainer", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python bench trainer",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--depth", type=int, nargs="+", help="CIFAR ResNet depths (default 20 56 110 on CUDA, 20 on CPU)")
-    p.add_argument("--levers", nargs="+", choices=tuple(LEVERS),
-                   help="rows of ours (default: all on CUDA; all but compile and graphs on CPU)")
+    p.add_argument(
+        "--levers",
+        nargs="+",
+        choices=tuple(LEVERS),
+        help="rows of ours (default: all on CUDA; all but compile and graphs on CPU)",
+    )
     p.add_argument("--images", type=int, help="training images per epoch (default 45000 on CUDA, 2048 on CPU)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--epochs", type=int, default=2, help="timed epochs, after one untimed warm-up epoch")
@@ -265,18 +299,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.levers = args.levers or list(LEVERS if cuda else list(LEVERS)[:4])
     args.images = args.images if args.images is not None else (45000 if cuda else 2048)
     args.workers = args.workers if args.workers is not None else (8 if cuda else 2)
-    check_args(p, {"--images": (args.images, 16), "--batch-size": (args.batch_size, 1), "--epochs": (args.epochs, 1),
-                   "--workers": (args.workers, 0)}, args.depth)
+    check_args(
+        p,
+        {
+            "--images": (args.images, 16),
+            "--batch-size": (args.batch_size, 1),
+            "--epochs": (args.epochs, 1),
+            "--workers": (args.workers, 0),
+        },
+        args.depth,
+    )
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    data = DataConfig(name="synthetic", synthetic_size=args.images + HELD_OUT, val_size=HELD_OUT,
-                      image_size=32, augment=True, normalize="channel")
+    data = DataConfig(
+        name="synthetic",
+        synthetic_size=args.images + HELD_OUT,
+        val_size=HELD_OUT,
+        image_size=32,
+        augment=True,
+        normalize="channel",
+    )
     splits = load_splits(data)  # CPU uint8; every pipeline reads these same images
-    title = (f"{len(splits.train_x):,} images, batch {args.batch_size}, {args.epochs} timed epoch(s): "
-             f"{machine(str(args.device))}")
+    title = (
+        f"{len(splits.train_x):,} images, batch {args.batch_size}, {args.epochs} timed epoch(s): "
+        f"{machine(str(args.device))}"
+    )
     print(title, flush=True)
     rows = [row for depth in args.depth for row in bench_depth(depth, args, splits, data)]
     emit(title, COLUMNS, rows, args.out, argv, "trainer")

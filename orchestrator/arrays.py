@@ -9,6 +9,7 @@ driver's callbacks that expect one Tune trial per trial — MLflow tracking and 
 lines — get the members instead (``ArrayMembers``): each a ``MemberView`` with its own id,
 config and last result. The final table reads the members' results the same way
 (``member_results``)."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,16 @@ from resnet_core.metrics import Status
 
 from .vocabulary import ARRAY, MEMBERS, STATUS
 
-__all__ = ["ArrayDirName", "ArrayMembers", "MemberView", "array_config", "member_records", "member_results",
-           "members_of", "trained_epochs"]
+__all__ = [
+    "ArrayDirName",
+    "ArrayMembers",
+    "MemberView",
+    "array_config",
+    "member_records",
+    "member_results",
+    "members_of",
+    "trained_epochs",
+]
 
 _DONE = "done"  # Tune's flag on a trial's last result
 

@@ -1,5 +1,6 @@
 """`resnet-sweep …`: the command line. Exit codes: 0 success, 1 runtime failure, 2 bad input
 (nothing was started), 3 the training run diverged (`train`)."""
+
 from __future__ import annotations
 
 import argparse
@@ -14,9 +15,9 @@ from resnet_core.errors import ConfigError, DataUnavailableError
 from resnet_core.registry import VARIANTS
 from resnet_core.torch_compat import TorchOpMissing
 
+from .flags import MODEL_FLAGS, TRAIN_FLAGS, add_flags, add_variant_flag, field_to_flag, flat_from_args
 from .ray_compat import RayCompatError
 from .spec import SpecError
-from .flags import MODEL_FLAGS, TRAIN_FLAGS, add_flags, add_variant_flag, field_to_flag, flat_from_args
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 1, 2, 3
 
@@ -74,8 +75,11 @@ def cmd_describe(args) -> int:
         input_size, classes = input_size or data.image_size, num_classes(data)
     try:
         # Unset classes: at most ImageNet's 1000, which bounds the check.
-        check_model_size(cfg.model, classes=classes or cfg.model.num_classes or 1000,
-                         image_size=input_size or DEFAULT_INPUT_SIZE[cfg.model.arch])
+        check_model_size(
+            cfg.model,
+            classes=classes or cfg.model.num_classes or 1000,
+            image_size=input_size or DEFAULT_INPUT_SIZE[cfg.model.arch],
+        )
         info = model_description(cfg.model, input_size=input_size, classes=classes)
     except ConfigError as err:
         raise UsageError(f"{field_to_flag(err.field)}: {err.reason}") from None
@@ -83,8 +87,10 @@ def cmd_describe(args) -> int:
         print(json.dumps(info))
         return EXIT_OK
     stages = " / ".join(map(str, info["blocks_per_stage"]))
-    print(f"{info['name']}  ({info['arch']}, {info['block']} blocks, shortcut {info['shortcut']}, "
-          f"{'residual' if info['residual'] else 'plain'})")
+    print(
+        f"{info['name']}  ({info['arch']}, {info['block']} blocks, shortcut {info['shortcut']}, "
+        f"{'residual' if info['residual'] else 'plain'})"
+    )
     print(f"  params            {info['params']:>14,}  ({_fmt_count(info['params'])})")
     print(f"  params w/o BN     {info['params_without_bn']:>14,}  ({_fmt_count(info['params_without_bn'])})")
     print(f"  multiply-adds     {info['macs']:>14,}  ({_fmt_count(info['macs'])} at {info['input_size']} px)")
@@ -113,14 +119,19 @@ def _load_checkpoint(path_text: str, current: dict) -> dict:
         raise UsageError(f"--resume: no checkpoint file at {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 — any unreadable file is the same user error
+    except Exception as err:
         raise UsageError(f"--resume: {path} is not a checkpoint ({type(err).__name__})") from None
     if not isinstance(state, dict) or "config" not in state or "model" not in state:
         raise UsageError(f"--resume: {path} is not a resnet-sweep checkpoint")
-    changed = [k for k in sorted(set(state["config"]) | set(current))
-               if k != "train.device" and state["config"].get(k) != current.get(k)]
+    changed = [
+        k
+        for k in sorted(set(state["config"]) | set(current))
+        if k != "train.device" and state["config"].get(k) != current.get(k)
+    ]
     if changed:
-        shown = ", ".join(f"{field_to_flag(k)} {state['config'].get(k)!r} (now {current.get(k)!r})" for k in changed[:4])
+        shown = ", ".join(
+            f"{field_to_flag(k)} {state['config'].get(k)!r} (now {current.get(k)!r})" for k in changed[:4]
+        )
         raise UsageError(f"--resume: the checkpoint was trained with other settings: {shown}; pass the same flags")
     return state
 
@@ -131,7 +142,9 @@ def _writable(path_text: str, flag: str, *, folder: bool = False) -> Path:
     from .storage import local_folder_problem
 
     path = Path(path_text)
-    problem = "it is a folder" if not folder and path.is_dir() else local_folder_problem(path if folder else path.parent)
+    problem = (
+        "it is a folder" if not folder and path.is_dir() else local_folder_problem(path if folder else path.parent)
+    )
     if problem:
         raise UsageError(f"{flag}: cannot write {path} ({problem})")
     return path
@@ -160,8 +173,11 @@ def cmd_train(args) -> int:
     if resume_state is not None:
         trainer.load_state_dict(resume_state)
         print(f"resumed from {args.resume} at epoch {trainer.epoch}", file=sys.stderr)
-    print(f"training {cfg.model.name} on {cfg.dataset.name} for {trainer.epochs} epochs "
-          f"({trainer.total_steps} steps) on {trainer.device}", flush=True)
+    print(
+        f"training {cfg.model.name} on {cfg.dataset.name} for {trainer.epochs} epochs "
+        f"({trainer.total_steps} steps) on {trainer.device}",
+        flush=True,
+    )
 
     def report(r):
         print(_progress_line(r), flush=True)
@@ -173,23 +189,35 @@ def cmd_train(args) -> int:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=2))
     if result["status"] == "diverged":
-        print(f"diverged in epoch {trainer.epoch + 1}: the training loss became non-finite or exceeded "
-              f"{cfg.train.divergence_factor:g}× chance level (lr {cfg.train.lr:g}); try a lower --lr or "
-              f"--warmup-iterations", file=sys.stderr)
+        print(
+            f"diverged in epoch {trainer.epoch + 1}: the training loss became non-finite or exceeded "
+            f"{cfg.train.divergence_factor:g}× chance level (lr {cfg.train.lr:g}); try a lower --lr or "
+            f"--warmup-iterations",
+            file=sys.stderr,
+        )
         return EXIT_DIVERGED
-    print(f"done: best epoch {result['best_epoch']} (chosen on val)  train err {result['train_error']:.2%}  "
-          f"val err {result['val_error']:.2%}  test err {result['test_error']:.2%}  "
-          f"{result['images_per_second']:.0f} img/s")
+    print(
+        f"done: best epoch {result['best_epoch']} (chosen on val)  train err {result['train_error']:.2%}  "
+        f"val err {result['val_error']:.2%}  test err {result['test_error']:.2%}  "
+        f"{result['images_per_second']:.0f} img/s"
+    )
     if M.TEST_ERROR_10CROP in result:
-        print(f"final model, 10-crop test: top-1 err {result[M.TEST_ERROR_10CROP]:.2%}  "
-              f"top-5 err {result[M.TEST_TOP5_ERROR_10CROP]:.2%}")
+        print(
+            f"final model, 10-crop test: top-1 err {result[M.TEST_ERROR_10CROP]:.2%}  "
+            f"top-5 err {result[M.TEST_TOP5_ERROR_10CROP]:.2%}"
+        )
     return EXIT_OK
 
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", help="address of an existing Ray cluster (default: start Ray on this machine)")
-    p.add_argument("--storage-path", help="where Tune keeps results and checkpoints (default: ./ray_results; s3://… or a shared folder for clusters)")
-    p.add_argument("--no-report", action="store_true", help="do not write the report (./reports/NAME) when the sweep ends")
+    p.add_argument(
+        "--storage-path",
+        help="where Tune keeps results and checkpoints (default: ./ray_results; s3://… or a shared folder for clusters)",
+    )
+    p.add_argument(
+        "--no-report", action="store_true", help="do not write the report (./reports/NAME) when the sweep ends"
+    )
 
 
 def _load(path: str):
@@ -211,8 +239,12 @@ def cmd_plan(args) -> int:
         if value is not None and not 0 < value < float("inf"):
             raise UsageError(f"--{flag.replace('_', '-')}: {value:g} must be a positive number")
     gflops = args.cpu_gflops or DEFAULT_CPU_GFLOPS
-    plan = make_plan(_load(args.sweep), gpu_tflops=args.gpu_tflops, cpu_gflops=gflops,
-                     decode_rate=args.decode_rate or DECODE_IMAGES_PER_CORE)
+    plan = make_plan(
+        _load(args.sweep),
+        gpu_tflops=args.gpu_tflops,
+        cpu_gflops=gflops,
+        decode_rate=args.decode_rate or DECODE_IMAGES_PER_CORE,
+    )
     _warn(plan.warnings)
     budget = plan.spec.budget.model_dump()
     if args.json:
@@ -225,13 +257,20 @@ def cmd_plan(args) -> int:
         width = max(len(t.name) for t in plan.trials)
         cols = {k: max(len(k), *(len(str(t.varying.get(k, ""))) for t in plan.trials)) for k in keys}
         array_of = {t.index: i for i, array in enumerate(arrays or []) for t in array}
-        print(f"\n{'#':>3}  {'trial':<{width}}  " + "  ".join(f"{k:>{cols[k]}}" for k in keys) + f"  {'params':>8}  {'MACs':>8}"
-              + ("  array" if arrays else ""))
+        print(
+            f"\n{'#':>3}  {'trial':<{width}}  "
+            + "  ".join(f"{k:>{cols[k]}}" for k in keys)
+            + f"  {'params':>8}  {'MACs':>8}"
+            + ("  array" if arrays else "")
+        )
         for t in plan.trials:
             model = plan.models[plan.model_of[t.index]]
-            print(f"{t.index:>3}  {t.name:<{width}}  " + "  ".join(f"{str(t.varying.get(k, '')):>{cols[k]}}" for k in keys)
-                  + f"  {_fmt_count(model['params']):>8}  {_fmt_count(model['macs']):>8}"
-                  + (f"  {array_of[t.index]:>5}" if arrays else ""))
+            print(
+                f"{t.index:>3}  {t.name:<{width}}  "
+                + "  ".join(f"{t.varying.get(k, '')!s:>{cols[k]}}" for k in keys)
+                + f"  {_fmt_count(model['params']):>8}  {_fmt_count(model['macs']):>8}"
+                + (f"  {array_of[t.index]:>5}" if arrays else "")
+            )
     else:
         print(f"\n{plan.num_trials} trials drawn by Optuna (TPE) from:")
         for key, dim in plan.spec.search.space.items():
@@ -242,8 +281,10 @@ def cmd_plan(args) -> int:
         print(f"  {name:<{label_width}} {m['params']:>12,} params  {_fmt_count(m['macs']):>8} MACs")
     print(f"\ntrials: {plan.num_trials}, up to {plan.epochs_per_trial} epochs each on {plan.train_images:,} images")
     if arrays:
-        print(f"arrays: {len(arrays)} ({'+'.join(str(len(a)) for a in arrays)} members), each one Tune trial on one device "
-              f"(resources.array: {plan.spec.resources.array}; trials of one shape share an array)")
+        print(
+            f"arrays: {len(arrays)} ({'+'.join(str(len(a)) for a in arrays)} members), each one Tune trial on one device "
+            f"(resources.array: {plan.spec.resources.array}; trials of one shape share an array)"
+        )
     print(f"epochs without early stopping: {plan.total_epochs:,}")
     if plan.asha_epochs is not None:
         print(f"epochs expected with ASHA:     {plan.asha_epochs:,.0f} ({plan.asha_epochs / plan.total_epochs:.0%})")
@@ -251,12 +292,16 @@ def cmd_plan(args) -> int:
     r = plan.spec.resources
     if r.workers > 1:
         per = f"{r.cpu:g} CPU{'s' if r.cpu != 1 else ''}" + (f" and {r.gpu:g} GPU" if r.gpu else "")
-        print(f"each trial: {r.workers} data-parallel workers (resources.workers) of {per} each, "
-              f"{plan.configs[0]['train.batch_size']} images per step among them")
+        print(
+            f"each trial: {r.workers} data-parallel workers (resources.workers) of {per} each, "
+            f"{plan.configs[0]['train.batch_size']} images per step among them"
+        )
     if plan.spec.resources.gpu:
         _print_gpu_estimate(plan, given=args.gpu_tflops is not None)
     else:
-        print(f"CPU core-hours (estimate at {gflops:g} GFLOP/s per core sustained; resources.gpu is 0): {plan.cpu_hours:.2f}")
+        print(
+            f"CPU core-hours (estimate at {gflops:g} GFLOP/s per core sustained; resources.gpu is 0): {plan.cpu_hours:.2f}"
+        )
     return EXIT_OK
 
 
@@ -288,9 +333,11 @@ def _print_gpu_estimate(plan, *, given: bool) -> None:
         line += f" + final 10-crop test {by_pass['ten_crop']:,.2f}"
     print(line)
     if not given and any(m["gpu_tflops"] == IMAGENET_GPU_TFLOPS for m in models.values()):
-        print(f"  {IMAGENET_GPU_TFLOPS:g} TFLOP/s per GPU: assumed for ImageNet-size models (arch imagenet at ≥ "
-              f"{IMAGENET_MIN_SIZE} px), about NVIDIA's published mixed-precision ResNet-50 rate on A100s; not measured "
-              f"here yet (--gpu-tflops sets it)")
+        print(
+            f"  {IMAGENET_GPU_TFLOPS:g} TFLOP/s per GPU: assumed for ImageNet-size models (arch imagenet at ≥ "
+            f"{IMAGENET_MIN_SIZE} px), about NVIDIA's published mixed-precision ResNet-50 rate on A100s; not measured "
+            f"here yet (--gpu-tflops sets it)"
+        )
     if resources.array == 1:
         per_gpu = ""
         if resources.workers > 1:
@@ -301,7 +348,9 @@ def _print_gpu_estimate(plan, *, given: bool) -> None:
             gpus += f" (resources.workers {resources.workers} × gpu {resources.gpu:g}{per_gpu})"
         hours = {name: m["trial_hours"] for name, m in models.items()}
         slowest = max(hours, key=hours.get)
-        shown = _span(hours.values(), ",.2f") + " h" + (f" ({slowest} the longest)" if len(set(hours.values())) > 1 else "")
+        shown = (
+            _span(hours.values(), ",.2f") + " h" + (f" ({slowest} the longest)" if len(set(hours.values())) > 1 else "")
+        )
         print(f"  one trial on {gpus}: {shown}")
     if plan.loader:
         # One line: the CPUs' decoding against the range of what the GPU trains, the most demanding model named.
@@ -310,10 +359,12 @@ def _print_gpu_estimate(plan, *, given: bool) -> None:
         worst = loader["models"][max(rates, key=rates.get)]
         trains = _span([m["gpu_trains_images_per_s"] for m in loader["models"].values()], ",.0f")
         starved = [name for name, m in loader["models"].items() if m["starved"]]
-        print(f"loader: {worst['decoding_cpus']:g} CPUs per worker decode ≈ {worst['decodes_images_per_s']:,.0f} images/s "
-              f"({loader['decode_images_per_core']:g} per core); a GPU trains ≈ {trains} images/s at the rate above "
-              f"({max(rates, key=rates.get)} the most): "
-              + (f"the GPU would wait for the CPUs ({', '.join(starved)})" if starved else "enough"))
+        print(
+            f"loader: {worst['decoding_cpus']:g} CPUs per worker decode ≈ {worst['decodes_images_per_s']:,.0f} images/s "
+            f"({loader['decode_images_per_core']:g} per core); a GPU trains ≈ {trains} images/s at the rate above "
+            f"({max(rates, key=rates.get)} the most): "
+            + (f"the GPU would wait for the CPUs ({', '.join(starved)})" if starved else "enough")
+        )
 
 
 def cmd_run(args) -> int:
@@ -341,8 +392,12 @@ def cmd_resume(args) -> int:
     from .sweep import SweepError, find_experiment, resume_sweep
 
     try:
-        return resume_sweep(find_experiment(args.sweep, args.storage_path), address=args.address,
-                            tracking_uri=args.tracking_uri, report=not args.no_report)
+        return resume_sweep(
+            find_experiment(args.sweep, args.storage_path),
+            address=args.address,
+            tracking_uri=args.tracking_uri,
+            report=not args.no_report,
+        )
     except SweepError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_FAILURE
@@ -385,7 +440,9 @@ def cmd_report(args) -> int:
 
     folder = _from_mlflow(lambda: report_sweep(args.tracking_uri, args.sweep, out=args.out, experiment=args.experiment))
     shown = folder if args.out else folder.relative_to(Path.cwd())
-    print(f"report: {shown / 'index.md'} and {shown / 'report.html'} (also on the sweep's MLflow run, artifacts report/)")
+    print(
+        f"report: {shown / 'index.md'} and {shown / 'report.html'} (also on the sweep's MLflow run, artifacts report/)"
+    )
     return EXIT_OK
 
 
@@ -395,8 +452,11 @@ def cmd_status(args) -> int:
     from . import standing
     from .records import open_record
 
-    _, record = _from_mlflow(lambda: open_record(args.tracking_uri, args.sweep, args.experiment,
-                                                 keys=(M.VAL_ERROR, M.TEST_ERROR), responses=False))
+    _, record = _from_mlflow(
+        lambda: open_record(
+            args.tracking_uri, args.sweep, args.experiment, keys=(M.VAL_ERROR, M.TEST_ERROR), responses=False
+        )
+    )
     now = standing.from_record(record)
     if args.json:
         print(json.dumps({"name": record.name, "experiment": record.experiment, **now.to_dict()}))
@@ -420,19 +480,36 @@ def cmd_ui(args) -> int:
     if uri.startswith(("http://", "https://")):
         raise UsageError(f"--tracking-uri: {uri} is an MLflow server: it serves its own UI, open it in a browser")
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise UsageError(f"--tracking-uri: no MLflow store at {uri.removeprefix('sqlite:///')}; run a sweep here first or pass --tracking-uri")
+        raise UsageError(
+            f"--tracking-uri: no MLflow store at {uri.removeprefix('sqlite:///')}; run a sweep here first or pass --tracking-uri"
+        )
     _check_port_free(args.host, args.port)
     if not _is_loopback(args.host):
-        print(f"warning: --host {args.host}: the MLflow UI is then reachable from the network without authentication "
-              f"(whoever reaches port {args.port} can read, change and delete runs)", file=sys.stderr)
+        print(
+            f"warning: --host {args.host}: the MLflow UI is then reachable from the network without authentication "
+            f"(whoever reaches port {args.port} can read, change and delete runs)",
+            file=sys.stderr,
+        )
     url = f"http://{args.host}:{args.port}"
     print(f"MLflow UI for {uri} at {url}  (Ctrl-C to stop)")
     for exp in MlflowClient(uri).search_experiments():
         if exp.name != "Default":  # MLflow 3 opens on GenAI pages: link the runs tables directly
             print(f"  {exp.name}: {url}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning")
     sys.stdout.flush()
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
-           "--port", str(args.port), "--workers", str(args.workers)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+        "--workers",
+        str(args.workers),
+    ]
     os.execv(sys.executable, cmd)  # the UI becomes this process: signals reach it directly
 
 
@@ -441,9 +518,17 @@ def cmd_k8s_render(args) -> int:
 
     parsed = _load(args.sweep)
     try:
-        objects = render(parsed, image=args.image, gpus=args.gpus, namespace=args.namespace, name=args.name,
-                         tracking_uri=args.tracking_uri, storage_path=args.storage_path, data_claim=args.data_claim,
-                         warn=lambda line: print(line, file=sys.stderr))
+        objects = render(
+            parsed,
+            image=args.image,
+            gpus=args.gpus,
+            namespace=args.namespace,
+            name=args.name,
+            tracking_uri=args.tracking_uri,
+            storage_path=args.storage_path,
+            data_claim=args.data_claim,
+            warn=lambda line: print(line, file=sys.stderr),
+        )
     except RenderError as err:
         raise UsageError(str(err)) from None
     sys.stdout.write(render_yaml(objects))
@@ -475,7 +560,9 @@ def _check_port_free(host: str, port: int) -> None:
         try:
             probe.bind((host, port))
         except OSError as err:
-            raise UsageError(f"--port: {port} on {host} is not available ({err.strerror}); pass another --port") from None
+            raise UsageError(
+                f"--port: {port} on {host} is not available ({err.strerror}); pass another --port"
+            ) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -490,9 +577,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("describe", help="parameters, multiply-adds and layers of one model", epilog=variants)
     add_variant_flag(p)
     add_flags(p, MODEL_FLAGS, "model")
-    p.add_argument("--dataset", choices=[d for d in DATASETS if d != "imagefolder"],
-                   help="count at this dataset's image size and classes")
-    p.add_argument("--input-size", type=int, help="input side in pixels for the MAC count (default: the dataset's, else 32 CIFAR, 224 ImageNet)")
+    p.add_argument(
+        "--dataset",
+        choices=[d for d in DATASETS if d != "imagefolder"],
+        help="count at this dataset's image size and classes",
+    )
+    p.add_argument(
+        "--input-size",
+        type=int,
+        help="input side in pixels for the MAC count (default: the dataset's, else 32 CIFAR, 224 ImageNet)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_describe)
 
@@ -508,53 +602,94 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="validate a sweep file and show its trials, models and budget (starts nothing)")
     p.add_argument("sweep", metavar="SWEEP.yaml")
     p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
-    p.add_argument("--gpu-tflops", type=float, default=None,
-                   help="sustained TFLOP/s per GPU assumed for the GPU-hour estimate (default 50 for ImageNet-size models: "
-                        "arch imagenet at 112 px or more; else 5)")
-    p.add_argument("--decode-rate", type=float, default=None,
-                   help="images/s one CPU core decodes and augments for image folders, to compare with what the GPU "
-                        "trains (default 280: `python bench loader` on a 2-core Xeon)")
-    p.add_argument("--cpu-gflops", type=float, default=None,
-                   help="sustained GFLOP/s per core assumed for the CPU-hour estimate of sweeps without GPUs (default 25, "
-                        "measured on a 2-core Xeon)")
+    p.add_argument(
+        "--gpu-tflops",
+        type=float,
+        default=None,
+        help="sustained TFLOP/s per GPU assumed for the GPU-hour estimate (default 50 for ImageNet-size models: "
+        "arch imagenet at 112 px or more; else 5)",
+    )
+    p.add_argument(
+        "--decode-rate",
+        type=float,
+        default=None,
+        help="images/s one CPU core decodes and augments for image folders, to compare with what the GPU "
+        "trains (default 280: `python bench loader` on a 2-core Xeon)",
+    )
+    p.add_argument(
+        "--cpu-gflops",
+        type=float,
+        default=None,
+        help="sustained GFLOP/s per core assumed for the CPU-hour estimate of sweeps without GPUs (default 25, "
+        "measured on a 2-core Xeon)",
+    )
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("run", help="run a sweep on Ray Tune, tracked in MLflow")
     p.add_argument("sweep", metavar="SWEEP.yaml")
     _add_run_flags(p)
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db here, or the sweep's tracking.tracking_uri)")
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: sqlite:///mlflow.db here, or the sweep's tracking.tracking_uri)",
+    )
     p.add_argument("--smoke-test", action="store_true", help="tiny version: 2 epochs on 256 images, at most 4 trials")
-    p.add_argument("--resume-if-exists", action="store_true",
-                   help="if this sweep (same name, same file) is already in the storage path, continue it instead of "
-                        "starting another (for entrypoints that may run twice, e.g. a retried Kubernetes job)")
+    p.add_argument(
+        "--resume-if-exists",
+        action="store_true",
+        help="if this sweep (same name, same file) is already in the storage path, continue it instead of "
+        "starting another (for entrypoints that may run twice, e.g. a retried Kubernetes job)",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("resume", help="continue an interrupted sweep (finished trials are not rerun)")
-    p.add_argument("sweep", metavar="NAME|PATH|URI", help="the sweep's name (under the storage path), its folder, or its s3://… / gs://… URI")
+    p.add_argument(
+        "sweep",
+        metavar="NAME|PATH|URI",
+        help="the sweep's name (under the storage path), its folder, or its s3://… / gs://… URI",
+    )
     _add_run_flags(p)
-    p.add_argument("--tracking-uri", help="the sweep's MLflow server with its login (http://USER:PASSWORD@HOST:PORT), "
-                                          "which is never stored; or set MLFLOW_TRACKING_USERNAME/PASSWORD")
+    p.add_argument(
+        "--tracking-uri",
+        help="the sweep's MLflow server with its login (http://USER:PASSWORD@HOST:PORT), "
+        "which is never stored; or set MLFLOW_TRACKING_USERNAME/PASSWORD",
+    )
     p.set_defaults(func=cmd_resume)
 
-    p = sub.add_parser("sync", help="send a sweep's results from its Tune folder to MLflow (what a dead driver or a "
-                                    "down server left out); running it twice changes nothing")
-    p.add_argument("sweep", metavar="NAME|PATH|URI", help="the sweep's name (under the storage path), its folder, or its s3://… / gs://… URI")
+    p = sub.add_parser(
+        "sync",
+        help="send a sweep's results from its Tune folder to MLflow (what a dead driver or a "
+        "down server left out); running it twice changes nothing",
+    )
+    p.add_argument(
+        "sweep",
+        metavar="NAME|PATH|URI",
+        help="the sweep's name (under the storage path), its folder, or its s3://… / gs://… URI",
+    )
     p.add_argument("--storage-path", help="where to look for NAME (default: ./ray_results)")
-    p.add_argument("--tracking-uri", help="the sweep's MLflow server with its login (http://USER:PASSWORD@HOST:PORT); "
-                                          "default: where the sweep logs")
+    p.add_argument(
+        "--tracking-uri",
+        help="the sweep's MLflow server with its login (http://USER:PASSWORD@HOST:PORT); default: where the sweep logs",
+    )
     p.set_defaults(func=cmd_sync)
 
-    p = sub.add_parser("status", help="where a sweep stands (trials by status, epochs, best so far, ETA), read from MLflow")
+    p = sub.add_parser(
+        "status", help="where a sweep stands (trials by status, epochs, best so far, ETA), read from MLflow"
+    )
     p.add_argument("sweep", metavar="NAME", help="the sweep's name, as `run` printed it")
     p.add_argument("--tracking-uri", help="the sweep's MLflow store (default: sqlite:///mlflow.db in this folder)")
     p.add_argument("--experiment", help="the MLflow experiment to look in (default: every experiment)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("report", help="the papers' tables and figures for a sweep (Table 6, Fig. 6, Fig. 7, …), from MLflow")
+    p = sub.add_parser(
+        "report", help="the papers' tables and figures for a sweep (Table 6, Fig. 6, Fig. 7, …), from MLflow"
+    )
     p.add_argument("sweep", metavar="NAME", help="the sweep's name, as `run` printed it")
-    p.add_argument("--out", metavar="DIR", help="folder to write index.md, report.html, figures and CSVs into "
-                                                "(default: ./reports/NAME)")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="folder to write index.md, report.html, figures and CSVs into (default: ./reports/NAME)",
+    )
     p.add_argument("--tracking-uri", help="the sweep's MLflow store (default: sqlite:///mlflow.db in this folder)")
     p.add_argument("--experiment", help="the MLflow experiment to look in (default: every experiment)")
     p.set_defaults(func=cmd_report)
@@ -568,22 +703,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     k8s = sub.add_parser("k8s", help="Kubernetes: manifests for running a sweep with KubeRay (docs/kubernetes.md)")
     k8s_sub = k8s.add_subparsers(dest="k8s_command", required=True, metavar="COMMAND", parser_class=_Parser)
-    p = k8s_sub.add_parser("render", help="print the RayJob and the ConfigMap (holding the sweep file) for one sweep",
-                           description="Print, on stdout, a KubeRay RayJob that runs SWEEP.yaml and the ConfigMap that "
-                                       "holds the file; apply with `kubectl apply -f -`. Built from k8s/base/rayjob.yaml.")
+    p = k8s_sub.add_parser(
+        "render",
+        help="print the RayJob and the ConfigMap (holding the sweep file) for one sweep",
+        description="Print, on stdout, a KubeRay RayJob that runs SWEEP.yaml and the ConfigMap that "
+        "holds the file; apply with `kubectl apply -f -`. Built from k8s/base/rayjob.yaml.",
+    )
     p.add_argument("sweep", metavar="SWEEP.yaml")
-    p.add_argument("--image", required=True, help="the trial image (built from the Dockerfile), e.g. registry.example/resnet-sweep:0.1.0")
-    p.add_argument("--gpus", type=int, default=1, help="GPUs in all (default 1): one worker pod per GPU, holding "
-                                                        "1/resources.gpu trials")
+    p.add_argument(
+        "--image",
+        required=True,
+        help="the trial image (built from the Dockerfile), e.g. registry.example/resnet-sweep:0.1.0",
+    )
+    p.add_argument(
+        "--gpus",
+        type=int,
+        default=1,
+        help="GPUs in all (default 1): one worker pod per GPU, holding 1/resources.gpu trials",
+    )
     p.add_argument("--namespace", help="namespace of both objects (default: kubectl's current one)")
     p.add_argument("--name", help="RayJob name (default: from the sweep's name; at most 47 characters)")
-    p.add_argument("--tracking-uri", help="MLflow server the sweep logs to (default: the sweep's http(s) tracking_uri, "
-                                          "else the cluster's http://mlflow:5000)")
-    p.add_argument("--storage-path", help="where Tune keeps the sweep: a folder on the shared volume (default "
-                                          "/mnt/sweeps) or s3://bucket/prefix")
-    p.add_argument("--data-claim", metavar="CLAIM", help="a PersistentVolumeClaim holding the data, mounted read-only in "
-                                                         "every pod at dataset.root (ImageNet, image folders) or "
-                                                         "dataset.cache_dir (CIFAR)")
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow server the sweep logs to (default: the sweep's http(s) tracking_uri, "
+        "else the cluster's http://mlflow:5000)",
+    )
+    p.add_argument(
+        "--storage-path",
+        help="where Tune keeps the sweep: a folder on the shared volume (default /mnt/sweeps) or s3://bucket/prefix",
+    )
+    p.add_argument(
+        "--data-claim",
+        metavar="CLAIM",
+        help="a PersistentVolumeClaim holding the data, mounted read-only in "
+        "every pod at dataset.root (ImageNet, image folders) or "
+        "dataset.cache_dir (CIFAR)",
+    )
     p.set_defaults(func=cmd_k8s_render)
     return parser
 

@@ -1,6 +1,7 @@
 """Ray: a private local instance, or an existing cluster (`--address`), reached with a clear
 line instead of minutes of retries when it is dead, unreachable or wants a token; and what the
 sweep needs to know of the cluster (nodes, shared storage, concurrency)."""
+
 from __future__ import annotations
 
 import logging
@@ -74,7 +75,9 @@ def _resolve_auto() -> str:
         return os.environ["RAY_ADDRESS"]
     address = ray_compat.bootstrap_address()
     if not address:
-        raise ClusterError("--address auto: no Ray cluster was started on this machine (`ray start --head`) and RAY_ADDRESS is not set")
+        raise ClusterError(
+            "--address auto: no Ray cluster was started on this machine (`ray start --head`) and RAY_ADDRESS is not set"
+        )
     return address
 
 
@@ -109,7 +112,7 @@ def _check_auth(address: str, shown: str) -> None:
             f"the Ray cluster at {shown} rejected the auth token from {source}: use the head node's "
             f"token (its ~/.ray/auth_token)"
         ) from None
-    except Exception:  # noqa: BLE001 — other failures are ray.init's to report
+    except Exception:
         return
 
 
@@ -160,12 +163,17 @@ def connect(address: str | None, driver_env: dict[str, str] | None = None) -> No
         **(driver_env or {}),
     }
     os.environ.update(driver_env)
-    options: dict = {"logging_level": logging.WARNING, "log_to_driver": False,
-                     "logging_config": ray.LoggingConfig(log_level="WARNING")}
+    options: dict = {
+        "logging_level": logging.WARNING,
+        "log_to_driver": False,
+        "logging_config": ray.LoggingConfig(log_level="WARNING"),
+    }
     if address is None:
         if os.environ.get("RAY_ADDRESS"):
-            print("note: RAY_ADDRESS is set but this sweep runs on a local Ray; pass --address auto to use that cluster",
-                  file=sys.stderr)
+            print(
+                "note: RAY_ADDRESS is set but this sweep runs on a local Ray; pass --address auto to use that cluster",
+                file=sys.stderr,
+            )
         # "local", not None: a bare ray.init() attaches to any cluster `ray start` recorded on
         # the machine, and retries it for minutes when that cluster has died.
         target = "local"
@@ -191,8 +199,10 @@ def connect(address: str | None, driver_env: dict[str, str] | None = None) -> No
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         hint = ""
         if target.startswith("ray://") and _token_source() is None:
-            hint = (f"; if the cluster uses token auth (Ray's default), copy the head node's ~/.ray/auth_token "
-                    f"to this machine (or set {TOKEN_ENV})")
+            hint = (
+                f"; if the cluster uses token auth (Ray's default), copy the head node's ~/.ray/auth_token "
+                f"to this machine (or set {TOKEN_ENV})"
+            )
         raise ClusterError(f"could not start or reach {where}: {err}{hint}") from None
 
 
@@ -257,7 +267,9 @@ def check_storage_on_nodes(storage_path: str) -> None:
     nodes = alive_nodes()
     files = {n["NodeID"]: f"{name}-{n['NodeID'][:12]}" for n in nodes}
     refs = {
-        n["NodeID"]: probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(files[n["NodeID"]])
+        n["NodeID"]: probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
+            files[n["NodeID"]]
+        )
         for n in nodes
     }
     problems = []
@@ -267,7 +279,7 @@ def check_storage_on_nodes(storage_path: str) -> None:
             where = describe_node(node["NodeID"], node.get("NodeManagerHostname") or node.get("NodeManagerAddress"))
             try:
                 reason = ray.get(refs[node["NodeID"]], timeout=0)
-            except Exception as err:  # noqa: BLE001 — a node that cannot run the probe, or not in time
+            except Exception as err:
                 reason = f"the check could not run there in {PROBE_TIMEOUT_S} s ({type(err).__name__})"
             if reason is None and storage.read_text(storage_path, files[node["NodeID"]]) != token:
                 reason = "a file it wrote there is not visible from the driver"

@@ -14,6 +14,7 @@ hosts' clocks are compared). Its holder checks before each heartbeat that the hi
 still its own; when it is not, it stops its sweep (``on_lost``) and writes nothing more.
 Written by hand: Tune has no notion of a second driver on one experiment.
 """
+
 from __future__ import annotations
 
 import errno
@@ -24,10 +25,10 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Callable, Iterator
 
 from . import storage
 
@@ -92,6 +93,7 @@ def _process_start(pid: int) -> str | None:
 
 
 # --- where the claims live -----------------------------------------------------------------------
+
 
 class _Folder:
     """Claims in a local (or NFS) folder: written whole under a name of their own, then
@@ -185,7 +187,7 @@ class _S3:
 
     def names(self) -> list[str]:
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix)
-        return [o["Key"][len(self.prefix):] for page in pages for o in page.get("Contents", [])]
+        return [o["Key"][len(self.prefix) :] for page in pages for o in page.get("Contents", [])]
 
     def read(self, name: str) -> bytes | None:
         try:
@@ -283,8 +285,15 @@ def _claim_name(number: int) -> str:
 class DriverLock:
     """The lock of the sweep in ``experiment`` as held (or sought) by the driver ``me``."""
 
-    def __init__(self, experiment: str, name: str, me: Identity | None = None, *,
-                 on_lost: Callable[[str], None] | None = None, say: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        experiment: str,
+        name: str,
+        me: Identity | None = None,
+        *,
+        on_lost: Callable[[str], None] | None = None,
+        say: Callable[[str], None] | None = None,
+    ) -> None:
         self.store = _store(experiment)
         self.name = name
         self.me = me or Identity.here()
@@ -303,11 +312,13 @@ class DriverLock:
         for attempt in range(READ_ATTEMPTS):
             try:
                 return fn()
-            except Exception as err:  # noqa: BLE001 — any storage error: unknown, not "free"
+            except Exception as err:
                 if attempt + 1 == READ_ATTEMPTS:
-                    raise LockUnavailable(f"cannot read the lock of sweep {self.name} at {self.store.path} ({what}: "
-                                          f"{storage.reason(err)}); not knowing whether another driver runs it, "
-                                          f"this one does not start") from None
+                    raise LockUnavailable(
+                        f"cannot read the lock of sweep {self.name} at {self.store.path} ({what}: "
+                        f"{storage.reason(err)}); not knowing whether another driver runs it, "
+                        f"this one does not start"
+                    ) from None
                 time.sleep(1)
 
     def _in_heartbeat(self) -> bool:
@@ -360,7 +371,7 @@ class DriverLock:
             for name in self.store.names():
                 if name.split(".")[0].isdigit() and int(name.split(".")[0]) < number:
                     self.store.remove(name)
-        except Exception:  # noqa: BLE001 — left for the next driver to tidy
+        except Exception:
             pass
 
     def _retire_legacy(self) -> None:
@@ -372,8 +383,12 @@ class DriverLock:
             return
         try:
             lock = json.loads(data)
-            holder = Identity(host=str(lock["host"]), pid=int(lock["pid"]), token=str(lock.get("token", "")),
-                              started=str(lock.get("started", "?")))
+            holder = Identity(
+                host=str(lock["host"]),
+                pid=int(lock["pid"]),
+                token=str(lock.get("token", "")),
+                started=str(lock.get("started", "?")),
+            )
         except (TypeError, ValueError, KeyError):
             holder = None
         self._watch(holder.describe() if holder else f"an unreadable lock ({legacy.path})", legacy.path, legacy.read)
@@ -388,12 +403,16 @@ class DriverLock:
             raise self._busy(who, self.where(number))
         self._watch(who, self.where(number), lambda: self.heartbeat(number), replaced=lambda: self.newest() != number)
 
-    def _watch(self, who: str, where: str, read: Callable[[], bytes | None], replaced: Callable[[], bool] = lambda: False) -> None:
+    def _watch(
+        self, who: str, where: str, read: Callable[[], bytes | None], replaced: Callable[[], bool] = lambda: False
+    ) -> None:
         """Returns once ``read()`` has not changed for STALE_AFTER_SECONDS on this machine's
         clock; SweepBusy as soon as it changes (its driver is alive)."""
         first, since = read(), time.monotonic()
-        self.say(f"checking whether the sweep's driver ({who}) is alive: taken over if its heartbeat does not change "
-                 f"for {STALE_AFTER_SECONDS:g} s (the lock: {where})")
+        self.say(
+            f"checking whether the sweep's driver ({who}) is alive: taken over if its heartbeat does not change "
+            f"for {STALE_AFTER_SECONDS:g} s (the lock: {where})"
+        )
         while time.monotonic() - since < STALE_AFTER_SECONDS:
             time.sleep(min(1.0, STALE_AFTER_SECONDS / 10))
             if replaced():  # taken over or released meanwhile: judged afresh
@@ -402,30 +421,33 @@ class DriverLock:
                 raise self._busy(who, where)
 
     def _busy(self, who: str, where: str) -> SweepBusy:
-        return SweepBusy(f"sweep {self.name} is already being run by {who}: wait for it to end or stop it first "
-                         f"(the lock: {where})")
+        return SweepBusy(
+            f"sweep {self.name} is already being run by {who}: wait for it to end or stop it first (the lock: {where})"
+        )
 
     def _create(self, number: int) -> bool:
         data = json.dumps(asdict(self.me)).encode()
         try:
             if not self.store.create(_claim_name(number), data):
                 return False
-        except Exception as err:  # noqa: BLE001 — a read-only or full storage, no permission …
+        except Exception as err:
             raise self._unwritable(err) from None
         try:
             self.store.write(_claim_name(number) + BEAT, self._beat_data(0))
-        except Exception as err:  # noqa: BLE001 — not held: the claim goes again
+        except Exception as err:
             try:
                 self.store.remove(_claim_name(number))
-            except Exception:  # noqa: BLE001 — left: judged dead once its heartbeat never comes
+            except Exception:
                 pass
             raise self._unwritable(err) from None
         self.number = number
         return True
 
     def _unwritable(self, err: Exception) -> LockUnavailable:
-        return LockUnavailable(f"cannot write the lock of sweep {self.name} at {self.store.path} "
-                               f"({storage.reason(err)}); this driver does not start")
+        return LockUnavailable(
+            f"cannot write the lock of sweep {self.name} at {self.store.path} "
+            f"({storage.reason(err)}); this driver does not start"
+        )
 
     def _beat_data(self, count: int) -> bytes:
         return json.dumps({"token": self.me.token, "count": count, "at": time.strftime("%Y-%m-%d %H:%M:%S")}).encode()
@@ -453,21 +475,29 @@ class DriverLock:
                         self.store.write(_claim_name(self.number) + BEAT, self._beat_data(count))
                         renewed, warned = time.monotonic(), False
                         continue
-                    self.lost = (f"error: sweep {self.name} was taken over by {taker} (the lock: {where}); this "
-                                 f"driver stops and leaves the sweep to it")
-                except Exception as err:  # noqa: BLE001 — storage unreachable: the next beat tries again
+                    self.lost = (
+                        f"error: sweep {self.name} was taken over by {taker} (the lock: {where}); this "
+                        f"driver stops and leaves the sweep to it"
+                    )
+                except Exception as err:
                     failing = time.monotonic() - renewed
                     give_up = STALE_AFTER_SECONDS - 2 * HEARTBEAT_SECONDS
                     if failing < give_up:
                         if not warned:
-                            print(f"warning: the sweep's lock at {where} cannot be renewed ({storage.reason(err)}); "
-                                  f"this driver stops if it cannot for {give_up:g} s (another may then take the "
-                                  f"sweep over)", file=sys.stderr, flush=True)
+                            print(
+                                f"warning: the sweep's lock at {where} cannot be renewed ({storage.reason(err)}); "
+                                f"this driver stops if it cannot for {give_up:g} s (another may then take the "
+                                f"sweep over)",
+                                file=sys.stderr,
+                                flush=True,
+                            )
                             warned = True
                         continue
-                    self.lost = (f"error: sweep {self.name}: this driver could not renew its lock ({where}) for "
-                                 f"{failing:.0f} s ({storage.reason(err)}); another driver may take the sweep over, "
-                                 f"so this one stops (resume the sweep once its storage answers)")
+                    self.lost = (
+                        f"error: sweep {self.name}: this driver could not renew its lock ({where}) for "
+                        f"{failing:.0f} s ({storage.reason(err)}); another driver may take the sweep over, "
+                        f"so this one stops (resume the sweep once its storage answers)"
+                    )
                 self._stop.set()
                 self.on_lost(self.lost)  # under the lock: release() returns only after it
                 return
@@ -496,9 +526,12 @@ class DriverLock:
                 self.store.remove(_claim_name(self.number) + BEAT)
                 self.store.remove(_claim_name(self.number))
                 self.store.tidy()
-        except Exception as err:  # noqa: BLE001 — left behind: the next driver finds its process gone or its heartbeat still
-            print(f"warning: the sweep's lock at {self.where(self.number)} was not removed ({storage.reason(err)})",
-                  file=sys.stderr, flush=True)
+        except Exception as err:
+            print(
+                f"warning: the sweep's lock at {self.where(self.number)} was not removed ({storage.reason(err)})",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 class _Again(Exception):

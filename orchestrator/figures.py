@@ -1,5 +1,6 @@
 """Matplotlib figures: a trial's learning curve and layer responses (logged on its MLflow run),
 and the report's figures in the papers' conventions (2015 Fig. 6 and Fig. 7)."""
+
 from __future__ import annotations
 
 import io
@@ -54,8 +55,9 @@ def layer_responses(stds: list[float], title: str = "") -> Image.Image:
     return _to_image(fig)
 
 
-def error_curves(panels: dict[str, dict[str, dict[str, list[tuple[float, float]]]]], *, x_label: str,
-                 colours: dict[str, str]) -> bytes:
+def error_curves(
+    panels: dict[str, dict[str, dict[str, list[tuple[float, float]]]]], *, x_label: str, colours: dict[str, str]
+) -> bytes:
     """2015 Fig. 6: one panel per family (plain, residual) on the same axes; a colour per net,
     training error dashed, test error solid (val thin and faint). ``panels``: panel title → net
     label → curve name (train/val/test) → (x, error fraction) points."""
@@ -70,16 +72,26 @@ def error_curves(panels: dict[str, dict[str, dict[str, list[tuple[float, float]]
                     xs, ys = zip(*points)
                     ys = [100 * y for y in ys]
                     top = max(top, max(ys))
-                    ax.plot(xs, ys, color=colours[label], label=f"{label} ({kind})" if kind != "val" else None,
-                            **styles[kind])
+                    ax.plot(
+                        xs,
+                        ys,
+                        color=colours[label],
+                        label=f"{label} ({kind})" if kind != "val" else None,
+                        **styles[kind],
+                    )
         ax.set_title(title)
         ax.set_xlabel(x_label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, ncol=2 if len(nets) > 3 else 1)
     axes[0].set_ylabel("error (%)")
     axes[0].set_ylim(0, min(100.0, top * 1.05) or 1.0)
-    fig.text(0.5, -0.04, "dashed: training error; bold: test error; faint: val error (chooses the epoch)",
-             ha="center", fontsize=8)
+    fig.text(
+        0.5,
+        -0.04,
+        "dashed: training error; bold: test error; faint: val error (chooses the epoch)",
+        ha="center",
+        fontsize=8,
+    )
     return _png(fig)
 
 

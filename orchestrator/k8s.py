@@ -2,6 +2,7 @@
 ConfigMap holding the sweep file — filled into k8s/base/rayjob.yaml, the same file kustomize
 builds (shipped in the package as orchestrator/rayjob.yaml, a link to it). Light on purpose:
 no Ray, no MLflow, no torch."""
+
 from __future__ import annotations
 
 import copy
@@ -17,7 +18,7 @@ from resnet_core.config import FOLDER_DATASETS, DataConfig
 
 from .spec import ParsedSpec
 
-__all__ = ["RenderError", "render", "render_yaml", "ray_job_name"]
+__all__ = ["RenderError", "ray_job_name", "render", "render_yaml"]
 
 SWEEP_VOLUME, STORAGE_VOLUME, DATA_VOLUME, SWEEP_FILE = "sweep", "storage", "data", "sweep.yaml"
 # Host memory per trial on a GPU worker (data on the device, model, Ray worker process), plus
@@ -38,14 +39,25 @@ def ray_job_name(sweep_name: str) -> str:
     """The sweep's name as a RayJob name: a DNS-1035 label of at most 47 characters."""
     name = re.sub(r"[^a-z0-9-]+", "-", sweep_name.lower()).strip("-")[:RAY_JOB_NAME_MAX].rstrip("-")
     if not DNS_1035.fullmatch(name):
-        raise RenderError(f"--name: the sweep's name {sweep_name!r} does not make a RayJob name "
-                          "(a lowercase letter first, then letters, digits, '-'); pass --name")
+        raise RenderError(
+            f"--name: the sweep's name {sweep_name!r} does not make a RayJob name "
+            "(a lowercase letter first, then letters, digits, '-'); pass --name"
+        )
     return name
 
 
-def render(parsed: ParsedSpec, *, image: str, gpus: int = 1, namespace: str | None = None, name: str | None = None,
-           tracking_uri: str | None = None, storage_path: str | None = None, data_claim: str | None = None,
-           warn=lambda line: None) -> list[dict]:
+def render(
+    parsed: ParsedSpec,
+    *,
+    image: str,
+    gpus: int = 1,
+    namespace: str | None = None,
+    name: str | None = None,
+    tracking_uri: str | None = None,
+    storage_path: str | None = None,
+    data_claim: str | None = None,
+    warn=lambda line: None,
+) -> list[dict]:
     """The ConfigMap and the RayJob for this sweep, as objects ready to dump; ``warn`` gets a
     line about what the manifests leave to the user (an image folder not mounted)."""
     template = yaml.safe_load(files(__package__).joinpath("rayjob.yaml").read_text())
@@ -59,8 +71,12 @@ def render(parsed: ParsedSpec, *, image: str, gpus: int = 1, namespace: str | No
 
     labels = {**job["metadata"]["labels"], "resnet-sweep/sweep": name}
     job["metadata"] = {"name": name, "labels": labels}
-    config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"{name}-sweep", "labels": labels},
-                  "data": {SWEEP_FILE: parsed.text}}
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": f"{name}-sweep", "labels": labels},
+        "data": {SWEEP_FILE: parsed.text},
+    }
     if namespace is not None:
         if len(namespace) > 63 or not DNS_1123.fullmatch(namespace):
             raise RenderError(f"--namespace: {namespace!r} is not a namespace name (lowercase letters, digits, '-')")
@@ -87,14 +103,17 @@ def render(parsed: ParsedSpec, *, image: str, gpus: int = 1, namespace: str | No
 
 
 def render_yaml(objects: list[dict]) -> str:
-    return yaml.dump_all(objects, Dumper=_Dumper, sort_keys=False, default_flow_style=False,
-                         allow_unicode=True, width=120)
+    return yaml.dump_all(
+        objects, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True, width=120
+    )
 
 
 def _checked_name(name: str) -> str:
     if len(name) > RAY_JOB_NAME_MAX or not DNS_1035.fullmatch(name):
-        raise RenderError(f"--name: {name!r} is not a RayJob name (a DNS-1035 label of at most {RAY_JOB_NAME_MAX} "
-                          "characters: a lowercase letter first, then letters, digits, '-')")
+        raise RenderError(
+            f"--name: {name!r} is not a RayJob name (a DNS-1035 label of at most {RAY_JOB_NAME_MAX} "
+            "characters: a lowercase letter first, then letters, digits, '-')"
+        )
     return name
 
 
@@ -102,19 +121,27 @@ def _size_workers(group: dict, parsed: ParsedSpec, gpus: int) -> None:
     """Worker pods from the GPU total and a trial's resources: each pod holds whole trials."""
     per_trial = parsed.spec.resources
     if per_trial.gpu == 0:
-        raise parsed.error(("resources", "gpu"), "0: trials that use no GPU do not need a GPU cluster; set "
-                           "resources.gpu (1, or 0.5 to pack two trials on a GPU) to run this sweep with k8s render")
+        raise parsed.error(
+            ("resources", "gpu"),
+            "0: trials that use no GPU do not need a GPU cluster; set "
+            "resources.gpu (1, or 0.5 to pack two trials on a GPU) to run this sweep with k8s render",
+        )
     if gpus < 1:
         raise RenderError(f"--gpus: {gpus} must be at least 1")
     if per_trial.trial_gpus > gpus:  # the trial would wait for GPUs that never come
-        raise RenderError(f"--gpus: {gpus} cannot hold one trial of resources.workers {per_trial.workers} × gpu "
-                          f"{per_trial.gpu:g} ({per_trial.trial_gpus:g} GPUs); pass --gpus {math.ceil(per_trial.trial_gpus)} or more")
+        raise RenderError(
+            f"--gpus: {gpus} cannot hold one trial of resources.workers {per_trial.workers} × gpu "
+            f"{per_trial.gpu:g} ({per_trial.trial_gpus:g} GPUs); pass --gpus {math.ceil(per_trial.trial_gpus)} or more"
+        )
     # One GPU per pod (a process uses one device: resources.gpu ≤ 1), holding 1/gpu trials or
     # data-parallel workers (Ray places a trial's workers on as many pods as it needs).
     trials_per_pod = int(1 / per_trial.gpu + 1e-9)
     cpu = trials_per_pod * per_trial.cpu
-    size = {"cpu": str(int(cpu)) if cpu == int(cpu) else f"{math.ceil(cpu * 1000)}m",
-            "memory": f"{trials_per_pod * TRIAL_MEMORY_GIB + NODE_MEMORY_GIB}Gi", "nvidia.com/gpu": "1"}
+    size = {
+        "cpu": str(int(cpu)) if cpu == int(cpu) else f"{math.ceil(cpu * 1000)}m",
+        "memory": f"{trials_per_pod * TRIAL_MEMORY_GIB + NODE_MEMORY_GIB}Gi",
+        "nvidia.com/gpu": "1",
+    }
     (container,) = group["template"]["spec"]["containers"]
     container["resources"] = {"requests": dict(size), "limits": dict(size)}
     # All pods from the start so the sweep starts at full width; the autoscaler may take idle
@@ -131,23 +158,38 @@ def _mount_data(parsed: ParsedSpec, job: dict, claim: str | None, warn) -> None:
     folder = parsed.spec.dataset.get(field)
     if claim is None:
         if name in FOLDER_DATASETS:
-            warn(f"warning: dataset.root {folder} is not mounted in the pods: pass --data-claim CLAIM (a "
-                 f"PersistentVolumeClaim holding it), unless the image holds it")
+            warn(
+                f"warning: dataset.root {folder} is not mounted in the pods: pass --data-claim CLAIM (a "
+                f"PersistentVolumeClaim holding it), unless the image holds it"
+            )
         return
     if len(claim) > 253 or not DNS_1123_SUBDOMAIN.fullmatch(claim):
-        raise RenderError(f"--data-claim: {claim!r} is not a PersistentVolumeClaim name (lowercase letters, digits, '-', '.')")
+        raise RenderError(
+            f"--data-claim: {claim!r} is not a PersistentVolumeClaim name (lowercase letters, digits, '-', '.')"
+        )
     if not folder:
-        raise RenderError(f"--data-claim: the sweep sets no dataset.cache_dir to mount it at (where {name}'s files "
-                          f"are read from)" if name.startswith("cifar") else f"--data-claim: {name} reads no data folder")
+        raise RenderError(
+            f"--data-claim: the sweep sets no dataset.cache_dir to mount it at (where {name}'s files are read from)"
+            if name.startswith("cifar")
+            else f"--data-claim: {name} reads no data folder"
+        )
     if not folder.startswith("/"):
-        raise parsed.error(("dataset", field), f"{folder!r}: the pods mount --data-claim there, so it must be an "
-                                               f"absolute path (e.g. /data/imagenet)")
+        raise parsed.error(
+            ("dataset", field),
+            f"{folder!r}: the pods mount --data-claim there, so it must be an absolute path (e.g. /data/imagenet)",
+        )
     cluster = job["spec"]["rayClusterSpec"]
-    taken = {m["mountPath"].rstrip("/") for c in cluster["headGroupSpec"]["template"]["spec"]["containers"]
-             for m in c["volumeMounts"]}
+    taken = {
+        m["mountPath"].rstrip("/")
+        for c in cluster["headGroupSpec"]["template"]["spec"]["containers"]
+        for m in c["volumeMounts"]
+    }
     if folder.rstrip("/") in taken | {""}:
-        raise parsed.error(("dataset", field), f"{folder!r}: the pods mount something else there "
-                                               f"({', '.join(sorted(taken))} are taken); keep the data elsewhere")
+        raise parsed.error(
+            ("dataset", field),
+            f"{folder!r}: the pods mount something else there "
+            f"({', '.join(sorted(taken))} are taken); keep the data elsewhere",
+        )
     for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
         pod = group["template"]["spec"]
         pod["volumes"].append({"name": DATA_VOLUME, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
@@ -161,10 +203,14 @@ def _place_storage(path: str, job: dict, mount: str) -> str:
     if scheme:
         parts = urlsplit(path)
         if scheme not in OBJECT_STORES or not parts.netloc:
-            raise RenderError(f"--storage-path: {path!r}: expected s3://bucket/… or gs://bucket/…, or a folder under {mount}")
+            raise RenderError(
+                f"--storage-path: {path!r}: expected s3://bucket/… or gs://bucket/…, or a folder under {mount}"
+            )
         if "@" in parts.netloc or parts.query:
-            raise RenderError("--storage-path: credentials or options in the URI would be written into the manifest; "
-                              "put them in the Secret resnet-sweep-s3 (docs/kubernetes.md)")
+            raise RenderError(
+                "--storage-path: credentials or options in the URI would be written into the manifest; "
+                "put them in the Secret resnet-sweep-s3 (docs/kubernetes.md)"
+            )
         cluster = job["spec"]["rayClusterSpec"]
         for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
             pod = group["template"]["spec"]
@@ -173,19 +219,25 @@ def _place_storage(path: str, job: dict, mount: str) -> str:
                 container["volumeMounts"] = [m for m in container["volumeMounts"] if m["name"] != STORAGE_VOLUME]
         return path
     if not path.startswith("/") or not (path.rstrip("/") + "/").startswith(mount.rstrip("/") + "/"):
-        raise RenderError(f"--storage-path: {path!r} is not on the shared volume every pod mounts at {mount}; "
-                          f"use a folder under {mount} or s3://…")
+        raise RenderError(
+            f"--storage-path: {path!r} is not on the shared volume every pod mounts at {mount}; "
+            f"use a folder under {mount} or s3://…"
+        )
     return path
 
 
 def _check_tracking(uri: str) -> None:
     parts = urlsplit(uri)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise RenderError(f"--tracking-uri: {uri!r}: the pods need an MLflow server (http://…); a local store "
-                          "would be lost with the head pod")
+        raise RenderError(
+            f"--tracking-uri: {uri!r}: the pods need an MLflow server (http://…); a local store "
+            "would be lost with the head pod"
+        )
     if parts.username or parts.password:
-        raise RenderError("--tracking-uri: credentials in the URI would be written into the manifest; the head pod "
-                          "reads them from the Secret mlflow-auth (docs/kubernetes.md)")
+        raise RenderError(
+            "--tracking-uri: credentials in the URI would be written into the manifest; the head pod "
+            "reads them from the Secret mlflow-auth (docs/kubernetes.md)"
+        )
 
 
 def _volume(pod: dict, name: str) -> dict:

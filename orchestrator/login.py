@@ -5,12 +5,13 @@ this machine the driver's Ray processes (GCS, raylet and every worker they start
 without it. With Ray Client (ray://) Tune's loop, and the tracker in it, runs on the head: the
 login reaches it through an actor of this job that holds it in memory, not through the job's
 runtime_env, which Ray keeps in its GCS, writes to its logs and gives to every trial."""
+
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from .mlflow_store import LOGIN_ENV, redact
 
@@ -54,8 +55,11 @@ def share(sweep_key: str):
     login = {k: os.environ[k] for k in LOGIN_ENV if os.environ.get(k)}
     if not login:
         return None
-    holder = ray.remote(num_cpus=0, max_restarts=0)(_LoginHolder).options(
-        name=_actor_name(sweep_key), get_if_exists=True).remote()
+    holder = (
+        ray.remote(num_cpus=0, max_restarts=0)(_LoginHolder)
+        .options(name=_actor_name(sweep_key), get_if_exists=True)
+        .remote()
+    )
     ray.get(holder.keep.remote(login))  # a method's argument: not part of the actor's stored spec
     return holder
 

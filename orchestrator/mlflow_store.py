@@ -1,6 +1,7 @@
 """Where MLflow is and how to reach it: the tracking URI (default, normalized, checked before
 anything starts, its login kept out of sight) and a client for it. Ray-free: `status`, `report`
 and `ui` use it without starting Ray."""
+
 from __future__ import annotations
 
 import base64
@@ -14,8 +15,20 @@ from pathlib import Path
 
 from . import storage
 
-__all__ = ["TrackingUnavailableError", "check_scheme", "check_tracking_uri", "default_tracking_uri", "secret_in",
-           "normalize_tracking_uri", "open_client", "redact", "use_tracking_uri", "LOGIN_ENV", "PASSWORD", "USERNAME"]
+__all__ = [
+    "LOGIN_ENV",
+    "PASSWORD",
+    "USERNAME",
+    "TrackingUnavailableError",
+    "check_scheme",
+    "check_tracking_uri",
+    "default_tracking_uri",
+    "normalize_tracking_uri",
+    "open_client",
+    "redact",
+    "secret_in",
+    "use_tracking_uri",
+]
 
 
 class TrackingUnavailableError(RuntimeError):
@@ -30,8 +43,8 @@ def default_tracking_uri() -> str:
 def normalize_tracking_uri(uri: str) -> str:
     """Relative SQLite paths are made absolute so the UI and resume find the same file."""
     prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri[len(prefix):].startswith(("/", ":memory:")):
-        return prefix + str(Path(uri[len(prefix):]).resolve())
+    if uri.startswith(prefix) and not uri[len(prefix) :].startswith(("/", ":memory:")):
+        return prefix + str(Path(uri[len(prefix) :]).resolve())
     return uri
 
 
@@ -46,8 +59,12 @@ SECRET_PARAM = re.compile(r"pass|pwd|token|secret|key|auth|credential|sig", re.I
 # MLflow's client retries a failed request 7 times with backoff (minutes): the driver's Tune
 # loop would stall on every write during an outage. The tracker queues and retries instead.
 # Its download progress bars would print one line per artifact `report` reads.
-CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-              "MLFLOW_HTTP_REQUEST_TIMEOUT": "60", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+CLIENT_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
 _database_uris: dict[str, str] = {}  # URI as stored and shown → with its secrets (memory only)
 
 
@@ -82,8 +99,11 @@ def use_tracking_uri(uri: str) -> str:
     if parts.password is None and parts.username is None and not hidden:
         return uri
     host = parts.netloc.rsplit("@", 1)[-1]
-    query = "&".join(part for part in parts.query.split("&") if part and part.partition("=") not in
-                     [(name, "=", value) for name, value in hidden])
+    query = "&".join(
+        part
+        for part in parts.query.split("&")
+        if part and part.partition("=") not in [(name, "=", value) for name, value in hidden]
+    )
     scheme = _scheme(uri)
     if scheme in HTTP_SCHEMES:
         if parts.username is not None or parts.password is not None:
@@ -93,7 +113,9 @@ def use_tracking_uri(uri: str) -> str:
         if hidden:
             _hidden_query[shown] = [value for _, value in hidden]
         return shown
-    shown = urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}@{host}" if parts.username else host, query=query))
+    shown = urllib.parse.urlunsplit(
+        parts._replace(netloc=f"{parts.username}@{host}" if parts.username else host, query=query)
+    )
     _database_uris[shown] = uri
     return shown
 
@@ -114,9 +136,14 @@ def redact(text: str) -> str:
     """Any credential this process holds, replaced in text about to be shown: as written in a
     URI (percent-encoded), decoded, and encoded again."""
     for secret in sorted(_secrets(), key=len, reverse=True):
-        for form in {secret, urllib.parse.unquote_plus(secret), urllib.parse.unquote(secret),
-                     urllib.parse.quote(secret, safe=""), urllib.parse.quote(urllib.parse.unquote(secret), safe=""),
-                     urllib.parse.quote_plus(urllib.parse.unquote_plus(secret))}:
+        for form in {
+            secret,
+            urllib.parse.unquote_plus(secret),
+            urllib.parse.unquote(secret),
+            urllib.parse.quote(secret, safe=""),
+            urllib.parse.quote(urllib.parse.unquote(secret), safe=""),
+            urllib.parse.quote_plus(urllib.parse.unquote_plus(secret)),
+        }:
             if form:
                 text = text.replace(form, "***")
     return text
@@ -130,7 +157,8 @@ def check_tracking_uri(uri: str, timeout: float = 30.0) -> None:
     if scheme in HTTP_SCHEMES and (uri in _hidden_query or urllib.parse.urlsplit(uri).query):
         raise TrackingUnavailableError(
             f"{uri} has a query, which MLflow's client cannot send with its requests; give a token in "
-            f"{TOKEN} (or a login as http://USER:PASSWORD@HOST:PORT) instead")
+            f"{TOKEN} (or a login as http://USER:PASSWORD@HOST:PORT) instead"
+        )
     if scheme in HTTP_SCHEMES:
         _check_server(uri, timeout)
     elif scheme == "sqlite":
@@ -138,7 +166,7 @@ def check_tracking_uri(uri: str, timeout: float = 30.0) -> None:
     elif scheme in DATABASE_SCHEMES:
         try:
             open_client(uri).search_experiments(max_results=1)
-        except Exception as err:  # noqa: BLE001 — a driver error, a refused login, no server …
+        except Exception as err:
             first = redact(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
             raise TrackingUnavailableError(f"cannot use the MLflow database {uri} ({first})") from None
 
@@ -157,10 +185,14 @@ def check_scheme(uri: str) -> str:
 def _check_sqlite(uri: str) -> None:
     path = uri.removeprefix("sqlite:///")
     if not uri.startswith("sqlite:///") or not path or path == ":memory:":
-        raise TrackingUnavailableError(f"{uri!r} is not a SQLite file URI; use sqlite:///PATH.db (an in-memory store keeps nothing)")
+        raise TrackingUnavailableError(
+            f"{uri!r} is not a SQLite file URI; use sqlite:///PATH.db (an in-memory store keeps nothing)"
+        )
     file = Path(path)
     if file.is_dir():
-        raise TrackingUnavailableError(f"{file} is a folder; name the store's file, e.g. sqlite:///{file / 'mlflow.db'}")
+        raise TrackingUnavailableError(
+            f"{file} is a folder; name the store's file, e.g. sqlite:///{file / 'mlflow.db'}"
+        )
     if not file.parent.is_dir():
         raise TrackingUnavailableError(f"cannot create {file}: the folder {file.parent} does not exist")
     problem = storage.local_folder_problem(file.parent)  # SQLite writes a journal beside the file
@@ -203,8 +235,9 @@ def _check_server(uri: str, timeout: float) -> None:
                 f"{USERNAME} and {PASSWORD}"
             ) from None
     except (urllib.error.URLError, OSError) as err:
-        raise TrackingUnavailableError(f"the MLflow server at {uri} answers /health but not its API "
-                                       f"({redact(str(getattr(err, 'reason', err)))})") from None
+        raise TrackingUnavailableError(
+            f"the MLflow server at {uri} answers /health but not its API ({redact(str(getattr(err, 'reason', err)))})"
+        ) from None
 
 
 def open_client(uri: str):

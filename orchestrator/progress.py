@@ -1,5 +1,6 @@
 """What the user sees while a sweep runs and when it ends: readable trial names, one line per
 trial epoch and per status change (with the node the trial runs on), and the final table."""
+
 from __future__ import annotations
 
 import logging
@@ -12,13 +13,13 @@ from resnet_core import metrics as M
 from resnet_core.errors import ConfigError
 from resnet_core.metrics import Status
 
-from .cluster import describe_node
 from . import ray_compat, standing, trial_table
+from .cluster import describe_node
 from .space import resolve_trial, trial_name
 from .trainable import error_trace
 from .vocabulary import HOSTNAME, NODE_ID, NOTICE, REPLAYED, STATUS, describe_status, error_line, final_status
 
-__all__ = ["Progress", "TUNE_INTERRUPT", "TrialNamer", "was_interrupted", "table_rows"]
+__all__ = ["TUNE_INTERRUPT", "Progress", "TrialNamer", "table_rows", "was_interrupted"]
 
 
 # How often `run` prints the sweep-level line (seconds; RESNET_SWEEP_SUMMARY_S changes it).
@@ -105,8 +106,16 @@ class Progress:
 
         # Built lazily so importing this module does not import Ray.
         class _Progress(Callback):
-            def __init__(self, namer: TrialNamer, epochs: int, stopped_by: str, max_failures: int, *,
-                         planned: int, epochs_expected: int | None = None) -> None:
+            def __init__(
+                self,
+                namer: TrialNamer,
+                epochs: int,
+                stopped_by: str,
+                max_failures: int,
+                *,
+                planned: int,
+                epochs_expected: int | None = None,
+            ) -> None:
                 self.namer, self.epochs, self.start = namer, epochs, time.time()
                 self.stopped_by, self.max_failures = stopped_by, max_failures
                 self.planned, self.epochs_expected = planned, epochs_expected
@@ -123,16 +132,26 @@ class Progress:
 
             def _standing(self, trials) -> standing.Standing:
                 """The sweep-level line's numbers, from Tune's trials (`status` has them from MLflow)."""
-                now = standing.Standing(planned=self.planned, epochs_planned=self.planned * self.epochs,
-                                        epochs_expected=self.epochs_expected, best=self.best)
+                now = standing.Standing(
+                    planned=self.planned,
+                    epochs_planned=self.planned * self.epochs,
+                    epochs_expected=self.epochs_expected,
+                    best=self.best,
+                )
                 unfinished = []
                 for trial in trials:
                     last = trial.last_result or {}
                     # A diverged trial's last report is the epoch that diverged: MLflow has the ones before.
                     epochs = int(last.get(M.EPOCH, 0)) - (last.get(STATUS) == str(Status.DIVERGED))
                     if trial.status in ("TERMINATED", "ERROR"):
-                        word = str(final_status(last, errored=trial.status == "ERROR", planned_epochs=self.epochs,
-                                                error=error_trace(trial) if trial.status == "ERROR" else None))
+                        word = str(
+                            final_status(
+                                last,
+                                errored=trial.status == "ERROR",
+                                planned_epochs=self.epochs,
+                                error=error_trace(trial) if trial.status == "ERROR" else None,
+                            )
+                        )
                     else:
                         word = "pending" if trial.status == "PENDING" else "running"
                         unfinished.append(epochs)
@@ -166,8 +185,12 @@ class Progress:
                     return
                 self.epoch_times.append(int(time.time() * 1000))
                 if self.best is None or result[M.VAL_ERROR] < self.best["val_error"]:
-                    self.best = {"name": self.namer(trial.config), "val_error": result[M.VAL_ERROR],
-                                 "test_error": result.get(M.TEST_ERROR), "epoch": int(result[M.EPOCH])}
+                    self.best = {
+                        "name": self.namer(trial.config),
+                        "val_error": result[M.VAL_ERROR],
+                        "test_error": result.get(M.TEST_ERROR),
+                        "epoch": int(result[M.EPOCH]),
+                    }
                 self._say(
                     f"epoch {int(result[M.EPOCH]):>3}/{self.epochs}  {self.namer(trial.config):<44} "
                     f"train err {result[M.TRAIN_ERROR]:6.2%}  val err {result[M.VAL_ERROR]:6.2%}"
@@ -190,15 +213,19 @@ class Progress:
                 on = f" on {where(trial.last_result)}" if where(trial.last_result) else ""
                 if (trial.last_result or {}).get(REPLAYED):
                     on = " (had finished before the interruption; not trained again)"
-                self._say(f"{describe_status(status, int((trial.last_result or {}).get(M.EPOCH, 0)), self.stopped_by):<9} "
-                          f"{self.namer(trial.config)}{on}  ({self.done} done)")
+                self._say(
+                    f"{describe_status(status, int((trial.last_result or {}).get(M.EPOCH, 0)), self.stopped_by):<9} "
+                    f"{self.namer(trial.config)}{on}  ({self.done} done)"
+                )
 
             def on_trial_error(self, iteration, trials, trial, **info):
                 self.done += 1
                 trace = error_trace(trial)
                 status = final_status(trial.last_result, errored=True, planned_epochs=self.epochs, error=trace)
-                self._say(f"{status:<9} {self.namer(trial.config)}: {error_line(trace) or 'no error recorded'}  "
-                          f"({self.done} done; trace in {trial.path}/error.txt)")
+                self._say(
+                    f"{status:<9} {self.namer(trial.config)}: {error_line(trace) or 'no error recorded'}  "
+                    f"({self.done} done; trace in {trial.path}/error.txt)"
+                )
 
         return _Progress(*args, **kwargs)
 
@@ -210,12 +237,21 @@ def table_rows(results, namer: TrialNamer, epochs: int, stopped_by: str) -> list
         config, last = result.config or {}, result.metrics or {}
         df = result.metrics_dataframe
         history = df[df[M.VAL_ERROR].notna()].to_dict("records") if df is not None and M.VAL_ERROR in df else []
-        status = final_status(last, errored=result.error is not None, planned_epochs=epochs, error=str(result.error or ""))
+        status = final_status(
+            last, errored=result.error is not None, planned_epochs=epochs, error=str(result.error or "")
+        )
         if result.error is None and was_interrupted(last):
             status = Status.INTERRUPTED
         name = namer(config) if M.EPOCH in last else _folder_name(result.path)
-        rows.append(trial_table.row(name, describe_status(status, int(last.get(M.EPOCH, 0)), stopped_by),
-                                    int(last.get(M.EPOCH, 0)), history, node=where(last)))
+        rows.append(
+            trial_table.row(
+                name,
+                describe_status(status, int(last.get(M.EPOCH, 0)), stopped_by),
+                int(last.get(M.EPOCH, 0)),
+                history,
+                node=where(last),
+            )
+        )
     return rows
 
 

@@ -15,11 +15,13 @@ target is missing; a hook that only improves a message falls back to Ray's own b
 - ``bootstrap_address``: `--address auto` — loud (there is no other way to find it).
 - ``gcs_client``, ``error_filename``: an early auth message and a fresher error trace — quiet.
 """
+
 from __future__ import annotations
 
 import inspect
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 __all__ = [
     "ERROR_LOGGER",
@@ -64,8 +66,10 @@ def _supported() -> str:
 def _missing(what: str) -> RayCompatError:
     import ray
 
-    return RayCompatError(f"{what} is not in ray {ray.__version__}; resnet-sweep supports {_supported()} "
-                          f"(install the versions in constraints.txt)")
+    return RayCompatError(
+        f"{what} is not in ray {ray.__version__}; resnet-sweep supports {_supported()} "
+        f"(install the versions in constraints.txt)"
+    )
 
 
 def stop_copying_env(names: tuple[str, ...]) -> None:

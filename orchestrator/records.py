@@ -1,6 +1,7 @@
 """A sweep read back from MLflow alone: its parent run, sweep file, plan and trials with their
 per-epoch histories. `status` and `report` use it, so they work against a remote tracking
 server from any machine, with no Tune folder at hand."""
+
 from __future__ import annotations
 
 import ast
@@ -91,18 +92,27 @@ def find_sweep(client, name: str, experiment: str | None = None):
     ids = [e.experiment_id for e in experiments]
     found = []
     for i in range(0, len(ids), 100):  # search_runs takes at most 100 experiments at once
-        found += client.search_runs(ids[i:i + 100], f"tags.`{TAG_ROLE}` = 'sweep' and attributes.run_name = {_quoted(name)}",
-                                    order_by=["attributes.start_time DESC"], max_results=100)
+        found += client.search_runs(
+            ids[i : i + 100],
+            f"tags.`{TAG_ROLE}` = 'sweep' and attributes.run_name = {_quoted(name)}",
+            order_by=["attributes.start_time DESC"],
+            max_results=100,
+        )
     if not found:
         where = f"experiment {experiment!r}" if experiment else f"any of the {len(ids)} experiments"
-        raise SweepNotFound(f"no sweep named {name!r} in {where} of this tracking store (the name `resnet-sweep run` "
-                            f"printed, e.g. quickstart or quickstart-2)")
+        raise SweepNotFound(
+            f"no sweep named {name!r} in {where} of this tracking store (the name `resnet-sweep run` "
+            f"printed, e.g. quickstart or quickstart-2)"
+        )
     found.sort(key=lambda r: r.info.start_time, reverse=True)
     if len(found) > 1:
         names = {e.experiment_id: e.name for e in experiments}
         others = ", ".join(sorted({names[r.info.experiment_id] for r in found[1:]}))
-        print(f"note: {len(found)} sweeps are named {name!r}; using the newest, in experiment "
-              f"{names[found[0].info.experiment_id]!r} (others in {others}; choose with --experiment)", file=sys.stderr)
+        print(
+            f"note: {len(found)} sweeps are named {name!r}; using the newest, in experiment "
+            f"{names[found[0].info.experiment_id]!r} (others in {others}; choose with --experiment)",
+            file=sys.stderr,
+        )
     return found[0], {e.experiment_id: e.name for e in experiments}[found[0].info.experiment_id]
 
 
@@ -118,8 +128,10 @@ def _artifact_text(client, run_id: str, path: str) -> str | None:
 def _required_artifact(client, info, path: str) -> str:
     text = _artifact_text(client, info.run_id, path)
     if text is None:
-        raise SweepUnreadable(f"the sweep's MLflow run {info.run_name} ({info.run_id}) has no {path} artifact: it was "
-                              f"not made by `resnet-sweep run`, or its artifacts are not readable from here")
+        raise SweepUnreadable(
+            f"the sweep's MLflow run {info.run_name} ({info.run_id}) has no {path} artifact: it was "
+            f"not made by `resnet-sweep run`, or its artifacts are not readable from here"
+        )
     return text
 
 
@@ -136,8 +148,9 @@ def _history(client, run_id: str, keys: tuple[str, ...]) -> list[dict]:
     return [epochs[e] for e in sorted(epochs) if all(k in epochs[e] for k in keys if k != M.ITERATION)]
 
 
-def read_sweep(client, parent, experiment: str, *, keys: tuple[str, ...] | None = None,
-               responses: bool = True) -> SweepRecord:
+def read_sweep(
+    client, parent, experiment: str, *, keys: tuple[str, ...] | None = None, responses: bool = True
+) -> SweepRecord:
     """The sweep under ``parent`` with its trials sorted by name (a stable order: the report of
     the same runs is the same file, read from any store). ``keys``: the metric histories to read
     (default: what the report shows, and the sweep's own metric)."""
@@ -149,8 +162,7 @@ def read_sweep(client, parent, experiment: str, *, keys: tuple[str, ...] | None 
     if keys is None:
         metric = parse_spec(spec_text, source="sweep.yaml").spec.metric.name
         keys = HISTORY_KEYS + ((metric,) if metric not in HISTORY_KEYS else ())
-    runs = client.search_runs([info.experiment_id], f"tags.`{PARENT_TAG}` = '{info.run_id}'",
-                              max_results=MAX_RUNS)
+    runs = client.search_runs([info.experiment_id], f"tags.`{PARENT_TAG}` = '{info.run_id}'", max_results=MAX_RUNS)
     if len(runs) > 50:  # a few requests per trial: say why a big sweep takes a moment
         print(f"reading {len(runs)} trials of {info.run_name} from MLflow …", file=sys.stderr, flush=True)
     trials = []
@@ -158,9 +170,12 @@ def read_sweep(client, parent, experiment: str, *, keys: tuple[str, ...] | None 
         tags = run.data.tags
         stopped = tags.get(TAG_STOPPED_AT)
         trial = TrialRecord(
-            run_id=run.info.run_id, name=run.info.run_name, status=tags.get(TAG_STATUS, "running"),
+            run_id=run.info.run_id,
+            name=run.info.run_name,
+            status=tags.get(TAG_STATUS, "running"),
             config={k: _typed(v) for k, v in run.data.params.items()},
-            history=_history(client, run.info.run_id, keys), stopped_at=int(stopped) if stopped else None,
+            history=_history(client, run.info.run_id, keys),
+            stopped_at=int(stopped) if stopped else None,
             error=tags.get(TAG_ERROR, ""),
             final={key: run.data.metrics[key] for key in M.FINAL_METRICS if key in run.data.metrics},
         )
@@ -170,8 +185,13 @@ def read_sweep(client, parent, experiment: str, *, keys: tuple[str, ...] | None 
         trials.append(trial)
     trials.sort(key=lambda t: t.name)
     return SweepRecord(
-        name=info.run_name, experiment=experiment, parent_id=info.run_id, status=parent.data.tags.get(TAG_STATUS, ""),
-        spec_text=spec_text, plan=plan, trials=trials,
+        name=info.run_name,
+        experiment=experiment,
+        parent_id=info.run_id,
+        status=parent.data.tags.get(TAG_STATUS, ""),
+        spec_text=spec_text,
+        plan=plan,
+        trials=trials,
     )
 
 
@@ -194,8 +214,10 @@ def open_record(tracking_uri: str | None, name: str, experiment: str | None = No
     except TrackingUnavailableError as err:
         raise SweepNotFound(f"--tracking-uri: {err}") from None
     if scheme == "sqlite" and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise SweepNotFound(f"no MLflow store at {uri.removeprefix('sqlite:///')}; pass the sweep's --tracking-uri "
-                            f"(run from the folder the sweep ran in, or give its sqlite:///PATH.db or http://HOST:PORT)")
+        raise SweepNotFound(
+            f"no MLflow store at {uri.removeprefix('sqlite:///')}; pass the sweep's --tracking-uri "
+            f"(run from the folder the sweep ran in, or give its sqlite:///PATH.db or http://HOST:PORT)"
+        )
     check_tracking_uri(uri)
     client = open_client(uri)
     parent, experiment_name = find_sweep(client, name, experiment)

@@ -2,6 +2,7 @@
 source of truth, replayed through the MLflow tracker, which skips what MLflow already has.
 `sync` replays every trial; `resume` first replays the trials Tune records as finished, which
 get no callbacks once Tune continues: writes a killed driver still held for a down MLflow."""
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,7 @@ def tune_trials(experiment_path: str) -> list:
 
     try:
         return ExperimentAnalysis(experiment_path).trials
-    except Exception as err:  # noqa: BLE001 — no experiment state yet, or not Tune's
+    except Exception as err:
         raise SpecError("", f"{experiment_path} holds no Tune records to sync ({type(err).__name__}: {err})") from None
 
 
@@ -45,8 +46,9 @@ class Replayed:
     planned: int  # the trials MLflow has runs for (members, for arrays)
 
 
-def replay(tracker: SweepTracker, trials: list, experiment_path: str, *, arrays: bool,
-           finished_only: bool = False) -> Replayed:
+def replay(
+    tracker: SweepTracker, trials: list, experiment_path: str, *, arrays: bool, finished_only: bool = False
+) -> Replayed:
     """Each trial's records through ``tracker`` (its run, epochs and end); ``finished_only``:
     only the trials Tune records as ended."""
     # With arrays, the records are replayed as the driver saw them: each member as a trial.
@@ -62,7 +64,9 @@ def replay(tracker: SweepTracker, trials: list, experiment_path: str, *, arrays:
             feed.on_trial_result(iteration=0, trials=trials, trial=trial, result=record)
         epochs += len({pair for r in records for pair in trained_epochs(r)})
         if ended:
-            (feed.on_trial_error if trial.status == "ERROR" else feed.on_trial_complete)(iteration=0, trials=trials, trial=trial)
+            (feed.on_trial_error if trial.status == "ERROR" else feed.on_trial_complete)(
+                iteration=0, trials=trials, trial=trial
+            )
         else:  # left midway by a driver that died or was stopped: `resume` continues it
             interrupted.append(trial)
     if members:

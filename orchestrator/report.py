@@ -8,6 +8,7 @@ PNG and CSV files beside it) and one self-contained report.html, and logged on t
 parent run. Nothing here reads the Tune folder: a report can be made from any machine that
 reaches the tracking server.
 """
+
 from __future__ import annotations
 
 import base64
@@ -17,9 +18,10 @@ import io
 import math
 import re
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from resnet_core import metrics as M
 from resnet_core.config import FOLDER_DATASETS as FOLDERS
@@ -36,32 +38,72 @@ DEPTH, RESIDUAL, SHORTCUT, BLOCK = "model.depth", "model.residual", "model.short
 # 2015 Table 6 (CIFAR-10 test error %, ResNets with option A shortcuts, the best of 5 runs for 110).
 PAPER_TABLE6 = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
 # 2016 Table 3 (CIFAR-10 / CIFAR-100 test error %, bottleneck nets): original vs pre-activation.
-PAPER_2016 = {("bottleneck", 164): (5.93, 25.16), ("preact-bottleneck", 164): (5.46, 24.33),
-              ("bottleneck", 1001): (7.61, 27.82), ("preact-bottleneck", 1001): (4.92, 22.71)}
+PAPER_2016 = {
+    ("bottleneck", 164): (5.93, 25.16),
+    ("preact-bottleneck", 164): (5.46, 24.33),
+    ("bottleneck", 1001): (7.61, 27.82),
+    ("preact-bottleneck", 1001): (4.92, 22.71),
+}
 # The paper's CIFAR recipe (2015 §4.2): the reference columns are shown only for trials that used it.
-PAPER_RECIPE = {"train.batch_size": 128, "train.lr": 0.1, "train.momentum": 0.9, "train.weight_decay": 1e-4,
-                "train.schedule": "multistep", "train.milestones": (0.5, 0.75), "train.gamma": 0.1,
-                "train.label_smoothing": 0.0, "dataset.augment": True, "model.width": 1, "model.drop_path": 0.0,
-                "model.dropout": 0.0, "model.zero_init_last": False}
+PAPER_RECIPE = {
+    "train.batch_size": 128,
+    "train.lr": 0.1,
+    "train.momentum": 0.9,
+    "train.weight_decay": 1e-4,
+    "train.schedule": "multistep",
+    "train.milestones": (0.5, 0.75),
+    "train.gamma": 0.1,
+    "train.label_smoothing": 0.0,
+    "dataset.augment": True,
+    "model.width": 1,
+    "model.drop_path": 0.0,
+    "model.dropout": 0.0,
+    "model.zero_init_last": False,
+}
 PAPER_ITERATIONS = 64_000
 # 2015 Tables 2 and 3: ImageNet val, 10-crop testing, (top-1, top-5) error %; None: not reported.
 # Keyed by shortcut option ("plain": no shortcuts) and depth; Table 2's ResNets use option A, the
 # bottleneck nets option B (§4.1, "Deeper Bottleneck Architectures").
-PAPER_IMAGENET = {("plain", 18): (27.94, None), ("plain", 34): (28.54, 10.02), ("A", 18): (27.88, None),
-                  ("A", 34): (25.03, 7.76), ("B", 34): (24.52, 7.46), ("C", 34): (24.19, 7.40),
-                  ("B", 50): (22.85, 6.71), ("B", 101): (21.75, 6.05), ("B", 152): (21.43, 5.71)}
+PAPER_IMAGENET = {
+    ("plain", 18): (27.94, None),
+    ("plain", 34): (28.54, 10.02),
+    ("A", 18): (27.88, None),
+    ("A", 34): (25.03, 7.76),
+    ("B", 34): (24.52, 7.46),
+    ("C", 34): (24.19, 7.40),
+    ("B", 50): (22.85, 6.71),
+    ("B", 101): (21.75, 6.05),
+    ("B", 152): (21.43, 5.71),
+}
 # The paper's ImageNet recipe (2015 §3.4) and model (§3.3, Table 1: basic blocks up to 34 layers,
 # bottlenecks with the stride on the first 1×1 from 50): the reference columns are shown only for
 # trials that used it, for at least IMAGENET_EPOCHS epochs (the paper: lr ÷10 on plateaus, up to
 # 60×10^4 iterations of 256, ≈ 120 epochs; any ÷10 milestones are a reading of it).
-IMAGENET_RECIPE = {"dataset.augment": True, "dataset.image_size": 224,
-                   "dataset.scale_range": (256, 480), "dataset.lighting": 0.1, "dataset.normalize": "pixel-mean",
-                   "dataset.train_limit": None, "dataset.eval_limit": None, "train.batch_size": 256, "train.lr": 0.1,
-                   "train.momentum": 0.9,
-                   "train.nesterov": False, "train.weight_decay": 1e-4, "train.bn_weight_decay": True,
-                   "train.schedule": "multistep", "train.gamma": 0.1, "train.warmup_iterations": 0,
-                   "train.label_smoothing": 0.0, "model.width": 1, "model.stages": None, "model.drop_path": 0.0,
-                   "model.dropout": 0.0, "model.zero_init_last": False, "model.bottleneck_stride": "1x1"}
+IMAGENET_RECIPE = {
+    "dataset.augment": True,
+    "dataset.image_size": 224,
+    "dataset.scale_range": (256, 480),
+    "dataset.lighting": 0.1,
+    "dataset.normalize": "pixel-mean",
+    "dataset.train_limit": None,
+    "dataset.eval_limit": None,
+    "train.batch_size": 256,
+    "train.lr": 0.1,
+    "train.momentum": 0.9,
+    "train.nesterov": False,
+    "train.weight_decay": 1e-4,
+    "train.bn_weight_decay": True,
+    "train.schedule": "multistep",
+    "train.gamma": 0.1,
+    "train.warmup_iterations": 0,
+    "train.label_smoothing": 0.0,
+    "model.width": 1,
+    "model.stages": None,
+    "model.drop_path": 0.0,
+    "model.dropout": 0.0,
+    "model.zero_init_last": False,
+    "model.bottleneck_stride": "1x1",
+}
 IMAGENET_EPOCHS = 90
 
 
@@ -75,7 +117,7 @@ class Stat:
     n: int
 
     @classmethod
-    def of(cls, fractions: list[float]) -> "Stat | None":
+    def of(cls, fractions: list[float]) -> Stat | None:
         values = [100 * v for v in fractions]
         if not values:
             return None
@@ -172,7 +214,9 @@ class Report:
         for block in self.blocks:
             if isinstance(block, Table):
                 out.append("| " + " | ".join(block.columns) + " |")
-                out.append("|" + "|".join("---:" if block.numeric(i) else "---" for i in range(len(block.columns))) + "|")
+                out.append(
+                    "|" + "|".join("---:" if block.numeric(i) else "---" for i in range(len(block.columns))) + "|"
+                )
                 out += ["| " + " | ".join(block.cell(v).replace("|", "\\|") for v in r) + " |" for r in block.rows]
                 out += ["", f"{block.caption} ([{block.slug}.csv]({block.slug}.csv))".strip(), ""]
             elif isinstance(block, Figure):
@@ -188,15 +232,21 @@ class Report:
         for block in self.blocks:
             if isinstance(block, Table):
                 head = "".join(f"<th>{_inline(c)}</th>" for c in block.columns)
-                align = [' class=num' if block.numeric(i) else '' for i in range(len(block.columns))]
-                rows = "".join("<tr>" + "".join(f"<td{a}>{html.escape(block.cell(v))}</td>" for a, v in zip(align, r))
-                               + "</tr>" for r in block.rows)
-                body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
-                            f"<p class=caption>{_inline(block.caption)}</p>")
+                align = [" class=num" if block.numeric(i) else "" for i in range(len(block.columns))]
+                rows = "".join(
+                    "<tr>" + "".join(f"<td{a}>{html.escape(block.cell(v))}</td>" for a, v in zip(align, r)) + "</tr>"
+                    for r in block.rows
+                )
+                body.append(
+                    f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+                    f"<p class=caption>{_inline(block.caption)}</p>"
+                )
             elif isinstance(block, Figure):
                 data = base64.b64encode(block.png).decode()
-                body.append(f'<figure><img alt="{html.escape(block.caption)}" src="data:image/png;base64,{data}">'
-                            f"<figcaption>{_inline(block.caption)}</figcaption></figure>")
+                body.append(
+                    f'<figure><img alt="{html.escape(block.caption)}" src="data:image/png;base64,{data}">'
+                    f"<figcaption>{_inline(block.caption)}</figcaption></figure>"
+                )
             elif block[0] == "h2":
                 body.append(f"<h2>{_inline(block[1])}</h2>")
             else:
@@ -204,14 +254,17 @@ class Report:
         return (
             "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
             f"<title>{html.escape(self.title)}</title><style>{_CSS}</style></head>\n<body>\n"
-            + "\n".join(body) + "\n</body></html>\n"
+            + "\n".join(body)
+            + "\n</body></html>\n"
         )
 
 
-_CSS = ("body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}"
-        "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .6em;"
-        "text-align:left;vertical-align:top}td.num{text-align:right}th{background:#f3f3f3}"
-        "img{max-width:100%}.caption,figcaption{color:#555;font-size:.9em}code{background:#f3f3f3}")
+_CSS = (
+    "body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}"
+    "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .6em;"
+    "text-align:left;vertical-align:top}td.num{text-align:right}th{background:#f3f3f3}"
+    "img{max-width:100%}.caption,figcaption{color:#555;font-size:.9em}code{background:#f3f3f3}"
+)
 
 
 def _inline(text: str) -> str:
@@ -281,7 +334,7 @@ def _params(config: dict) -> int | None:
     try:
         cfg = RunConfig.from_flat(config)
         return model_footprint(cfg.model, num_classes(cfg.dataset), cfg.dataset.image_size).params
-    except Exception:  # noqa: BLE001 — a config this version cannot build (an older release's): no count
+    except Exception:
         return None
 
 
@@ -297,7 +350,10 @@ def _differences(config: dict, recipe: dict) -> list[str]:
 def _paper_recipe(config: dict) -> list[str]:
     """How the trial's recipe differs from the paper's CIFAR recipe (empty: it is the paper's)."""
     differs = _differences(config, PAPER_RECIPE)
-    if config.get("train.epochs") is not None or (config.get("train.iterations") or PAPER_ITERATIONS) != PAPER_ITERATIONS:
+    if (
+        config.get("train.epochs") is not None
+        or (config.get("train.iterations") or PAPER_ITERATIONS) != PAPER_ITERATIONS
+    ):
         differs.append("not 64k iterations")
     if config.get("dataset.name") not in ("cifar10", "cifar100"):
         differs.insert(0, f"data set {config.get('dataset.name')}")
@@ -327,8 +383,10 @@ def _imagenet_recipe(config: dict) -> list[str]:
         differs.append(f"block {config.get(BLOCK)}")
     try:
         train = RunConfig.from_flat(config).train
-        epochs = planned_epochs(train, steps_per_epoch(split_sizes(RunConfig.from_flat(config).dataset)[0], train.batch_size))
-    except Exception:  # noqa: BLE001 — a config this version cannot read: not the paper's, as far as we know
+        epochs = planned_epochs(
+            train, steps_per_epoch(split_sizes(RunConfig.from_flat(config).dataset)[0], train.batch_size)
+        )
+    except Exception:
         return differs or ["settings this version cannot read"]
     if epochs < IMAGENET_EPOCHS:
         differs.append(f"{epochs} epochs (under {IMAGENET_EPOCHS})")
@@ -367,24 +425,43 @@ def _table6(report: Report, groups: dict[str, list[TrialRecord]], varying: list[
             rows.append(row + [_percent(paper)])
         else:
             unfinished += 1
-    table = Table("table6", ["net", "params", "plain test err %", "plain train err %", "residual test err %",
-                             "residual train err %", "paper test err %"], rows,
-                  "Test error at the epoch chosen on val; train error at the last epoch; mean ± std (n−1) over "
-                  "completed trials (seeds). Paper: 2015 Table 6 (CIFAR-10, option A) and 2016 Table 3.")
+    table = Table(
+        "table6",
+        [
+            "net",
+            "params",
+            "plain test err %",
+            "plain train err %",
+            "residual test err %",
+            "residual train err %",
+            "paper test err %",
+        ],
+        rows,
+        "Test error at the epoch chosen on val; train error at the last epoch; mean ± std (n−1) over "
+        "completed trials (seeds). Paper: 2015 Table 6 (CIFAR-10, option A) and 2016 Table 3.",
+    )
     report.h2("Table 6: error by depth, plain and residual")
     report.add(table)
     if unfinished:
-        report.p(f"{unfinished} more net(s) have no completed trial yet (stopped early, failed or running): see Trials.")
+        report.p(
+            f"{unfinished} more net(s) have no completed trial yet (stopped early, failed or running): see Trials."
+        )
     datasets = {t.config.get("dataset.name") for ts in groups.values() for t in ts} - {"cifar10", "cifar100"}
     if datasets & set(FOLDERS):
-        report.p("For image folders this table has the test set's centre crop at the epoch chosen on val; the paper's "
-                 "ImageNet errors are 10-crop, beside ours in the next table.")
+        report.p(
+            "For image folders this table has the test set's centre crop at the epoch chosen on val; the paper's "
+            "ImageNet errors are 10-crop, beside ours in the next table."
+        )
     if datasets - set(FOLDERS):
-        report.p(f"The papers report CIFAR-10/100 and ImageNet; this sweep trains on "
-                 f"{', '.join(sorted(map(str, datasets - set(FOLDERS))))}: no paper numbers to set beside these.")
+        report.p(
+            f"The papers report CIFAR-10/100 and ImageNet; this sweep trains on "
+            f"{', '.join(sorted(map(str, datasets - set(FOLDERS))))}: no paper numbers to set beside these."
+        )
     elif notes:
-        report.p("The paper's numbers are left out: these trials do not use the paper's CIFAR recipe "
-                 f"({'; '.join(sorted(notes))}).")
+        report.p(
+            "The paper's numbers are left out: these trials do not use the paper's CIFAR recipe "
+            f"({'; '.join(sorted(notes))})."
+        )
     tables["table6"] = table
 
 
@@ -404,20 +481,41 @@ def _ten_crop(report: Report, groups: dict[str, list[TrialRecord]], tables: dict
             notes.add(", ".join(differs))
             paper = None
         params = _params(config)
-        rows.append([label, _Count(params) if params is not None else None, Stat.of(top1), Stat.of(top5),
-                     Stat.of(_test_errors(done)), *map(_percent, paper or (None, None))])
+        rows.append(
+            [
+                label,
+                _Count(params) if params is not None else None,
+                Stat.of(top1),
+                Stat.of(top5),
+                Stat.of(_test_errors(done)),
+                *map(_percent, paper or (None, None)),
+            ]
+        )
     if not rows:
         return
-    table = Table("ten_crop", ["net", "params", "top-1 10-crop err %", "top-5 10-crop err %", "top-1 centre-crop err %",
-                               "paper top-1 %", "paper top-5 %"], rows,
-                  "The final model on the test set (the official val images): 10 crops, the four corners and the "
-                  "centre and their flips, softmax averaged; centre crop: the epoch chosen on val. Mean ± std (n−1) "
-                  "over completed trials. Paper: 2015 Table 2 (top-1) and Table 3 (10-crop).")
+    table = Table(
+        "ten_crop",
+        [
+            "net",
+            "params",
+            "top-1 10-crop err %",
+            "top-5 10-crop err %",
+            "top-1 centre-crop err %",
+            "paper top-1 %",
+            "paper top-5 %",
+        ],
+        rows,
+        "The final model on the test set (the official val images): 10 crops, the four corners and the "
+        "centre and their flips, softmax averaged; centre crop: the epoch chosen on val. Mean ± std (n−1) "
+        "over completed trials. Paper: 2015 Table 2 (top-1) and Table 3 (10-crop).",
+    )
     report.h2("10-crop test error (2015 Tables 2 and 3)")
     report.add(table)
     if notes:
-        report.p("The paper's numbers are left out where the trials do not use its ImageNet recipe and model "
-                 f"({'; '.join(sorted(notes))}).")
+        report.p(
+            "The paper's numbers are left out where the trials do not use its ImageNet recipe and model "
+            f"({'; '.join(sorted(notes))})."
+        )
     tables["ten_crop"] = table
 
 
@@ -456,14 +554,22 @@ def _figure6(report: Report, groups: dict[str, list[TrialRecord]]) -> None:
     for label, group in groups.items():
         family = "residual nets" if group[0].config.get(RESIDUAL, True) else "plain nets"
         shown = _completed(group) or group  # seeds that dropped out would make the mean jump
-        curves = {kind: _mean_curve(shown, key, x) for kind, key in
-                  (("train", M.TRAIN_ERROR), ("val", M.VAL_ERROR), ("test", M.TEST_ERROR))}
+        curves = {
+            kind: _mean_curve(shown, key, x)
+            for kind, key in (("train", M.TRAIN_ERROR), ("val", M.VAL_ERROR), ("test", M.TEST_ERROR))
+        }
         panels.setdefault(family, {})[label] = curves
     panels = dict(sorted(panels.items(), key=lambda kv: kv[0] != "plain nets"))
     png = error_curves(panels, x_label=x_label, colours=_colours(list(groups)))
     report.h2("Figure 6: training curves")
-    report.add(Figure("fig6.png", png, f"Error (%) against {x_label}, mean over completed seeds; dashed: training error, bold: "
-                                       "test error, faint: val error (2015 Fig. 6 conventions)."))
+    report.add(
+        Figure(
+            "fig6.png",
+            png,
+            f"Error (%) against {x_label}, mean over completed seeds; dashed: training error, bold: "
+            "test error, faint: val error (2015 Fig. 6 conventions).",
+        )
+    )
 
 
 def _responses(trials: list[TrialRecord]) -> list[float] | None:
@@ -477,20 +583,34 @@ def _responses(trials: list[TrialRecord]) -> list[float] | None:
 def _figure7(report: Report, groups: dict[str, list[TrialRecord]], tables: dict) -> None:
     from .figures import response_panels
 
-    nets = {label: (r, bool(group[0].config.get(RESIDUAL, True)))
-            for label, group in groups.items() if (r := _responses(_completed(group)))}
+    nets = {
+        label: (r, bool(group[0].config.get(RESIDUAL, True)))
+        for label, group in groups.items()
+        if (r := _responses(_completed(group)))
+    }
     if not nets:
         return
     report.h2("Figure 7: layer responses")
-    report.add(Figure("fig7.png", response_panels(nets, colours=_colours(list(nets))),
-                      "Std of each 3×3 layer's response (after BN, before ReLU/addition; eval mode, on the val "
-                      "split), by layer index (top) and sorted by magnitude (bottom); plain dashed, residual solid "
-                      "(2015 Fig. 7)."))
-    rows = [[label, len(r), *(_Num(f(r)) for f in (statistics.fmean, statistics.median, max, min))]
-            for label, (r, _) in nets.items()]
-    table = Table("fig7", ["net", "3×3 layers", "mean std", "median std", "max std", "min std"], rows,
-                  "Response std per net (mean over seeds of each layer, then over layers). A few large early "
-                  "layers move the mean; the median and the sorted curve are the sturdier comparison.")
+    report.add(
+        Figure(
+            "fig7.png",
+            response_panels(nets, colours=_colours(list(nets))),
+            "Std of each 3×3 layer's response (after BN, before ReLU/addition; eval mode, on the val "
+            "split), by layer index (top) and sorted by magnitude (bottom); plain dashed, residual solid "
+            "(2015 Fig. 7).",
+        )
+    )
+    rows = [
+        [label, len(r), *(_Num(f(r)) for f in (statistics.fmean, statistics.median, max, min))]
+        for label, (r, _) in nets.items()
+    ]
+    table = Table(
+        "fig7",
+        ["net", "3×3 layers", "mean std", "median std", "max std", "min std"],
+        rows,
+        "Response std per net (mean over seeds of each layer, then over layers). A few large early "
+        "layers move the mean; the median and the sorted curve are the sturdier comparison.",
+    )
     report.add(table)
     tables["fig7"] = table
 
@@ -520,11 +640,21 @@ def _percent(value: float | None) -> _Percent | None:
     return None if value is None else _Percent(value)
 
 
-def _pivot(report: Report, trials: list[TrialRecord], varying: list[str], key: str, title: str, slug: str,
-           caption: str, tables: dict) -> None:
+def _pivot(
+    report: Report,
+    trials: list[TrialRecord],
+    varying: list[str],
+    key: str,
+    title: str,
+    slug: str,
+    caption: str,
+    tables: dict,
+) -> None:
     """Test error for each value of ``key`` (columns) against the nets otherwise alike (rows)."""
     rest = [k for k in varying if k != key]
-    values = sorted({repr(t.config.get(key)): t.config.get(key) for t in trials}.items(), key=lambda kv: _by_value(kv[1]))
+    values = sorted(
+        {repr(t.config.get(key)): t.config.get(key) for t in trials}.items(), key=lambda kv: _by_value(kv[1])
+    )
     rows: dict[str, dict[str, list[TrialRecord]]] = {}
     for t in sorted(trials, key=lambda t: _order(t.config, rest)):
         rows.setdefault(net_label(t.config, rest), {}).setdefault(repr(t.config.get(key)), []).append(t)
@@ -549,8 +679,11 @@ def _optuna(report: Report, record: SweepRecord, parsed, metric: str, tables: di
     probe = optuna.create_study()
     optuna_space(parsed)(probe.ask())
     distributions = probe.trials[0].distributions
-    scored = [(t, min(h[metric] for h in t.history if h.get(metric) is not None))
-              for t in record.trials if any(h.get(metric) is not None for h in t.history)]
+    scored = [
+        (t, min(h[metric] for h in t.history if h.get(metric) is not None))
+        for t in record.trials
+        if any(h.get(metric) is not None for h in t.history)
+    ]
     study = optuna.create_study(direction="minimize")
     for t, value in scored:
         params = {k: v for k in distributions if (v := _searched(t.config, k)) is not None}
@@ -558,26 +691,34 @@ def _optuna(report: Report, record: SweepRecord, parsed, metric: str, tables: di
             study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=value))
     values = {t.value for t in study.trials}
     if len(values) < 2:
-        report.p(f"No importances: they need trials with at least two different values of {metric}; this sweep has "
-                 f"{len(study.trials)} trial(s) with {len(values)}.")
+        report.p(
+            f"No importances: they need trials with at least two different values of {metric}; this sweep has "
+            f"{len(study.trials)} trial(s) with {len(values)}."
+        )
     else:
         try:
             importances = optuna.importance.get_param_importances(
-                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+            )
         except (RuntimeError, ValueError) as err:  # fANOVA on a degenerate set of trials
             report.p(f"No importances: Optuna's fANOVA could not weigh these {len(study.trials)} trials ({err}).")
         else:
-            table = Table("importance", ["hyperparameter", "importance"],
-                          [[k, _Num(v)] for k, v in importances.items()],
-                          f"Optuna's fANOVA importance (seed 0) of each searched setting for the best {metric} of "
-                          f"{len(study.trials)} trials (trials stopped early count with the epochs they trained).")
+            table = Table(
+                "importance",
+                ["hyperparameter", "importance"],
+                [[k, _Num(v)] for k, v in importances.items()],
+                f"Optuna's fANOVA importance (seed 0) of each searched setting for the best {metric} of "
+                f"{len(study.trials)} trials (trials stopped early count with the epochs they trained).",
+            )
             report.add(table)
             tables["importance"] = table
     if scored:
         best_trial, best_value = min(scored, key=lambda tv: (tv[1], tv[0].name))
         shown = ", ".join(f"{k} = {_fmt(_searched(best_trial.config, k))}" for k in distributions)
-        report.p(f"Best configuration (lowest {metric}, chosen on val): **{best_trial.name}** with {shown}: "
-                 f"{metric} {_metric_text(metric, best_value)}.")
+        report.p(
+            f"Best configuration (lowest {metric}, chosen on val): **{best_trial.name}** with {shown}: "
+            f"{metric} {_metric_text(metric, best_value)}."
+        )
 
 
 def _metric_text(metric: str, value: float) -> str:
@@ -593,7 +734,7 @@ def _searched(config: dict, key: str) -> Any:
 
     try:
         return RunConfig.from_flat(config).model.blocks_per_stage[0]
-    except Exception:  # noqa: BLE001 — a config this version cannot build: left out
+    except Exception:
         return None
 
 
@@ -613,18 +754,26 @@ def _asha(report: Report, record: SweepRecord, spec, metric: str, tables: dict) 
     rungs = [r for r in asha_rungs(spec.scheduler.grace_period, spec.scheduler.reduction_factor, max_t) if r < max_t]
     rows = []
     for rung in rungs:
-        values = {t.run_id: h[metric] for t in record.trials for h in t.history
-                  if h[M.EPOCH] == rung and h.get(metric) is not None}
+        values = {
+            t.run_id: h[metric]
+            for t in record.trials
+            for h in t.history
+            if h[M.EPOCH] == rung and h.get(metric) is not None
+        }
         stopped = [t for t in record.trials if t.status == str(Status.STOPPED_EARLY) and t.stopped_at == rung]
         cutoff = _quantile(sorted(values.values()), 1 / spec.scheduler.reduction_factor) if values else None
         if cutoff is not None and not metric.endswith("error"):
             cutoff = _Num(cutoff)  # a loss: shown as it is, not in %
         rows.append([rung, len(values), cutoff, len(stopped), ", ".join(t.name for t in stopped) or "–"])
     unit = " %" if metric.endswith("error") else ""
-    table = Table("asha", ["rung (epoch)", "trials reached", f"cut-off {metric}{unit}", "stopped here", "who"], rows,
-                  f"ASHA keeps the best 1/{_fmt(spec.scheduler.reduction_factor)} at each rung; the cut-off shown "
-                  f"is that quantile over every trial that reached the rung (ASHA decides as results arrive, over "
-                  f"those recorded so far, so an early trial may have passed a stricter or looser bar).")
+    table = Table(
+        "asha",
+        ["rung (epoch)", "trials reached", f"cut-off {metric}{unit}", "stopped here", "who"],
+        rows,
+        f"ASHA keeps the best 1/{_fmt(spec.scheduler.reduction_factor)} at each rung; the cut-off shown "
+        f"is that quantile over every trial that reached the rung (ASHA decides as results arrive, over "
+        f"those recorded so far, so an early trial may have passed a stricter or looser bar).",
+    )
     report.h2("Early stopping: ASHA's rungs")
     report.add(table)
     spent = sum(t.epochs for t in record.trials)
@@ -646,10 +795,23 @@ def _trials_table(report: Report, record: SweepRecord, stopped_by: str, tables: 
     rows = []
     for t in record.trials:
         row = trial_table.row(t.name, describe_status(t.status, t.epochs, stopped_by), t.epochs, t.history)
-        rows.append([t.name, row["status"], t.epochs, row.get("best_epoch"), row.get("train_error"),
-                     row.get("val_error"), row.get("test_error")])
-    table = Table("trials", ["trial", "status", "epochs", "best epoch", "train err %", "val err %", "test err %"], rows,
-                  trial_table.NOTE)
+        rows.append(
+            [
+                t.name,
+                row["status"],
+                t.epochs,
+                row.get("best_epoch"),
+                row.get("train_error"),
+                row.get("val_error"),
+                row.get("test_error"),
+            ]
+        )
+    table = Table(
+        "trials",
+        ["trial", "status", "epochs", "best epoch", "train err %", "val err %", "test err %"],
+        rows,
+        trial_table.NOTE,
+    )
     report.h2("Trials")
     report.add(table)
     for t in record.trials:
@@ -669,6 +831,7 @@ def _verdict(lower: list[float], higher: list[float], margin: float, images: int
     """Whether ``lower`` (what the paper says is lower) is lower by more than the noise: the
     margin, or twice the standard error of the difference, from the spread over seeds or, for an
     error rate measured on ``images`` images, from that sample's size (whichever is larger)."""
+
     def se2(xs: list[float]) -> float:
         seeds = statistics.variance(xs) / len(xs) if len(xs) > 1 else 0.0
         if images:
@@ -714,13 +877,14 @@ def _images(trials: list[TrialRecord], split: int) -> int | None:
 
     try:
         return split_sizes(RunConfig.from_flat(trials[0].config).dataset)[split]
-    except Exception:  # noqa: BLE001 — a config this version cannot read: seeds alone measure the noise
+    except Exception:
         return None
 
 
 def _claims(trials: list[TrialRecord], varying: list[str]) -> list[list[str]]:
     """Each claim of the papers this tool reproduces, judged on this sweep's completed trials,
     comparing nets that differ only in what the claim is about."""
+
     def pct(xs: list[float]) -> str:
         return f"{100 * statistics.fmean(xs):.2f}%"
 
@@ -730,8 +894,19 @@ def _claims(trials: list[TrialRecord], varying: list[str]) -> list[list[str]]:
     def responses(ts: list[TrialRecord]) -> list[float]:
         return [statistics.fmean(t.responses) for t in ts if t.responses]
 
-    def judge(key: str, pick, what, lower_first: bool, margin, shown, missing: str, *, residual: bool | None = None,
-              split: int | None = None, decide=_combine):
+    def judge(
+        key: str,
+        pick,
+        what,
+        lower_first: bool,
+        margin,
+        shown,
+        missing: str,
+        *,
+        residual: bool | None = None,
+        split: int | None = None,
+        decide=_combine,
+    ):
         """Compares, in each family along ``key``, the two trial sets ``pick`` chooses, on the
         samples ``what`` gives (error rates on the ``split`` images, or none); the paper says the
         first is lower (``lower_first``)."""
@@ -761,7 +936,11 @@ def _claims(trials: list[TrialRecord], varying: list[str]) -> list[list[str]]:
     def ends(family: dict) -> tuple | None:  # the shallowest and the deepest net
         depths = sorted(d for d in family if d is not None)
         label = lambda d: net_label(family[d][0].config, [])  # noqa: E731
-        return ((label(depths[-1]), family[depths[-1]]), (label(depths[0]), family[depths[0]])) if len(depths) > 1 else None
+        return (
+            ((label(depths[-1]), family[depths[-1]]), (label(depths[0]), family[depths[0]]))
+            if len(depths) > 1
+            else None
+        )
 
     def plain_and_residual(family: dict) -> tuple | None:
         if True not in family or False not in family:
@@ -786,15 +965,48 @@ def _claims(trials: list[TrialRecord], varying: list[str]) -> list[list[str]]:
     claims = [
         # deeper plain: higher training error (the first of ends() is the deeper net)
         judge(DEPTH, ends, train, False, errors, pct, "needs plain nets of two depths", residual=False, split=0),
-        judge(RESIDUAL, plain_and_residual, train, True, errors, pct, "needs plain and residual nets alike otherwise",
-              split=0, decide=_deepest),
+        judge(
+            RESIDUAL,
+            plain_and_residual,
+            train,
+            True,
+            errors,
+            pct,
+            "needs plain and residual nets alike otherwise",
+            split=0,
+            decide=_deepest,
+        ),
         judge(DEPTH, ends, test, True, errors, pct, "needs residual nets of two depths", residual=True, split=2),
-        judge(RESIDUAL, plain_and_residual, responses, True, relative, std,
-              "needs the layer responses of plain and residual nets alike otherwise"),
-        judge(DEPTH, ends, responses, True, relative, std, "needs the layer responses of residual nets of two depths",
-              residual=True),
-        judge(SHORTCUT, identity_and_projection, test, True, errors, pct,
-              "needs option A and a projection option (B or C) on nets alike otherwise", residual=True, split=2),
+        judge(
+            RESIDUAL,
+            plain_and_residual,
+            responses,
+            True,
+            relative,
+            std,
+            "needs the layer responses of plain and residual nets alike otherwise",
+        ),
+        judge(
+            DEPTH,
+            ends,
+            responses,
+            True,
+            relative,
+            std,
+            "needs the layer responses of residual nets of two depths",
+            residual=True,
+        ),
+        judge(
+            SHORTCUT,
+            identity_and_projection,
+            test,
+            True,
+            errors,
+            pct,
+            "needs option A and a projection option (B or C) on nets alike otherwise",
+            residual=True,
+            split=2,
+        ),
         judge(BLOCK, preact_and_original, test, True, errors, pct, "needs original and pre-activation blocks", split=2),
     ]
     return [[claim, *verdict] for claim, verdict in zip(CLAIMS, claims)]
@@ -826,11 +1038,14 @@ def build_report(record: SweepRecord) -> tuple[Report, dict[str, Table]]:
         counts[t.status] = counts.get(t.status, 0) + 1
     planned = int(record.plan.get("num_trials") or len(trials))
     first = trials[0].config if trials else {}
-    report.p(f"Sweep **{record.name}** (MLflow experiment `{record.experiment}`), {record.status or 'running'}: "
-             f"{len(trials)} of {planned} planned trials in MLflow ("
-             + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + "). "
-             f"Data set {first.get('dataset.name', '?')}; the epoch of each trial is the one with the lowest val "
-             f"error, never chosen on the test set (the sweep's search and early stopping use {metric}). Errors are in %.")
+    report.p(
+        f"Sweep **{record.name}** (MLflow experiment `{record.experiment}`), {record.status or 'running'}: "
+        f"{len(trials)} of {planned} planned trials in MLflow ("
+        + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        + "). "
+        f"Data set {first.get('dataset.name', '?')}; the epoch of each trial is the one with the lowest val "
+        f"error, never chosen on the test set (the sweep's search and early stopping use {metric}). Errors are in %."
+    )
     tables: dict[str, Table] = {}
     varying = varying_keys(trials)
     groups = _groups(trials, varying)
@@ -841,34 +1056,73 @@ def build_report(record: SweepRecord) -> tuple[Report, dict[str, Table]]:
     _figure7(report, groups, tables)
     residual = [t for t in trials if t.config.get(RESIDUAL, True)]
     if SHORTCUT in varying_keys(residual):
-        _pivot(report, residual, varying_keys(residual), SHORTCUT, "Table 3: shortcut options A/B/C", "shortcuts",
-               "A: identity with zero-padding; B: projections where the shape changes; C: projections everywhere "
-               "(2015 §3.3). Test error %, mean ± std (n−1) over completed trials.", tables)
+        _pivot(
+            report,
+            residual,
+            varying_keys(residual),
+            SHORTCUT,
+            "Table 3: shortcut options A/B/C",
+            "shortcuts",
+            "A: identity with zero-padding; B: projections where the shape changes; C: projections everywhere "
+            "(2015 §3.3). Test error %, mean ± std (n−1) over completed trials.",
+            tables,
+        )
     if BLOCK in varying:
-        _pivot(report, trials, varying, BLOCK, "Original vs pre-activation blocks (2016)", "blocks",
-               "Test error %, mean ± std (n−1) over completed trials.", tables)
+        _pivot(
+            report,
+            trials,
+            varying,
+            BLOCK,
+            "Original vs pre-activation blocks (2016)",
+            "blocks",
+            "Test error %, mean ± std (n−1) over completed trials.",
+            tables,
+        )
     for key in varying:
         if key not in (DEPTH, RESIDUAL, SHORTCUT, BLOCK, "model.n") and spec.search.algorithm != "optuna":
-            _pivot(report, trials, varying, key, f"Test error by {key}", f"by_{_short(key)}",
-                   "Test error %, mean ± std (n−1) over completed trials.", tables)
+            _pivot(
+                report,
+                trials,
+                varying,
+                key,
+                f"Test error by {key}",
+                f"by_{_short(key)}",
+                "Test error %, mean ± std (n−1) over completed trials.",
+                tables,
+            )
     if spec.search.algorithm == "optuna":
         _optuna(report, record, parsed, metric, tables)
     if spec.scheduler.name == "asha":
         _asha(report, record, spec, metric, tables)
     _trials_table(report, record, "ASHA" if spec.scheduler.name == "asha" else "budget", tables)
-    claims = Table("claims", ["claim of the papers", "this sweep", "evidence"], _claims(trials, varying),
-                   f"Judged on completed trials. A difference counts when it is larger than {100 * ERROR_MARGIN:g} "
-                   f"points of error ({100 * RESPONSE_MARGIN:g}% of a response std) and than twice its standard "
-                   f"error (from the spread over seeds, or for an error rate from the number of images it was "
-                   f"measured on, whichever is larger); one seed per net is one draw.")
+    claims = Table(
+        "claims",
+        ["claim of the papers", "this sweep", "evidence"],
+        _claims(trials, varying),
+        f"Judged on completed trials. A difference counts when it is larger than {100 * ERROR_MARGIN:g} "
+        f"points of error ({100 * RESPONSE_MARGIN:g}% of a response std) and than twice its standard "
+        f"error (from the spread over seeds, or for an error rate from the number of images it was "
+        f"measured on, whichever is larger); one seed per net is one draw.",
+    )
     tables["claims"] = claims
     report.blocks[claims_at:claims_at] = [("h2", "What this sweep shows"), claims]
     return report, tables
 
 
 # Every file a report may hold besides index.md and report.html (by_KEY.csv aside).
-STALE = {"fig6.png", "fig7.png", "table6.csv", "ten_crop.csv", "fig7.csv", "shortcuts.csv", "blocks.csv", "importance.csv", "asha.csv",
-         "trials.csv", "claims.csv"}
+STALE = {
+    "fig6.png",
+    "fig7.png",
+    "table6.csv",
+    "ten_crop.csv",
+    "fig7.csv",
+    "shortcuts.csv",
+    "blocks.csv",
+    "importance.csv",
+    "asha.csv",
+    "trials.csv",
+    "claims.csv",
+}
 
 
 def write_report(record: SweepRecord, out: Path) -> list[Path]:
@@ -881,7 +1135,11 @@ def write_report(record: SweepRecord, out: Path) -> list[Path]:
     for name, data in files.items():
         (out / name).write_bytes(data)
     for old in out.iterdir():  # a section an earlier report had and this one has not (MLflow keeps its copy)
-        if old.name not in files and (old.name in STALE or old.name.startswith("by_")) and old.suffix in (".csv", ".png"):
+        if (
+            old.name not in files
+            and (old.name in STALE or old.name.startswith("by_"))
+            and old.suffix in (".csv", ".png")
+        ):
             old.unlink()
     return [out / name for name in files]
 

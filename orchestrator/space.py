@@ -1,5 +1,6 @@
 """Spec → trials: the grid or random draws (with seeds, exclusions and depth derived from
 ``model.n``), the Tune param_space / search algorithm, and the plan `resnet-sweep plan` prints."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
 
-from resnet_core.errors import ConfigError
-from resnet_core.folders import ILSVRC2012
 from resnet_core.config import (
     FOLDER_DATASETS,
     PAPER_ITERATIONS,
@@ -28,11 +27,25 @@ from resnet_core.config import (
     split_sizes,
     steps_per_epoch,
 )
+from resnet_core.errors import ConfigError
+from resnet_core.folders import ILSVRC2012
 
 from .spec import FIELD_TYPES, ParsedSpec, SpecError
 
-__all__ = ["Footprint", "Plan", "Trial", "asha_finishers", "assumed_gpu_tflops", "check_model_size", "check_trial_size",
-           "make_plan", "model_footprint", "optuna_space", "resolve_trial", "trial_name"]
+__all__ = [
+    "Footprint",
+    "Plan",
+    "Trial",
+    "asha_finishers",
+    "assumed_gpu_tflops",
+    "check_model_size",
+    "check_trial_size",
+    "make_plan",
+    "model_footprint",
+    "optuna_space",
+    "resolve_trial",
+    "trial_name",
+]
 
 # Assumed sustained training throughput per GPU for the GPU-hour estimate: small CIFAR ResNets
 # reach a few TFLOP/s, far from a GPU's peak; `plan --gpu-tflops` changes it (calibrate with bench/).
@@ -139,7 +152,16 @@ def trial_name(config: dict[str, Any], varying: dict[str, Any]) -> str:
     """Readable and deterministic, e.g. ``resnet56-basic-A-lr0.1-s0``."""
     cfg = RunConfig.from_flat(config)
     parts = [cfg.model.name, f"lr{cfg.train.lr:g}"]
-    skip = {"model.depth", "model.n", "model.block", "model.shortcut", "model.residual", "model.width", "train.lr", "train.seed"}
+    skip = {
+        "model.depth",
+        "model.n",
+        "model.block",
+        "model.shortcut",
+        "model.residual",
+        "model.width",
+        "train.lr",
+        "train.seed",
+    }
     for key, value in varying.items():
         if key == "dataset.name":
             parts.insert(1, str(value))
@@ -205,7 +227,10 @@ def _checked_config(fixed: dict[str, Any], point: dict[str, Any]) -> dict[str, A
     config = resolve_trial(fixed, point)
     run = RunConfig.from_flat(config)
     if run.model.num_classes not in (None, num_classes(run.dataset)):
-        raise ConfigError("model.num_classes", f"{run.model.num_classes} disagrees with {run.dataset.name}'s {num_classes(run.dataset)} classes")
+        raise ConfigError(
+            "model.num_classes",
+            f"{run.model.num_classes} disagrees with {run.dataset.name}'s {num_classes(run.dataset)} classes",
+        )
     check_trial_size(run)
     return config
 
@@ -250,8 +275,15 @@ def _bound(dim: dict, i: int) -> Any:
     return arg[i] if kind != "choice" else arg[0]
 
 
-def make_plan(parsed: ParsedSpec, *, gpu_tflops: float | None = None, cpu_gflops: float = DEFAULT_CPU_GFLOPS,
-              decode_rate: float = DECODE_IMAGES_PER_CORE, with_models: bool = True, first: int | None = None) -> Plan:
+def make_plan(
+    parsed: ParsedSpec,
+    *,
+    gpu_tflops: float | None = None,
+    cpu_gflops: float = DEFAULT_CPU_GFLOPS,
+    decode_rate: float = DECODE_IMAGES_PER_CORE,
+    with_models: bool = True,
+    first: int | None = None,
+) -> Plan:
     """The sweep's trials, epochs and cost; ``first``: only the first so many trials (a smoke test).
     ``gpu_tflops``: the sustained rate per GPU for every model (default: assumed_gpu_tflops of each)."""
     spec = parsed.spec
@@ -273,10 +305,15 @@ def make_plan(parsed: ParsedSpec, *, gpu_tflops: float | None = None, cpu_gflops
     _dedupe_names(trials)
     num_trials = spec.search.num_samples if optuna else len(trials)
     if spec.budget.max_trials is not None and num_trials > spec.budget.max_trials:
-        raise parsed.error(("budget", "max_trials"), f"the sweep has {num_trials} trials, over the budget of {spec.budget.max_trials}")
+        raise parsed.error(
+            ("budget", "max_trials"), f"the sweep has {num_trials} trials, over the budget of {spec.budget.max_trials}"
+        )
     if spec.resources.gpu == 0 and any(c["train.device"].startswith("cuda") for c in configs):
-        raise parsed.error(("train", "device"), "trials on cuda need resources.gpu of at least 1 (a trial without "
-                                                "one sees no GPU); set resources.gpu or train.device: auto")
+        raise parsed.error(
+            ("train", "device"),
+            "trials on cuda need resources.gpu of at least 1 (a trial without "
+            "one sees no GPU); set resources.gpu or train.device: auto",
+        )
 
     runs = [RunConfig.from_flat(c) for c in configs]
     epochs = []
@@ -289,15 +326,22 @@ def make_plan(parsed: ParsedSpec, *, gpu_tflops: float | None = None, cpu_gflops
     if spec.scheduler.name == "asha" and max_t is not None and max_t < plan.epochs_per_trial:
         # One rule: the trials ASHA keeps train their whole schedule. A shorter max_t would end
         # them before their learning rate drops and still call them completed.
-        raise parsed.error(("scheduler", "max_t"), f"{max_t} is below the {plan.epochs_per_trial} epochs a trial trains: "
-                           "ASHA would end the kept trials before their learning-rate schedule does; set max_t to "
-                           f"{plan.epochs_per_trial} or leave it out (it defaults to the trials' epochs)")
-    plan.total_epochs = sum(min(e, plan.epochs_per_trial) for e in epochs) if not optuna else num_trials * plan.epochs_per_trial
+        raise parsed.error(
+            ("scheduler", "max_t"),
+            f"{max_t} is below the {plan.epochs_per_trial} epochs a trial trains: "
+            "ASHA would end the kept trials before their learning-rate schedule does; set max_t to "
+            f"{plan.epochs_per_trial} or leave it out (it defaults to the trials' epochs)",
+        )
+    plan.total_epochs = (
+        sum(min(e, plan.epochs_per_trial) for e in epochs) if not optuna else num_trials * plan.epochs_per_trial
+    )
     if spec.scheduler.name == "asha":
         # ASHA stops whole arrays: it sees one Tune trial per array, whose epochs each member trains.
         arrays = plan.arrays
         tune_trials = len(arrays) if arrays else num_trials
-        plan.asha_epochs = asha_expected_epochs(tune_trials, plan.epochs_per_trial, spec.scheduler) * num_trials / tune_trials
+        plan.asha_epochs = (
+            asha_expected_epochs(tune_trials, plan.epochs_per_trial, spec.scheduler) * num_trials / tune_trials
+        )
     plan.warnings = _warnings(plan, runs)
     if with_models:
         _count_models(plan, runs, epochs, gpu_tflops, cpu_gflops, decode_rate)
@@ -331,13 +375,20 @@ def _check_depth_draws(parsed: ParsedSpec) -> None:
         block = ModelConfig(block=spec.model.get("block"), depth=None).block
         ns = [n for n in range(1, high) if low <= _depth_of_n(block, n) <= high]
         step = _depth_of_n(block, 1) - 2
-        instead = (f"draw model.n: {{int: [{ns[0]}, {ns[-1]}]}} instead (depth {step}n+2)" if ns
-                   else f"no {step}n+2 depth lies in that range")
+        instead = (
+            f"draw model.n: {{int: [{ns[0]}, {ns[-1]}]}} instead (depth {step}n+2)"
+            if ns
+            else f"no {step}n+2 depth lies in that range"
+        )
     else:
-        instead = f"use a list of depths instead: model.depth: {valid}" if valid else "no ImageNet depth lies in that range"
-    raise parsed.error(("search", "space", "model.depth", "int"),
-                       f"[{low}, {high}] draws invalid depths: only {len(valid)} of its {total} values "
-                       f"({len(valid) / total:.0%}) build a network; {instead}")
+        instead = (
+            f"use a list of depths instead: model.depth: {valid}" if valid else "no ImageNet depth lies in that range"
+        )
+    raise parsed.error(
+        ("search", "space", "model.depth", "int"),
+        f"[{low}, {high}] draws invalid depths: only {len(valid)} of its {total} values "
+        f"({len(valid) / total:.0%}) build a network; {instead}",
+    )
 
 
 # Settings that act only together with another one; given without it they would be ignored
@@ -351,8 +402,10 @@ _NEEDS = (
     ("dataset.synthetic_size", "dataset.name: synthetic", lambda c: c["dataset.name"] == "synthetic"),
     ("dataset.synthetic_classes", "dataset.name: synthetic", lambda c: c["dataset.name"] == "synthetic"),
     ("dataset.cache_dir", "dataset.name: cifar10 or cifar100", lambda c: c["dataset.name"].startswith("cifar")),
-    *((f"dataset.{key}", "dataset.name: imagenet or imagefolder", lambda c: c["dataset.name"] in FOLDER_DATASETS)
-      for key in ("root", "val_per_class", "scale_range", "lighting", "workers")),
+    *(
+        (f"dataset.{key}", "dataset.name: imagenet or imagefolder", lambda c: c["dataset.name"] in FOLDER_DATASETS)
+        for key in ("root", "val_per_class", "scale_range", "lighting", "workers")
+    ),
 )
 
 
@@ -361,28 +414,42 @@ def _warnings(plan: Plan, runs: list[RunConfig]) -> list[str]:
     effect, a default that replaces what was asked, a budget that ends it early."""
     spec, written = plan.spec, plan.parsed.written
     given = {key for key in FIELD_TYPES if written(tuple(key.split(".", 1))) or written(("search", "space", key))}
-    notes = [f"{key} has no effect: it applies only with {needs}"
-             for key, needs, applies in _NEEDS if key in given and not any(map(applies, plan.configs))]
+    notes = [
+        f"{key} has no effect: it applies only with {needs}"
+        for key, needs, applies in _NEEDS
+        if key in given and not any(map(applies, plan.configs))
+    ]
     if spec.scheduler.name == "none":
-        notes += [f"scheduler.{key} has no effect: it applies only with scheduler.name: asha"
-                  for key in ("grace_period", "reduction_factor", "max_t") if written(("scheduler", key))]
+        notes += [
+            f"scheduler.{key} has no effect: it applies only with scheduler.name: asha"
+            for key in ("grace_period", "reduction_factor", "max_t")
+            if written(("scheduler", key))
+        ]
     if spec.search.algorithm == "grid" and written(("search", "seed")):
-        notes.append("search.seed has no effect on a grid (it seeds random and Optuna draws; search.seeds repeats trials)")
+        notes.append(
+            "search.seed has no effect on a grid (it seeds random and Optuna draws; search.seeds repeats trials)"
+        )
     if all(run.train.epochs is None and run.train.iterations is None for run in runs):
-        notes.append(f"train: no epochs or iterations given: trials train the paper's {PAPER_ITERATIONS:,} "
-                     f"iterations (up to {plan.epochs_per_trial:,} epochs here)")
+        notes.append(
+            f"train: no epochs or iterations given: trials train the paper's {PAPER_ITERATIONS:,} "
+            f"iterations (up to {plan.epochs_per_trial:,} epochs here)"
+        )
     for run in runs:
         # Trials train whole epochs: iterations round to the nearest (at least one).
         steps = steps_per_epoch(split_sizes(run.dataset)[0], run.train.batch_size)
         trained = planned_epochs(run.train, steps) * steps
         if run.train.iterations and abs(trained - run.train.iterations) > run.train.iterations / 10:
-            notes.append(f"train.iterations: {run.train.iterations:,} are trained as {trained // steps:,} whole "
-                         f"epoch(s) of {steps:,} steps, {trained:,} iterations")
+            notes.append(
+                f"train.iterations: {run.train.iterations:,} are trained as {trained // steps:,} whole "
+                f"epoch(s) of {steps:,} steps, {trained:,} iterations"
+            )
             break
     max_epochs = spec.budget.max_epochs
     if max_epochs is not None and max_epochs < plan.epochs_per_trial:
-        notes.append(f"budget.max_epochs: {max_epochs} epochs in all stop the sweep before its first trial "
-                     f"ends ({plan.epochs_per_trial} epochs)")
+        notes.append(
+            f"budget.max_epochs: {max_epochs} epochs in all stop the sweep before its first trial "
+            f"ends ({plan.epochs_per_trial} epochs)"
+        )
     return notes + _missing_imagenet(runs)
 
 
@@ -391,11 +458,15 @@ def _missing_imagenet(runs: list[RunConfig]) -> list[str]:
     needs is not there (`run` stops on it, exit 1, before Ray starts)."""
     notes = []
     for root in dict.fromkeys(run.dataset.root for run in runs if run.dataset.name == "imagenet"):
-        missing = [path for path in (root, os.path.join(root, "train"), os.path.join(root, "val")) if not os.path.isdir(path)]
+        missing = [
+            path for path in (root, os.path.join(root, "train"), os.path.join(root, "val")) if not os.path.isdir(path)
+        ]
         if missing:
-            notes.append(f"dataset.root: {missing[0]} is not there: planned with ILSVRC-2012's counts "
-                         f"({ILSVRC2012.train:,} training and {ILSVRC2012.test:,} val images, {ILSVRC2012.classes:,} "
-                         f"classes); `run` needs {root} with train/ and val/ of class folders")
+            notes.append(
+                f"dataset.root: {missing[0]} is not there: planned with ILSVRC-2012's counts "
+                f"({ILSVRC2012.train:,} training and {ILSVRC2012.test:,} val images, {ILSVRC2012.classes:,} "
+                f"classes); `run` needs {root} with train/ and val/ of class folders"
+            )
     return notes
 
 
@@ -419,8 +490,14 @@ def assumed_gpu_tflops(run: RunConfig) -> float:
 PASSES = ("train", "eval_every_epoch", "ten_crop")  # the keys of Plan.gpu_hours_by_pass
 
 
-def _count_models(plan: Plan, runs: list[RunConfig], epochs: list[int], gpu_tflops: float | None, cpu_gflops: float,
-                  decode_rate: float) -> None:
+def _count_models(
+    plan: Plan,
+    runs: list[RunConfig],
+    epochs: list[int],
+    gpu_tflops: float | None,
+    cpu_gflops: float,
+    decode_rate: float,
+) -> None:
     labels: dict[tuple, str] = {}
     first: dict[str, RunConfig] = {}
     flops = dict.fromkeys(PASSES, 0.0)
@@ -440,16 +517,21 @@ def _count_models(plan: Plan, runs: list[RunConfig], epochs: list[int], gpu_tflo
         # 2 flops per multiply-add; training ≈ 3 forward passes (forward + backward); val and the
         # test set's centre crops every epoch; image folders end with 10-crop testing of the final
         # model (2015 §3.4: four corners and the centre, and their flips).
-        run_flops = {"train": 2 * model["macs"] * 3 * train * run_epochs,
-                     "eval_every_epoch": 2 * model["macs"] * (val + test) * run_epochs,
-                     "ten_crop": 2 * model["macs"] * 10 * test if run.dataset.from_folder else 0}
+        run_flops = {
+            "train": 2 * model["macs"] * 3 * train * run_epochs,
+            "eval_every_epoch": 2 * model["macs"] * (val + test) * run_epochs,
+            "ten_crop": 2 * model["macs"] * 10 * test if run.dataset.from_folder else 0,
+        }
         tflops = gpu_tflops or assumed_gpu_tflops(run)
         for name, value in run_flops.items():
             flops[name] += value
             gpu_seconds[name] += value / (tflops * 1e12)
         trial_gpu_hours = sum(run_flops.values()) / (tflops * 1e12) / 3600
-        model.update(gpu_tflops=tflops, train_images_per_s_per_gpu=tflops * 1e12 / (6 * model["macs"]),
-                     trial_gpu_hours=max(model.get("trial_gpu_hours", 0.0), trial_gpu_hours))
+        model.update(
+            gpu_tflops=tflops,
+            train_images_per_s_per_gpu=tflops * 1e12 / (6 * model["macs"]),
+            trial_gpu_hours=max(model.get("trial_gpu_hours", 0.0), trial_gpu_hours),
+        )
         # Wall-clock of one trial alone on its GPUs (resources.workers × gpu), data-parallel.
         model["trial_hours"] = model["trial_gpu_hours"] / resources.trial_gpus if resources.trial_gpus else None
     # Optuna: the probe runs stand for the trials it will draw; ASHA: the share of the epochs it is
@@ -459,8 +541,11 @@ def _count_models(plan: Plan, runs: list[RunConfig], epochs: list[int], gpu_tflo
     if plan.asha_epochs:
         arrays = plan.arrays
         tune_trials = len(arrays) if arrays else plan.num_trials
-        shares.update(train=plan.asha_epochs / plan.total_epochs, eval_every_epoch=plan.asha_epochs / plan.total_epochs,
-                      ten_crop=asha_finishers(tune_trials, plan.epochs_per_trial, plan.spec.scheduler) / tune_trials)
+        shares.update(
+            train=plan.asha_epochs / plan.total_epochs,
+            eval_every_epoch=plan.asha_epochs / plan.total_epochs,
+            ten_crop=asha_finishers(tune_trials, plan.epochs_per_trial, plan.spec.scheduler) / tune_trials,
+        )
     plan.gpu_hours_by_pass = {name: gpu_seconds[name] * scale * shares[name] / 3600 for name in PASSES}
     plan.gpu_hours = sum(plan.gpu_hours_by_pass.values())
     plan.cpu_hours = sum(flops[name] * scale * shares[name] for name in PASSES) / (cpu_gflops * 1e9) / 3600
@@ -482,14 +567,19 @@ def _check_loader(plan: Plan, runs: list[RunConfig], decode_rate: float) -> None
         cpus = resources.cpu if workers is None else min(resources.cpu, max(workers, 1))
         decodes = cpus * decode_rate
         trains = plan.models[label]["train_images_per_s_per_gpu"] * resources.gpu
-        models[label] = {"decoding_cpus": cpus, "decodes_images_per_s": decodes, "gpu_trains_images_per_s": trains,
-                         "starved": decodes < trains}
+        models[label] = {
+            "decoding_cpus": cpus,
+            "decodes_images_per_s": decodes,
+            "gpu_trains_images_per_s": trains,
+            "starved": decodes < trains,
+        }
         if decodes < trains:
             limit = "dataset.workers" if workers is not None and workers < resources.cpu else "resources.cpu"
             plan.warnings.append(
                 f"{limit}: {cpus:g} CPU(s) per worker decode ≈ {decodes:,.0f} images/s ({decode_rate:g} per core), "
                 f"below the ≈ {trains:,.0f} images/s {label} trains per GPU at {plan.models[label]['gpu_tflops']:g} "
-                f"TFLOP/s: the GPU would wait for JPEG decoding; give each worker {math.ceil(trains / decode_rate)} CPUs")
+                f"TFLOP/s: the GPU would wait for JPEG decoding; give each worker {math.ceil(trains / decode_rate)} CPUs"
+            )
     if models:
         plan.loader = {"decode_images_per_core": decode_rate, "cpus_per_worker": resources.cpu, "models": models}
 
@@ -597,28 +687,37 @@ def _count(model: ModelConfig, classes: int, image_size: int) -> Footprint:
     return Footprint(*counts_by_blocks(model, measure, num_classes=classes))
 
 
-def check_model_size(model: ModelConfig, *, classes: int, image_size: int, batch: int = 1,
-                     data_bytes: int = 0) -> None:
+def check_model_size(model: ModelConfig, *, classes: int, image_size: int, batch: int = 1, data_bytes: int = 0) -> None:
     """ConfigError naming the field when the model, trained on ``batch`` images with
     ``data_bytes`` of data on the device, is too big: decided from the settings alone."""
     depth_field = "model.stages" if model.stages is not None else "model.depth"
-    for key, value, limit in ((depth_field, model.depth, MAX_DEPTH), ("model.width", model.width, MAX_WIDTH),
-                              ("dataset.image_size", image_size, MAX_IMAGE_SIZE), ("model.num_classes", classes, MAX_CLASSES)):
+    for key, value, limit in (
+        (depth_field, model.depth, MAX_DEPTH),
+        ("model.width", model.width, MAX_WIDTH),
+        ("dataset.image_size", image_size, MAX_IMAGE_SIZE),
+        ("model.num_classes", classes, MAX_CLASSES),
+    ):
         if value > limit:
             raise ConfigError(key, f"{value:,} is over the limit of {limit:,}")
     footprint = model_footprint(model, classes, image_size)
     # fp32 weights, gradients and momentum (+ the update's temporaries); layer outputs and their gradients.
     parts = {
         "model.width" if model.width > 1 else depth_field: (16 * footprint.params, f"{footprint.params:,} parameters"),
-        "train.batch_size": (8 * footprint.activations * batch, f"activations of {batch:,} image(s) at {image_size} px"),
+        "train.batch_size": (
+            8 * footprint.activations * batch,
+            f"activations of {batch:,} image(s) at {image_size} px",
+        ),
         "dataset.image_size": (data_bytes, "the data"),
     }
     total = sum(size for size, _ in parts.values())
     if total > MAX_TRIAL_BYTES:
         biggest = max(parts, key=lambda k: parts[k][0])
         shown = ", ".join(f"{what} {_gib(size)}" for size, what in parts.values() if size)
-        raise ConfigError(biggest, f"a trial would need {_gib(total)} ({shown}), over the limit of "
-                                   f"{MAX_TRIAL_BYTES // GIB:,} GiB (a trial runs on one device)")
+        raise ConfigError(
+            biggest,
+            f"a trial would need {_gib(total)} ({shown}), over the limit of "
+            f"{MAX_TRIAL_BYTES // GIB:,} GiB (a trial runs on one device)",
+        )
 
 
 def _gib(size: int) -> str:
@@ -630,14 +729,21 @@ def check_trial_size(run: RunConfig) -> None:
     data = run.dataset
     train, val, test = split_sizes(data)
     if data.synthetic_classes > MAX_CLASSES:
-        raise ConfigError("dataset.synthetic_classes", f"{data.synthetic_classes:,} is over the limit of {MAX_CLASSES:,}")
+        raise ConfigError(
+            "dataset.synthetic_classes", f"{data.synthetic_classes:,} is over the limit of {MAX_CLASSES:,}"
+        )
     epochs = planned_epochs(run.train, steps_per_epoch(train, run.train.batch_size))
     if epochs > MAX_EPOCHS:
         key = "train.iterations" if run.train.iterations is not None else "train.epochs"
         raise ConfigError(key, f"{epochs:,} epochs is over the limit of {MAX_EPOCHS:,}")
     in_memory = 0 if data.from_folder else (train + val + test) * 3 * data.image_size**2  # folders stream
-    check_model_size(run.model, classes=num_classes(data), image_size=data.image_size,
-                     batch=min(run.train.batch_size, train), data_bytes=in_memory)
+    check_model_size(
+        run.model,
+        classes=num_classes(data),
+        image_size=data.image_size,
+        batch=min(run.train.batch_size, train),
+        data_bytes=in_memory,
+    )
 
 
 def _model_label(run: RunConfig, first: dict[str, RunConfig]) -> str:

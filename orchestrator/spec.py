@@ -1,5 +1,6 @@
 """YAML → validated sweep spec. Every error names the YAML path and line and, where it can,
 the valid values; the CLI turns it into exit code 2 before anything starts."""
+
 from __future__ import annotations
 
 import difflib
@@ -81,8 +82,10 @@ class ResourcesSpec(_Strict):
     @classmethod
     def _one_device(cls, v: float) -> float:
         if v > 1:  # accepting 2 would hold a second GPU idle: a worker process uses one device
-            raise ValueError("a worker process trains on one device: use 1, or a fraction (0.5, 0.25) to pack trials "
-                             "on a GPU; for a trial on several GPUs set resources.workers (one GPU each)")
+            raise ValueError(
+                "a worker process trains on one device: use 1, or a fraction (0.5, 0.25) to pack trials "
+                "on a GPU; for a trial on several GPUs set resources.workers (one GPU each)"
+            )
         return v
 
     @property
@@ -230,7 +233,9 @@ def _check_sections(parsed: ParsedSpec) -> None:
         for key, value in getattr(spec, section).items():
             flat = f"{section}.{key}"
             if flat not in FIELD_TYPES or flat in DERIVED_KEYS:
-                valid = [k.split(".", 1)[1] for k in FIELD_TYPES if k.startswith(section + ".") and k not in DERIVED_KEYS]
+                valid = [
+                    k.split(".", 1)[1] for k in FIELD_TYPES if k.startswith(section + ".") and k not in DERIVED_KEYS
+                ]
                 raise parsed.error((section, key), unknown_key(key, valid))
             try:
                 getattr(spec, section)[key] = check_value(flat, value)
@@ -241,14 +246,18 @@ def _check_sections(parsed: ParsedSpec) -> None:
         path = ("search", "space", key)
         if key not in FIELD_TYPES:
             raise parsed.error(path, unknown_key(key, FIELD_TYPES))
-        if key == "model.n" and ({"model.depth", "model.stages"} & set(search.space) or {"depth", "stages"} & set(spec.model)):
+        if key == "model.n" and (
+            {"model.depth", "model.stages"} & set(search.space) or {"depth", "stages"} & set(spec.model)
+        ):
             raise parsed.error(path, "model.n sets the depth: do not also give model.depth or model.stages")
         _check_dimension(parsed, path, key, dim, search.algorithm)
         if key.split(".", 1)[1] in getattr(spec, key.split(".", 1)[0]):
             raise parsed.error(path, f"{key} is both fixed in '{key.split('.')[0]}:' and searched; keep one")
     if search.seeds is not None:
         if search.algorithm == "optuna":
-            raise parsed.error(("search", "seeds"), "Optuna runs each draw once; search train.seed or use grid/random for seeds")
+            raise parsed.error(
+                ("search", "seeds"), "Optuna runs each draw once; search train.seed or use grid/random for seeds"
+            )
         if "train.seed" in search.space or "seed" in spec.train:
             raise parsed.error(("search", "seeds"), "give seeds here or train.seed, not both")
         if not search.seeds or len(set(search.seeds)) != len(search.seeds):
@@ -258,24 +267,37 @@ def _check_sections(parsed: ParsedSpec) -> None:
     if search.algorithm == "optuna" and search.exclude:
         raise parsed.error(("search", "exclude"), "exclude rules work with grid and random, not optuna")
     if search.algorithm == "optuna" and spec.resources.array > 1:
-        raise parsed.error(("resources", "array"), "arrays group planned trials; Optuna draws one trial at a time, so "
-                                                   "there is nothing to group: use search.algorithm grid or random, "
-                                                   "or leave resources.array out")
+        raise parsed.error(
+            ("resources", "array"),
+            "arrays group planned trials; Optuna draws one trial at a time, so "
+            "there is nothing to group: use search.algorithm grid or random, "
+            "or leave resources.array out",
+        )
     if spec.resources.workers > 1 and 0 < spec.resources.gpu < 1:
-        raise parsed.error(("resources", "gpu"), f"{spec.resources.gpu:g}: data-parallel workers take a whole GPU each "
-                                                 f"(NCCL runs one process per GPU); use 1 with resources.workers")
+        raise parsed.error(
+            ("resources", "gpu"),
+            f"{spec.resources.gpu:g}: data-parallel workers take a whole GPU each "
+            f"(NCCL runs one process per GPU); use 1 with resources.workers",
+        )
     workers, batch = spec.resources.workers, spec.train.get("batch_size")
     if workers > 1 and spec.train.get("sync_bn") is False and isinstance(batch, int) and batch < 2 * workers:
-        raise parsed.error(("train", "batch_size"), f"{batch} split over {workers} workers leaves some fewer than 2 "
-                                                    f"images, and with sync_bn: false each worker's batch norm needs 2; "
-                                                    f"use at least {2 * workers}, or sync_bn: true")
+        raise parsed.error(
+            ("train", "batch_size"),
+            f"{batch} split over {workers} workers leaves some fewer than 2 "
+            f"images, and with sync_bn: false each worker's batch norm needs 2; "
+            f"use at least {2 * workers}, or sync_bn: true",
+        )
     if spec.resources.workers > 1 and spec.resources.array > 1:
-        raise parsed.error(("resources", "workers"), "an array trains its members on one device; use resources.array "
-                                                     "or resources.workers, not both")
+        raise parsed.error(
+            ("resources", "workers"),
+            "an array trains its members on one device; use resources.array or resources.workers, not both",
+        )
     if search.algorithm == "optuna" and not search.space:
-        raise parsed.error(("search", "space") if "space" in search.model_fields_set else ("search", "algorithm"),
-                           "Optuna has nothing to search (search.space is empty): every trial would be the same; "
-                           "add keys to search.space, or use algorithm: grid for one configuration")
+        raise parsed.error(
+            ("search", "space") if "space" in search.model_fields_set else ("search", "algorithm"),
+            "Optuna has nothing to search (search.space is empty): every trial would be the same; "
+            "add keys to search.space, or use algorithm: grid for one configuration",
+        )
     _check_trial_count(parsed)
     for i, rule in enumerate(search.exclude):
         for key, value in rule.items():
@@ -331,7 +353,11 @@ def _check_dimension(parsed: ParsedSpec, path: tuple, key: str, dim: Any, algori
     if number is None or (kind != "int" and number is not float):
         wanted = "a list of values or {choice: […]}" if number is None else "{int: [low, high]} or a list"
         raise parsed.error(path + (kind,), f"{key} is not a real number: use {wanted}")
-    if not (isinstance(arg, list) and len(arg) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in arg)):
+    if not (
+        isinstance(arg, list)
+        and len(arg) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in arg)
+    ):
         raise parsed.error(path + (kind,), f"{arg!r} must be two numbers [low, high]")
     if not arg[0] < arg[1]:
         raise parsed.error(path + (kind,), f"{arg!r} must be [low, high] with low < high")
@@ -377,8 +403,12 @@ def _expanded_size(root: yaml.Node, source: str | None) -> int:
     def size(node: yaml.Node) -> int:
         if id(node) in sizes:
             if sizes[id(node)] is None:
-                raise SpecError("", "a YAML alias refers to a list or mapping that contains it (a recursive structure)",
-                                node.start_mark.line + 1, source)
+                raise SpecError(
+                    "",
+                    "a YAML alias refers to a list or mapping that contains it (a recursive structure)",
+                    node.start_mark.line + 1,
+                    source,
+                )
             return sizes[id(node)]
         sizes[id(node)] = None  # in progress: meeting it again below is a cycle
         if isinstance(node, yaml.MappingNode):
@@ -398,8 +428,13 @@ def _load_yaml(text: str, source: str | None) -> tuple[Any, _LineMap]:
     try:
         root = loader.get_single_node()
         if root is not None and _expanded_size(root, source) > MAX_VALUES:
-            raise SpecError("", f"the file expands to more than {MAX_VALUES:,} values (YAML aliases that repeat other "
-                                "aliases?); a sweep needs far fewer", None, source)
+            raise SpecError(
+                "",
+                f"the file expands to more than {MAX_VALUES:,} values (YAML aliases that repeat other "
+                "aliases?); a sweep needs far fewer",
+                None,
+                source,
+            )
         data = None if root is None else loader.construct_document(root)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
@@ -407,8 +442,9 @@ def _load_yaml(text: str, source: str | None) -> tuple[Any, _LineMap]:
         kind = "YAML error" if isinstance(err, yaml.constructor.ConstructorError) else "YAML syntax error"
         raise SpecError("", f"{kind}: {problem}", mark.line + 1 if mark else None, source) from None
     except RecursionError:
-        raise SpecError("", "lists or mappings nested too deeply (hundreds of levels); a sweep needs a few", None,
-                        source) from None
+        raise SpecError(
+            "", "lists or mappings nested too deeply (hundreds of levels); a sweep needs a few", None, source
+        ) from None
     finally:
         loader.dispose()
     return data, _LineMap(root)
@@ -445,7 +481,9 @@ def load_spec(path: str | Path) -> ParsedSpec:
         raise SpecError("", f"no sweep file at {path}" + (" (it is a folder)" if path.is_dir() else ""))
     try:
         if path.stat().st_size > MAX_FILE_BYTES:
-            raise SpecError("", f"{path} is {path.stat().st_size:,} bytes, over the limit of {MAX_FILE_BYTES:,} for a sweep file")
+            raise SpecError(
+                "", f"{path} is {path.stat().st_size:,} bytes, over the limit of {MAX_FILE_BYTES:,} for a sweep file"
+            )
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as err:
         raise SpecError("", f"cannot read {path}: {err}") from None

@@ -1,6 +1,7 @@
 """Where a sweep stands: trials by status against the plan, epochs done, the best trial so far
 and an estimated time to finish. `resnet-sweep status` computes it from MLflow (from anywhere,
 while the sweep runs on this machine or a cluster); `run` prints the same line every minute."""
+
 from __future__ import annotations
 
 import time
@@ -81,15 +82,22 @@ def from_record(record) -> Standing:
     plan = record.plan
     planned = int(plan.get("num_trials") or len(record.trials))
     per_trial = int(plan.get("epochs_per_trial") or 0)
-    standing = Standing(planned=planned, epochs_planned=planned * per_trial,
-                        epochs_expected=round(expected) if (expected := plan.get("asha_expected_epochs")) else None)
+    standing = Standing(
+        planned=planned,
+        epochs_planned=planned * per_trial,
+        epochs_expected=round(expected) if (expected := plan.get("asha_expected_epochs")) else None,
+    )
     for t in record.trials:
         standing.counts[t.status] = standing.counts.get(t.status, 0) + 1
         standing.epochs_done += t.epochs
         best = t.best
         if best is not None and (standing.best is None or best[M.VAL_ERROR] < standing.best["val_error"]):
-            standing.best = {"name": t.name, "val_error": best[M.VAL_ERROR], "test_error": best.get(M.TEST_ERROR),
-                             "epoch": best[M.EPOCH]}
+            standing.best = {
+                "name": t.name,
+                "val_error": best[M.VAL_ERROR],
+                "test_error": best.get(M.TEST_ERROR),
+                "epoch": best[M.EPOCH],
+            }
     standing.counts["pending"] = max(0, planned - len(record.trials))
     standing.state = record.status or "running"
     unfinished = [t.epochs for t in record.trials if t.status in ("running", str(Status.INTERRUPTED))]
@@ -125,8 +133,10 @@ def summary_line(s: Standing) -> str:
     if s.state == "running":
         parts.append(f"ETA {_duration(s.eta_s)}" if s.eta_s is not None else "ETA unknown (too few epochs yet)")
         if s.idle_s is not None and s.idle_s > IDLE_S:
-            parts.append(f"no epoch for {_duration(s.idle_s)}: is its driver still running? (`resnet-sweep resume` "
-                         f"continues a sweep whose driver died)")
+            parts.append(
+                f"no epoch for {_duration(s.idle_s)}: is its driver still running? (`resnet-sweep resume` "
+                f"continues a sweep whose driver died)"
+            )
     else:
         parts.append(s.state)
     return "; ".join(parts)

@@ -6,6 +6,7 @@ Credentials never travel in the storage URI: pyarrow and Tune take them from eac
 environment (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL`` for
 S3-compatible servers, or the instance's role), so they reach no log, tag or saved file.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -17,8 +18,8 @@ from .spec import SpecError
 
 __all__ = [
     "check_from_node",
-    "claim_name",
     "check_usable",
+    "claim_name",
     "default_storage_path",
     "exists",
     "file_names",
@@ -151,8 +152,11 @@ def subfolders(folder: str, prefix: str) -> list[str]:
     """URIs of the folders directly under ``folder`` whose names start with ``prefix``."""
     import pyarrow.fs
 
-    return [join(folder, Path(i.path).name) for i in _entries(folder)
-            if i.type == pyarrow.fs.FileType.Directory and Path(i.path).name.startswith(prefix)]
+    return [
+        join(folder, Path(i.path).name)
+        for i in _entries(folder)
+        if i.type == pyarrow.fs.FileType.Directory and Path(i.path).name.startswith(prefix)
+    ]
 
 
 def exists(uri: str) -> bool:
@@ -226,7 +230,7 @@ def probe_file(storage: str) -> tuple[str, str]:
     name, token = f".resnet-sweep-probe-{uuid.uuid4().hex}", uuid.uuid4().hex
     try:
         write_text(storage, name, token)
-    except Exception as err:  # noqa: BLE001 — any failure here is the same user-facing problem
+    except Exception as err:
         raise SpecError(FIELD, f"cannot use {storage} from this machine ({reason(err)})") from None
     return name, token
 
@@ -239,7 +243,7 @@ def check_from_node(storage: str, name: str, token: str, node_file: str) -> str 
         if read_text(storage, name) != token:
             return "a file the driver wrote there is not visible from this node"
         write_text(storage, node_file, token)
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         return reason(err)
     return None
 

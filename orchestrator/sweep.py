@@ -1,5 +1,6 @@
 """Running a sweep: Ray Tune with the planned trials (or Optuna), ASHA, per-epoch checkpoints,
 MLflow tracking in the driver, live progress and the final table of every trial."""
+
 from __future__ import annotations
 
 import contextlib
@@ -23,16 +24,23 @@ from resnet_core.train import RunConfig
 
 from . import cluster, driver_lock, login, ray_compat, storage
 from .arrays import ArrayDirName, ArrayMembers, array_config, member_results, members_of, trained_epochs
-from .progress import TUNE_INTERRUPT, Progress, TrialErrorTraces, TrialDirName, TrialNamer, table_rows
+from .mlflow_store import (
+    check_tracking_uri,
+    default_tracking_uri,
+    normalize_tracking_uri,
+    redact,
+    secret_in,
+    use_tracking_uri,
+)
+from .progress import TUNE_INTERRUPT, Progress, TrialDirName, TrialErrorTraces, TrialNamer, table_rows
 from .space import Plan, make_plan, optuna_space, plan_json
 from .spec import ParsedSpec, SpecError, parse_spec
-from .mlflow_store import check_tracking_uri, redact, default_tracking_uri, normalize_tracking_uri, secret_in, use_tracking_uri
 from .tracking import TRACKING_FENCE, SweepTracker, git_commit
-from .vocabulary import TAG_STORAGE
 from .trainable import RestoreFromWhatIsThere, train_array_trial, train_data_parallel_trial, train_trial
 from .trial_table import format_table
+from .vocabulary import TAG_STORAGE
 
-__all__ = ["SweepError", "find_experiment", "prepare_sweep", "resume_sweep", "run_or_resume", "run_sweep", "SPEC_FILE"]
+__all__ = ["SPEC_FILE", "SweepError", "find_experiment", "prepare_sweep", "resume_sweep", "run_or_resume", "run_sweep"]
 
 SPEC_FILE = "sweep.yaml"  # the sweep file, saved in the experiment folder for `resume`
 TRACKING_FILE = "tracking.json"  # where its MLflow runs are, for `resume`
@@ -83,9 +91,13 @@ def check_resources(spec) -> None:
     cpus, gpus = os.cpu_count() or 1, torch.cuda.device_count()
     each = f" ({r.workers} workers × {{}})" if r.workers > 1 else ""
     if r.trial_gpus > gpus:
-        raise SpecError("resources.gpu", f"{r.trial_gpus:g} GPUs per trial{each.format(f'{r.gpu:g}')}, but this machine has {gpus}")
+        raise SpecError(
+            "resources.gpu", f"{r.trial_gpus:g} GPUs per trial{each.format(f'{r.gpu:g}')}, but this machine has {gpus}"
+        )
     if r.trial_cpus > cpus:
-        raise SpecError("resources.cpu", f"{r.trial_cpus:g} CPUs per trial{each.format(f'{r.cpu:g}')}, but this machine has {cpus}")
+        raise SpecError(
+            "resources.cpu", f"{r.trial_cpus:g} CPUs per trial{each.format(f'{r.cpu:g}')}, but this machine has {cpus}"
+        )
 
 
 def prepare_sweep(
@@ -133,9 +145,12 @@ def _tracking_uri(given: str | None, spec) -> str:
     stored and shown: without its credentials (tracking.use_tracking_uri)."""
     field = "--tracking-uri" if given else "tracking.tracking_uri"
     if spec.tracking.tracking_uri and (secret := secret_in(spec.tracking.tracking_uri)):
-        raise SpecError("tracking.tracking_uri", f"{secret} in the sweep file would be saved with the sweep; pass the "
-                                                 f"URI in --tracking-uri, or the login in MLFLOW_TRACKING_PASSWORD or "
-                                                 f"MLFLOW_TRACKING_TOKEN, instead")
+        raise SpecError(
+            "tracking.tracking_uri",
+            f"{secret} in the sweep file would be saved with the sweep; pass the "
+            f"URI in --tracking-uri, or the login in MLFLOW_TRACKING_PASSWORD or "
+            f"MLFLOW_TRACKING_TOKEN, instead",
+        )
     uri = use_tracking_uri(given or spec.tracking.tracking_uri or default_tracking_uri())
     try:
         check_tracking_uri(uri)
@@ -158,8 +173,13 @@ def saved_spec_text(parsed: ParsedSpec) -> str:
 def write_tracking(prep: Prepared) -> dict:
     """tracking.json: where the sweep's MLflow runs are, for `resume` and `sync` (the sweep key
     finds them by tag)."""
-    tracking = {"tracking_uri": prep.tracking_uri, "experiment": prep.experiment, "num_trials": prep.plan.num_trials,
-                "sweep_key": uuid.uuid4().hex, "workdir": os.getcwd()}
+    tracking = {
+        "tracking_uri": prep.tracking_uri,
+        "experiment": prep.experiment,
+        "num_trials": prep.plan.num_trials,
+        "sweep_key": uuid.uuid4().hex,
+        "workdir": os.getcwd(),
+    }
     storage.write_text(prep.experiment_path, TRACKING_FILE, json.dumps(tracking))
     return tracking
 
@@ -253,7 +273,9 @@ def _where_it_runs(spec, concurrency: int, address: str | None) -> str:
     if address is None:
         return f"{concurrency} at a time on this machine"
     nodes = cluster.alive_nodes()
-    fits = sum(int(n["Resources"].get("CPU", 0) // spec.resources.cpu) for n in nodes)  # workers (a trial's may span nodes)
+    fits = sum(
+        int(n["Resources"].get("CPU", 0) // spec.resources.cpu) for n in nodes
+    )  # workers (a trial's may span nodes)
     if spec.resources.gpu:
         fits = min(fits, sum(int(n["Resources"].get("GPU", 0) // spec.resources.gpu) for n in nodes))
     fits //= spec.resources.workers
@@ -271,9 +293,12 @@ def existing_sweep(prep: Prepared) -> str | None:
     if saved is None:
         return None
     if parse_spec(saved).spec.spec_hash() != prep.parsed.spec.spec_hash():
-        raise SpecError("name", f"another sweep named {name!r} is already in {prep.storage_path} (its {SPEC_FILE} differs "
-                                f"from this one); give this sweep another name, or continue that one with "
-                                f"`resnet-sweep resume {shlex.quote(path)}`")
+        raise SpecError(
+            "name",
+            f"another sweep named {name!r} is already in {prep.storage_path} (its {SPEC_FILE} differs "
+            f"from this one); give this sweep another name, or continue that one with "
+            f"`resnet-sweep resume {shlex.quote(path)}`",
+        )
     return path
 
 
@@ -332,8 +357,14 @@ def run_sweep(prep: Prepared, *, address: str | None = None, folder_taken: bool 
         )
         namer = tracker.trial_namer
         trial_name = ArrayDirName(namer) if arrays else TrialDirName(namer)
-        progress = Progress(namer, plan.epochs_per_trial, _stopped_by(spec), _max_failures(spec, address),
-                            planned=plan.num_trials, epochs_expected=round(plan.asha_epochs) if plan.asha_epochs else None)
+        progress = Progress(
+            namer,
+            plan.epochs_per_trial,
+            _stopped_by(spec),
+            _max_failures(spec, address),
+            planned=plan.num_trials,
+            epochs_expected=round(plan.asha_epochs) if plan.asha_epochs else None,
+        )
         # With arrays, MLflow and the progress lines see each array's members as trials.
         per_trial = [ArrayMembers([tracker, progress])] if arrays else [tracker, progress]
         tuner = tune.Tuner(
@@ -364,15 +395,19 @@ def run_sweep(prep: Prepared, *, address: str | None = None, folder_taken: bool 
             ),
         )
         in_arrays = f" in {len(arrays)} arrays of up to {spec.resources.array}" if arrays else ""
-        print(f"sweep {prep.name}: {plan.num_trials} trials{in_arrays}, up to {plan.epochs_per_trial} epochs each, "
-              f"{_where_it_runs(spec, concurrency, address)}; results in {prep.experiment_path}, MLflow {prep.tracking_uri} "
-              f"(experiment {prep.experiment!r})", flush=True)
+        print(
+            f"sweep {prep.name}: {plan.num_trials} trials{in_arrays}, up to {plan.epochs_per_trial} epochs each, "
+            f"{_where_it_runs(spec, concurrency, address)}; results in {prep.experiment_path}, MLflow {prep.tracking_uri} "
+            f"(experiment {prep.experiment!r})",
+            flush=True,
+        )
         results = tuner.fit()
         if lock.lost:
             print(lock.lost, file=sys.stderr)
             return 1
-        return _finish(prep, results, namer, plan.epochs_per_trial, tracker, plan.num_trials, address=address,
-                       report=report)
+        return _finish(
+            prep, results, namer, plan.epochs_per_trial, tracker, plan.num_trials, address=address, report=report
+        )
 
 
 @contextlib.contextmanager
@@ -410,14 +445,17 @@ def _trainable(spec, experiment_path: str):
 
     r = spec.resources
     if r.workers > 1:
-        trainable = tune.with_parameters(train_data_parallel_trial, experiment_path=experiment_path,
-                                         workers=r.workers, cpu=r.cpu, gpu=r.gpu)
+        trainable = tune.with_parameters(
+            train_data_parallel_trial, experiment_path=experiment_path, workers=r.workers, cpu=r.cpu, gpu=r.gpu
+        )
         # The Tune function only relays results: Ray Train's workers hold the resources. (A
         # token byte of memory: Tune needs some resource, and any CPU would keep a worker out.)
         resources = {"cpu": 0, "memory": 1}
     else:
         if r.array > 1:  # an array trial takes the resources of one trial
-            trainable = tune.with_parameters(train_array_trial, experiment_path=experiment_path, metric=spec.metric.name)
+            trainable = tune.with_parameters(
+                train_array_trial, experiment_path=experiment_path, metric=spec.metric.name
+            )
         else:
             trainable = tune.with_parameters(train_trial, experiment_path=experiment_path)
         resources = {"cpu": r.cpu, "gpu": r.gpu}
@@ -437,8 +475,17 @@ def _checkpoint_config(spec):
     return tune.CheckpointConfig(num_to_keep=1)
 
 
-def _finish(prep: Prepared, results, namer: TrialNamer, epochs: int, tracker: SweepTracker | None, num_trials: int,
-            *, address: str | None, report: bool) -> int:
+def _finish(
+    prep: Prepared,
+    results,
+    namer: TrialNamer,
+    epochs: int,
+    tracker: SweepTracker | None,
+    num_trials: int,
+    *,
+    address: str | None,
+    report: bool,
+) -> int:
     spec = prep.parsed.spec
     rows = table_rows(member_results(results) if prep.plan.arrays else results, namer, epochs, _stopped_by(spec))
     rows.sort(key=lambda r: (r.get("val_error") is None, r.get("val_error", math.inf)))
@@ -447,11 +494,17 @@ def _finish(prep: Prepared, results, namer: TrialNamer, epochs: int, tracker: Sw
     ok = [r for r in rows if r.get("val_error") is not None]
     if ok:
         best = ok[0]
-        print(f"\nbest (lowest val error, chosen on val): {best['name']}  val err {best['val_error']:.2%}  "
-              f"test err {best['test_error']:.2%} at epoch {best['best_epoch']}")
+        print(
+            f"\nbest (lowest val error, chosen on val): {best['name']}  val err {best['val_error']:.2%}  "
+            f"test err {best['test_error']:.2%} at epoch {best['best_epoch']}"
+        )
     if spec.tracking.log_best_checkpoint and tracker is not None:
         _log_best_checkpoints(results, spec, tracker)
-    browse = "open it in a browser" if prep.tracking_uri.startswith(("http://", "https://")) else "browse with `resnet-sweep ui`"
+    browse = (
+        "open it in a browser"
+        if prep.tracking_uri.startswith(("http://", "https://"))
+        else "browse with `resnet-sweep ui`"
+    )
     print(f"MLflow: {prep.tracking_uri} (experiment {prep.experiment!r}); {browse}")
     if len(rows) < num_trials:
         reason = " (budget.max_epochs reached)" if spec.budget.max_epochs else ""
@@ -460,7 +513,10 @@ def _finish(prep: Prepared, results, namer: TrialNamer, epochs: int, tracker: Sw
     if report and not interrupted:
         _write_report(prep)
     if interrupted:
-        again = " ".join(shlex.quote(a) for a in ["resnet-sweep", "resume", prep.experiment_path, *(["--address", address] if address else [])])
+        again = " ".join(
+            shlex.quote(a)
+            for a in ["resnet-sweep", "resume", prep.experiment_path, *(["--address", address] if address else [])]
+        )
         left = sum(r["status"].startswith(str(Status.INTERRUPTED)) for r in rows)
         print(f"interrupted: {left} trial(s) not finished; continue the sweep with `{again}`")
         return 130  # as a shell reports Ctrl-C
@@ -478,10 +534,15 @@ def _write_report(prep: Prepared) -> None:
 
     try:
         folder = report_sweep(prep.tracking_uri, prep.name, experiment=prep.experiment)
-    except Exception as err:  # noqa: BLE001 — MLflow down, a disk full: the sweep itself is done
-        again = " ".join(shlex.quote(a) for a in ["resnet-sweep", "report", prep.name, "--tracking-uri", prep.tracking_uri])
-        print(f"warning: the report was not written ({type(err).__name__}: {redact(str(err))[:300]}); make it with "
-              f"`{again}`", file=sys.stderr)
+    except Exception as err:
+        again = " ".join(
+            shlex.quote(a) for a in ["resnet-sweep", "report", prep.name, "--tracking-uri", prep.tracking_uri]
+        )
+        print(
+            f"warning: the report was not written ({type(err).__name__}: {redact(str(err))[:300]}); make it with "
+            f"`{again}`",
+            file=sys.stderr,
+        )
         return
     print(f"report: {folder / 'index.md'} and report.html (also on the sweep's MLflow run, artifacts report/)")
 
@@ -489,8 +550,10 @@ def _write_report(prep: Prepared) -> None:
 def _log_best_checkpoints(results, spec, tracker: SweepTracker) -> None:
     # The Tune loop ran elsewhere (a ray:// cluster's head) or was restored (`resume`): look the runs up.
     if not tracker.runs and not tracker.find_runs():
-        print("warning: tracking.log_best_checkpoint: this sweep's MLflow runs were not found; "
-              "no checkpoint was logged", file=sys.stderr)
+        print(
+            "warning: tracking.log_best_checkpoint: this sweep's MLflow runs were not found; no checkpoint was logged",
+            file=sys.stderr,
+        )
         return
     arrays = 0
     for result in results:
@@ -500,14 +563,21 @@ def _log_best_checkpoints(results, spec, tracker: SweepTracker) -> None:
             arrays += 1
             continue
         run_id = tracker.runs.get(result.metrics.get("trial_id", "")) if result.metrics else None
-        checkpoint = result.get_best_checkpoint(spec.metric.name, spec.metric.mode) if result.best_checkpoints else result.checkpoint
+        checkpoint = (
+            result.get_best_checkpoint(spec.metric.name, spec.metric.mode)
+            if result.best_checkpoints
+            else result.checkpoint
+        )
         if run_id and checkpoint is not None:
             with checkpoint.as_directory() as folder:
                 tracker.client.log_artifacts(run_id, folder, "best_checkpoint")
     if arrays:
-        print(f"note: tracking.log_best_checkpoint: nothing is logged for the sweep's {arrays} array(s) (an array's "
-              f"checkpoint holds all its members and is chosen by its best member); their checkpoints are in "
-              f"its trials' folders", file=sys.stderr)
+        print(
+            f"note: tracking.log_best_checkpoint: nothing is logged for the sweep's {arrays} array(s) (an array's "
+            f"checkpoint holds all its members and is chosen by its best member); their checkpoints are in "
+            f"its trials' folders",
+            file=sys.stderr,
+        )
 
 
 def find_experiment(name_or_path: str, storage_path: str | None) -> str:
@@ -515,7 +585,10 @@ def find_experiment(name_or_path: str, storage_path: str | None) -> str:
     if "://" in name_or_path and not storage.is_local(name_or_path):
         uri = storage.normalize(name_or_path, "NAME|PATH")
         if storage.read_text(uri, SPEC_FILE) is None:
-            raise SpecError("", f"no sweep at {uri} (no {SPEC_FILE} there, or the storage is unreachable with this environment's credentials)")
+            raise SpecError(
+                "",
+                f"no sweep at {uri} (no {SPEC_FILE} there, or the storage is unreachable with this environment's credentials)",
+            )
         return uri.rstrip("/")
     candidate = Path(name_or_path.removeprefix("file://")).expanduser()
     if (candidate / SPEC_FILE).is_file():
@@ -531,11 +604,15 @@ def sweep_tracking(experiment_path: str, spec, given_uri: str | None) -> tuple[d
     """A started sweep's tracking.json and its tracking URI, checked. ``given_uri``
     (--tracking-uri of resume/sync) may only add the login: the runs are on the stored server."""
     tracking = json.loads(storage.read_text(experiment_path, TRACKING_FILE) or "{}")
-    stored = tracking.get("tracking_uri") or normalize_tracking_uri(spec.tracking.tracking_uri or default_tracking_uri())
+    stored = tracking.get("tracking_uri") or normalize_tracking_uri(
+        spec.tracking.tracking_uri or default_tracking_uri()
+    )
     uri = _tracking_uri(given_uri or stored, spec)
     if uri != stored:
-        raise SpecError("--tracking-uri", f"this sweep logs to {stored}; --tracking-uri may only add the login to it "
-                                          f"(http://USER:PASSWORD@…)")
+        raise SpecError(
+            "--tracking-uri",
+            f"this sweep logs to {stored}; --tracking-uri may only add the login to it (http://USER:PASSWORD@…)",
+        )
     return tracking, uri
 
 
@@ -566,16 +643,30 @@ def open_sweep(experiment_path: str, tracking_uri: str | None = None) -> tuple[P
     return Prepared(parsed, plan, storage_path, name, uri, tracking.get("experiment") or parsed.spec.name), tracking
 
 
-def sweep_tracker(prep: Prepared, sweep_key: str, *, tags: dict | None = None, artifacts: dict | None = None) -> SweepTracker:
-    return SweepTracker(tracking_uri=prep.tracking_uri, experiment=prep.experiment, sweep_key=sweep_key,
-                        sweep_name=prep.name, tags=tags or {}, artifacts=artifacts or {},
-                        trial_namer=TrialNamer(varying_keys(prep)), planned_epochs=prep.plan.epochs_per_trial)
+def sweep_tracker(
+    prep: Prepared, sweep_key: str, *, tags: dict | None = None, artifacts: dict | None = None
+) -> SweepTracker:
+    return SweepTracker(
+        tracking_uri=prep.tracking_uri,
+        experiment=prep.experiment,
+        sweep_key=sweep_key,
+        sweep_name=prep.name,
+        tags=tags or {},
+        artifacts=artifacts or {},
+        trial_namer=TrialNamer(varying_keys(prep)),
+        planned_epochs=prep.plan.epochs_per_trial,
+    )
 
 
 # Tune's own state in a sweep's folder, one file of each per driver session; Tune reads the
 # newest by name. All but experiment_state are pickles.
-TUNE_STATE_FILES = ("experiment_state-*.json", "basic-variant-state-*.json", "search_gen_state-*.json",
-                    "searcher-state-*.pkl", "callback-states-*.pkl")
+TUNE_STATE_FILES = (
+    "experiment_state-*.json",
+    "basic-variant-state-*.json",
+    "search_gen_state-*.json",
+    "searcher-state-*.pkl",
+    "callback-states-*.pkl",
+)
 
 
 def _check_tune_state(experiment_path: str) -> None:
@@ -597,10 +688,12 @@ def _check_tune_state(experiment_path: str) -> None:
         try:
             json.loads(data) if pattern.startswith("experiment_state") else ray.cloudpickle.loads(data)
         except (ValueError, EOFError, pickle.UnpicklingError):  # JSON's and pickle's "cut short"
-            raise SweepError(f"cannot resume {experiment_path}: Tune's {newest} there is "
-                             f"{'empty' if not data else f'cut short ({len(data)} bytes)'} (a crash while it was "
-                             f"written); the trials' checkpoints are intact, but Tune cannot continue this sweep: "
-                             f"run it again as a new sweep") from None
+            raise SweepError(
+                f"cannot resume {experiment_path}: Tune's {newest} there is "
+                f"{'empty' if not data else f'cut short ({len(data)} bytes)'} (a crash while it was "
+                f"written); the trials' checkpoints are intact, but Tune cannot continue this sweep: "
+                f"run it again as a new sweep"
+            ) from None
 
 
 def _catch_up(prep: Prepared, tracking: dict, experiment_path: str) -> None:
@@ -612,21 +705,31 @@ def _catch_up(prep: Prepared, tracking: dict, experiment_path: str) -> None:
     tracker = sweep_tracker(prep, tracking.get("sweep_key", ""), tags={TAG_STORAGE: experiment_path})
     try:
         tracker.setup()
-        replay(tracker, tune_trials(experiment_path), experiment_path, arrays=bool(prep.plan.arrays), finished_only=True)
+        replay(
+            tracker, tune_trials(experiment_path), experiment_path, arrays=bool(prep.plan.arrays), finished_only=True
+        )
         left = tracker.end_sweep([], None, wait_s=0)
-    except Exception as err:  # noqa: BLE001 — MLflow down: the sweep goes on, its own writes wait for it
+    except Exception as err:
         sync = " ".join(shlex.quote(a) for a in ["resnet-sweep", "sync", experiment_path])
-        print(f"warning: MLflow does not answer ({type(err).__name__}: {redact(str(err))[:200]}); the finished trials' "
-              f"results it may lack are sent by `{sync}` once it does", file=sys.stderr, flush=True)
+        print(
+            f"warning: MLflow does not answer ({type(err).__name__}: {redact(str(err))[:200]}); the finished trials' "
+            f"results it may lack are sent by `{sync}` once it does",
+            file=sys.stderr,
+            flush=True,
+        )
         return
     if tracker.points_sent or tracker.runs_created or tracker.runs_ended:
-        print(f"MLflow had not received everything before the last driver stopped: sent {tracker.points_sent} metric "
-              f"points and {tracker.runs_ended} trial ends from Tune's records" + (f" ({left} writes still waiting)" if left else ""),
-              flush=True)
+        print(
+            f"MLflow had not received everything before the last driver stopped: sent {tracker.points_sent} metric "
+            f"points and {tracker.runs_ended} trial ends from Tune's records"
+            + (f" ({left} writes still waiting)" if left else ""),
+            flush=True,
+        )
 
 
-def resume_sweep(experiment_path: str, *, address: str | None = None, tracking_uri: str | None = None,
-                 report: bool = True) -> int:
+def resume_sweep(
+    experiment_path: str, *, address: str | None = None, tracking_uri: str | None = None, report: bool = True
+) -> int:
     from ray import tune
 
     prep, tracking = open_sweep(experiment_path, tracking_uri)
@@ -641,8 +744,13 @@ def resume_sweep(experiment_path: str, *, address: str | None = None, tracking_u
         _connect(address, prep.storage_path, spec, prep.plan.num_trials)
         login_holder = _share_login(address, tracking.get("sweep_key", ""))  # noqa: F841 — held while Tune runs
         _catch_up(prep, tracking, experiment_path)
-        tuner = tune.Tuner.restore(experiment_path, _trainable(spec, experiment_path), resume_unfinished=True,
-                                   resume_errored=True, storage_filesystem=storage.tune_filesystem(experiment_path))
+        tuner = tune.Tuner.restore(
+            experiment_path,
+            _trainable(spec, experiment_path),
+            resume_unfinished=True,
+            resume_errored=True,
+            storage_filesystem=storage.tune_filesystem(experiment_path),
+        )
         print(f"resuming {experiment_path}", flush=True)
         results = tuner.fit()
         if lock.lost:
@@ -650,5 +758,13 @@ def resume_sweep(experiment_path: str, *, address: str | None = None, tracking_u
             return 1
         # The restored Tune loop holds its own tracker; this one only finds the runs (best checkpoints).
         tracker = sweep_tracker(prep, tracking.get("sweep_key", ""))
-        return _finish(prep, results, tracker.trial_namer, prep.plan.epochs_per_trial, tracker,
-                       tracking.get("num_trials", len(results)), address=address, report=report)
+        return _finish(
+            prep,
+            results,
+            tracker.trial_namer,
+            prep.plan.epochs_per_trial,
+            tracker,
+            tracking.get("num_trials", len(results)),
+            address=address,
+            report=report,
+        )

@@ -4,6 +4,7 @@ Tune's per-trial records (result.json: every report, in order) are the source of
 driver's tracker writes what they hold to MLflow as it goes. When it could not (MLflow was down
 when its driver died, or the writes outlived its retries) `sync` replays those records through
 the same tracker, which skips what MLflow already has: running it twice changes nothing."""
+
 from __future__ import annotations
 
 from resnet_core.metrics import Status
@@ -23,7 +24,9 @@ def sync_sweep(experiment_path: str, *, tracking_uri: str | None = None) -> int:
     if not tracking.get("sweep_key"):  # tracked nowhere yet: the parent run is made now, found next time
         tracking = write_tracking(prep)
     try:
-        with driver_lock.hold(experiment_path, prep.name, on_lost=stop_when_taken):  # not while a driver writes the same runs
+        with driver_lock.hold(
+            experiment_path, prep.name, on_lost=stop_when_taken
+        ):  # not while a driver writes the same runs
             return _sync(prep, tracking, trials, experiment_path)
     except driver_lock.SweepBusy as err:
         raise SpecError("", f"{err}; its driver logs to MLflow itself") from None
@@ -32,8 +35,9 @@ def sync_sweep(experiment_path: str, *, tracking_uri: str | None = None) -> int:
 
 
 def _sync(prep, tracking: dict, trials: list, experiment_path: str) -> int:
-    tracker = sweep_tracker(prep, tracking["sweep_key"], tags={TAG_STORAGE: experiment_path},
-                            artifacts={SPEC_FILE: prep.parsed.text})
+    tracker = sweep_tracker(
+        prep, tracking["sweep_key"], tags={TAG_STORAGE: experiment_path}, artifacts={SPEC_FILE: prep.parsed.text}
+    )
     tracker.setup()
     done = replay(tracker, trials, experiment_path, arrays=bool(prep.plan.arrays))
     interrupted, planned = done.interrupted, done.planned
@@ -43,8 +47,14 @@ def _sync(prep, tracking: dict, trials: list, experiment_path: str) -> int:
         finished = not interrupted and planned >= tracking.get("num_trials", planned)
         status = Status.COMPLETED if finished else Status.INTERRUPTED
     left = tracker.end_sweep(interrupted, status)
-    print(f"synced {prep.name} to {prep.tracking_uri} (experiment {prep.experiment!r}): {planned} trials, "
-          f"{done.epochs} epochs in Tune's records; sent {tracker.points_sent} metric points, "
-          f"created {tracker.runs_created} runs" + (f"; {len(interrupted)} trial(s) unfinished (resume them with "
-                                                    f"`resnet-sweep resume {experiment_path}`)" if interrupted else ""))
+    print(
+        f"synced {prep.name} to {prep.tracking_uri} (experiment {prep.experiment!r}): {planned} trials, "
+        f"{done.epochs} epochs in Tune's records; sent {tracker.points_sent} metric points, "
+        f"created {tracker.runs_created} runs"
+        + (
+            f"; {len(interrupted)} trial(s) unfinished (resume them with `resnet-sweep resume {experiment_path}`)"
+            if interrupted
+            else ""
+        )
+    )
     return 1 if left else 0

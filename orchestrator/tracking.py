@@ -5,6 +5,7 @@ SQLite store sees a single writer. Runs are found again by their tags, so a resu
 its parent and child runs instead of duplicating them (upstream's ray#19909, #36257 …). A write
 that fails (server down) is queued and replayed on the next callback and at the end.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -15,7 +16,8 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ray.tune import Callback
 
@@ -185,9 +187,12 @@ class SweepTracker(Callback):
             try:
                 if not TRACKING_FENCE.is_set():
                     value = self._call(fn, *args) if queued else fn(*args)
-            except Exception as err:  # noqa: BLE001 — a bug must not stop the writes after it
-                print(f"warning: MLflow write {fn.__name__} failed: {type(err).__name__}: {redact(str(err))[:300]}",
-                      file=sys.stderr, flush=True)
+            except Exception as err:
+                print(
+                    f"warning: MLflow write {fn.__name__} failed: {type(err).__name__}: {redact(str(err))[:300]}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             finally:
                 if done is not None:
                     done.set(value)
@@ -212,7 +217,7 @@ class SweepTracker(Callback):
             return None
         try:
             return fn(*args)
-        except Exception as err:  # noqa: BLE001 — tracking must never stop training
+        except Exception as err:
             self._pending.append((fn, args))
             self._down(err)
             return None
@@ -222,8 +227,12 @@ class SweepTracker(Callback):
         # What reached the server before the error is re-read on replay, never sent twice.
         self.logged_epoch.clear()
         if not self._warned:
-            print(f"warning: MLflow write failed ({type(err).__name__}: {redact(str(err))[:300]}); results are kept "
-                  f"and sent when it answers again", file=sys.stderr, flush=True)
+            print(
+                f"warning: MLflow write failed ({type(err).__name__}: {redact(str(err))[:300]}); results are kept "
+                f"and sent when it answers again",
+                file=sys.stderr,
+                flush=True,
+            )
             self._warned = True
 
     def _replay(self) -> None:
@@ -234,7 +243,7 @@ class SweepTracker(Callback):
             fn, args = self._pending.pop(0)
             try:
                 fn(*args)
-            except Exception as err:  # noqa: BLE001
+            except Exception as err:
                 self._pending.insert(0, (fn, args))
                 self._down(err)
                 return
@@ -296,7 +305,9 @@ class SweepTracker(Callback):
         if self.parent_id is None:
             return False
         by_trial: dict[str, list] = {}
-        for run in client.search_runs([self.experiment_id], f"tags.`{PARENT_TAG}` = '{self.parent_id}'", max_results=10000):
+        for run in client.search_runs(
+            [self.experiment_id], f"tags.`{PARENT_TAG}` = '{self.parent_id}'", max_results=10000
+        ):
             self.names.add(run.info.run_name)
             if trial_id := run.data.tags.get(TAG_TRIAL_ID):
                 by_trial.setdefault(trial_id, []).append(run)
@@ -318,8 +329,11 @@ class SweepTracker(Callback):
             other = extra.info.run_id
             for key in extra.data.metrics:
                 have = {m.step for m in self.client.get_metric_history(kept, key)}
-                missing = [Metric(key, m.value, m.timestamp, m.step) for m in self.client.get_metric_history(other, key)
-                           if m.step not in have]
+                missing = [
+                    Metric(key, m.value, m.timestamp, m.step)
+                    for m in self.client.get_metric_history(other, key)
+                    if m.step not in have
+                ]
                 for i in range(0, len(missing), 1000):
                     self.client.log_batch(kept, metrics=missing[i : i + 1000])
             if not ended and extra.data.tags.get(TAG_STATUS) in FINAL_STATUSES:
@@ -334,9 +348,13 @@ class SweepTracker(Callback):
             if extra.info.status == "RUNNING":
                 self.client.set_terminated(other, "KILLED")
             self.client.delete_run(other)
-            print(f"note: trial {extra.data.tags.get(TAG_TRIAL_ID)} had a second MLflow run, {extra.info.run_name} "
-                  f"({other}); its points are merged into {keep.info.run_name} ({kept}) and it is deleted "
-                  f"(`mlflow runs restore --run-id {other}` brings it back)", file=sys.stderr, flush=True)
+            print(
+                f"note: trial {extra.data.tags.get(TAG_TRIAL_ID)} had a second MLflow run, {extra.info.run_name} "
+                f"({other}); its points are merged into {keep.info.run_name} ({kept}) and it is deleted "
+                f"(`mlflow runs restore --run-id {other}` brings it back)",
+                file=sys.stderr,
+                flush=True,
+            )
         return kept
 
     # --- one child run per trial ----------------------------------------------------------------------
@@ -378,7 +396,8 @@ class SweepTracker(Callback):
         """A run created by a request whose answer was lost (server killed midway) is found, not
         created twice."""
         found = self.client.search_runs(
-            [self.experiment_id], f"tags.`{PARENT_TAG}` = '{self.parent_id}' and tags.`{TAG_TRIAL_ID}` = '{trial_id}'",
+            [self.experiment_id],
+            f"tags.`{PARENT_TAG}` = '{self.parent_id}' and tags.`{TAG_TRIAL_ID}` = '{trial_id}'",
             max_results=1,
         )
         return found[0].info.run_id if found else None
@@ -431,7 +450,16 @@ class SweepTracker(Callback):
         for record in records:
             epoch = int(record.get(M.EPOCH, 0))
             if epoch > last:
-                epochs.append((epoch, [Metric(key, float(record[key]), now, epoch) for key in M.METRICS + M.FINAL_METRICS if key in record]))
+                epochs.append(
+                    (
+                        epoch,
+                        [
+                            Metric(key, float(record[key]), now, epoch)
+                            for key in M.METRICS + M.FINAL_METRICS
+                            if key in record
+                        ],
+                    )
+                )
                 last = epoch
         # Whole epochs per batch (MLflow takes at most 1000 metrics; a batch is one transaction),
         # each counted as logged once written: a replay after a failure sends only what is missing.
@@ -455,8 +483,12 @@ class SweepTracker(Callback):
         from mlflow.entities import RunTag
 
         nodes = [*self.nodes[run_id], node]
-        tags = {TAG_NODE_ID: node, TAG_HOST: str(result.get(HOSTNAME, "")), TAG_NODES: ",".join(nodes),
-                **{tag: str(result[key]) for tag, key in ((TAG_DEVICE, DEVICE), (TAG_SPEED, SPEED)) if key in result}}
+        tags = {
+            TAG_NODE_ID: node,
+            TAG_HOST: str(result.get(HOSTNAME, "")),
+            TAG_NODES: ",".join(nodes),
+            **{tag: str(result[key]) for tag, key in ((TAG_DEVICE, DEVICE), (TAG_SPEED, SPEED)) if key in result},
+        }
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         self.nodes[run_id] = nodes
 
@@ -505,7 +537,9 @@ class SweepTracker(Callback):
     def _log_figures(self, run_id: str, responses: list[float]) -> None:
         from . import figures
 
-        curves = {key: self.client.get_metric_history(run_id, key) for key in (M.TRAIN_ERROR, M.VAL_ERROR, M.TEST_ERROR)}
+        curves = {
+            key: self.client.get_metric_history(run_id, key) for key in (M.TRAIN_ERROR, M.VAL_ERROR, M.TEST_ERROR)
+        }
         if any(curves.values()):
             png = figures.learning_curve({k: [(m.step, m.value) for m in v] for k, v in curves.items()})
             self.client.log_image(run_id, png, "learning_curve.png")
@@ -577,12 +611,19 @@ class SweepTracker(Callback):
             return 0
         sync = f"resnet-sweep sync {shlex.quote(self.tags.get(TAG_STORAGE, self.sweep_name))}"
         if wait_s > 0:
-            print(f"MLflow does not answer: retrying {len(self._pending)} writes for up to {wait_s / 60:g} minutes "
-                  f"(the results are safe in the sweep's folder; `{sync}` sends them later)", file=sys.stderr, flush=True)
+            print(
+                f"MLflow does not answer: retrying {len(self._pending)} writes for up to {wait_s / 60:g} minutes "
+                f"(the results are safe in the sweep's folder; `{sync}` sends them later)",
+                file=sys.stderr,
+                flush=True,
+            )
         left = self.flush(wait_s)
         if left:
-            print(f"warning: {left} MLflow writes were not delivered; send them with `{sync}` once MLflow answers",
-                  file=sys.stderr, flush=True)
+            print(
+                f"warning: {left} MLflow writes were not delivered; send them with `{sync}` once MLflow answers",
+                file=sys.stderr,
+                flush=True,
+            )
         return left
 
     def parent_ended(self) -> bool:

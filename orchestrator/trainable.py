@@ -2,6 +2,7 @@
 its ArrayTrainer, or a data-parallel trial → Ray Train's TorchTrainer running resnet_core's
 trainer in each worker), one report and one checkpoint per epoch. They never talk to MLflow:
 the driver's callback does (tracking.py)."""
+
 from __future__ import annotations
 
 import io
@@ -66,7 +67,10 @@ class RestoreFromWhatIsThere:
         import pyarrow.fs
 
         checkpoint = getattr(checkpoint_path, "checkpoint", None)  # Tune's (checkpoint, metrics)
-        if checkpoint is not None and checkpoint.filesystem.get_file_info(checkpoint.path).type == pyarrow.fs.FileType.NotFound:
+        if (
+            checkpoint is not None
+            and checkpoint.filesystem.get_file_info(checkpoint.path).type == pyarrow.fs.FileType.NotFound
+        ):
             return None
         return super().restore(checkpoint_path)
 
@@ -79,6 +83,7 @@ def _tune_reader(checkpoint) -> Callable[[], bytes | None]:
                 return f.read()
         except FileNotFoundError:
             return None
+
     return read
 
 
@@ -159,12 +164,17 @@ def _restore(trainer: Trainer | ArrayTrainer, trial_uri: str, checkpoint) -> tup
     return trainer, warning
 
 
-def _choose(trainer: Trainer | ArrayTrainer, trial_uri: str, checkpoint) -> tuple[Trainer | ArrayTrainer, str | None, bytes | None]:
+def _choose(
+    trainer: Trainer | ArrayTrainer, trial_uri: str, checkpoint
+) -> tuple[Trainer | ArrayTrainer, str | None, bytes | None]:
     """_restore's work; also the bytes of the checkpoint it loaded (None: none, epoch 0)."""
     candidates: dict[int, tuple[str, Callable[[], bytes | None]]] = {
-        _checkpoint_index(folder): (folder, lambda folder=folder: storage.read_bytes(folder, CHECKPOINT_FILE,
-                                                                                     only_missing_is_none=True))
-        for folder in storage.subfolders(trial_uri, "checkpoint_") if _checkpoint_index(folder) >= 0
+        _checkpoint_index(folder): (
+            folder,
+            lambda folder=folder: storage.read_bytes(folder, CHECKPOINT_FILE, only_missing_is_none=True),
+        )
+        for folder in storage.subfolders(trial_uri, "checkpoint_")
+        if _checkpoint_index(folder) >= 0
     }
     if checkpoint is not None:  # read as Tune gives it (it may lie elsewhere than the listing)
         candidates[_checkpoint_index(checkpoint.path)] = (checkpoint.path, _tune_reader(checkpoint))
@@ -176,13 +186,13 @@ def _choose(trainer: Trainer | ArrayTrainer, trial_uri: str, checkpoint) -> tupl
         try:
             data = _retrying(read)
             state = _checked_state(data, trainer)
-        except Exception as err:  # noqa: BLE001 — whatever is wrong with it, it is passed over
+        except Exception as err:
             passed_over.append(f"{name} ({_reason(err)})")
             data = None
             continue
         try:
             trainer.load_state_dict(state)
-        except Exception as err:  # noqa: BLE001 — e.g. shapes of another model: start clean
+        except Exception as err:
             trainer.load_state_dict(initial)
             passed_over.append(f"{name} ({_reason(err)})")
             data = None
@@ -305,8 +315,12 @@ def _data_parallel_worker(loop: dict) -> None:
         flat["train.device"] = str(ray.train.torch.get_device())
     torch.set_num_threads(max(1, int(loop["cpu"])))
     trainer = Trainer(RunConfig.from_flat(flat), shard=shard)
-    placement = {NODE_ID: ray.get_runtime_context().get_node_id(), HOSTNAME: socket.gethostname(),
-                 DEVICE: str(trainer.device), SPEED: f"{trainer.speed} ddp={shard.size}"}
+    placement = {
+        NODE_ID: ray.get_runtime_context().get_node_id(),
+        HOSTNAME: socket.gethostname(),
+        DEVICE: str(trainer.device),
+        SPEED: f"{trainer.speed} ddp={shard.size}",
+    }
 
     def send(result: dict, checkpoint: Callable[[], dict] | None) -> None:
         if shard.rank == 0:
@@ -339,8 +353,9 @@ def _restored_as_rank_0_chose(shard: Shard):
     return restore
 
 
-def train_data_parallel_trial(config: dict[str, Any], experiment_path: str, workers: int, cpu: float,
-                              gpu: float) -> None:
+def train_data_parallel_trial(
+    config: dict[str, Any], experiment_path: str, workers: int, cpu: float, gpu: float
+) -> None:
     """A data-parallel trial (resources.workers > 1): Ray Train's TorchTrainer runs ``workers``
     processes (gloo on CPU, NCCL on GPUs) with ``cpu`` and ``gpu`` each, placed by Ray like any
     actors (on one node or several). This Tune function holds no resources itself; it passes
@@ -354,19 +369,29 @@ def train_data_parallel_trial(config: dict[str, Any], experiment_path: str, work
     results = Queue(maxsize=1, actor_options={"num_cpus": 0})  # rank 0 waits while Tune takes a result
     trainer = TorchTrainer(
         _data_parallel_worker,
-        train_loop_config={"config": config, "trial_uri": trial_uri, "checkpoint": tune.get_checkpoint(),
-                           "results": results, "cpu": cpu},
-        scaling_config=train.ScalingConfig(num_workers=workers, use_gpu=gpu > 0,
-                                           resources_per_worker={"CPU": cpu, **({"GPU": gpu} if gpu else {})}),
-        run_config=train.RunConfig(name="train", storage_path=trial_uri, storage_filesystem=storage.tune_filesystem(trial_uri),
-                                   failure_config=train.FailureConfig(max_failures=0)),
+        train_loop_config={
+            "config": config,
+            "trial_uri": trial_uri,
+            "checkpoint": tune.get_checkpoint(),
+            "results": results,
+            "cpu": cpu,
+        },
+        scaling_config=train.ScalingConfig(
+            num_workers=workers, use_gpu=gpu > 0, resources_per_worker={"CPU": cpu, **({"GPU": gpu} if gpu else {})}
+        ),
+        run_config=train.RunConfig(
+            name="train",
+            storage_path=trial_uri,
+            storage_filesystem=storage.tune_filesystem(trial_uri),
+            failure_config=train.FailureConfig(max_failures=0),
+        ),
     )
     failure: list[BaseException] = []
 
     def fit() -> None:
         try:
             trainer.fit()
-        except BaseException as err:  # noqa: BLE001 — raised again in the trial's thread below
+        except BaseException as err:
             failure.append(err)
 
     fitting = threading.Thread(target=fit, name="ray-train", daemon=True)
@@ -412,7 +437,9 @@ def train_array_trial(config: dict[str, Any], experiment_path: str, metric: str)
     def replayed(k: int) -> dict:
         if trainer.statuses[k] == Status.DIVERGED:
             return {**_diverged_result(len(trainer.histories[k]) + 1, once.pop(k, {})), REPLAYED: True}
-        return _replayed_result(trainer.histories[k], once.pop(k, {}), lambda: {LAYER_RESPONSES: trainer.layer_response_std(k)})
+        return _replayed_result(
+            trainer.histories[k], once.pop(k, {}), lambda: {LAYER_RESPONSES: trainer.layer_response_std(k)}
+        )
 
     # Members that had ended before the restore are told again with the first result: the driver
     # may have died before it recorded their end (it skips what it has).
@@ -430,8 +457,12 @@ def train_array_trial(config: dict[str, Any], experiment_path: str, metric: str)
         records = {**pending}
         pending.clear()
         for k, metrics in r.metrics.items():
-            records[k] = _epoch_result(metrics, r.epochs, {**placement, **once.pop(k, {})},
-                                       lambda k=k: {LAYER_RESPONSES: trainer.layer_response_std(k)})
+            records[k] = _epoch_result(
+                metrics,
+                r.epochs,
+                {**placement, **once.pop(k, {})},
+                lambda k=k: {LAYER_RESPONSES: trainer.layer_response_std(k)},
+            )
         for k in r.diverged:  # frozen at once; the others go on
             records[k] = _diverged_result(r.epoch, {**placement, **once.pop(k, {})})
             told.add(k)

@@ -1,6 +1,7 @@
 """The table of a sweep's trials: one row per trial with its status, epochs and errors at the
 epoch chosen on val. `run`'s final table (from Tune's results) and the report (from MLflow)
 compute and print it with the same code."""
+
 from __future__ import annotations
 
 from resnet_core import metrics as M
@@ -36,13 +37,19 @@ def row(name: str, status: str, epochs: int, history: list[dict], *, node: str =
     result = {"name": name, "status": status, "epochs": epochs, "node": node}
     best = best_epoch(history)
     if best is not None:
-        result.update(best_epoch=int(best[M.EPOCH]), val_error=float(best[M.VAL_ERROR]),
-                      test_error=float(best[M.TEST_ERROR]), train_error=float(final_train_error(history)))
+        result.update(
+            best_epoch=int(best[M.EPOCH]),
+            val_error=float(best[M.VAL_ERROR]),
+            test_error=float(best[M.TEST_ERROR]),
+            train_error=float(final_train_error(history)),
+        )
     return result
 
 
 def format_table(rows: list[dict], *, show_nodes: bool = False) -> str:
-    header = f"{'trial':<46} {'status':<27} {'epochs':>6} {'best ep':>7} {'train err':>9} {'val err':>8} {'test err':>8}"
+    header = (
+        f"{'trial':<46} {'status':<27} {'epochs':>6} {'best ep':>7} {'train err':>9} {'val err':>8} {'test err':>8}"
+    )
     if show_nodes:
         header += "  node"
     lines = [header, "-" * len(header)]

@@ -1,6 +1,7 @@
 """The words shared by the trainable, the driver's callbacks, MLflow, `status` and `report`:
 result keys, MLflow tags and the rule that names how a trial ended. Ray-free, so `plan`,
 `status` and `report` import it without starting Ray."""
+
 from __future__ import annotations
 
 import re
@@ -9,10 +10,37 @@ from resnet_core import metrics as M
 from resnet_core.metrics import Status
 
 __all__ = [
-    "ARRAY", "ARRAY_BEST", "DEVICE", "EARLIER_EPOCHS", "MEMBERS", "HOSTNAME", "SPEED", "TAG_DEVICE", "TAG_SPEED", "LAYER_RESPONSES", "NODE_ID", "NOTICE", "REPLAYED", "STATUS",
-    "TAG_BEST_EPOCH", "TAG_ERROR", "TAG_HOST", "TAG_NODES", "TAG_NODE_ID", "TAG_ROLE", "TAG_STATUS",
-    "TAG_STOPPED_AT", "TAG_STORAGE", "TAG_SWEEP", "TAG_TRIAL_ID", "PARENT_TAG", "FINAL_STATUSES",
-    "REPORT_FOLDER", "describe_status", "error_line", "final_status",
+    "ARRAY",
+    "ARRAY_BEST",
+    "DEVICE",
+    "EARLIER_EPOCHS",
+    "FINAL_STATUSES",
+    "HOSTNAME",
+    "LAYER_RESPONSES",
+    "MEMBERS",
+    "NODE_ID",
+    "NOTICE",
+    "PARENT_TAG",
+    "REPLAYED",
+    "REPORT_FOLDER",
+    "SPEED",
+    "STATUS",
+    "TAG_BEST_EPOCH",
+    "TAG_DEVICE",
+    "TAG_ERROR",
+    "TAG_HOST",
+    "TAG_NODES",
+    "TAG_NODE_ID",
+    "TAG_ROLE",
+    "TAG_SPEED",
+    "TAG_STATUS",
+    "TAG_STOPPED_AT",
+    "TAG_STORAGE",
+    "TAG_SWEEP",
+    "TAG_TRIAL_ID",
+    "describe_status",
+    "error_line",
+    "final_status",
 ]
 
 # --- result keys (a trial's reports to Tune, besides resnet_core.metrics) ----------------------

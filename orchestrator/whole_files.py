@@ -1,6 +1,7 @@
 """A local filesystem for pyarrow (through fsspec) in which each file written appears whole or
 not at all: Tune's experiment state, searcher state and trial checkpoints in a local (or NFS)
 storage folder."""
+
 from __future__ import annotations
 
 import io
@@ -30,7 +31,7 @@ class _WholeFile(io.FileIO):
         view = memoryview(data).cast("B")
         try:
             while view:
-                view = view[super().write(view):]
+                view = view[super().write(view) :]
         except BaseException:
             self.failed = True
             raise

@@ -3,6 +3,7 @@
 Never imports ray, mlflow, yaml or pydantic: it runs and tests without the orchestrator. Its
 names load on first use (PEP 562), so the settings (resnet_core.config) come without torch.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -29,12 +30,24 @@ __all__ = [
 ]
 
 _HOMES = {
-    "ConfigError": "errors", "DataUnavailableError": "errors", "Status": "metrics",
-    "DataConfig": "config", "ModelConfig": "config", "RunConfig": "config", "TrainConfig": "config",
+    "ConfigError": "errors",
+    "DataUnavailableError": "errors",
+    "Status": "metrics",
+    "DataConfig": "config",
+    "ModelConfig": "config",
+    "RunConfig": "config",
+    "TrainConfig": "config",
     "load_splits": "data",
-    "ResNet": "resnet", "build_model": "resnet",
-    "Trainer": "train", "train": "train", "ArrayTrainer": "array", "train_array": "array",
-    "count_macs": "analysis", "count_params": "analysis", "describe_model": "analysis", "layer_responses": "analysis",
+    "ResNet": "resnet",
+    "build_model": "resnet",
+    "Trainer": "train",
+    "train": "train",
+    "ArrayTrainer": "array",
+    "train_array": "array",
+    "count_macs": "analysis",
+    "count_params": "analysis",
+    "describe_model": "analysis",
+    "layer_responses": "analysis",
 }
 
 

@@ -1,8 +1,9 @@
 """Model statistics: parameter and multiply-add counts, and the layer responses of 2015 Fig. 7."""
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -32,32 +33,30 @@ def count_macs(model: nn.Module, input_size: int) -> int:
 
 def weighted_layers(model: nn.Module) -> int:
     """Convs and FC layers on the main path (shortcut projections excluded): the paper's depth."""
-    projections = {
-        id(m) for name, m in model.named_modules() if ".shortcut" in f".{name}" for m in m.modules()
-    }
-    return sum(
-        isinstance(m, (nn.Conv2d, nn.Linear)) and id(m) not in projections for m in model.modules()
-    )
+    projections = {id(m) for name, m in model.named_modules() if ".shortcut" in f".{name}" for m in m.modules()}
+    return sum(isinstance(m, (nn.Conv2d, nn.Linear)) and id(m) not in projections for m in model.modules())
 
 
 def shortcut_params(model: nn.Module) -> list[int]:
     """Parameters of each block's shortcut, in depth order (0 for identity / option A)."""
     return [
-        count_params(m.shortcut) if m.shortcut is not None else 0
-        for m in model.modules()
-        if hasattr(m, "shortcut")
+        count_params(m.shortcut) if m.shortcut is not None else 0 for m in model.modules() if hasattr(m, "shortcut")
     ]
 
 
-def counts_by_blocks(cfg: ModelConfig, measure: Callable[[nn.Module], Sequence[int]], *,
-                     num_classes: int | None = None) -> list[int]:
+def counts_by_blocks(
+    cfg: ModelConfig, measure: Callable[[nn.Module], Sequence[int]], *, num_classes: int | None = None
+) -> list[int]:
     """``measure`` of the whole model, exactly, without building all of it: the net with one
     block per stage, and with one more block in each stage in turn, are built on the meta device
     (no memory); a stage's later blocks are all alike, so every count that adds up over layers is
     linear in the block counts (ResNet-1202 costs what ResNet-20 does)."""
+
     def at(stages: tuple[int, ...]) -> list[int]:
         with torch.device("meta"):
-            return list(measure(build_model(dataclasses.replace(cfg, stages=stages, depth=None), num_classes=num_classes)))
+            return list(
+                measure(build_model(dataclasses.replace(cfg, stages=stages, depth=None), num_classes=num_classes))
+            )
 
     stages = len(cfg.blocks_per_stage)
     base = at((1,) * stages)
@@ -75,11 +74,19 @@ def describe_model(cfg: ModelConfig, *, input_size: int | None = None, num_class
     def measure(model: nn.Module) -> list[int]:
         projections = [p for p in shortcut_params(model) if p]
         bn = sum(count_params(m) for m in model.modules() if isinstance(m, nn.BatchNorm2d))
-        return [count_params(model), count_params(model) - bn, count_macs(model, size), weighted_layers(model),
-                len(projections), sum(projections), model.fc.out_features]
+        return [
+            count_params(model),
+            count_params(model) - bn,
+            count_macs(model, size),
+            weighted_layers(model),
+            len(projections),
+            sum(projections),
+            model.fc.out_features,
+        ]
 
     params, without_bn, macs, layers, projections, projection_params, classes = counts_by_blocks(
-        cfg, measure, num_classes=num_classes)
+        cfg, measure, num_classes=num_classes
+    )
     return {
         "name": cfg.name,
         **cfg.to_dict(),
@@ -97,8 +104,9 @@ def describe_model(cfg: ModelConfig, *, input_size: int | None = None, num_class
 
 
 @torch.no_grad()
-def layer_responses(model: nn.Module, batches: Iterable[torch.Tensor],
-                    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[float]:
+def layer_responses(
+    model: nn.Module, batches: Iterable[torch.Tensor], reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> list[float]:
     """Std of every 3×3 conv's response after BN, before ReLU/addition (2015 Fig. 7), in eval
     mode, over all given batches; ordered by depth (the CIFAR stem's 3×3 first). Pooled per
     layer over all elements: ≈ sqrt(mean γ² + var β) of that BN, so it leaves its initial 1

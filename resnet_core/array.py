@@ -51,15 +51,17 @@ others are re-stacked, so a stopped member costs nothing afterwards.
 
 This module knows nothing of Ray or MLflow, like the trainer.
 """
+
 from __future__ import annotations
 
 import copy
 import dataclasses
 import math
 import time
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -78,7 +80,12 @@ from .resnet import build_model
 from .train import Speed, _DivergenceWatch, lr_factor, resolve_device
 
 __all__ = [
-    "ArrayEpochReport", "ArrayTrainer", "MEMBER_MODEL_FIELDS", "MEMBER_TRAIN_FIELDS", "array_key", "check_members",
+    "MEMBER_MODEL_FIELDS",
+    "MEMBER_TRAIN_FIELDS",
+    "ArrayEpochReport",
+    "ArrayTrainer",
+    "array_key",
+    "check_members",
     "train_array",
 ]
 
@@ -87,8 +94,21 @@ __all__ = [
 # the same for all members. ``compile`` and ``fused_sgd`` are speed levers the array does not
 # use (it always runs torch's fused SGD kernel, uncompiled), so they may differ too.
 MEMBER_TRAIN_FIELDS = (
-    "seed", "lr", "momentum", "nesterov", "weight_decay", "bn_weight_decay", "schedule", "milestones", "gamma",
-    "warmup_iterations", "warmup_lr", "label_smoothing", "divergence_factor", "compile", "fused_sgd",
+    "seed",
+    "lr",
+    "momentum",
+    "nesterov",
+    "weight_decay",
+    "bn_weight_decay",
+    "schedule",
+    "milestones",
+    "gamma",
+    "warmup_iterations",
+    "warmup_lr",
+    "label_smoothing",
+    "divergence_factor",
+    "compile",
+    "fused_sgd",
 )
 MEMBER_MODEL_FIELDS = ("drop_path",)
 
@@ -187,15 +207,23 @@ class _GroupedConv2d(_Grouped):
         args = (self.stride, self.padding, self.dilation, self.groups)
         if self.per_member:
             c = self.in_channels
-            return torch.cat([
-                F.conv2d(x if shared else x[:, k * c : (k + 1) * c], self.weight[k],
-                         None if self.bias is None else self.bias[k], *args)
-                for k in range(k_all)
-            ], 1)
+            return torch.cat(
+                [
+                    F.conv2d(
+                        x if shared else x[:, k * c : (k + 1) * c],
+                        self.weight[k],
+                        None if self.bias is None else self.bias[k],
+                        *args,
+                    )
+                    for k in range(k_all)
+                ],
+                1,
+            )
         weight = self.weight.flatten(0, 1)
         bias = None if self.bias is None else self.bias.flatten()
-        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation,
-                        self.groups if shared else self.groups * k_all)
+        return F.conv2d(
+            x, weight, bias, self.stride, self.padding, self.dilation, self.groups if shared else self.groups * k_all
+        )
 
 
 class _GroupedBatchNorm2d(_Grouped):
@@ -216,8 +244,16 @@ class _GroupedBatchNorm2d(_Grouped):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             self.num_batches_tracked.add_(1)
-        return F.batch_norm(x, self.running_mean.view(-1), self.running_var.view(-1), self.weight.view(-1),
-                            self.bias.view(-1), self.training, self.momentum, self.eps)
+        return F.batch_norm(
+            x,
+            self.running_mean.view(-1),
+            self.running_var.view(-1),
+            self.weight.view(-1),
+            self.bias.view(-1),
+            self.training,
+            self.momentum,
+            self.eps,
+        )
 
 
 class _GroupedLinear(_Grouped):
@@ -354,7 +390,7 @@ class ArrayEpochReport:
     metrics: dict[int, dict[str, float]]
     statuses: list[Status]  # every member's status now (running, diverged, stopped_early, …)
     diverged: list[int]  # members that diverged during this epoch
-    trainer: "ArrayTrainer"
+    trainer: ArrayTrainer
 
     def checkpoint(self) -> dict:
         """The array's full state after this epoch (for ``ArrayTrainer.load_state_dict``)."""
@@ -415,9 +451,17 @@ class ArrayTrainer:
         mean, std = normalization_stats(self.splits.train_x, cfg0.dataset.normalize)
         self.generators = [torch.Generator(device=self.device).manual_seed(c.train.seed + 1) for c in cfgs]
         self.train_loaders = [
-            DeviceLoader(self.splits.train_x, self.splits.train_y, batch_size=tc0.batch_size, train=True,
-                         augment=cfg0.dataset.augment, generator=g, mean=mean, std=std,
-                         smallest=smallest_training_batch(Shard(), sync_bn=True))  # its single trial's batches
+            DeviceLoader(
+                self.splits.train_x,
+                self.splits.train_y,
+                batch_size=tc0.batch_size,
+                train=True,
+                augment=cfg0.dataset.augment,
+                generator=g,
+                mean=mean,
+                std=std,
+                smallest=smallest_training_batch(Shard(), sync_bn=True),
+            )  # its single trial's batches
             for g in self.generators
         ]
         # Evaluation draws nothing: one loader feeds every member (the first conv shares it).
@@ -517,11 +561,19 @@ class ArrayTrainer:
         for i, k in enumerate(members):
             tc = self.cfgs[k].train
             groups = []
-            for names, wd in ((self._decayed, tc.weight_decay),
-                              (self._not_decayed, tc.weight_decay if tc.bn_weight_decay else 0.0)):
+            for names, wd in (
+                (self._decayed, tc.weight_decay),
+                (self._not_decayed, tc.weight_decay if tc.bn_weight_decay else 0.0),
+            ):
                 if names:
-                    groups.append(([pviews[n][i] for n in names], [gviews[n][i] for n in names],
-                                   [mviews[n][i] for n in names] if tc.momentum != 0 else [], wd))
+                    groups.append(
+                        (
+                            [pviews[n][i] for n in names],
+                            [gviews[n][i] for n in names],
+                            [mviews[n][i] for n in names] if tc.momentum != 0 else [],
+                            wd,
+                        )
+                    )
             self._sgd_groups.append(groups)
         self._started = [s["started"] for s in states]
         f32 = dict(device=dev, dtype=torch.float32)
@@ -587,9 +639,9 @@ class ArrayTrainer:
 
     def _losses(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Each member's loss (K), computed as its single trial's criterion computes it."""
-        return torch.stack([
-            F.cross_entropy(logits[i], y[i], label_smoothing=eps) for i, eps in enumerate(self._label_smoothing)
-        ])
+        return torch.stack(
+            [F.cross_entropy(logits[i], y[i], label_smoothing=eps) for i, eps in enumerate(self._label_smoothing)]
+        )
 
     @torch.no_grad()
     def _sgd_step(self, lrs: list[float]) -> None:
@@ -607,9 +659,18 @@ class ArrayTrainer:
             tc = self.cfgs[self._slots[i]].train
             for params, grads, bufs, wd in groups:
                 torch_compat.fused_sgd_(
-                    params, grads, bufs, weight_decay=wd, momentum=tc.momentum, lr=lrs[i], dampening=0.0,
-                    nesterov=tc.nesterov, maximize=False, is_first_step=not self._started[i],
-                    grad_scale=self._scale[i : i + 1] if self.fp16 else None, found_inf=self._skip[i : i + 1],
+                    params,
+                    grads,
+                    bufs,
+                    weight_decay=wd,
+                    momentum=tc.momentum,
+                    lr=lrs[i],
+                    dampening=0.0,
+                    nesterov=tc.nesterov,
+                    maximize=False,
+                    is_first_step=not self._started[i],
+                    grad_scale=self._scale[i : i + 1] if self.fp16 else None,
+                    found_inf=self._skip[i : i + 1],
                 )
             self._started[i] = True
 
@@ -625,8 +686,14 @@ class ArrayTrainer:
     def _update_scales(self) -> None:
         """fp16: GradScaler.update per member."""
         for i in range(len(self._slots)):
-            torch_compat.update_scale_(self._scale[i : i + 1], self._growth_tracker[i : i + 1],
-                                     self._found_inf[i : i + 1], _SCALE_GROWTH, _SCALE_BACKOFF, _SCALE_INTERVAL)
+            torch_compat.update_scale_(
+                self._scale[i : i + 1],
+                self._growth_tracker[i : i + 1],
+                self._found_inf[i : i + 1],
+                _SCALE_GROWTH,
+                _SCALE_BACKOFF,
+                _SCALE_INTERVAL,
+            )
 
     def _step(self, x: torch.Tensor, y: torch.Tensor, lrs: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
         """One training step of every member: (losses K, logits K×B×classes), both detached."""
@@ -775,8 +842,10 @@ class ArrayTrainer:
         once per epoch (a report and the result may both ask for it)."""
         cached = self._responses.get(k)
         if cached is None or cached[0] != self.epoch:
-            cached = self._responses[k] = (self.epoch, layer_responses(self.member_model(k),
-                                                                       (x for x, _ in self.val_loader)))
+            cached = self._responses[k] = (
+                self.epoch,
+                layer_responses(self.member_model(k), (x for x, _ in self.val_loader)),
+            )
         return list(cached[1])
 
     def best_epoch(self, k: int) -> dict[str, float] | None:
@@ -824,31 +893,37 @@ class ArrayTrainer:
         members = []
         for k in range(self.size):
             state = fused[k] if k in fused else self._store[k]
-            members.append({
-                "model": {**state["params"], **state["buffers"]},
-                "momentum": state["momentum"],
-                "started": state["started"],
-                "scale": state["scale"],
-                "growth_tracker": state["growth_tracker"],
-                "rng": state["rng"],
-                "loader_rng": self.generators[k].get_state(),
-                "status": str(self.statuses[k]),
-                "history": self.histories[k],
-            })
-        return copy.deepcopy({
-            "array": self.size,
-            "epoch": self.epoch,
-            "configs": [c.to_flat() for c in self.cfgs],
-            "members": members,
-        })
+            members.append(
+                {
+                    "model": {**state["params"], **state["buffers"]},
+                    "momentum": state["momentum"],
+                    "started": state["started"],
+                    "scale": state["scale"],
+                    "growth_tracker": state["growth_tracker"],
+                    "rng": state["rng"],
+                    "loader_rng": self.generators[k].get_state(),
+                    "status": str(self.statuses[k]),
+                    "history": self.histories[k],
+                }
+            )
+        return copy.deepcopy(
+            {
+                "array": self.size,
+                "epoch": self.epoch,
+                "configs": [c.to_flat() for c in self.cfgs],
+                "members": members,
+            }
+        )
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("array") != self.size:
             raise ValueError(f"the checkpoint is of an array of {state.get('array')} members, not {self.size}")
         seeds = [c.get("train.seed") for c in state.get("configs", [])]
         if seeds and seeds != [c.train.seed for c in self.cfgs]:
-            raise ValueError(f"the checkpoint's members have seeds {seeds}, this array's "
-                             f"{[c.train.seed for c in self.cfgs]}: not the same members in the same order")
+            raise ValueError(
+                f"the checkpoint's members have seeds {seeds}, this array's "
+                f"{[c.train.seed for c in self.cfgs]}: not the same members in the same order"
+            )
         store = {}
         for k, member in enumerate(state["members"]):
             model = {n: t.to(self.device) for n, t in member["model"].items()}
@@ -913,18 +988,20 @@ class ArrayTrainer:
         if cuda:
             cuda_rng = torch.cuda.get_rng_state_all()
             cuda_rng[self.device.index or 0] = state["rng"]
-        return copy.deepcopy({
-            "epoch": len(self.histories[k]),
-            "config": cfg.to_flat(),
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler_state,
-            "scaler": scaler.state_dict(),
-            "loader_rng": self.generators[k].get_state(),
-            "torch_rng": torch.get_rng_state() if cuda else state["rng"],
-            "cuda_rng": cuda_rng,
-            "history": self.histories[k],
-        })
+        return copy.deepcopy(
+            {
+                "epoch": len(self.histories[k]),
+                "config": cfg.to_flat(),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler_state,
+                "scaler": scaler.state_dict(),
+                "loader_rng": self.generators[k].get_state(),
+                "torch_rng": torch.get_rng_state() if cuda else state["rng"],
+                "cuda_rng": cuda_rng,
+                "history": self.histories[k],
+            }
+        )
 
 
 def train_array(

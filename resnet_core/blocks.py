@@ -4,6 +4,7 @@ Every block takes ``(in_channels, planes, stride)`` and exposes ``out_channels``
 option and ``residual`` are choices, not subclasses (``residual=False`` is the paper's plain net:
 the same layers with no shortcut at all).
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,6 +1,7 @@
 """The settings of a run, as users write them (YAML sections and CLI flags): the model, the data
 and the recipe, and the names they may take. Torch-free, so the command line starts fast
 (`--help`, `plan`) and imports torch only to build or train."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -8,17 +9,36 @@ import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from .errors import ConfigError, choice_error
 from .folders import ILSVRC2012, FolderCounts, folder_counts
 from .registry import IMAGENET_STAGES
 
 __all__ = [
-    "ARCHS", "BLOCK_NAMES", "BOTTLENECK_STRIDES", "DATASETS", "DEFAULT_INPUT_SIZE", "DEFAULT_VAL_SIZE", "FOLDER_DATASETS",
+    "ARCHS",
+    "BLOCK_NAMES",
+    "BOTTLENECK_STRIDES",
+    "COMPILE_MODES",
+    "DATASETS",
+    "DEFAULT_INPUT_SIZE",
+    "DEFAULT_VAL_SIZE",
+    "FOLDER_DATASETS",
     "NORMALIZATIONS",
-    "PAPER_ITERATIONS", "COMPILE_MODES", "PRECISIONS", "SCHEDULES", "SHORTCUTS", "DataConfig", "ModelConfig", "RunConfig",
-    "TrainConfig", "check_hold_out", "default_cache_dir", "layers_per_block", "num_classes", "planned_epochs", "split_sizes",
+    "PAPER_ITERATIONS",
+    "PRECISIONS",
+    "SCHEDULES",
+    "SHORTCUTS",
+    "DataConfig",
+    "ModelConfig",
+    "RunConfig",
+    "TrainConfig",
+    "check_hold_out",
+    "default_cache_dir",
+    "layers_per_block",
+    "num_classes",
+    "planned_epochs",
+    "split_sizes",
     "steps_per_epoch",
 ]
 
@@ -44,7 +64,7 @@ class ModelConfig:
     below depth 50, else bottleneck / B), depth from ``stages`` when that is given."""
 
     # Pydantic reads this when the orchestrator validates YAML into this dataclass.
-    __pydantic_config__ = {"extra": "forbid"}
+    __pydantic_config__: ClassVar[dict] = {"extra": "forbid"}
 
     arch: str = "cifar"
     depth: int | None = None
@@ -88,8 +108,11 @@ class ModelConfig:
         if self.zero_init_last and not self.residual:
             # Zeroing each block's last BN (Goyal et al. 2017) makes a residual block start as its
             # shortcut; without shortcuts every block outputs zeros: constant logits, no gradient.
-            raise ConfigError("model.zero_init_last", "needs shortcuts (residual: true): a plain net with each "
-                              "block's last BN at zero outputs constants and never trains")
+            raise ConfigError(
+                "model.zero_init_last",
+                "needs shortcuts (residual: true): a plain net with each "
+                "block's last BN at zero outputs constants and never trains",
+            )
         set_("depth", self._resolve_depth())
 
     def _resolve_depth(self) -> int:
@@ -152,8 +175,6 @@ class ModelConfig:
         return d
 
 
-
-
 DATASETS = ("cifar10", "cifar100", "digits", "synthetic", "imagenet", "imagefolder")
 # Streamed from an ImageFolder on disk (resnet_core.stream), not held in memory.
 FOLDER_DATASETS = ("imagenet", "imagefolder")
@@ -183,7 +204,7 @@ class DataConfig:
     ``image_size`` crop, flip and PCA lighting; evaluation on the centre crop of the image with
     its shorter side at ``scale_range[0]``."""
 
-    __pydantic_config__ = {"extra": "forbid"}
+    __pydantic_config__: ClassVar[dict] = {"extra": "forbid"}
 
     name: str = "cifar10"
     val_size: int | None = None
@@ -236,11 +257,15 @@ class DataConfig:
         if self.synthetic_classes < 2:
             raise ConfigError("dataset.synthetic_classes", f"{self.synthetic_classes} must be at least 2")
         if self.workers is not None and self.workers < 0:
-            raise ConfigError("dataset.workers", f"{self.workers} must be non-negative (0: decode in the training process)")
+            raise ConfigError(
+                "dataset.workers", f"{self.workers} must be non-negative (0: decode in the training process)"
+            )
         if folder:
             self._resolve_folder()
         elif split_sizes(self)[0] < 1:
-            raise ConfigError("dataset.val_size", f"{self.val_size or DEFAULT_VAL_SIZE[self.name]} leaves no training images")
+            raise ConfigError(
+                "dataset.val_size", f"{self.val_size or DEFAULT_VAL_SIZE[self.name]} leaves no training images"
+            )
 
     def _resolve_folder(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
@@ -249,17 +274,24 @@ class DataConfig:
         # Absolute, so trials (in other working directories, on other nodes) read the same folder.
         set_("root", os.path.abspath(os.path.expanduser(self.root)))
         if self.val_size is not None:
-            raise ConfigError("dataset.val_size", f"{self.name} holds out dataset.val_per_class images of each class instead")
+            raise ConfigError(
+                "dataset.val_size", f"{self.name} holds out dataset.val_per_class images of each class instead"
+            )
         if self.val_per_class is None:
             set_("val_per_class", DEFAULT_VAL_PER_CLASS)
         if self.val_per_class < 1:
-            raise ConfigError("dataset.val_per_class", f"{self.val_per_class} must be at least 1 (best epoch is chosen on val)")
+            raise ConfigError(
+                "dataset.val_per_class", f"{self.val_per_class} must be at least 1 (best epoch is chosen on val)"
+            )
         if self.scale_range is None:
             set_("scale_range", tuple(round(self.image_size * r) for r in SCALE_RATIOS))
         set_("scale_range", tuple(self.scale_range))
         if len(self.scale_range) != 2 or not self.image_size <= self.scale_range[0] <= self.scale_range[1]:
-            raise ConfigError("dataset.scale_range", f"{list(self.scale_range)} must be [low, high] shorter sides with "
-                                                     f"dataset.image_size {self.image_size} ≤ low ≤ high")
+            raise ConfigError(
+                "dataset.scale_range",
+                f"{list(self.scale_range)} must be [low, high] shorter sides with "
+                f"dataset.image_size {self.image_size} ≤ low ≤ high",
+            )
         if self.lighting is None:
             set_("lighting", DEFAULT_LIGHTING)
         if not 0 <= self.lighting < 10:
@@ -278,8 +310,11 @@ class DataConfig:
 def check_hold_out(cfg: DataConfig, counts: FolderCounts) -> None:
     """Every class keeps training images after ``val_per_class`` of them are held out."""
     if counts.smallest_class <= cfg.val_per_class:
-        raise ConfigError("dataset.val_per_class", f"{cfg.val_per_class} leaves no training images: the smallest class "
-                                                   f"folder in {os.path.join(cfg.root, 'train')} has {counts.smallest_class}")
+        raise ConfigError(
+            "dataset.val_per_class",
+            f"{cfg.val_per_class} leaves no training images: the smallest class "
+            f"folder in {os.path.join(cfg.root, 'train')} has {counts.smallest_class}",
+        )
 
 
 def num_classes(cfg: DataConfig) -> int:
@@ -312,7 +347,6 @@ def split_sizes(cfg: DataConfig) -> tuple[int, int, int]:
     return train, val, test
 
 
-
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # torch.compile's modes; "reduce-overhead" captures CUDA graphs (one launch per step on a GPU).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -326,7 +360,7 @@ class TrainConfig:
     momentum 0.9, weight decay 1e-4, batch 128, lr 0.1 divided by 10 at 50% and 75% of the run
     (32k and 48k of 64k iterations)."""
 
-    __pydantic_config__ = {"extra": "forbid"}
+    __pydantic_config__: ClassVar[dict] = {"extra": "forbid"}
 
     epochs: int | None = None  # give epochs or iterations; neither = the paper's 64k iterations
     iterations: int | None = None
@@ -419,17 +453,20 @@ class RunConfig:
     dataset: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
-    SECTIONS = {"model": ModelConfig, "dataset": DataConfig, "train": TrainConfig}
+    SECTIONS: ClassVar[dict] = {"model": ModelConfig, "dataset": DataConfig, "train": TrainConfig}
 
     def __post_init__(self) -> None:
         if self.dataset.from_folder and self.train.epochs is None and self.train.iterations is None:
             # The default, 64k iterations, is the CIFAR recipe's (2015 §4.2): a few ImageNet epochs.
-            raise ConfigError("train.epochs", f"give train.epochs or train.iterations for {self.dataset.name} (ImageNet: "
-                                              f"90 epochs, lr ÷10 at 30 and 60: train.milestones [0.333333, 0.666667]; "
-                                              f"the paper: up to 600k iterations of batch 256)")
+            raise ConfigError(
+                "train.epochs",
+                f"give train.epochs or train.iterations for {self.dataset.name} (ImageNet: "
+                f"90 epochs, lr ÷10 at 30 and 60: train.milestones [0.333333, 0.666667]; "
+                f"the paper: up to 600k iterations of batch 256)",
+            )
 
     @classmethod
-    def from_flat(cls, flat: dict[str, Any]) -> "RunConfig":
+    def from_flat(cls, flat: dict[str, Any]) -> RunConfig:
         parts: dict[str, dict] = {name: {} for name in cls.SECTIONS}
         for key, value in flat.items():
             section, _, name = key.partition(".")

@@ -7,13 +7,14 @@ shuffling as batched tensor ops, so a GPU never waits for a CPU worker (the airb
 approach). It behaves the same on CPU. Image folders (imagenet, imagefolder) are too big for
 that: they stream from disk (resnet_core.stream). ``make_loaders`` builds a run's loaders of either.
 """
+
 from __future__ import annotations
 
 import fcntl
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -66,7 +67,7 @@ class Splits:
     test_y: torch.Tensor
     num_classes: int
 
-    def to(self, device: torch.device) -> "Splits":
+    def to(self, device: torch.device) -> Splits:
         moved = {k: v.to(device) for k, v in vars(self).items() if isinstance(v, torch.Tensor)}
         return Splits(**moved, num_classes=self.num_classes)
 
@@ -153,8 +154,11 @@ def load_splits(cfg: DataConfig) -> Splits:
     """Load ``cfg``'s dataset (CPU tensors). The test set is always the held-out one; val is a
     seeded split of the training set, so choosing the best epoch never sees the test set."""
     if cfg.from_folder:
-        raise ConfigError("dataset.name", f"{cfg.name} streams from disk (make_loaders): it is never loaded into "
-                                          f"memory (use one of {', '.join(n for n in DATASETS if n not in FOLDER_DATASETS)})")
+        raise ConfigError(
+            "dataset.name",
+            f"{cfg.name} streams from disk (make_loaders): it is never loaded into "
+            f"memory (use one of {', '.join(n for n in DATASETS if n not in FOLDER_DATASETS)})",
+        )
     loaders = {"cifar10": _cifar, "cifar100": _cifar, "digits": _digits, "synthetic": _synthetic}
     train_x, train_y, test_x, test_y, classes = loaders[cfg.name](cfg)
     val_size = cfg.val_size if cfg.val_size is not None else DEFAULT_VAL_SIZE[cfg.name]
@@ -217,9 +221,7 @@ class DeviceLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n, device = len(self.images), self.images.device
         order = (
-            torch.randperm(n, device=device, generator=self.generator)
-            if self.train
-            else torch.arange(n, device=device)
+            torch.randperm(n, device=device, generator=self.generator) if self.train else torch.arange(n, device=device)
         )
         start = 0
         for size in self.sizes():
@@ -242,8 +244,9 @@ class DeviceLoader:
         return dy, dx, flip
 
     @staticmethod
-    def _pad_crop_flip(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor,
-                       pad: int = 4) -> torch.Tensor:
+    def _pad_crop_flip(
+        x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, pad: int = 4
+    ) -> torch.Tensor:
         # Written by hand: torchvision's transforms crop one image at a time; this is one gather.
         b, c, h, w = x.shape
         padded = F.pad(x, (pad, pad, pad, pad))
@@ -287,8 +290,10 @@ def split_folder(cfg: DataConfig) -> FolderSplit:
     listing = list_folder(cfg.root)
     counts = listing.counts()
     if cfg.name == "imagenet" and counts.classes != ILSVRC2012.classes:
-        raise DataUnavailableError(f"{cfg.root}/train: {counts.classes} class folders, ImageNet (ILSVRC-2012) has "
-                                   f"{ILSVRC2012.classes} (dataset.name: imagefolder reads any number)")
+        raise DataUnavailableError(
+            f"{cfg.root}/train: {counts.classes} class folders, ImageNet (ILSVRC-2012) has "
+            f"{ILSVRC2012.classes} (dataset.name: imagefolder reads any number)"
+        )
     check_hold_out(cfg, counts)
     g = torch.Generator().manual_seed(cfg.split_seed)
     files, labels, train, val = [], [], [], []
@@ -306,8 +311,14 @@ def split_folder(cfg: DataConfig) -> FolderSplit:
     train = train[torch.randperm(len(train), generator=g)][: cfg.train_limit]
     val, test = torch.cat(val), torch.arange(first_test, len(files))
     val_sample, test_sample = _eval_sample(len(val), len(test), cfg)
-    return FolderSplit(np.array([f.encode() for f in files]), torch.tensor(labels), train, val[val_sample],
-                       test[test_sample], counts.classes)
+    return FolderSplit(
+        np.array([f.encode() for f in files]),
+        torch.tensor(labels),
+        train,
+        val[val_sample],
+        test[test_sample],
+        counts.classes,
+    )
 
 
 def check_data(cfg: DataConfig) -> None:
@@ -332,8 +343,15 @@ class Loaders:
     splits: Splits | None  # the data, when it is held in memory
 
 
-def make_loaders(cfg: RunConfig, device: torch.device, generator: torch.Generator, *, channels_last: bool = False,
-                 splits: Splits | None = None, shard: Shard = Shard()) -> Loaders:
+def make_loaders(
+    cfg: RunConfig,
+    device: torch.device,
+    generator: torch.Generator,
+    *,
+    channels_last: bool = False,
+    splits: Splits | None = None,
+    shard: Shard = Shard(),
+) -> Loaders:
     """The loaders of ``cfg``'s data on ``device``: shuffling and augmentation draw from
     ``generator`` only. In-memory data (``splits``, else loaded) is moved to the device. With
     a ``shard`` of several processes every loader yields this process's part of each batch."""
@@ -346,16 +364,30 @@ def make_loaders(cfg: RunConfig, device: torch.device, generator: torch.Generato
     splits = (splits if splits is not None else load_splits(dc)).to(device)
     mean, std = normalization_stats(splits.train_x, dc.normalize)
     common = dict(mean=mean, std=std, channels_last=channels_last, shard=shard)
-    train = DeviceLoader(splits.train_x, splits.train_y, batch_size=tc.batch_size, train=True, augment=dc.augment,
-                         smallest=smallest_training_batch(shard, tc.sync_bn),
-                         generator=generator, **common)
+    train = DeviceLoader(
+        splits.train_x,
+        splits.train_y,
+        batch_size=tc.batch_size,
+        train=True,
+        augment=dc.augment,
+        smallest=smallest_training_batch(shard, tc.sync_bn),
+        generator=generator,
+        **common,
+    )
     val = DeviceLoader(splits.val_x, splits.val_y, batch_size=eval_batch, **common)
     test = DeviceLoader(splits.test_x, splits.test_y, batch_size=eval_batch, **common)
     return Loaders(train, val, test, None, splits.num_classes, splits)
 
 
-def _folder_loaders(cfg: RunConfig, device: torch.device, generator: torch.Generator, *, eval_batch: int,
-                    channels_last: bool, shard: Shard) -> Loaders:
+def _folder_loaders(
+    cfg: RunConfig,
+    device: torch.device,
+    generator: torch.Generator,
+    *,
+    eval_batch: int,
+    channels_last: bool,
+    shard: Shard,
+) -> Loaders:
     """2015 §3.4: training on random crops of the image at a random scale, flipped and lit
     (with ``augment``), the per-pixel mean (of centre crops of a training sample) subtracted;
     val and test on the centre crop; the ten crops of the test set for the final metric."""
@@ -368,15 +400,32 @@ def _folder_loaders(cfg: RunConfig, device: torch.device, generator: torch.Gener
 
     def loader(files: torch.Tensor, batch_size: int, view: str, mean=None, std=None, **kw) -> StreamLoader:
         kw.setdefault("shard", shard)
-        return StreamLoader(pool, files, labels[files.to(device)], batch_size=batch_size, view=view,
-                            mean=mean, std=std, channels_last=channels_last, **kw)
+        return StreamLoader(
+            pool,
+            files,
+            labels[files.to(device)],
+            batch_size=batch_size,
+            view=view,
+            mean=mean,
+            std=std,
+            channels_last=channels_last,
+            **kw,
+        )
 
     sample = loader(split.train[:MEAN_IMAGES], eval_batch, "centre", shard=Shard())  # every process: the same mean
     mean, std = running_stats((crops.flatten(0, 1) for crops, _ in sample.crops()), dc.normalize)
     augment = dict(generator=generator, flip=dc.augment, lighting=dc.lighting if dc.augment else 0.0)
     return Loaders(
-        train=loader(split.train, cfg.train.batch_size, "random" if dc.augment else "centre", mean, std, train=True,
-                     smallest=smallest_training_batch(shard, cfg.train.sync_bn), **augment),
+        train=loader(
+            split.train,
+            cfg.train.batch_size,
+            "random" if dc.augment else "centre",
+            mean,
+            std,
+            train=True,
+            smallest=smallest_training_batch(shard, cfg.train.sync_bn),
+            **augment,
+        ),
         val=loader(split.val, eval_batch, "centre", mean, std),
         test=loader(split.test, eval_batch, "centre", mean, std),
         ten_crop=loader(split.test, max(1, eval_batch // 10), "five", mean, std),

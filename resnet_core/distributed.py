@@ -7,6 +7,7 @@ process draws the same global order and random augmentation from the same genera
 its contiguous part of each batch, so the processes together train on exactly the batches one
 process would, and a checkpoint of any one of them resumes all.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ def batch_sizes(n: int, batch_size: int, *, smallest: int = 1) -> list[int]:
     return sizes
 
 
-def smallest_training_batch(shard: "Shard", sync_bn: bool) -> int:
+def smallest_training_batch(shard: Shard, sync_bn: bool) -> int:
     """2 images for every batch norm: over the global batch with synchronised statistics (or
     one process), else over each process's share (see batch_sizes)."""
     return 2 * (shard.size if shard.distributed and not sync_bn else 1)
@@ -45,7 +46,7 @@ class Shard:
     size: int = 1
 
     @classmethod
-    def of_process_group(cls) -> "Shard":
+    def of_process_group(cls) -> Shard:
         if dist.is_available() and dist.is_initialized():
             return cls(dist.get_rank(), dist.get_world_size())
         return cls()
@@ -111,8 +112,9 @@ def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     for name, child in model.named_children():
         if type(child) is nn.BatchNorm2d:
-            synced = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
-                                       child.track_running_stats, device=device)
+            synced = GlobalBatchNorm2d(
+                child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats, device=device
+            )
             synced.load_state_dict(child.state_dict())
             if child.affine:
                 synced.weight, synced.bias = child.weight, child.bias

@@ -1,5 +1,6 @@
 """The error types for bad input, shared by every layer that validates it: a bad setting, and
 data that cannot be had. Torch-free, like the settings."""
+
 from __future__ import annotations
 
 __all__ = ["ConfigError", "DataUnavailableError"]

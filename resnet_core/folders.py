@@ -6,6 +6,7 @@
 
 Every problem is a DataUnavailableError of one line naming the folder.
 """
+
 from __future__ import annotations
 
 import functools
@@ -44,8 +45,9 @@ class FolderListing:
     test: tuple[list[str], ...]
 
     def counts(self) -> FolderCounts:
-        return FolderCounts(len(self.classes), sum(map(len, self.train)), sum(map(len, self.test)),
-                            min(map(len, self.train)))
+        return FolderCounts(
+            len(self.classes), sum(map(len, self.train)), sum(map(len, self.test)), min(map(len, self.train))
+        )
 
 
 def _class_folders(split: str) -> dict[str, list[str]]:
@@ -76,7 +78,9 @@ def list_folder(root: str) -> FolderListing:
     test = _class_folders(os.path.join(root, "val"))
     for name in test:
         if name not in train:
-            raise DataUnavailableError(f"{os.path.join(root, 'val', name)}: no such class in {os.path.join(root, 'train')}")
+            raise DataUnavailableError(
+                f"{os.path.join(root, 'val', name)}: no such class in {os.path.join(root, 'train')}"
+            )
     classes = tuple(train)
     return FolderListing(root, classes, tuple(train[c] for c in classes), tuple(test.get(c, []) for c in classes))
 

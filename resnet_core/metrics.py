@@ -1,4 +1,5 @@
 """Names shared by the trainer, the Tune trainable, MLflow and the report: define them once."""
+
 from __future__ import annotations
 
 from enum import Enum

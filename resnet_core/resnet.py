@@ -1,12 +1,12 @@
 """The network builder: CIFAR stem (2015 §4.2) and ImageNet stem (2015 Table 1), any block,
 any shortcut option; ``residual=False`` is the plain counterpart with the same layers."""
+
 from __future__ import annotations
 
 import torch
 from torch import nn
 
 from .blocks import BLOCKS, ResponseTap
-from .errors import ConfigError
 from .config import (
     ARCHS,
     BOTTLENECK_STRIDES,
@@ -17,9 +17,20 @@ from .config import (
     ModelConfig,
     layers_per_block,
 )
+from .errors import ConfigError
 
-__all__ = ["ARCHS", "BOTTLENECK_STRIDES", "DEFAULT_DEPTH", "DEFAULT_INPUT_SIZE", "SHORTCUTS", "STAGE_WIDTHS",
-           "ModelConfig", "ResNet", "build_model", "layers_per_block"]
+__all__ = [
+    "ARCHS",
+    "BOTTLENECK_STRIDES",
+    "DEFAULT_DEPTH",
+    "DEFAULT_INPUT_SIZE",
+    "SHORTCUTS",
+    "STAGE_WIDTHS",
+    "ModelConfig",
+    "ResNet",
+    "build_model",
+    "layers_per_block",
+]
 
 
 class ResNet(nn.Module):
@@ -92,8 +103,6 @@ def build_model(cfg: ModelConfig, *, num_classes: int | None = None) -> ResNet:
     """Build ``cfg``; ``num_classes`` comes from the dataset and must agree with
     ``cfg.num_classes`` when both are set."""
     if cfg.num_classes is not None and num_classes is not None and cfg.num_classes != num_classes:
-        raise ConfigError(
-            "model.num_classes", f"{cfg.num_classes} disagrees with the dataset's {num_classes} classes"
-        )
+        raise ConfigError("model.num_classes", f"{cfg.num_classes} disagrees with the dataset's {num_classes} classes")
     classes = num_classes or cfg.num_classes or (10 if cfg.arch == "cifar" else 1000)
     return ResNet(cfg, classes)

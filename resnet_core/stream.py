@@ -16,11 +16,12 @@ in the worker, which knows the image's size), then each batch's flips and lighti
 decodes a batch changes nothing, so the generator's state restores the loader exactly at an
 epoch boundary (as for DeviceLoader), with any number of workers.
 """
+
 from __future__ import annotations
 
 import os
 import random
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -31,8 +32,7 @@ from torchvision.io import ImageReadMode, decode_image, read_file
 from .distributed import Shard, batch_sizes
 from .errors import DataUnavailableError
 
-__all__ = ["EIGENVALUES", "EIGENVECTORS", "DecodePool", "FolderImages", "StreamLoader", "crop_boxes",
-           "running_stats"]
+__all__ = ["EIGENVALUES", "EIGENVECTORS", "DecodePool", "FolderImages", "StreamLoader", "crop_boxes", "running_stats"]
 
 # AlexNet's colour augmentation (Krizhevsky et al. 2012 §4.1): RGB in [0, 1] plus
 # eigenvectors · (alpha ⊙ eigenvalues) of ImageNet's pixel covariance, alpha ~ N(0, std²) per
@@ -41,8 +41,9 @@ EIGENVALUES = (0.2175, 0.0188, 0.0045)
 EIGENVECTORS = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
 
 
-def crop_boxes(height: int, width: int, *, crop: int, side: int, view: str,
-               rng: random.Random | None = None) -> list[tuple[int, int, int, int]]:
+def crop_boxes(
+    height: int, width: int, *, crop: int, side: int, view: str, rng: random.Random | None = None
+) -> list[tuple[int, int, int, int]]:
     """(top, left, height, width) boxes of a height×width image: each, resized to crop×crop, is a
     crop of the image resized to shorter side ``side``; "random" draws the crop's place from ``rng``."""
     scale = side / min(height, width)
@@ -57,7 +58,9 @@ def crop_boxes(height: int, width: int, *, crop: int, side: int, view: str,
     boxes = []
     for y, x in places:
         top, left = round(y * fy), round(x * fx)
-        boxes.append((top, left, max(1, min(round(crop * fy), height - top)), max(1, min(round(crop * fx), width - left))))
+        boxes.append(
+            (top, left, max(1, min(round(crop * fy), height - top)), max(1, min(round(crop * fx), width - left)))
+        )
     return boxes
 
 
@@ -111,8 +114,14 @@ class DecodePool:
         self.sampler = _Jobs()
         # Each worker decodes up to two batches ahead (DataLoader's default): batches of 256
         # crops of 224 px are 38 MB each in shared memory (/dev/shm).
-        self.loader = DataLoader(images, batch_size=None, sampler=self.sampler, num_workers=workers,
-                                 persistent_workers=workers > 0, pin_memory=pin_memory)
+        self.loader = DataLoader(
+            images,
+            batch_size=None,
+            sampler=self.sampler,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=pin_memory,
+        )
         self.busy = False
 
     def run(self, jobs: list) -> Iterator[torch.Tensor]:
@@ -132,16 +141,32 @@ class StreamLoader:
 
     ``files`` index the pool's files; ``mean``/``std`` broadcast to N×3×crop×crop."""
 
-    def __init__(self, pool: DecodePool, files: torch.Tensor, labels: torch.Tensor, *, batch_size: int, view: str,
-                 mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator | None = None,
-                 train: bool = False, flip: bool = False, lighting: float = 0.0, channels_last: bool = False,
-                 shard: Shard = Shard(), smallest: int = 1) -> None:
+    def __init__(
+        self,
+        pool: DecodePool,
+        files: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        batch_size: int,
+        view: str,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        generator: torch.Generator | None = None,
+        train: bool = False,
+        flip: bool = False,
+        lighting: float = 0.0,
+        channels_last: bool = False,
+        shard: Shard = Shard(),
+        smallest: int = 1,
+    ) -> None:
         self.pool, self.files, self.labels, self.shard, self.smallest = pool, files, labels, shard, smallest
         self.batch_size, self.view, self.train = batch_size, view, train
         self.mean, self.std, self.generator = mean, std, generator
         self.flip, self.lighting, self.channels_last = flip, lighting, channels_last
         if lighting:
-            self.colours = torch.tensor(EIGENVECTORS, device=labels.device) * torch.tensor(EIGENVALUES, device=labels.device)
+            self.colours = torch.tensor(EIGENVECTORS, device=labels.device) * torch.tensor(
+                EIGENVALUES, device=labels.device
+            )
 
     def __len__(self) -> int:
         return len(self.sizes())
@@ -154,9 +179,14 @@ class StreamLoader:
         """(uint8 crops B×V×3×crop×crop, labels B) per batch, on the labels' device: this
         process's part of each global batch (its order and seeds are drawn for all)."""
         n, device = len(self.files), self.labels.device
-        order = torch.randperm(n, device=device, generator=self.generator) if self.train else torch.arange(n, device=device)
-        seeds = (torch.randint(0, 2**62, (n,), device=device, generator=self.generator).cpu() if self.view == "random"
-                 else torch.zeros(n, dtype=torch.long))
+        order = (
+            torch.randperm(n, device=device, generator=self.generator) if self.train else torch.arange(n, device=device)
+        )
+        seeds = (
+            torch.randint(0, 2**62, (n,), device=device, generator=self.generator).cpu()
+            if self.view == "random"
+            else torch.zeros(n, dtype=torch.long)
+        )
         rows = torch.stack([self.files[order.cpu()], seeds], 1)
         labels, sizes = self.labels[order], self.sizes()
         starts = [sum(sizes[:k]) for k in range(len(sizes))]

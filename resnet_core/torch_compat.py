@@ -8,10 +8,12 @@ missing one is a one-line error naming the installed torch and the range this pa
 a silent fallback would change the numbers. tests/test_torch_compat.py checks that each exists on
 the installed torch and computes what its public counterpart computes.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -37,7 +39,8 @@ def _op(owner: Any, name: str, where: str) -> Callable[..., Any]:
     if fn is None:
         raise TorchOpMissing(
             f"{where}.{name} is not in torch {torch.__version__}; resnet-sweep supports {_supported()} "
-            f"(install the versions in constraints.txt)")
+            f"(install the versions in constraints.txt)"
+        )
     return fn
 
 
@@ -64,5 +67,6 @@ def differentiable_all_reduce_sum(tensor: torch.Tensor, group) -> torch.Tensor:
     except ImportError:
         raise TorchOpMissing(
             f"torch.distributed._functional_collectives is not in torch {torch.__version__}; resnet-sweep "
-            f"supports {_supported()} (install the versions in constraints.txt)") from None
+            f"supports {_supported()} (install the versions in constraints.txt)"
+        ) from None
     return _op(collectives, "all_reduce", "torch.distributed._functional_collectives")(tensor, "sum", group)

@@ -4,13 +4,15 @@ several training one run data-parallel (DDP: resnet_core.distributed).
 
 It reports each epoch through a callback and knows nothing of Ray or MLflow.
 """
+
 from __future__ import annotations
 
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,8 +26,21 @@ from .errors import ConfigError
 from .metrics import Status
 from .resnet import build_model
 
-__all__ = ["EpochReport", "PAPER_ITERATIONS", "PRECISIONS", "SCHEDULES", "RunConfig", "Speed", "TrainConfig", "Trainer",
-           "lr_factor", "planned_epochs", "resolve_device", "steps_per_epoch", "train"]
+__all__ = [
+    "PAPER_ITERATIONS",
+    "PRECISIONS",
+    "SCHEDULES",
+    "EpochReport",
+    "RunConfig",
+    "Speed",
+    "TrainConfig",
+    "Trainer",
+    "lr_factor",
+    "planned_epochs",
+    "resolve_device",
+    "steps_per_epoch",
+    "train",
+]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -50,7 +65,7 @@ class Speed:
     fused_sgd: bool
 
     @classmethod
-    def resolve(cls, tc: TrainConfig, device: torch.device) -> "Speed":
+    def resolve(cls, tc: TrainConfig, device: torch.device) -> Speed:
         cuda = device.type == "cuda"
         precision = tc.precision
         if precision == "auto":
@@ -117,7 +132,7 @@ class EpochReport:
     epoch: int
     epochs: int
     metrics: dict[str, float]
-    trainer: "Trainer"
+    trainer: Trainer
 
     def checkpoint(self) -> dict:
         """The full training state after this epoch (for ``Trainer.load_state_dict``)."""
@@ -136,8 +151,9 @@ class Trainer:
         self.device = resolve_device(tc.device)
         self.speed = Speed.resolve(tc, self.device)
         self.generator = torch.Generator(device=self.device).manual_seed(tc.seed + 1)
-        loaders = make_loaders(cfg, self.device, self.generator, channels_last=self.speed.channels_last, splits=splits,
-                               shard=shard)
+        loaders = make_loaders(
+            cfg, self.device, self.generator, channels_last=self.speed.channels_last, splits=splits, shard=shard
+        )
         self.splits, self.num_classes = loaders.splits, loaders.num_classes
         self.train_loader, self.val_loader, self.test_loader = loaders.train, loaders.val, loaders.test
         self.ten_crop_loader = loaders.ten_crop
@@ -154,7 +170,8 @@ class Trainer:
             # with sync_bn; without, each process's own until the epoch's end averages them
             # (_average_bn_statistics), so every process evaluates and checkpoints one model.
             self.forward = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device] if self.device.type == "cuda" else None, forward_sync_buffers=False)
+                self.model, device_ids=[self.device] if self.device.type == "cuda" else None, forward_sync_buffers=False
+            )
             self.infer = self.model  # evaluation runs no collectives: processes may see different numbers of batches
         if self.speed.compile:
             mode = None if self.speed.compile is True else self.speed.compile
@@ -211,18 +228,20 @@ class Trainer:
     # --- checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> dict:
         """A snapshot (deep copy) of everything a resume needs, loader position included."""
-        return copy.deepcopy({
-            "epoch": self.epoch,
-            "config": self.cfg.to_flat(),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "loader_rng": self.generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
-            "history": self.history,
-        })
+        return copy.deepcopy(
+            {
+                "epoch": self.epoch,
+                "config": self.cfg.to_flat(),
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "loader_rng": self.generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
+                "history": self.history,
+            }
+        )
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -243,7 +262,9 @@ class Trainer:
         blown = ~torch.isfinite(loss_sum)
         return blown | (max_loss > limit) if limit > 0 else blown
 
-    def _loss(self, logits: torch.Tensor, y: torch.Tensor, global_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _loss(
+        self, logits: torch.Tensor, y: torch.Tensor, global_size: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(the loss to backpropagate, its sum over this process's images, their mean). Data
         parallel, each process's part of the batch weighs by its share of the global batch:
         DDP averages the processes' gradients, which then equal the global batch mean's."""
@@ -290,8 +311,9 @@ class Trainer:
         seconds = time.perf_counter() - start
         if self.shard.distributed and not self.cfg.train.sync_bn:
             self._average_bn_statistics()
-        loss_sum, wrong, seen = self.shard.sum(torch.stack([loss_sum, wrong.double(), torch.tensor(
-            float(seen), dtype=torch.float64, device=self.device)])).tolist()
+        loss_sum, wrong, seen = self.shard.sum(
+            torch.stack([loss_sum, wrong.double(), torch.tensor(float(seen), dtype=torch.float64, device=self.device)])
+        ).tolist()
         return {
             M.TRAIN_LOSS: loss_sum / seen,
             M.TRAIN_ERROR: wrong / seen,
@@ -400,8 +422,10 @@ class Trainer:
     def layer_response_std(self) -> list[float]:
         """2015 Fig. 7 on the val split (held out from training, never the test set)."""
         # Data parallel: each process has its part of val; the sums are over all of them.
-        return self._once_per_epoch("responses", lambda: layer_responses(
-            self.model, (x for x, _ in self.val_loader), reduce=self._summed_on_device))
+        return self._once_per_epoch(
+            "responses",
+            lambda: layer_responses(self.model, (x for x, _ in self.val_loader), reduce=self._summed_on_device),
+        )
 
     def _summed_on_device(self, totals: torch.Tensor) -> torch.Tensor:
         """CPU ``totals`` summed over the data-parallel processes (on the device: NCCL's way)."""
@@ -419,9 +443,7 @@ class Trainer:
         diverged = self.status == Status.DIVERGED
         responses = [] if diverged else self.layer_response_std()
         final = {} if diverged else self.final_metrics()
-        speeds = [h[M.IMAGES_PER_SECOND] for h in self.history[1:]] or [
-            h[M.IMAGES_PER_SECOND] for h in self.history
-        ]
+        speeds = [h[M.IMAGES_PER_SECOND] for h in self.history[1:]] or [h[M.IMAGES_PER_SECOND] for h in self.history]
         return {
             "status": str(self.status),
             "name": self.cfg.model.name,

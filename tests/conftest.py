@@ -32,8 +32,14 @@ def cli(*args: str, cwd: Path, timeout: float = 600, env: dict | None = None) ->
 def start(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
     """The installed `resnet-sweep ARGS…` started as a user would, its output (both streams) to read."""
     exe = Path(sys.executable).parent / "resnet-sweep"
-    return subprocess.Popen([str(exe), *map(str, args)], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env={**os.environ, **(env or {})})
+    return subprocess.Popen(
+        [str(exe), *map(str, args)],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def runs_holding(uri: str, user: str, secret: str, experiment: str) -> tuple[list, list, list[str]]:
@@ -51,13 +57,17 @@ def runs_holding(uri: str, user: str, secret: str, experiment: str) -> tuple[lis
     finally:
         os.environ.pop("MLFLOW_TRACKING_USERNAME", None)
         os.environ.pop("MLFLOW_TRACKING_PASSWORD", None)
-    leaks = [f"run {run.info.run_name}" for run in parents + children
-             if secret in json.dumps({**run.data.params, **run.data.tags})]
+    leaks = [
+        f"run {run.info.run_name}"
+        for run in parents + children
+        if secret in json.dumps({**run.data.params, **run.data.tags})
+    ]
     return parents, children, leaks
 
 
-def kill_when_midway(*args: str, cwd: Path, epochs: int, env: dict | None = None,
-                     sig: int = signal.SIGKILL) -> tuple[str, set[str]]:
+def kill_when_midway(
+    *args: str, cwd: Path, epochs: int, env: dict | None = None, sig: int = signal.SIGKILL
+) -> tuple[str, set[str]]:
     """Run `resnet-sweep ARGS…` and SIGKILL it once a trial has finished and another is midway,
     as a crash would (or send ``sig``: SIGINT is Ctrl-C); returns all it printed and the names
     of the finished trials. The exit code is in ``kill_when_midway.returncode``."""
@@ -169,12 +179,25 @@ def s3_server(tmp_path):
 
     port = free_port()
     exe = Path(sys.executable).parent / "moto_server"
-    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": S3_KEY_ID,
-           "AWS_SECRET_ACCESS_KEY": S3_SECRET, "AWS_DEFAULT_REGION": "us-east-1"}
-    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id=S3_KEY_ID,
-                          aws_secret_access_key=S3_SECRET, region_name="us-east-1")
+    proc = subprocess.Popen(
+        [str(exe), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": S3_KEY_ID,
+        "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    client = boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        aws_access_key_id=S3_KEY_ID,
+        aws_secret_access_key=S3_SECRET,
+        region_name="us-east-1",
+    )
     _wait_for_server(proc, "moto server", lambda: client.create_bucket(Bucket="sweeps"))
     yield SimpleNamespace(env=env, client=client, bucket="sweeps")
     os.killpg(proc.pid, signal.SIGKILL)
@@ -197,10 +220,25 @@ class MlflowServer:
         import urllib.request
 
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-             "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
-             "--artifacts-destination", str(self.folder / "artifacts"), "--workers", "1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--backend-store-uri",
+                f"sqlite:///{self.folder / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(self.folder / "artifacts"),
+                "--workers",
+                "1",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         _wait_for_server(self.proc, "mlflow server", lambda: urllib.request.urlopen(self.uri + "/health", timeout=2))
         return self

@@ -2,6 +2,7 @@
 on command: the server down, a write whose answer is lost after it was made, a call held until
 released. It keeps every point it is sent (a point sent twice is seen twice), as a store would.
 (Optuna's InMemoryStorage is the model: a real store's behaviour, none of its persistence.)"""
+
 from __future__ import annotations
 
 import itertools
@@ -63,8 +64,10 @@ class FakeMlflow:
 
     # --- the client's methods ---------------------------------------------------------------------------
     def get_experiment_by_name(self, name):
-        return self._request("get_experiment_by_name", lambda: SimpleNamespace(experiment_id=self.experiments[name])
-                             if name in self.experiments else None)
+        return self._request(
+            "get_experiment_by_name",
+            lambda: SimpleNamespace(experiment_id=self.experiments[name]) if name in self.experiments else None,
+        )
 
     def create_experiment(self, name):
         return self._request("create_experiment", lambda: self.experiments.setdefault(name, str(len(self.experiments))))
@@ -75,15 +78,27 @@ class FakeMlflow:
             self.runs[run_id] = SimpleNamespace(
                 info=SimpleNamespace(run_id=run_id, run_name=run_name, status="RUNNING", start_time=time.time_ns()),
                 data=SimpleNamespace(tags=dict(tags or {}), params={}, metrics={}),
-                experiment_id=experiment_id, history={}, artifacts={}, deleted=False)
+                experiment_id=experiment_id,
+                history={},
+                artifacts={},
+                deleted=False,
+            )
             return self.runs[run_id]
+
         return self._request("create_run", apply)
 
     def search_runs(self, experiment_ids, filter_string="", max_results=1000):
         wanted = dict(re.findall(r"tags\.`([^`]+)` = '([^']*)'", filter_string))
-        return self._request("search_runs", lambda: [
-            r for r in self.runs.values() if r.experiment_id in experiment_ids and not r.deleted
-            and all(r.data.tags.get(k) == v for k, v in wanted.items())][:max_results])
+        return self._request(
+            "search_runs",
+            lambda: [
+                r
+                for r in self.runs.values()
+                if r.experiment_id in experiment_ids
+                and not r.deleted
+                and all(r.data.tags.get(k) == v for k, v in wanted.items())
+            ][:max_results],
+        )
 
     def get_run(self, run_id):
         return self._request("get_run", lambda: self.runs[run_id])
@@ -99,6 +114,7 @@ class FakeMlflow:
                 run.data.metrics[m.key] = m.value
             run.data.params.update({p.key: p.value for p in params})
             run.data.tags.update({t.key: t.value for t in tags})
+
         return self._request("log_batch", apply)
 
     def set_tag(self, run_id, key, value):

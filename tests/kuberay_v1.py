@@ -7,6 +7,7 @@ fields silently: here any field the API does not define is an error, so a misspe
 Embedded core Kubernetes types (pod templates, resources, security contexts, …) are checked by
 `kubernetes-validate --strict` through a PodTemplate wrapper.
 """
+
 from __future__ import annotations
 
 import re
@@ -36,66 +37,139 @@ class Core:
 
 
 DELETION_POLICY = Enum(("DeleteCluster", "DeleteWorkers", "DeleteSelf", "DeleteNone"))
-NETWORK_RULES = {"ingressRules": ArrayOf(Core("NetworkPolicyIngressRule")),
-                 "egressRules": ArrayOf(Core("NetworkPolicyEgressRule"))}
+NETWORK_RULES = {
+    "ingressRules": ArrayOf(Core("NetworkPolicyIngressRule")),
+    "egressRules": ArrayOf(Core("NetworkPolicyEgressRule")),
+}
 SECRET_VALUE = {"value": STR, "valueFrom": Core("EnvVarSource")}
 
 RAY_CLUSTER_SPEC = {
     "authOptions": {"enableK8sTokenAuth": BOOL, "mode": Enum(("disabled", "token")), "secretName": STR},
     "autoscalerOptions": {
-        "args": STR_LIST, "command": STR_LIST, "env": ArrayOf(Core("EnvVar")), "envFrom": ArrayOf(Core("EnvFromSource")),
-        "idleTimeoutSeconds": INT32, "image": STR, "imagePullPolicy": STR, "resources": Core("ResourceRequirements"),
-        "securityContext": Core("SecurityContext"), "upscalingMode": Enum(("Default", "Aggressive", "Conservative")),
-        "version": Enum(("v1", "v2")), "volumeMounts": ArrayOf(Core("VolumeMount")),
+        "args": STR_LIST,
+        "command": STR_LIST,
+        "env": ArrayOf(Core("EnvVar")),
+        "envFrom": ArrayOf(Core("EnvFromSource")),
+        "idleTimeoutSeconds": INT32,
+        "image": STR,
+        "imagePullPolicy": STR,
+        "resources": Core("ResourceRequirements"),
+        "securityContext": Core("SecurityContext"),
+        "upscalingMode": Enum(("Default", "Aggressive", "Conservative")),
+        "version": Enum(("v1", "v2")),
+        "volumeMounts": ArrayOf(Core("VolumeMount")),
     },
     "enableInTreeAutoscaling": BOOL,
     "gcsFaultToleranceOptions": {
-        "backend": Enum(("redis", "rocksdb")), "externalStorageNamespace": STR, "redisAddress": STR,
-        "redisPassword": SECRET_VALUE, "redisUsername": SECRET_VALUE,
-        "storage": {"accessModes": STR_LIST, "claimName": STR, "deletionPolicy": Enum(("DeleteWithCluster", "Retain")),
-                    "size": INT_OR_STRING, "storageClassName": STR, "subPath": STR},
+        "backend": Enum(("redis", "rocksdb")),
+        "externalStorageNamespace": STR,
+        "redisAddress": STR,
+        "redisPassword": SECRET_VALUE,
+        "redisUsername": SECRET_VALUE,
+        "storage": {
+            "accessModes": STR_LIST,
+            "claimName": STR,
+            "deletionPolicy": Enum(("DeleteWithCluster", "Retain")),
+            "size": INT_OR_STRING,
+            "storageClassName": STR,
+            "subPath": STR,
+        },
     },
     "headGroupSpec": {
-        "enableIngress": BOOL, "headService": Core("Service"),
-        "ingressOptions": {"host": STR, "path": STR, "pathType": Enum(("Exact", "Prefix", "ImplementationSpecific")),
-                           "tls": ArrayOf(Core("IngressTLS"))},
-        "labels": STR_MAP, "rayStartParams": STR_MAP, "resources": STR_MAP, "serviceType": STR,
+        "enableIngress": BOOL,
+        "headService": Core("Service"),
+        "ingressOptions": {
+            "host": STR,
+            "path": STR,
+            "pathType": Enum(("Exact", "Prefix", "ImplementationSpecific")),
+            "tls": ArrayOf(Core("IngressTLS")),
+        },
+        "labels": STR_MAP,
+        "rayStartParams": STR_MAP,
+        "resources": STR_MAP,
+        "serviceType": STR,
         "template": Core("PodTemplateSpec"),
     },
     "headServiceAnnotations": STR_MAP,
-    "historyServerOptions": {"collectorOptions": {"env": ArrayOf(Core("EnvVar")), "image": STR, "imagePullPolicy": STR,
-                                                  "resources": Core("ResourceRequirements")}},
+    "historyServerOptions": {
+        "collectorOptions": {
+            "env": ArrayOf(Core("EnvVar")),
+            "image": STR,
+            "imagePullPolicy": STR,
+            "resources": Core("ResourceRequirements"),
+        }
+    },
     "managedBy": Enum(("ray.io/kuberay-operator", "kueue.x-k8s.io/multikueue")),
-    "networkPolicy": {"mode": Enum(("DenyAll", "DenyAllIngress", "DenyAllEgress")), "head": NETWORK_RULES,
-                      "worker": NETWORK_RULES, "workerGroups": ArrayOf({"groupName": STR, **NETWORK_RULES})},
+    "networkPolicy": {
+        "mode": Enum(("DenyAll", "DenyAllIngress", "DenyAllEgress")),
+        "head": NETWORK_RULES,
+        "worker": NETWORK_RULES,
+        "workerGroups": ArrayOf({"groupName": STR, **NETWORK_RULES}),
+    },
     "rayVersion": STR,
     "suspend": BOOL,
     "tlsOptions": {"enabled": BOOL},
     "upgradeStrategy": {"type": Enum(("Recreate", "None"))},
-    "workerGroupSpecs": ArrayOf({
-        "groupName": STR, "idleTimeoutSeconds": INT32, "labels": STR_MAP, "maxReplicas": INT32, "minReplicas": INT32,
-        "numOfHosts": INT32, "priority": INT32, "rayStartParams": STR_MAP, "replicas": INT32, "resources": STR_MAP,
-        "scaleStrategy": {"workersToDelete": STR_LIST}, "suspend": BOOL, "template": Core("PodTemplateSpec"),
-    }),
+    "workerGroupSpecs": ArrayOf(
+        {
+            "groupName": STR,
+            "idleTimeoutSeconds": INT32,
+            "labels": STR_MAP,
+            "maxReplicas": INT32,
+            "minReplicas": INT32,
+            "numOfHosts": INT32,
+            "priority": INT32,
+            "rayStartParams": STR_MAP,
+            "replicas": INT32,
+            "resources": STR_MAP,
+            "scaleStrategy": {"workersToDelete": STR_LIST},
+            "suspend": BOOL,
+            "template": Core("PodTemplateSpec"),
+        }
+    ),
 }
 REQUIRED = {
-    "rayClusterSpec": ("headGroupSpec",), "headGroupSpec": ("template",),
-    "workerGroupSpecs[]": ("groupName", "template"), "deletionRules[]": ("policy", "condition"),
+    "rayClusterSpec": ("headGroupSpec",),
+    "headGroupSpec": ("template",),
+    "workerGroupSpecs[]": ("groupName", "template"),
+    "deletionRules[]": ("policy", "condition"),
     "workerGroups[]": ("groupName",),
 }
 SUBMISSION_MODES = ("K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode")
 RAY_JOB_SPEC = {
-    "activeDeadlineSeconds": INT32, "backoffLimit": INT32, "clusterSelector": STR_MAP,
+    "activeDeadlineSeconds": INT32,
+    "backoffLimit": INT32,
+    "clusterSelector": STR_MAP,
     "deletionStrategy": {
-        "deletionRules": ArrayOf({"policy": DELETION_POLICY, "condition": {
-            "jobStatus": Enum(("SUCCEEDED", "FAILED")), "jobDeploymentStatus": Enum(("Failed",)), "ttlSeconds": INT32}}),
-        "onSuccess": {"policy": DELETION_POLICY}, "onFailure": {"policy": DELETION_POLICY},
+        "deletionRules": ArrayOf(
+            {
+                "policy": DELETION_POLICY,
+                "condition": {
+                    "jobStatus": Enum(("SUCCEEDED", "FAILED")),
+                    "jobDeploymentStatus": Enum(("Failed",)),
+                    "ttlSeconds": INT32,
+                },
+            }
+        ),
+        "onSuccess": {"policy": DELETION_POLICY},
+        "onFailure": {"policy": DELETION_POLICY},
     },
-    "entrypoint": STR, "entrypointNumCpus": NUMBER, "entrypointNumGpus": NUMBER, "entrypointResources": STR,
-    "jobId": STR, "managedBy": Enum(("ray.io/kuberay-operator", "kueue.x-k8s.io/multikueue")), "metadata": STR_MAP,
-    "preRunningDeadlineSeconds": INT32, "rayClusterSpec": RAY_CLUSTER_SPEC, "runtimeEnvYAML": STR,
-    "shutdownAfterJobFinishes": BOOL, "submissionMode": Enum(SUBMISSION_MODES), "submitterConfig": {"backoffLimit": INT32},
-    "submitterPodTemplate": Core("PodTemplateSpec"), "suspend": BOOL, "ttlSecondsAfterFinished": INT32,
+    "entrypoint": STR,
+    "entrypointNumCpus": NUMBER,
+    "entrypointNumGpus": NUMBER,
+    "entrypointResources": STR,
+    "jobId": STR,
+    "managedBy": Enum(("ray.io/kuberay-operator", "kueue.x-k8s.io/multikueue")),
+    "metadata": STR_MAP,
+    "preRunningDeadlineSeconds": INT32,
+    "rayClusterSpec": RAY_CLUSTER_SPEC,
+    "runtimeEnvYAML": STR,
+    "shutdownAfterJobFinishes": BOOL,
+    "submissionMode": Enum(SUBMISSION_MODES),
+    "submitterConfig": {"backoffLimit": INT32},
+    "submitterPodTemplate": Core("PodTemplateSpec"),
+    "suspend": BOOL,
+    "ttlSecondsAfterFinished": INT32,
 }
 TOP_LEVEL = {"apiVersion": STR, "kind": STR, "metadata": Core("ObjectMeta")}
 DNS_1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
@@ -119,7 +193,9 @@ def check(obj: dict) -> list[str]:
     else:
         name = obj.get("metadata", {}).get("name", "")
         if len(name) > RAY_CLUSTER_NAME_MAX or not DNS_1035.fullmatch(name):
-            errors.append(f"metadata.name: {name!r} must be a DNS-1035 label of at most {RAY_CLUSTER_NAME_MAX} characters")
+            errors.append(
+                f"metadata.name: {name!r} must be a DNS-1035 label of at most {RAY_CLUSTER_NAME_MAX} characters"
+            )
         cluster = obj.get("spec")
         if isinstance(cluster, dict) and "headGroupSpec" not in cluster:
             errors.append("spec.headGroupSpec: required")
@@ -157,14 +233,25 @@ def _walk(value, schema, path: str, errors: list[str]) -> None:
     elif schema == STR:
         _expect(isinstance(value, str), where, "a string", value, errors)
     elif schema == INT32:
-        _expect(isinstance(value, int) and not isinstance(value, bool) and -2**31 <= value < 2**31, where,
-                "a 32-bit integer", value, errors)
+        _expect(
+            isinstance(value, int) and not isinstance(value, bool) and -(2**31) <= value < 2**31,
+            where,
+            "a 32-bit integer",
+            value,
+            errors,
+        )
     elif schema == NUMBER:
         _expect(isinstance(value, (int, float)) and not isinstance(value, bool), where, "a number", value, errors)
     elif schema == BOOL:
         _expect(isinstance(value, bool), where, "true or false", value, errors)
     elif schema == INT_OR_STRING:
-        _expect(isinstance(value, (int, str)) and not isinstance(value, bool), where, "an integer or a string", value, errors)
+        _expect(
+            isinstance(value, (int, str)) and not isinstance(value, bool),
+            where,
+            "an integer or a string",
+            value,
+            errors,
+        )
     elif schema == STR_MAP:
         if not isinstance(value, dict):
             errors.append(f"{where}: expected a map of strings, got {type(value).__name__}")
@@ -172,7 +259,13 @@ def _walk(value, schema, path: str, errors: list[str]) -> None:
             for k, v in value.items():
                 _expect(isinstance(v, str), f"{path}.{k}", "a string (quote it)", v, errors)
     elif schema == STR_LIST:
-        _expect(isinstance(value, list) and all(isinstance(v, str) for v in value), where, "a list of strings", value, errors)
+        _expect(
+            isinstance(value, list) and all(isinstance(v, str) for v in value),
+            where,
+            "a list of strings",
+            value,
+            errors,
+        )
     else:  # pragma: no cover — a typo in the tables above
         raise ValueError(f"unknown schema entry {schema!r} at {where}")
 
@@ -186,7 +279,12 @@ def _check_core(kind: str, value) -> list[str]:
     """Strict schema check of an embedded core type, wrapped in a PodTemplate or its own kind."""
     container = {"name": "c", "image": "i"}
     wrappers = {
-        "PodTemplateSpec": lambda v: {"kind": "PodTemplate", "apiVersion": "v1", "metadata": {"name": "t"}, "template": v},
+        "PodTemplateSpec": lambda v: {
+            "kind": "PodTemplate",
+            "apiVersion": "v1",
+            "metadata": {"name": "t"},
+            "template": v,
+        },
         "ObjectMeta": lambda v: {"kind": "ConfigMap", "apiVersion": "v1", "metadata": v},
         "Service": lambda v: {"apiVersion": "v1", "kind": "Service", **v} if isinstance(v, dict) else v,
         "ResourceRequirements": lambda v: _pod({**container, "resources": v}),
@@ -195,8 +293,12 @@ def _check_core(kind: str, value) -> list[str]:
         "EnvFromSource": lambda v: _pod({**container, "envFrom": [v]}),
         "EnvVarSource": lambda v: _pod({**container, "env": [{"name": "x", "valueFrom": v}]}),
         "VolumeMount": lambda v: _pod({**container, "volumeMounts": [v]}),
-        "IngressTLS": lambda v: {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "i"},
-                                 "spec": {"tls": [v]}},
+        "IngressTLS": lambda v: {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "Ingress",
+            "metadata": {"name": "i"},
+            "spec": {"tls": [v]},
+        },
         "NetworkPolicyIngressRule": lambda v: _policy({"ingress": [v]}),
         "NetworkPolicyEgressRule": lambda v: _policy({"egress": [v]}),
     }
@@ -211,13 +313,21 @@ def _check_core(kind: str, value) -> list[str]:
 
 
 def _pod(container: dict) -> dict:
-    return {"kind": "PodTemplate", "apiVersion": "v1", "metadata": {"name": "t"},
-            "template": {"spec": {"containers": [container]}}}
+    return {
+        "kind": "PodTemplate",
+        "apiVersion": "v1",
+        "metadata": {"name": "t"},
+        "template": {"spec": {"containers": [container]}},
+    }
 
 
 def _policy(spec: dict) -> dict:
-    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "p"},
-            "spec": {"podSelector": {}, **spec}}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "p"},
+        "spec": {"podSelector": {}, **spec},
+    }
 
 
 def _ray_job_rules(obj: dict) -> list[str]:
@@ -232,11 +342,15 @@ def _ray_job_rules(obj: dict) -> list[str]:
     shutdown = spec.get("shutdownAfterJobFinishes", False)
     mode = spec.get("submissionMode", "K8sJobMode")
     if spec.get("suspend") and not shutdown:
-        errors.append("spec.suspend: a RayJob with shutdownAfterJobFinishes set to false is not allowed to be suspended")
+        errors.append(
+            "spec.suspend: a RayJob with shutdownAfterJobFinishes set to false is not allowed to be suspended"
+        )
     if spec.get("ttlSecondsAfterFinished", 0) < 0:
         errors.append("spec.ttlSecondsAfterFinished: must be a non-negative integer")
     if not shutdown and spec.get("ttlSecondsAfterFinished", 0) > 0:
-        errors.append("spec.ttlSecondsAfterFinished: a RayJob with shutdownAfterJobFinishes set to false cannot have it")
+        errors.append(
+            "spec.ttlSecondsAfterFinished: a RayJob with shutdownAfterJobFinishes set to false cannot have it"
+        )
     if "rayClusterSpec" not in spec and "clusterSelector" not in spec:
         errors.append("spec: one of rayClusterSpec or clusterSelector must be set")
     if "clusterSelector" in spec and (mode == "SidecarMode" or spec.get("backoffLimit", 0) > 0):
@@ -249,7 +363,9 @@ def _ray_job_rules(obj: dict) -> list[str]:
                 errors.append(f"spec.{field}: SidecarMode doesn't support it")
         head = (spec.get("rayClusterSpec") or {}).get("headGroupSpec", {}).get("template", {}).get("spec", {})
         if head.get("restartPolicy", "Never") != "Never":
-            errors.append("spec.rayClusterSpec.headGroupSpec.template.spec.restartPolicy: must be Never or unset in SidecarMode")
+            errors.append(
+                "spec.rayClusterSpec.headGroupSpec.template.spec.restartPolicy: must be Never or unset in SidecarMode"
+            )
     for field in ("activeDeadlineSeconds", "preRunningDeadlineSeconds"):
         if field in spec and spec[field] <= 0:
             errors.append(f"spec.{field}: must be a positive integer")
@@ -264,7 +380,8 @@ def _cluster_rules(cluster: dict) -> list[str]:
     """ValidateRayClusterSpec: containers, resource fields, replica bounds, autoscaler v2 needs."""
     errors = []
     groups = [("Head", cluster.get("headGroupSpec") or {})] + [
-        (g.get("groupName", "?"), g) for g in cluster.get("workerGroupSpecs") or [] if isinstance(g, dict)]
+        (g.get("groupName", "?"), g) for g in cluster.get("workerGroupSpecs") or [] if isinstance(g, dict)
+    ]
     names = [name for name, _ in groups[1:]]
     if len(set(names)) != len(names):
         errors.append("workerGroupSpecs: worker group names must be unique")
@@ -282,7 +399,9 @@ def _cluster_rules(cluster: dict) -> list[str]:
             continue
         low, high = group.get("minReplicas"), group.get("maxReplicas")
         if not autoscaling and (low is None or high is None):
-            errors.append(f"worker group {name}: must set both minReplicas and maxReplicas when autoscaling is disabled")
+            errors.append(
+                f"worker group {name}: must set both minReplicas and maxReplicas when autoscaling is disabled"
+            )
         low, high = low or 0, 2**31 - 1 if high is None else high
         if low < 0 or high < 0 or low > high:
             errors.append(f"worker group {name}: needs 0 <= minReplicas ({low}) <= maxReplicas ({high})")

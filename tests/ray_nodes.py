@@ -3,6 +3,7 @@
 
 Nodes are stopped by killing their own process group, never with `ray stop` (which would stop
 every Ray process on the machine)."""
+
 from __future__ import annotations
 
 import os
@@ -29,7 +30,10 @@ class RayNode:
         self.log = log
         self.proc = subprocess.Popen(
             [RAY, "start", "--block", "--node-ip-address", "127.0.0.1", "--disable-usage-stats", *args],
-            env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
+            env=env,
+            stdout=open(log, "w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     def kill(self) -> None:
@@ -56,8 +60,18 @@ class LocalCluster:
         self.logs = Path(self.temp_dir)
 
     def start_head(self, cpus: int = 1) -> RayNode:
-        args = ["--head", "--port", str(self.port), "--num-cpus", str(cpus), "--temp-dir", self.temp_dir,
-                "--include-dashboard=false", "--ray-client-server-port", self.client_address.rsplit(":", 1)[1]]
+        args = [
+            "--head",
+            "--port",
+            str(self.port),
+            "--num-cpus",
+            str(cpus),
+            "--temp-dir",
+            self.temp_dir,
+            "--include-dashboard=false",
+            "--ray-client-server-port",
+            self.client_address.rsplit(":", 1)[1],
+        ]
         return self._start(args, "head")
 
     def add_worker(self, cpus: int = 1, env: dict[str, str] | None = None) -> RayNode:
@@ -84,11 +98,18 @@ class LocalCluster:
         """Alive node ids, asked of the cluster by a separate `ray list nodes`-like process."""
         if not self.nodes:
             return set()
-        code = ("import ray, json; ray.init(address=%r, logging_level='ERROR', log_to_driver=False); "
-                "print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive']]))" % self.address)
+        code = (
+            f"import ray, json; ray.init(address={self.address!r}, logging_level='ERROR', log_to_driver=False); "
+            "print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive']]))"
+        )
         try:
-            out = subprocess.run([sys.executable, "-c", code], env={**self.env, "RAY_AUTH_MODE": "token"},
-                                 capture_output=True, text=True, timeout=60)
+            out = subprocess.run(
+                [sys.executable, "-c", code],
+                env={**self.env, "RAY_AUTH_MODE": "token"},
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
         except subprocess.TimeoutExpired:
             return set()
         if out.returncode != 0:
@@ -107,7 +128,12 @@ def token_home(root: Path) -> Path:
     """A $HOME with a Ray auth token, as `ray get-auth-token --generate` makes it."""
     home = root / "home"
     home.mkdir(parents=True, exist_ok=True)
-    subprocess.run([RAY, "get-auth-token", "--generate"], env={**os.environ, "HOME": str(home)},
-                   capture_output=True, check=True, timeout=60)
+    subprocess.run(
+        [RAY, "get-auth-token", "--generate"],
+        env={**os.environ, "HOME": str(home)},
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
     assert (home / ".ray" / "auth_token").is_file()
     return home

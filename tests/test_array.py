@@ -6,6 +6,7 @@ the assertions ask for the issue's bound (1e-5 relative) so that they do not dep
 more threads oneDNN splits weight-gradient sums differently for grouped and ungrouped convs:
 rounding-level differences, which ReLU units close to zero can amplify over many steps.
 """
+
 import io
 import math
 
@@ -87,8 +88,16 @@ def test_each_member_ends_as_its_single_trial(splits):
         cfg(seed=0, lr=0.1),
         cfg(seed=1, lr=0.05),
         cfg(seed=2, lr=0.2, nesterov=True, label_smoothing=0.1),
-        cfg(seed=0, lr=0.02, momentum=0.0, weight_decay=5e-4, bn_weight_decay=False, schedule="cosine",
-            warmup_iterations=3, warmup_lr=0.005),
+        cfg(
+            seed=0,
+            lr=0.02,
+            momentum=0.0,
+            weight_decay=5e-4,
+            bn_weight_decay=False,
+            schedule="cosine",
+            warmup_iterations=3,
+            warmup_lr=0.005,
+        ),
     ]
     array = ArrayTrainer(cfgs, splits=splits)
     results = array.run()
@@ -99,11 +108,28 @@ def test_each_member_ends_as_its_single_trial(splits):
         member = array.member_model(k)
         assert_same_weights(member, trainer.model)
         ref = trainer.model.state_dict()
-        worst = max(worst, max(((member.state_dict()[n].double() - ref[n].double()).norm() /
-                                ref[n].double().norm().clamp(min=1e-30)).item() for n in ref))
+        worst = max(
+            worst,
+            max(
+                (
+                    (member.state_dict()[n].double() - ref[n].double()).norm() / ref[n].double().norm().clamp(min=1e-30)
+                ).item()
+                for n in ref
+            ),
+        )
         assert_same_history(results[k]["history"], result["history"])
-        for key in ("status", "best_epoch", "epochs", "epochs_run", "params", "name", "config", M.VAL_ERROR,
-                    M.TEST_ERROR, M.TRAIN_ERROR):
+        for key in (
+            "status",
+            "best_epoch",
+            "epochs",
+            "epochs_run",
+            "params",
+            "name",
+            "config",
+            M.VAL_ERROR,
+            M.TEST_ERROR,
+            M.TRAIN_ERROR,
+        ):
             assert results[k][key] == result[key], key
         assert results[k]["layer_response_std"] == pytest.approx(result["layer_response_std"], rel=1e-5)
         assert results[k]["array_member"] == k and results[k]["array_size"] == 4
@@ -142,8 +168,12 @@ def test_a_diverging_member_is_frozen_and_the_others_finish(splits):
     """Must-show 4: member 1 blows up (lr 1e4): it is marked diverged, frozen, and the others
     end exactly as they would alone. Member 2 watches only for a non-finite loss (factor 0),
     so it trains on NaN-bound weights until its loss is NaN: nothing of it may leak."""
-    cfgs = [cfg(seed=0, epochs=3), cfg(seed=1, lr=1e4, epochs=3), cfg(seed=2, lr=1e4, divergence_factor=0.0,
-                                                                      epochs=3), cfg(seed=3, epochs=3)]
+    cfgs = [
+        cfg(seed=0, epochs=3),
+        cfg(seed=1, lr=1e4, epochs=3),
+        cfg(seed=2, lr=1e4, divergence_factor=0.0, epochs=3),
+        cfg(seed=3, epochs=3),
+    ]
     array = ArrayTrainer(cfgs, splits=splits)
     before: dict[int, list] = {1: [], 2: []}
     losses: dict[int, list] = {1: [], 2: []}
@@ -214,7 +244,8 @@ def test_resume_of_an_array_is_exact(splits):
     again = resumed.run()
     for k in range(3):
         assert [{m: v for m, v in h.items() if m not in TIMING} for h in again[k]["history"]] == [
-            {m: v for m, v in h.items() if m not in TIMING} for h in full[k]["history"]]
+            {m: v for m, v in h.items() if m not in TIMING} for h in full[k]["history"]
+        ]
         assert again[k]["status"] == full[k]["status"]
         a, b = resumed.member_model(k).state_dict(), straight.member_model(k).state_dict()
         assert all(torch.equal(a[n], b[n]) for n in a)
@@ -226,8 +257,11 @@ def test_member_checkpoint_resumes_as_a_single_trainer(splits):
     """A member's checkpoint (single-trainer form) lets Trainer continue it as its own run."""
     c = cfg(seed=3, lr=0.05, nesterov=True, bn_weight_decay=False, epochs=3)
     states = []
-    train_array([cfg(seed=0, epochs=3), c], splits=splits,
-                report=lambda r: states.append(r.member_checkpoint(1)) if r.epoch == 1 else None)
+    train_array(
+        [cfg(seed=0, epochs=3), c],
+        splits=splits,
+        report=lambda r: states.append(r.member_checkpoint(1)) if r.epoch == 1 else None,
+    )
     trainer = Trainer(c, splits=splits)
     trainer.load_state_dict(states[0])
     result = trainer.run()
@@ -252,13 +286,20 @@ def test_bf16_autocast_members_match_their_single_trials(splits):
     [
         (cfg({"depth": 14}), "model.depth"),
         (cfg({"shortcut": "B"}), "model.shortcut"),
-        (RunConfig(model=ModelConfig(depth=8), dataset=DataConfig(name="synthetic", synthetic_size=192,
-                                                                  image_size=16, val_size=64, augment=True),
-                   train=TrainConfig(batch_size=32, epochs=2)), "dataset.val_size"),
+        (
+            RunConfig(
+                model=ModelConfig(depth=8),
+                dataset=DataConfig(name="synthetic", synthetic_size=192, image_size=16, val_size=64, augment=True),
+                train=TrainConfig(batch_size=32, epochs=2),
+            ),
+            "dataset.val_size",
+        ),
         (cfg(batch_size=64), "train.batch_size"),
         (cfg(epochs=3), "train.epochs"),
-        (RunConfig(model=ModelConfig(depth=8), dataset=DATA, train=TrainConfig(batch_size=32, iterations=10)),
-         "train.epochs"),
+        (
+            RunConfig(model=ModelConfig(depth=8), dataset=DATA, train=TrainConfig(batch_size=32, iterations=10)),
+            "train.epochs",
+        ),
         (cfg(precision="bf16"), "train.precision"),
         (cfg(device="cpu"), "train.device"),
         (cfg(seed=1, nesterov=True, momentum=0.0), "train.nesterov"),
@@ -275,13 +316,28 @@ def test_members_must_share_the_shape(other, field):
 
 def test_what_members_may_differ_in_keeps_one_array():
     a = cfg()
-    b = cfg({"drop_path": 0.1}, seed=5, lr=0.3, momentum=0.5, nesterov=True, weight_decay=0.0, bn_weight_decay=False,
-            schedule="cosine", milestones=(0.3,), gamma=0.2, warmup_iterations=4, warmup_lr=0.001,
-            label_smoothing=0.1, divergence_factor=10.0, compile=True, fused_sgd=False)
+    b = cfg(
+        {"drop_path": 0.1},
+        seed=5,
+        lr=0.3,
+        momentum=0.5,
+        nesterov=True,
+        weight_decay=0.0,
+        bn_weight_decay=False,
+        schedule="cosine",
+        milestones=(0.3,),
+        gamma=0.2,
+        warmup_iterations=4,
+        warmup_lr=0.001,
+        label_smoothing=0.1,
+        divergence_factor=10.0,
+        compile=True,
+        fused_sgd=False,
+    )
     check_members([a, b])
     assert array_key(a) == array_key(b)
     with pytest.raises(ConfigError) as err:
         check_members([])
     assert err.value.field == "array"
-    with pytest.raises(ConfigError, match="model.depth: members of an array must share it: 20 .* vs 32"):
+    with pytest.raises(ConfigError, match=r"model\.depth: members of an array must share it: 20 .* vs 32"):
         ArrayTrainer([cfg({"depth": 20}), cfg({"depth": 32})])

@@ -1,6 +1,7 @@
 """Trial arrays in a sweep (resources.array) on real Ray and a real MLflow store: each
 member is still a trial (its own child run, row, status), with the results of the same sweep
 run without arrays; a member that diverges ends alone."""
+
 from __future__ import annotations
 
 import csv
@@ -45,11 +46,15 @@ def _runs(client: MlflowClient, experiment: str, tmp_path: Path) -> dict[str, di
         if "layer_responses.json" in artifacts:
             folder = tmp_path / "artifacts" / run_id
             folder.mkdir(parents=True)
-            responses = json.loads(Path(client.download_artifacts(run_id, "layer_responses.json", str(folder))).read_text())
+            responses = json.loads(
+                Path(client.download_artifacts(run_id, "layer_responses.json", str(folder))).read_text()
+            )
         runs[run.info.run_name] = {
             "tags": run.data.tags,
             "params": run.data.params,
-            "metrics": {key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key)) for key in EXACT},
+            "metrics": {
+                key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key)) for key in EXACT
+            },
             "artifacts": artifacts,
             "responses": responses,
         }
@@ -102,7 +107,9 @@ def test_array_sweep_gives_each_member_its_single_trials_results(tmp_path):
             assert member["responses"] == single["responses"] and member["responses"]
             assert {"learning_curve.png", "layer_responses.png"} <= member["artifacts"]
 
-    report = {r["trial"]: r["status"] for r in csv.DictReader((tmp_path / "reports" / "arrays-on" / "trials.csv").open())}
+    report = {
+        r["trial"]: r["status"] for r in csv.DictReader((tmp_path / "reports" / "arrays-on" / "trials.csv").open())
+    }
     assert report == {name: "diverged" if "lr1000" in name else "completed" for name in NAMES}
     status = cli("status", "arrays-on", "--json", cwd=tmp_path)
     assert status.returncode == 0, status.stderr
@@ -125,11 +132,15 @@ def test_array_sweep_gives_each_member_its_single_trials_results(tmp_path):
 
 
 def test_array_spec_errors_name_the_field(tmp_path):
-    optuna = SWEEP.format(name="x", array=", array: 4").replace("algorithm: grid", "algorithm: optuna\n  num_samples: 4")
+    optuna = SWEEP.format(name="x", array=", array: 4").replace(
+        "algorithm: grid", "algorithm: optuna\n  num_samples: 4"
+    )
     optuna = optuna.replace("train.lr: [0.05, 0.1, 1000.0]", "train.lr: {loguniform: [0.01, 0.3]}")
-    for text, message in ((optuna, "Optuna draws one trial at a time"),
-                          (SWEEP.format(name="x", array=", array: 0"), "greater than or equal to 1"),
-                          (SWEEP.format(name="x", array=", array: 2.5"), "integer")):
+    for text, message in (
+        (optuna, "Optuna draws one trial at a time"),
+        (SWEEP.format(name="x", array=", array: 0"), "greater than or equal to 1"),
+        (SWEEP.format(name="x", array=", array: 2.5"), "integer"),
+    ):
         (tmp_path / "bad.yaml").write_text(text)
         out = cli("plan", "bad.yaml", cwd=tmp_path)
         assert out.returncode == 2, out.stdout + out.stderr
@@ -142,8 +153,10 @@ def test_array_sweep_interrupted_then_resumed(tmp_path):
     table and MLflow, the members that ended (completed, diverged) stay as they are; `resume`
     continues the array from its checkpoint and each member's history is epochs 1…N once."""
     epochs = 8  # as test_sweeps' Ctrl-C test: the second array is still midway when the signal lands
-    (tmp_path / "arrays.yaml").write_text(SWEEP.format(name="arrays-resume", array=", array: 4")
-                                          .replace("epochs: 3", f"epochs: {epochs}") + "max_concurrent: 1\n")
+    (tmp_path / "arrays.yaml").write_text(
+        SWEEP.format(name="arrays-resume", array=", array: 4").replace("epochs: 3", f"epochs: {epochs}")
+        + "max_concurrent: 1\n"
+    )
     seen, done = kill_when_midway("run", "arrays.yaml", cwd=tmp_path, epochs=epochs, sig=signal.SIGINT)
     assert kill_when_midway.returncode == 130, seen[-3000:]
     assert done == {name for name in NAMES[:4] if "lr1000" not in name}, seen[-3000:]  # the first array

@@ -1,5 +1,6 @@
 """The benchmarks run (their --smoke-test sizes), from any folder, and write their tables.
 They measure nothing here: speed belongs in the benchmarks' own runs, never in a timed test."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +12,13 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 def bench(name: str, tmp_path: Path, timeout: float = 300) -> str:
     out = tmp_path / "tables with spaces.md"
-    proc = subprocess.run([sys.executable, str(BENCH), name, "--smoke-test", "--out", str(out)], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), name, "--smoke-test", "--out", str(out)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     table = out.read_text()
     assert table.startswith("#### ") and f"`python bench {name} --smoke-test --out " in table
@@ -41,14 +47,20 @@ def test_arrays_bench_compares_arrays_with_one_trial_and_processes(tmp_path):
 def test_loader_bench_compares_the_streaming_loader_with_the_conventional_pipeline(tmp_path):
     table = bench("loader", tmp_path)
     rows = [line.split(" | ") for line in table.splitlines() if line.startswith(("| ours ", "| conventional "))]
-    assert [(r[0], r[1]) for r in rows] == [("| ours", "0"), ("| conventional", "0"), ("| ours", "1"), ("| conventional", "1")]
+    assert [(r[0], r[1]) for r in rows] == [
+        ("| ours", "0"),
+        ("| conventional", "0"),
+        ("| ours", "1"),
+        ("| conventional", "1"),
+    ]
     assert all(r[4] == "1.00x |" for r in rows[1::2])
 
 
 @pytest.mark.parametrize("name", ["nonsense", ""])
 def test_an_unknown_bench_lists_them_all(tmp_path, name):
-    proc = subprocess.run([sys.executable, str(BENCH), *([name] if name else [])], cwd=tmp_path,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), *([name] if name else [])], cwd=tmp_path, capture_output=True, text=True
+    )
     assert proc.returncode == 2
     for known in ("trainer", "packing", "orchestration", "asha", "arrays", "loader"):
         assert f"python bench {known}" in proc.stderr

@@ -1,5 +1,6 @@
 """A checkpoint that cannot be restored (cut short, corrupt, another trial's): the trial
 falls back to an older checkpoint or restarts from epoch 0, says so once, and never crash-loops."""
+
 import os
 import re
 import signal
@@ -39,9 +40,18 @@ def interrupt_midway(cwd: Path) -> str:
     faults.mkdir()
     (faults / "hold").write_text("2")
     exe = Path(sys.executable).parent / "resnet-sweep"
-    proc = subprocess.Popen([str(exe), "run", "twins.yaml"], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent / "faults"),
-                                            "RESNET_SWEEP_TEST_FAULTS": str(faults)})
+    proc = subprocess.Popen(
+        [str(exe), "run", "twins.yaml"],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={
+            **os.environ,
+            "PYTHONPATH": str(Path(__file__).parent / "faults"),
+            "RESNET_SWEEP_TEST_FAULTS": str(faults),
+        },
+    )
     seen, epoch = [], {}
     for line in proc.stdout:
         seen.append(line)
@@ -84,8 +94,10 @@ def test_unrestorable_checkpoints_restart_their_trials_once_on_resume(tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     warnings = [line for line in out.stderr.splitlines() if line.startswith("warning: trial ")]
     assert len(warnings) == 2, out.stderr
-    for trial, reason in ((trials["resnet"], "failed finding central directory"),
-                          (trials["plain8"], "another trial's state: model.residual True, this trial's False")):
+    for trial, reason in (
+        (trials["resnet"], "failed finding central directory"),
+        (trials["plain8"], "another trial's state: model.residual True, this trial's False"),
+    ):
         (line,) = [w for w in warnings if w.startswith(f"warning: trial {trial}: cannot restore ")]
         for folder in corrupt[trial]:
             assert f"{folder}/{CHECKPOINT_FILE} (" in line, line
@@ -132,10 +144,13 @@ def test_a_checkpoint_tune_names_but_storage_no_longer_holds_resumes_from_the_ne
 
 # --- the choice itself, on a trial folder as Tune leaves it (no Ray needed) --------------------
 
+
 def tiny(depth: int = 8, residual: bool = True) -> RunConfig:
-    return RunConfig(model=ModelConfig(depth=depth, width=1, residual=residual),
-                     dataset=DataConfig(name="synthetic", synthetic_size=64, image_size=8, val_size=16),
-                     train=TrainConfig(epochs=3, batch_size=32))
+    return RunConfig(
+        model=ModelConfig(depth=depth, width=1, residual=residual),
+        dataset=DataConfig(name="synthetic", synthetic_size=64, image_size=8, val_size=16),
+        train=TrainConfig(epochs=3, batch_size=32),
+    )
 
 
 def checkpoints(cfg: RunConfig, trial: Path) -> list[Path]:
@@ -152,7 +167,9 @@ def checkpoints(cfg: RunConfig, trial: Path) -> list[Path]:
 
 
 def same_weights(a: Trainer, b: Trainer) -> bool:
-    return all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values(), strict=True))
+    return all(
+        torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values(), strict=True)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -176,13 +193,17 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(trained, tmp_p
     newest.write_bytes(b"\x00garbage" * 100)
     trainer, warning = _restore(Trainer(tiny()), str(tmp_path), tune_checkpoint(newest))
     assert trainer.epoch == 1 and len(trainer.history) == 1
-    assert warning == (f"warning: trial {tmp_path}: cannot restore checkpoint_000001/{CHECKPOINT_FILE} "
-                       f"(UnpicklingError: Unsupported operand 0); continuing from epoch 1 of checkpoint_000000")
+    assert warning == (
+        f"warning: trial {tmp_path}: cannot restore checkpoint_000001/{CHECKPOINT_FILE} "
+        f"(UnpicklingError: Unsupported operand 0); continuing from epoch 1 of checkpoint_000000"
+    )
 
 
 def test_an_intact_checkpoint_restores_without_a_word(trained):
     folder, _ = trained
-    trainer, warning = _restore(Trainer(tiny()), str(folder), tune_checkpoint(folder / "checkpoint_000001" / CHECKPOINT_FILE))
+    trainer, warning = _restore(
+        Trainer(tiny()), str(folder), tune_checkpoint(folder / "checkpoint_000001" / CHECKPOINT_FILE)
+    )
     assert warning is None and trainer.epoch == 3  # a newer stored checkpoint than Tune's is still taken
 
 
@@ -205,18 +226,23 @@ def broken(kind: str, states: list[bytes], tmp_path: Path) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize(("kind", "reason"), [
-    ("empty", "empty file"),
-    ("missing key", "not a trainer state (no 'optimizer')"),
-    ("other shapes", "RuntimeError: Error(s) in loading state_dict for ResNet:"),
-    ("not a dict", "not a trainer state (list without a config)"),
-])
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("empty", "empty file"),
+        ("missing key", "not a trainer state (no 'optimizer')"),
+        ("other shapes", "RuntimeError: Error(s) in loading state_dict for ResNet:"),
+        ("not a dict", "not a trainer state (list without a config)"),
+    ],
+)
 def test_an_unusable_only_checkpoint_restarts_from_a_clean_trainer(trained, tmp_path, kind, reason):
     _, states = trained
     state = tmp_path / "trial" / "checkpoint_000000" / CHECKPOINT_FILE
     state.parent.mkdir(parents=True)
     state.write_bytes(broken(kind, states, tmp_path))
     trainer, warning = _restore(Trainer(tiny()), str(tmp_path / "trial"), tune_checkpoint(state))
-    assert warning.startswith(f"warning: trial {tmp_path / 'trial'}: cannot restore checkpoint_000000/{CHECKPOINT_FILE} ({reason}")
+    assert warning.startswith(
+        f"warning: trial {tmp_path / 'trial'}: cannot restore checkpoint_000000/{CHECKPOINT_FILE} ({reason}"
+    )
     assert warning.endswith("; restarting from epoch 0") and "\n" not in warning
     assert trainer.epoch == 0 and trainer.history == [] and same_weights(trainer, Trainer(tiny()))

@@ -1,6 +1,7 @@
 """Beyond one machine: sweeps on a real multi-node Ray cluster (separate `ray start`
 processes on 127.0.0.1, token auth on as Ray 2.60 does by default), node loss, nodes that join,
 and the clear one-line failures (no token, dead cluster, storage a node cannot see)."""
+
 import os
 import re
 import subprocess
@@ -15,9 +16,14 @@ from tests.conftest import cli
 from tests.ray_nodes import LocalCluster, free_port, token_home
 from tests.test_sweeps import SMALL_GRID, child_runs, table_rows
 
+
 def sweep_file(folder: Path, epochs: int = 3, size: int = 8, limit: int = 256) -> Path:
     path = folder / "small.yaml"
-    path.write_text(SMALL_GRID.format(epochs=epochs).replace("image_size: 8, train_limit: 256", f"image_size: {size}, train_limit: {limit}"))
+    path.write_text(
+        SMALL_GRID.format(epochs=epochs).replace(
+            "image_size: 8, train_limit: 256", f"image_size: {size}, train_limit: {limit}"
+        )
+    )
     return path
 
 
@@ -62,10 +68,15 @@ def test_two_node_sweep_with_token_auth_runs_on_both_nodes(tmp_path, cluster, s3
 
     # Storage that one node cannot use: one line naming storage_path, before any trial.
     env = {**user, **s3_server.env}
-    out = cli("run", "small.yaml", "--address", cluster.address, "--storage-path", "s3://sweeps/ray", cwd=tmp_path, env=env)
+    out = cli(
+        "run", "small.yaml", "--address", cluster.address, "--storage-path", "s3://sweeps/ray", cwd=tmp_path, env=env
+    )
     assert out.returncode == 2, out.stdout + out.stderr
     line = one_line(out.stderr)
-    assert line.startswith("error: storage_path: s3://sweeps/ray is not usable from every node") and worker.node_id[:8] in line, line
+    assert (
+        line.startswith("error: storage_path: s3://sweeps/ray is not usable from every node")
+        and worker.node_id[:8] in line
+    ), line
     assert "epoch" not in out.stdout and s3_server.env["AWS_SECRET_ACCESS_KEY"] not in out.stdout + out.stderr
 
     # No token here: one line that says so, in seconds (Ray alone retries for a minute).
@@ -109,8 +120,16 @@ def test_ray_client_address_runs_tunes_loop_on_the_head(tmp_path, cluster, mlflo
     # Ray Client (ray://): Tune's loop runs on the head, so MLflow must be a server it reaches.
     out = cli("run", "small.yaml", "--address", cluster.client_address, cwd=tmp_path, env=user)
     assert out.returncode == 2 and "tracking.tracking_uri" in one_line(out.stderr), out.stderr
-    out = cli("run", "small.yaml", "--address", cluster.client_address, "--tracking-uri", mlflow_server,
-              cwd=tmp_path, env=user)
+    out = cli(
+        "run",
+        "small.yaml",
+        "--address",
+        cluster.client_address,
+        "--tracking-uri",
+        mlflow_server,
+        cwd=tmp_path,
+        env=user,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert len(table_rows(out.stdout)) == 4 and "results in" in out.stdout
     parents, children = child_runs(MlflowClient(mlflow_server), "small")
@@ -130,9 +149,14 @@ def test_a_node_that_joins_gets_trials_and_a_node_that_dies_costs_at_most_an_epo
     head = cluster.start_head(cpus=1)
     sweep_file(tmp_path, epochs=epochs, size=16, limit=1024)
     exe = Path(sys.executable).parent / "resnet-sweep"
-    proc = subprocess.Popen([str(exe), "run", "small.yaml", "--address", cluster.address], cwd=tmp_path,
-                            env={**os.environ, "HOME": str(cluster.env["HOME"])},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [str(exe), "run", "small.yaml", "--address", cluster.address],
+        cwd=tmp_path,
+        env={**os.environ, "HOME": str(cluster.env["HOME"])},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines: list[str] = []
 
     def read_until(pattern: str) -> re.Match:
@@ -193,8 +217,9 @@ def test_ray_client_keeps_the_mlflow_login_out_of_rays_records_logs_and_trials(t
     secret = server.PASSWORD
     login = f"http://{server.USER}:{secret}@127.0.0.1:{server.port}"
     try:
-        proc = start("run", "small.yaml", "--address", cluster.client_address, "--tracking-uri", login, cwd=tmp_path,
-                     env=user)
+        proc = start(
+            "run", "small.yaml", "--address", cluster.client_address, "--tracking-uri", login, cwd=tmp_path, env=user
+        )
         seen, searched, in_environments = [], 0, []
         roots = [proc.pid, *(node.proc.pid for node in cluster.nodes)]
         for line in proc.stdout:
@@ -208,21 +233,31 @@ def test_ray_client_keeps_the_mlflow_login_out_of_rays_records_logs_and_trials(t
         assert len(table_rows(output)) == 4 and searched >= 5 and in_environments == [], (searched, in_environments)
         # GCS's job and actor tables and task events, raw, where a runtime_env is kept (Ray's
         # state API needs a dashboard; a test may read the tables underneath)
-        code = ("import sys, ray; from ray._private import state; "
-                f"ray.init(address={cluster.address!r}, logging_level='ERROR', log_to_driver=False); "
-                "a = state.state._connect_and_get_accessor(); "
-                "sys.stdout.buffer.write(b''.join([*a.get_job_table(skip_submission_job_info_field=False, "
-                "skip_is_running_tasks_field=True), *a.get_actor_table(None, None), *a.get_task_events()]))")
-        records = subprocess.run([sys.executable, "-c", code], env={**cluster.env, "RAY_AUTH_MODE": "token"},
-                                 capture_output=True, timeout=120)
-        assert records.returncode == 0 and b"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT" in records.stdout, records.stderr[-2000:]
+        code = (
+            "import sys, ray; from ray._private import state; "
+            f"ray.init(address={cluster.address!r}, logging_level='ERROR', log_to_driver=False); "
+            "a = state.state._connect_and_get_accessor(); "
+            "sys.stdout.buffer.write(b''.join([*a.get_job_table(skip_submission_job_info_field=False, "
+            "skip_is_running_tasks_field=True), *a.get_actor_table(None, None), *a.get_task_events()]))"
+        )
+        records = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**cluster.env, "RAY_AUTH_MODE": "token"},
+            capture_output=True,
+            timeout=120,
+        )
+        assert records.returncode == 0 and b"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT" in records.stdout, records.stderr[
+            -2000:
+        ]
         files = [p for root in (tmp_path / "ray_results", cluster.logs) for p in root.rglob("*") if p.is_file()]
         leaks = [str(p) for p in files if secret.encode() in p.read_bytes()]
         leaks += ["output"] * (secret in output) + ["Ray's records of the job"] * (secret.encode() in records.stdout)
         parents, children, in_runs = runs_holding(server.uri, server.USER, secret, "small")
         assert len(parents) == 1 and len(children) == 4
         assert leaks + in_runs == [] and len(files) > 20
-        print(f"\nray://: secret searched in the output, {len(files)} files, Ray's records "
-              f"({len(records.stdout)} bytes), the environments of {searched} processes, 5 runs: not found")
+        print(
+            f"\nray://: secret searched in the output, {len(files)} files, Ray's records "
+            f"({len(records.stdout)} bytes), the environments of {searched} processes, 5 runs: not found"
+        )
     finally:
         server.stop()

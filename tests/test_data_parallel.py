@@ -1,5 +1,6 @@
 """Data-parallel trials (resources.workers): Ray Train's TorchTrainer runs the trial's
 processes (gloo on CPU here), which together train exactly the batches one process would."""
+
 from __future__ import annotations
 
 import io
@@ -29,16 +30,26 @@ resources: {{cpu: 1, workers: 2}}
 LOGGED = ("train_loss", "train_error", "val_loss", "val_error", "test_error")
 
 
-@pytest.mark.parametrize("data", [
-    DataConfig(name="digits", image_size=16, train_limit=100),  # in memory, CIFAR's pad-crop-flip
-    "folder",  # streamed JPEGs: scale augmentation, flips, lighting
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        DataConfig(name="digits", image_size=16, train_limit=100),  # in memory, CIFAR's pad-crop-flip
+        "folder",  # streamed JPEGs: scale augmentation, flips, lighting
+    ],
+)
 def test_the_workers_parts_of_each_batch_make_up_the_batch_one_process_trains(data, tmp_path):
     """Each of 3 workers draws the global order and augmentation and keeps its part: together,
     in rank order, they are exactly one process's batches (a short last batch of 4 splits 2+1+1)."""
     if data == "folder":
-        data = DataConfig(name="imagefolder", root=str(write_folder(tmp_path)), image_size=32, scale_range=(36, 48),
-                          val_per_class=2, workers=0, train_limit=28)
+        data = DataConfig(
+            name="imagefolder",
+            root=str(write_folder(tmp_path)),
+            image_size=32,
+            scale_range=(36, 48),
+            val_per_class=2,
+            workers=0,
+            train_limit=28,
+        )
     cfg = RunConfig(model=ModelConfig(depth=8), dataset=data, train=TrainConfig(batch_size=8, epochs=1, device="cpu"))
 
     def batches(shard: Shard) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -56,8 +67,9 @@ def test_the_workers_parts_of_each_batch_make_up_the_batch_one_process_trains(da
 
 
 def _history(client: MlflowClient, run_id: str) -> dict[str, list[float]]:
-    return {key: [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
-            for key in LOGGED}
+    return {
+        key: [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)] for key in LOGGED
+    }
 
 
 def _only_run(client: MlflowClient, experiment: str):
@@ -152,9 +164,13 @@ def test_a_data_parallel_trial_spans_two_nodes(tmp_path):
 
 # --- two processes of one trial, in torch's own process group (gloo), without Ray -----------------
 
+
 def _tiny(sync_bn: bool, images: int = 256, epochs: int = 3) -> RunConfig:
-    return RunConfig(model=ModelConfig(depth=8), dataset=DataConfig(name="digits", image_size=8, train_limit=images),
-                     train=TrainConfig(batch_size=64, epochs=epochs, lr=0.05, device="cpu", sync_bn=sync_bn))
+    return RunConfig(
+        model=ModelConfig(depth=8),
+        dataset=DataConfig(name="digits", image_size=8, train_limit=images),
+        train=TrainConfig(batch_size=64, epochs=epochs, lr=0.05, device="cpu", sync_bn=sync_bn),
+    )
 
 
 ONE_STEP = {"images": 64, "epochs": 1}  # one batch of 64: 32 images per worker
@@ -181,22 +197,30 @@ def _rank(rank: int, port: int, folder: str, phase: str, sync_bn: bool, out) -> 
     if phase == "one step":
         trainer.run()
     elif phase == "straight":
+
         def save(r) -> None:
             if rank == 0:
                 path = Path(folder, f"checkpoint_{r.epoch - 1:06d}", CHECKPOINT_FILE)
                 path.parent.mkdir(parents=True)
                 torch.save(r.checkpoint(), path)
+
         trainer.run(save)
     else:
         if rank == 1:  # this rank's storage fails every read (it has no need to read)
+
             def unreadable(*args, **kwargs):
                 raise OSError("injected: rank 1 cannot read the storage")
+
             storage.read_bytes = unreadable
         trainer, _ = _restored_as_rank_0_chose(shard)(trainer, folder, None)
         restored = trainer.epoch
         trainer.run()
-    bn = [b.clone() for m in trainer.model.modules() if isinstance(m, torch.nn.BatchNorm2d)
-          for b in (m.running_mean, m.running_var)]
+    bn = [
+        b.clone()
+        for m in trainer.model.modules()
+        if isinstance(m, torch.nn.BatchNorm2d)
+        for b in (m.running_mean, m.running_var)
+    ]
     sent = io.BytesIO()  # as bytes: tensors shared through the queue would not outlive this process
     torch.save((rank, restored, trainer.history, trainer.layer_response_std(), trainer.model.state_dict(), bn), sent)
     out.put(sent.getvalue())
@@ -256,7 +280,8 @@ def test_both_ranks_resume_the_epoch_rank_0_chose_and_evaluate_one_model(tmp_pat
         _, history, responses, weights, bn = resumed[rank]
         timing = ("images_per_second", "epoch_seconds")
         assert [{k: v for k, v in h.items() if k not in timing} for h in history] == [
-            {k: v for k, v in h.items() if k not in timing} for h in straight[rank][1]]  # every epoch's metrics, exactly
+            {k: v for k, v in h.items() if k not in timing} for h in straight[rank][1]
+        ]  # every epoch's metrics, exactly
         assert all(torch.equal(weights[k], straight[rank][3][k]) for k in weights)
         assert all(torch.equal(a, b) for a, b in zip(bn, resumed[0][4]))  # one model in both ranks
         assert responses == resumed[0][2]

@@ -2,6 +2,7 @@
 own) in threads of this process, on a local folder and on a real S3-compatible server (moto),
 with the heartbeat and stale times shortened. Each scenario ends with exactly one driver holding
 the sweep and every other one told why, naming the lock by its path."""
+
 from __future__ import annotations
 
 import os
@@ -191,8 +192,10 @@ def test_a_storage_that_takes_no_claim_is_one_line_and_keeps_none(tmp_path):
     lock.store.write = full  # the claim is made, its first heartbeat is not
     with pytest.raises(LockUnavailable) as err:
         lock.acquire()
-    assert str(err.value) == (f"cannot write the lock of sweep small at {lock.store.path} (OSError: [Errno 28] No "
-                              f"space left on device); this driver does not start")
+    assert str(err.value) == (
+        f"cannot write the lock of sweep small at {lock.store.path} (OSError: [Errno 28] No "
+        f"space left on device); this driver does not start"
+    )
     assert holder_of(sweep) is None and lock.number is None
 
 
@@ -219,7 +222,9 @@ def test_a_restarted_container_with_the_same_host_and_pid_is_not_locked_out(tmp_
     watched for the stale time, does."""
     sweep = str(tmp_path / "sweep")
     me = Identity.here()
-    DriverLock(sweep, "small", Identity(host=me.host, pid=me.pid, machine="another-boot/4026531836", start="1")).acquire()
+    DriverLock(
+        sweep, "small", Identity(host=me.host, pid=me.pid, machine="another-boot/4026531836", start="1")
+    ).acquire()
     t0 = time.monotonic()
     lock = holding(DriverLock(sweep, "small", say=lambda line: None))
     assert STALE <= time.monotonic() - t0 < 10 * STALE and lock.number == 2
@@ -302,8 +307,9 @@ def test_a_driver_whose_sweep_was_taken_over_stops_and_writes_nothing_more(tmp_p
 
     (tmp_path / "small.yaml").write_text(SMALL_GRID.format(epochs=5000) + "max_concurrent: 1\n")
     exe = os.path.join(os.path.dirname(sys.executable), "resnet-sweep")
-    proc = subprocess.Popen([exe, "run", "small.yaml"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = subprocess.Popen(
+        [exe, "run", "small.yaml"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     seen = []
     for line in proc.stdout:
         seen.append(line)
@@ -313,8 +319,10 @@ def test_a_driver_whose_sweep_was_taken_over_stops_and_writes_nothing_more(tmp_p
     taker = DriverLock(sweep, "small", on("node-b"))
     assert taker._create(taker.newest() + 1)  # what a driver that judged this one dead does
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    before = [(r.info.run_id, r.info.status, r.data.tags.get("status")) for r in client.search_runs(
-        [client.get_experiment_by_name("small").experiment_id])]
+    before = [
+        (r.info.run_id, r.info.status, r.data.tags.get("status"))
+        for r in client.search_runs([client.get_experiment_by_name("small").experiment_id])
+    ]
     rest = proc.communicate(timeout=300)[0]
     out = "".join(seen) + rest
     assert proc.returncode == 1, out[-3000:]
@@ -322,9 +330,11 @@ def test_a_driver_whose_sweep_was_taken_over_stops_and_writes_nothing_more(tmp_p
     assert lines and all(line == lines[0] for line in lines), out[-3000:]
     assert lines[0].startswith("error: sweep small was taken over by pid 4242 on node-b ")
     assert "continue the sweep with" not in out  # the sweep is the other driver's now
-    (parent,), children = child_runs(client, "small")
-    after = [(r.info.run_id, r.info.status, r.data.tags.get("status")) for r in client.search_runs(
-        [client.get_experiment_by_name("small").experiment_id])]
+    (parent,), _ = child_runs(client, "small")
+    after = [
+        (r.info.run_id, r.info.status, r.data.tags.get("status"))
+        for r in client.search_runs([client.get_experiment_by_name("small").experiment_id])
+    ]
     assert sorted(after) == sorted(before) and parent.info.status == "RUNNING"  # not ended, not marked interrupted
     assert list((tmp_path / "ray_results" / "small").glob("experiment_state-*.json"))
     assert holder_of(sweep) == "node-b"  # its claim untouched

@@ -2,6 +2,7 @@
 
 Skipped without a GPU; ``bench/gpu.sh`` runs these on a CUDA machine. Each takes a few seconds.
 """
+
 from __future__ import annotations
 
 import io
@@ -98,6 +99,7 @@ def test_defaults_on_cuda_are_the_fast_levers():
 def test_every_lever_with_cuda_graphs_matches_fp32_eager_and_resumes():
     """The CUDA side of tests/test_speed.py: bf16, channels_last, fused SGD and torch.compile
     with CUDA graphs ("reduce-overhead") learn what fp32 eager learns, and resume."""
+
     def run(**speed):
         return tiny_run(epochs=6, lr=0.05, **speed)
 
@@ -115,7 +117,6 @@ def test_every_lever_with_cuda_graphs_matches_fp32_eager_and_resumes():
     for x, y in zip(result["history"], again["history"], strict=True):
         assert y[M.TRAIN_LOSS] == pytest.approx(x[M.TRAIN_LOSS], rel=1e-3)
         assert y[M.VAL_ERROR] == pytest.approx(x[M.VAL_ERROR], abs=2 / len(fast.splits.val_y))
-
 
 
 def test_an_image_folder_streams_to_the_gpu_and_resumes_exactly(tmp_path):

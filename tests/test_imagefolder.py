@@ -1,6 +1,7 @@
 """Image folders: the ImageNet recipe (2015 §3.4) on real JPEG files written here, the
 streaming loader (scale augmentation, deterministic with any number of workers, exact resume),
 10-crop testing, the seeded val hold-out, and errors that name the folder."""
+
 import shutil
 from pathlib import Path
 
@@ -46,8 +47,15 @@ def recipe(root: Path, *, workers: int = 0, **data) -> RunConfig:
     [36, 48], flip, PCA lighting, per-pixel mean; SGD momentum 0.9, wd 1e-4, lr ÷10 halfway."""
     return RunConfig(
         model=ModelConfig(arch="imagenet", depth=18),
-        dataset=DataConfig(name="imagefolder", root=str(root), image_size=32, scale_range=(36, 48),
-                           val_per_class=VAL_PER_CLASS, workers=workers, **data),
+        dataset=DataConfig(
+            name="imagefolder",
+            root=str(root),
+            image_size=32,
+            scale_range=(36, 48),
+            val_per_class=VAL_PER_CLASS,
+            workers=workers,
+            **data,
+        ),
         train=TrainConfig(batch_size=8, epochs=2, lr=0.02, milestones=(0.5,), device="cpu"),
     )
 
@@ -55,7 +63,9 @@ def recipe(root: Path, *, workers: int = 0, **data) -> RunConfig:
 def test_recipe_trains_end_to_end_with_scale_augmentation_10_crop_and_exact_resume(images, monkeypatch):
     sides = []  # (view, shorter side) of every image cut
     boxes = stream.crop_boxes
-    monkeypatch.setattr(stream, "crop_boxes", lambda *a, **kw: sides.append((kw["view"], kw["side"])) or boxes(*a, **kw))
+    monkeypatch.setattr(
+        stream, "crop_boxes", lambda *a, **kw: sides.append((kw["view"], kw["side"])) or boxes(*a, **kw)
+    )
     states = []
     full = Trainer(recipe(images)).run(lambda r: states.append(r.checkpoint()) if r.epoch == 1 else None)
     assert full["status"] == "completed" and [h[M.EPOCH] for h in full["history"]] == [1, 2]
@@ -72,7 +82,10 @@ def test_recipe_trains_end_to_end_with_scale_augmentation_10_crop_and_exact_resu
     again = resumed.run()
     keys = (M.TRAIN_LOSS, M.TRAIN_ERROR, M.VAL_LOSS, M.VAL_ERROR, M.TEST_ERROR, M.LR)
     assert [{k: h[k] for k in keys} for h in again["history"]] == [{k: h[k] for k in keys} for h in full["history"]]
-    assert (again[M.TEST_ERROR_10CROP], again["layer_response_std"]) == (full[M.TEST_ERROR_10CROP], full["layer_response_std"])
+    assert (again[M.TEST_ERROR_10CROP], again["layer_response_std"]) == (
+        full[M.TEST_ERROR_10CROP],
+        full["layer_response_std"],
+    )
 
 
 def test_training_crops_vary_with_the_seed_and_evaluation_crops_do_not(images):
@@ -145,14 +158,18 @@ def _broken_image(root: Path) -> None:
     (root / "train" / "class1" / "0.JPEG").write_bytes(b"not a jpeg")
 
 
-@pytest.mark.parametrize("breakage, named, words", [
-    (None, "", "no such folder"),
-    (_no_val, "val", "no such folder"),
-    (_empty_class, "train/class9", "no images"),
-    (_stray_val_class, "val/zebra", "no such class"),
-    (_flat_val, "val", "sorted into class folders"),
-    (_broken_image, "train/class1/0.JPEG", "not a readable image"),
-], ids=["missing", "no-val", "empty-class", "stray-val-class", "flat-val", "broken-image"])
+@pytest.mark.parametrize(
+    "breakage, named, words",
+    [
+        (None, "", "no such folder"),
+        (_no_val, "val", "no such folder"),
+        (_empty_class, "train/class9", "no images"),
+        (_stray_val_class, "val/zebra", "no such class"),
+        (_flat_val, "val", "sorted into class folders"),
+        (_broken_image, "train/class1/0.JPEG", "not a readable image"),
+    ],
+    ids=["missing", "no-val", "empty-class", "stray-val-class", "flat-val", "broken-image"],
+)
 def test_a_malformed_folder_is_one_line_naming_the_path(tmp_path, breakage, named, words):
     root = tmp_path / "nowhere"
     if breakage is not None:
@@ -164,15 +181,18 @@ def test_a_malformed_folder_is_one_line_naming_the_path(tmp_path, breakage, name
     assert f"{root / named}:" in message and words in message and "\n" not in message
 
 
-@pytest.mark.parametrize("data, field, words", [
-    (dict(), "dataset.root", "required"),
-    (dict(root="x", val_size=10), "dataset.val_size", "val_per_class"),
-    (dict(root="x", scale_range=(200, 480)), "dataset.scale_range", "224"),
-    (dict(root="x", image_size=32, scale_range=(48, 36)), "dataset.scale_range", "low ≤ high"),
-    (dict(root="x", val_per_class=0), "dataset.val_per_class", "at least 1"),
-    (dict(root="x", lighting=-0.1), "dataset.lighting", "0.1"),
-    (dict(root="x", workers=-1), "dataset.workers", "non-negative"),
-])
+@pytest.mark.parametrize(
+    "data, field, words",
+    [
+        (dict(), "dataset.root", "required"),
+        (dict(root="x", val_size=10), "dataset.val_size", "val_per_class"),
+        (dict(root="x", scale_range=(200, 480)), "dataset.scale_range", "224"),
+        (dict(root="x", image_size=32, scale_range=(48, 36)), "dataset.scale_range", "low ≤ high"),
+        (dict(root="x", val_per_class=0), "dataset.val_per_class", "at least 1"),
+        (dict(root="x", lighting=-0.1), "dataset.lighting", "0.1"),
+        (dict(root="x", workers=-1), "dataset.workers", "non-negative"),
+    ],
+)
 def test_bad_folder_settings_name_the_field(data, field, words):
     with pytest.raises(ConfigError) as err:
         DataConfig(name="imagenet", **data)
@@ -183,10 +203,19 @@ def test_the_recipe_defaults_and_a_relative_root(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = DataConfig(name="imagenet", root="data/imagenet")
     assert cfg.root == str(tmp_path / "data" / "imagenet")  # trials read the same folder from anywhere
-    assert (cfg.image_size, cfg.scale_range, cfg.lighting, cfg.val_per_class, cfg.augment) == (224, (256, 480), 0.1, 10, True)
+    assert (cfg.image_size, cfg.scale_range, cfg.lighting, cfg.val_per_class, cfg.augment) == (
+        224,
+        (256, 480),
+        0.1,
+        10,
+        True,
+    )
     assert split_sizes(cfg) == (1_281_167 - 10_000, 10_000, 50_000) and num_classes(cfg) == 1000  # planned without data
-    with pytest.raises(ConfigError, match="train.epochs"):
+    with pytest.raises(ConfigError, match=r"train\.epochs"):
         RunConfig(dataset=cfg)  # the CIFAR default of 64k iterations would be a few ImageNet epochs
     with pytest.raises(ConfigError, match="leaves no training images"):
-        split_sizes(DataConfig(name="imagefolder", root=str(write_folder(tmp_path / "few", classes=2)),
-                               val_per_class=TRAIN_PER_CLASS))
+        split_sizes(
+            DataConfig(
+                name="imagefolder", root=str(write_folder(tmp_path / "few", classes=2)), val_per_class=TRAIN_PER_CLASS
+            )
+        )

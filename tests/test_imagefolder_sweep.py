@@ -3,6 +3,7 @@ here), and a sweep with the paper's ImageNet recipe (2015 §3.4: scale augmentat
 and flip, PCA lighting, per-pixel mean; SGD momentum 0.9, wd 1e-4, lr ÷10 at a third and two
 thirds) training an ImageNet-arch ResNet-18 on it end to end on real Ray and a real MLflow store:
 per-epoch metrics, 10-crop testing of the final model, Ctrl-C and `resnet-sweep resume`."""
+
 from __future__ import annotations
 
 import json
@@ -47,8 +48,9 @@ def write_sweep(cwd: Path, name: str) -> Path:
     if not (cwd / ROOT).exists():
         write_folder(cwd / ROOT)
     path = cwd / f"{name}.yaml"
-    path.write_text(SWEEP.format(name=name, root=ROOT, val=VAL_PER_CLASS, epochs=EPOCHS,
-                                 lrs=", ".join(f"{lr:g}" for lr in LRS)))
+    path.write_text(
+        SWEEP.format(name=name, root=ROOT, val=VAL_PER_CLASS, epochs=EPOCHS, lrs=", ".join(f"{lr:g}" for lr in LRS))
+    )
     return path
 
 
@@ -56,8 +58,14 @@ def interrupt_after_first_checkpoint(cwd: Path, name: str) -> str:
     """`resnet-sweep run NAME.yaml`, Ctrl-C (SIGINT) once a trial has reported an epoch and its
     checkpoint is on disk; returns all it printed (exit 130 checked)."""
     checkpoints = []
-    out = ctrl_c_when("run", f"{name}.yaml", "--no-report", cwd=cwd, printed=r"^\[\d\d:\d\d\] epoch +\d+/\d+ ",
-                      before=lambda: checkpoints.extend((cwd / "ray_results" / name).glob(f"*/checkpoint_*/{CHECKPOINT_FILE}")))
+    out = ctrl_c_when(
+        "run",
+        f"{name}.yaml",
+        "--no-report",
+        cwd=cwd,
+        printed=r"^\[\d\d:\d\d\] epoch +\d+/\d+ ",
+        before=lambda: checkpoints.extend((cwd / "ray_results" / name).glob(f"*/checkpoint_*/{CHECKPOINT_FILE}")),
+    )
     assert ctrl_c_when.returncode == 130, out[-3000:]
     assert checkpoints, out[-3000:]  # the signal came after the first checkpoint was saved
     return out
@@ -88,11 +96,23 @@ def check_trained_on_the_folder(client: MlflowClient, experiment: str, cwd: Path
         assert 1 <= int(run.data.tags["best_epoch"]) <= EPOCHS
         params = run.data.params
         assert {k: params[k] for k in ("model.arch", "model.depth", "model.block", "dataset.name")} == {
-            "model.arch": "imagenet", "model.depth": "18", "model.block": "basic", "dataset.name": "imagefolder"}
+            "model.arch": "imagenet",
+            "model.depth": "18",
+            "model.block": "basic",
+            "dataset.name": "imagefolder",
+        }
         assert json.loads(params["dataset.scale_range"]) == [36, 48] and params["dataset.image_size"] == "32"
-        assert (params["dataset.augment"], params["dataset.lighting"], params["dataset.normalize"]) == ("True", "0.1", "pixel-mean")
+        assert (params["dataset.augment"], params["dataset.lighting"], params["dataset.normalize"]) == (
+            "True",
+            "0.1",
+            "pixel-mean",
+        )
         assert params["dataset.root"] == str((cwd / ROOT).resolve())  # resolved where the sweep started
-        assert (float(params["train.lr"]), params["train.momentum"], params["train.weight_decay"]) == (lr, "0.9", "0.0001")
+        assert (float(params["train.lr"]), params["train.momentum"], params["train.weight_decay"]) == (
+            lr,
+            "0.9",
+            "0.0001",
+        )
         for key in M.METRICS:  # every per-epoch metric, every epoch, exactly once
             assert [step for step, _ in metrics[key]] == list(range(1, EPOCHS + 1)), (name, key, metrics[key])
         for key in (M.TRAIN_ERROR, M.VAL_ERROR, M.TEST_ERROR):
@@ -103,15 +123,17 @@ def check_trained_on_the_folder(client: MlflowClient, experiment: str, cwd: Path
         assert lrs[0] == lr and lrs == sorted(lrs, reverse=True), lrs
         assert [round(value / lr, 6) for value in dict.fromkeys(lrs)] == [1, 0.1, 0.01], lrs  # ÷10 twice
         # 10-crop testing of the final model, once, at the last epoch.
-        (step, top1), = metrics[M.TEST_ERROR_10CROP]
-        (step5, top5), = metrics[M.TEST_TOP5_ERROR_10CROP]
+        ((step, top1),) = metrics[M.TEST_ERROR_10CROP]
+        ((step5, top5),) = metrics[M.TEST_TOP5_ERROR_10CROP]
         assert step == step5 == EPOCHS and 0 <= top5 <= top1 <= 1, (top1, top5)
         assert top5 == 0  # 3 classes: the right one is always among the top 5
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"learning_curve.png", "layer_responses.json", "layer_responses.png"} <= artifacts, artifacts
         folder = scratch / experiment / name
         folder.mkdir(parents=True)
-        responses = json.loads(Path(client.download_artifacts(run.info.run_id, "layer_responses.json", str(folder))).read_text())
+        responses = json.loads(
+            Path(client.download_artifacts(run.info.run_id, "layer_responses.json", str(folder))).read_text()
+        )
         values = responses["layer_response_std"]
         assert len(values) == 16 and all(v > 0 for v in values)  # ResNet-18's 3×3 convs; the 7×7 stem is not one
     return runs
@@ -170,7 +192,9 @@ def test_imagenet_recipe_sweep_trains_resnet18_on_an_image_folder_end_to_end(str
     ran = straight.ran
     assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
     rows = table_rows(ran.stdout)
-    assert sorted(row.split()[0] for row in rows) == sorted(NAMES) and all(" completed " in row for row in rows), ran.stdout
+    assert sorted(row.split()[0] for row in rows) == sorted(NAMES) and all(" completed " in row for row in rows), (
+        ran.stdout
+    )
     check_trained_on_the_folder(straight.client, "straight", straight.cwd, tmp_path)
 
 

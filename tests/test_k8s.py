@@ -4,6 +4,7 @@ check), `k8s render` prints the same RayJob the base and overlays hold, the vali
 on broken manifests, the Dockerfiles pass hadolint, and the RayJob's entrypoint continues the
 sweep when it runs a second time (on a real local Ray cluster, against an MLflow server started
 with the manifest's own flags and basic auth)."""
+
 import functools
 import http.client
 import os
@@ -36,8 +37,12 @@ RAY_KINDS = ("RayJob", "RayCluster")
 # What each overlay's sweep is, as `k8s render` arguments (docs/kubernetes.md says the same).
 RENDER_ARGS = {
     "shared-volume": dict(image="registry.example/resnet-sweep:0.1.0", gpus=8, namespace="resnet-sweep"),
-    "s3": dict(image="registry.example/resnet-sweep:0.1.0", gpus=8, namespace="resnet-sweep",
-               storage_path="s3://my-bucket/sweeps"),
+    "s3": dict(
+        image="registry.example/resnet-sweep:0.1.0",
+        gpus=8,
+        namespace="resnet-sweep",
+        storage_path="s3://my-bucket/sweeps",
+    ),
 }
 
 
@@ -94,14 +99,18 @@ def pods(job: dict) -> list[dict]:
 
 
 def test_render_cifar_depth_on_8_gpus_is_a_valid_rayjob(tmp_path):
-    out = cli("k8s", "render", SWEEPS / "cifar_depth.yaml", "--image", "example/resnet-sweep:1", "--gpus", "8", cwd=tmp_path)
+    out = cli(
+        "k8s", "render", SWEEPS / "cifar_depth.yaml", "--image", "example/resnet-sweep:1", "--gpus", "8", cwd=tmp_path
+    )
     assert out.returncode == 0 and not out.stderr.strip(), out.stderr
     config_map, job = yaml.safe_load_all(out.stdout)
     assert problems([config_map, job]) == []
     assert config_map["data"]["sweep.yaml"] == (SWEEPS / "cifar_depth.yaml").read_text()
     assert job["metadata"]["name"] == "cifar10-depth" and "namespace" not in job["metadata"]
     spec = job["spec"]
-    assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] > 0 and spec["backoffLimit"] >= 1
+    assert (
+        spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] > 0 and spec["backoffLimit"] >= 1
+    )
     cluster = spec["rayClusterSpec"]
     head = cluster["headGroupSpec"]
     assert head["rayStartParams"]["num-cpus"] == "0"
@@ -128,9 +137,25 @@ def test_render_cifar_depth_on_8_gpus_is_a_valid_rayjob(tmp_path):
 
 
 def test_render_sizes_workers_from_the_sweeps_resources(tmp_path, capsys):
-    (tmp_path / "big.yaml").write_text(SMALL_GRID.format(epochs=2).replace("resources: {cpu: 1}", "resources: {cpu: 3, gpu: 0.5}"))
-    _, job = render(capsys, tmp_path / "big.yaml", "--image", "r/x:1", "--gpus", "8", "--namespace", "team-a", "--name",
-                    "big-one", "--tracking-uri", "https://mlflow.example.org", "--storage-path", "s3://bucket/sweeps")
+    (tmp_path / "big.yaml").write_text(
+        SMALL_GRID.format(epochs=2).replace("resources: {cpu: 1}", "resources: {cpu: 3, gpu: 0.5}")
+    )
+    _, job = render(
+        capsys,
+        tmp_path / "big.yaml",
+        "--image",
+        "r/x:1",
+        "--gpus",
+        "8",
+        "--namespace",
+        "team-a",
+        "--name",
+        "big-one",
+        "--tracking-uri",
+        "https://mlflow.example.org",
+        "--storage-path",
+        "s3://bucket/sweeps",
+    )
     assert problems([job]) == []
     (workers,) = job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
     limits = workers["template"]["spec"]["containers"][0]["resources"]["limits"]
@@ -146,49 +171,72 @@ def test_render_sizes_workers_from_the_sweeps_resources(tmp_path, capsys):
 
 def test_render_mounts_the_data_claim_where_an_imagenet_sweep_reads_and_gives_it_the_gpus(tmp_path):
     sweep = SWEEPS / "imagenet_depth.yaml"  # dataset.root /data/imagenet; 8 workers × 1 GPU per trial
-    out = cli("k8s", "render", sweep, "--image", "r/x:1", "--gpus", "16", "--data-claim", "imagenet-train.v2", cwd=tmp_path)
+    out = cli(
+        "k8s", "render", sweep, "--image", "r/x:1", "--gpus", "16", "--data-claim", "imagenet-train.v2", cwd=tmp_path
+    )
     assert out.returncode == 0 and not out.stderr.strip(), out.stderr
     _, job = yaml.safe_load_all(out.stdout)
     assert problems([job]) == []
     for pod in pods(job):
-        assert {"name": "data", "persistentVolumeClaim": {"claimName": "imagenet-train.v2", "readOnly": True}} in pod["volumes"]
+        assert {"name": "data", "persistentVolumeClaim": {"claimName": "imagenet-train.v2", "readOnly": True}} in pod[
+            "volumes"
+        ]
         assert {"name": "data", "mountPath": "/data/imagenet", "readOnly": True} in pod["containers"][0]["volumeMounts"]
 
     bare = cli("k8s", "render", sweep, "--image", "r/x:1", "--gpus", "8", cwd=tmp_path)  # the image may hold the data
-    assert bare.returncode == 0 and "data" not in {v["name"] for p in pods(list(yaml.safe_load_all(bare.stdout))[1])
-                                                   for v in p["volumes"]}
-    assert bare.stderr.strip() == ("warning: dataset.root /data/imagenet is not mounted in the pods: pass --data-claim "
-                                   "CLAIM (a PersistentVolumeClaim holding it), unless the image holds it")
+    assert bare.returncode == 0 and "data" not in {
+        v["name"] for p in pods(list(yaml.safe_load_all(bare.stdout))[1]) for v in p["volumes"]
+    }
+    assert bare.stderr.strip() == (
+        "warning: dataset.root /data/imagenet is not mounted in the pods: pass --data-claim "
+        "CLAIM (a PersistentVolumeClaim holding it), unless the image holds it"
+    )
 
     few = cli("k8s", "render", sweep, "--image", "r/x:1", "--gpus", "4", cwd=tmp_path)  # a trial would wait forever
-    assert few.returncode == 2 and few.stdout == "" and few.stderr.strip() == (
-        "error: --gpus: 4 cannot hold one trial of resources.workers 8 × gpu 1 (8 GPUs); pass --gpus 8 or more")
+    assert (
+        few.returncode == 2
+        and few.stdout == ""
+        and few.stderr.strip()
+        == ("error: --gpus: 4 cannot hold one trial of resources.workers 8 × gpu 1 (8 GPUs); pass --gpus 8 or more")
+    )
 
     (tmp_path / "rel.yaml").write_text(sweep.read_text().replace("root: /data/imagenet", "root: data/imagenet"))
-    rel = cli("k8s", "render", "rel.yaml", "--image", "r/x:1", "--gpus", "8", "--data-claim", "imagenet-train", cwd=tmp_path)
+    rel = cli(
+        "k8s", "render", "rel.yaml", "--image", "r/x:1", "--gpus", "8", "--data-claim", "imagenet-train", cwd=tmp_path
+    )
     assert rel.returncode == 2 and "dataset.root: 'data/imagenet': the pods mount --data-claim there" in rel.stderr
     (tmp_path / "shm.yaml").write_text(sweep.read_text().replace("root: /data/imagenet", "root: /dev/shm/"))
-    shm = cli("k8s", "render", "shm.yaml", "--image", "r/x:1", "--gpus", "8", "--data-claim", "imagenet.v2", cwd=tmp_path)
+    shm = cli(
+        "k8s", "render", "shm.yaml", "--image", "r/x:1", "--gpus", "8", "--data-claim", "imagenet.v2", cwd=tmp_path
+    )
     assert shm.returncode == 2 and "dataset.root: '/dev/shm/': the pods mount something else there" in shm.stderr
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--gpus", "0"], "--gpus: 0 must be at least 1"),
-    (["--name", "x" * 48], "--name: "),
-    (["--name", "Big_Sweep"], "--name: 'Big_Sweep' is not a RayJob name"),
-    (["--namespace", "Team A"], "--namespace: 'Team A' is not a namespace name"),
-    (["--tracking-uri", "http://admin:hunter2hunter2@mlflow:5000"], "--tracking-uri: credentials in the URI"),
-    (["--tracking-uri", "sqlite:///mlflow.db"], "--tracking-uri: 'sqlite:///mlflow.db': the pods need an MLflow server"),
-    (["--storage-path", "/data/sweeps"], "--storage-path: '/data/sweeps' is not on the shared volume"),
-    (["--storage-path", "s3://key:secret@bucket/x"], "--storage-path: credentials or options in the URI"),
-    (["--storage-path", "ftp://host/x"], "--storage-path: 'ftp://host/x': expected s3://bucket/…"),
-    (["--image", ""], "--image: '' is not an image reference"),
-    (["--data-claim", "Data_PVC"], "--data-claim: 'Data_PVC' is not a PersistentVolumeClaim name"),
-    (["--data-claim", "data.v1-"], "--data-claim: 'data.v1-' is not a PersistentVolumeClaim name"),
-    (["--data-claim", "data"], "--data-claim: digits reads no data folder"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--gpus", "0"], "--gpus: 0 must be at least 1"),
+        (["--name", "x" * 48], "--name: "),
+        (["--name", "Big_Sweep"], "--name: 'Big_Sweep' is not a RayJob name"),
+        (["--namespace", "Team A"], "--namespace: 'Team A' is not a namespace name"),
+        (["--tracking-uri", "http://admin:hunter2hunter2@mlflow:5000"], "--tracking-uri: credentials in the URI"),
+        (
+            ["--tracking-uri", "sqlite:///mlflow.db"],
+            "--tracking-uri: 'sqlite:///mlflow.db': the pods need an MLflow server",
+        ),
+        (["--storage-path", "/data/sweeps"], "--storage-path: '/data/sweeps' is not on the shared volume"),
+        (["--storage-path", "s3://key:secret@bucket/x"], "--storage-path: credentials or options in the URI"),
+        (["--storage-path", "ftp://host/x"], "--storage-path: 'ftp://host/x': expected s3://bucket/…"),
+        (["--image", ""], "--image: '' is not an image reference"),
+        (["--data-claim", "Data_PVC"], "--data-claim: 'Data_PVC' is not a PersistentVolumeClaim name"),
+        (["--data-claim", "data.v1-"], "--data-claim: 'data.v1-' is not a PersistentVolumeClaim name"),
+        (["--data-claim", "data"], "--data-claim: digits reads no data folder"),
+    ],
+)
 def test_render_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
-    (tmp_path / "two.yaml").write_text(SMALL_GRID.format(epochs=2).replace("resources: {cpu: 1}", "resources: {cpu: 1, gpu: 1}"))
+    (tmp_path / "two.yaml").write_text(
+        SMALL_GRID.format(epochs=2).replace("resources: {cpu: 1}", "resources: {cpu: 1, gpu: 1}")
+    )
     base = {"--image": "r/x:1", "--gpus": "2"}
     for flag, value in zip(args[::2], args[1::2]):
         base[flag] = value
@@ -232,7 +280,11 @@ def test_overlay_builds_and_every_object_is_valid(overlay):
 def test_overlay_rayjob_is_what_render_prints(overlay):
     """One definition: the RayJob and ConfigMap kustomize builds are those `k8s render` prints."""
     objects = kustomize(K8S / "overlays" / overlay)
-    built = [o for o in objects if o["kind"] == "RayJob" or (o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-sweep"))]
+    built = [
+        o
+        for o in objects
+        if o["kind"] == "RayJob" or (o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-sweep"))
+    ]
     from orchestrator.k8s import render as render_objects
     from orchestrator.spec import load_spec
 
@@ -256,16 +308,26 @@ def test_validation_fails_on_broken_manifests(tmp_path):
     worker = cluster["workerGroupSpecs"][0]
     mistakes = {
         "spec.shutdownAfterJobFinish: unknown field": lambda j: j["spec"].update(shutdownAfterJobFinish=True),
-        "rayClusterSpec.enableInTreeAutoscaler: unknown field": lambda j: j["spec"]["rayClusterSpec"].update(enableInTreeAutoscaler=True),
-        "workerGroupSpecs[0].minReplica: unknown field": lambda j: j["spec"]["rayClusterSpec"]["workerGroupSpecs"][0].update(minReplica=0),
+        "rayClusterSpec.enableInTreeAutoscaler: unknown field": lambda j: j["spec"]["rayClusterSpec"].update(
+            enableInTreeAutoscaler=True
+        ),
+        "workerGroupSpecs[0].minReplica: unknown field": lambda j: j["spec"]["rayClusterSpec"]["workerGroupSpecs"][
+            0
+        ].update(minReplica=0),
         "'resurces' was unexpected": lambda j: pods(j)[1]["containers"][0].update(resurces={}),
-        "rayStartParams.num-cpus: expected a string": lambda j: j["spec"]["rayClusterSpec"]["headGroupSpec"]["rayStartParams"].update({"num-cpus": 0}),
+        "rayStartParams.num-cpus: expected a string": lambda j: j["spec"]["rayClusterSpec"]["headGroupSpec"][
+            "rayStartParams"
+        ].update({"num-cpus": 0}),
         "no more than 47 characters": lambda j: j["metadata"].update(name="a" * 48),
         "valid DNS1035 label": lambda j: j["metadata"].update(name="1st-sweep"),
-        "shutdownAfterJobFinishes set to false cannot have it": lambda j: j["spec"].update(shutdownAfterJobFinishes=False),
+        "shutdownAfterJobFinishes set to false cannot have it": lambda j: j["spec"].update(
+            shutdownAfterJobFinishes=False
+        ),
         "submissionMode: 'SideCarMode' is not one of": lambda j: j["spec"].update(submissionMode="SideCarMode"),
         "backoffLimit: expected a 32-bit integer": lambda j: j["spec"].update(backoffLimit="3"),
-        "workerGroupSpecs[0].template: required": lambda j: j["spec"]["rayClusterSpec"]["workerGroupSpecs"][0].pop("template"),
+        "workerGroupSpecs[0].template: required": lambda j: j["spec"]["rayClusterSpec"]["workerGroupSpecs"][0].pop(
+            "template"
+        ),
     }
     import copy
 
@@ -289,7 +351,11 @@ def test_validation_fails_on_broken_manifests(tmp_path):
     overlay = tmp_path / "k8s" / "overlays" / "broken"
     overlay.mkdir(parents=True)
     (tmp_path / "k8s" / "base").symlink_to(K8S / "base")
-    text = (K8S / "overlays" / "s3" / "kustomization.yaml").read_text().replace("volumes/1/name, value: storage", "volumes/1/name, value: sweep")
+    text = (
+        (K8S / "overlays" / "s3" / "kustomization.yaml")
+        .read_text()
+        .replace("volumes/1/name, value: storage", "volumes/1/name, value: sweep")
+    )
     (overlay / "kustomization.yaml").write_text(text)
     for name in ("drop-volumes.yaml", "mlflow-artifacts.yaml"):
         (overlay / name).write_text((K8S / "overlays" / "s3" / name).read_text())
@@ -299,8 +365,9 @@ def test_validation_fails_on_broken_manifests(tmp_path):
 
 def test_base_sweep_configmap_is_rendered_from_the_shipped_sweep():
     (config_map,) = [o for o in yaml.safe_load_all((K8S / "base" / "sweep.yaml").read_text()) if o]
-    assert config_map["data"]["sweep.yaml"] == (SWEEPS / "cifar_depth.yaml").read_text(), \
+    assert config_map["data"]["sweep.yaml"] == (SWEEPS / "cifar_depth.yaml").read_text(), (
         "k8s/base/sweep.yaml is stale: regenerate it (docs/kubernetes.md, 'Changing the manifests')"
+    )
 
 
 def test_dockerfiles_pass_hadolint_and_a_bad_one_does_not(tmp_path):
@@ -340,7 +407,10 @@ def test_mlflow_server_with_the_manifests_flags_serves_health_and_requires_login
         assert server.get("/health", host="10.1.2.3:5000")[0] == 200  # probes come by pod IP
         assert server.get("/api/2.0/mlflow/experiments/search?max_results=1", host="mlflow:5000")[0] == 401
         assert server.get("/api/2.0/mlflow/experiments/search?max_results=1", host="mlflow:5000", login=True)[0] == 200
-        assert server.get("/api/2.0/mlflow/experiments/search?max_results=1", host="evil.example:5000", login=True)[0] == 403
+        assert (
+            server.get("/api/2.0/mlflow/experiments/search?max_results=1", host="evil.example:5000", login=True)[0]
+            == 403
+        )
     finally:
         server.stop()
 
@@ -357,21 +427,32 @@ class MlflowFromManifest:
         ini = next(o for o in objects if o["metadata"]["name"] == "mlflow-auth-config")["data"]["basic_auth.ini"]
         (container,) = deployment["spec"]["template"]["spec"]["containers"]
         assert "postgresql://postgres:5432/mlflow_auth" in ini
-        (folder / "basic_auth.ini").write_text(ini.replace("postgresql://postgres:5432/mlflow_auth", f"sqlite:///{folder / 'auth.db'}"))
+        (folder / "basic_auth.ini").write_text(
+            ini.replace("postgresql://postgres:5432/mlflow_auth", f"sqlite:///{folder / 'auth.db'}")
+        )
         self.port = free_port()
-        swaps = {"--port=5000": f"--port={self.port}", "--host=0.0.0.0": "--host=127.0.0.1",
-                 "--backend-store-uri=postgresql://postgres:5432/mlflow": f"--backend-store-uri=sqlite:///{folder / 'mlflow.db'}",
-                 "--artifacts-destination=/mlartifacts": f"--artifacts-destination={folder / 'artifacts'}"}
+        swaps = {
+            "--port=5000": f"--port={self.port}",
+            "--host=0.0.0.0": "--host=127.0.0.1",
+            "--backend-store-uri=postgresql://postgres:5432/mlflow": f"--backend-store-uri=sqlite:///{folder / 'mlflow.db'}",
+            "--artifacts-destination=/mlartifacts": f"--artifacts-destination={folder / 'artifacts'}",
+        }
         args = [swaps.get(a, a) for a in container["args"]]
         assert len(set(args) - set(container["args"])) == len(swaps)  # every swapped flag was in the manifest
         secrets = {"admin-username": self.USER, "admin-password": self.PASSWORD, "flask-secret-key": "test-key"}
-        env = {e["name"]: e.get("value") or secrets.get(e["valueFrom"]["secretKeyRef"]["key"], "unused")
-               for e in container["env"]}
+        env = {
+            e["name"]: e.get("value") or secrets.get(e["valueFrom"]["secretKeyRef"]["key"], "unused")
+            for e in container["env"]
+        }
         env["MLFLOW_AUTH_CONFIG_PATH"] = str(folder / "basic_auth.ini")
         env["HOME"] = str(folder)
-        self.proc = subprocess.Popen([str(BIN / container["command"][0]), *container["command"][1:], *args],
-                                     env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [str(BIN / container["command"][0]), *container["command"][1:], *args],
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         self.uri = f"http://127.0.0.1:{self.port}"
         _wait_for_server(self.proc, "mlflow server", lambda: urllib.request.urlopen(self.uri + "/health", timeout=2))
 
@@ -410,12 +491,19 @@ def test_rayjob_entrypoint_run_twice_continues_the_sweep(tmp_path, capsys):
     try:
         cluster.start_head(cpus=2)
         # The trials ask for a GPU (resources.gpu: 1); this CPU cluster has none: a CPU copy.
-        local = {f"{mount}/sweep.yaml": str(_cpu_copy(sweep)), argv[argv.index("--storage-path") + 1]: str(tmp_path / "mnt sweeps"),
-                 argv[argv.index("--tracking-uri") + 1]: server.uri}
+        local = {
+            f"{mount}/sweep.yaml": str(_cpu_copy(sweep)),
+            argv[argv.index("--storage-path") + 1]: str(tmp_path / "mnt sweeps"),
+            argv[argv.index("--tracking-uri") + 1]: server.uri,
+        }
         command = [local.get(a, a) for a in argv]
         assert command[0] == "resnet-sweep" and len(set(command) - set(argv)) == 3
-        env = {"HOME": cluster.env["HOME"], "RAY_ADDRESS": cluster.address,
-               "MLFLOW_TRACKING_USERNAME": server.USER, "MLFLOW_TRACKING_PASSWORD": server.PASSWORD}
+        env = {
+            "HOME": cluster.env["HOME"],
+            "RAY_ADDRESS": cluster.address,
+            "MLFLOW_TRACKING_USERNAME": server.USER,
+            "MLFLOW_TRACKING_PASSWORD": server.PASSWORD,
+        }
         from tests.conftest import kill_when_midway
 
         seen, done = kill_when_midway(*command[1:], cwd=tmp_path, epochs=epochs, env=env)

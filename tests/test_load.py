@@ -1,5 +1,6 @@
 """Load: 64 trials × 20 epochs of a tiny model logging to the default SQLite store. Every
 report reaches MLflow (no "database is locked"), and the driver's memory stays flat."""
+
 import re
 import subprocess
 import sys
@@ -31,8 +32,9 @@ def test_64_trials_of_20_epochs_on_sqlite_lose_nothing_and_the_driver_stays_flat
     (tmp_path / "load.yaml").write_text(LOAD)
     exe = Path(sys.executable).parent / "resnet-sweep"
     start = time.monotonic()
-    proc = subprocess.Popen([str(exe), "run", "load.yaml"], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [str(exe), "run", "load.yaml"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     samples, done = [], [0]
 
     def sample() -> None:  # the driver's resident memory against the trials finished so far
@@ -57,8 +59,9 @@ def test_64_trials_of_20_epochs_on_sqlite_lose_nothing_and_the_driver_stays_flat
     assert proc.returncode == 0, text[-4000:]
     assert "database is locked" not in text and "MLflow write failed" not in text
 
-    points = assert_mlflow_equals_tune(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), "load",
-                                       tmp_path / "ray_results" / "load", EPOCHS)
+    points = assert_mlflow_equals_tune(
+        MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), "load", tmp_path / "ray_results" / "load", EPOCHS
+    )
     assert points == TRIALS * EPOCHS * len(M.METRICS)
 
     # Memory after the first 16 trials against the end: the growth per trial must stay small
@@ -67,9 +70,11 @@ def test_64_trials_of_20_epochs_on_sqlite_lose_nothing_and_the_driver_stays_flat
     after16 = max(rss for n, rss in samples if n <= 16)
     last = max(rss for n, rss in samples if n < TRIALS)
     per_trial = (last - after16) / (TRIALS - 1 - 16)
-    print(f"\nload: {TRIALS} trials x {EPOCHS} epochs in {wall:.0f} s; {points} metric points in MLflow, 0 lost, "
-          f"0 duplicate runs; driver RSS {after16 / 2**20:.0f} MiB after 16 trials, {last / 2**20:.0f} MiB before the "
-          f"last ends ({per_trial / 2**10:.0f} KiB per later trial), {max(r for _, r in samples) / 2**20:.0f} MiB peak")
+    print(
+        f"\nload: {TRIALS} trials x {EPOCHS} epochs in {wall:.0f} s; {points} metric points in MLflow, 0 lost, "
+        f"0 duplicate runs; driver RSS {after16 / 2**20:.0f} MiB after 16 trials, {last / 2**20:.0f} MiB before the "
+        f"last ends ({per_trial / 2**10:.0f} KiB per later trial), {max(r for _, r in samples) / 2**20:.0f} MiB peak"
+    )
     curve = {n: rss // 2**20 for n, rss in samples}  # MiB after n trials (the last sample of each n)
     print("driver RSS (MiB) by trials done:", {n: curve[n] for n in sorted(curve) if n % 8 == 0 or n == TRIALS})
     assert per_trial < 2 * 2**20, curve

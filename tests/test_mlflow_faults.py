@@ -1,6 +1,7 @@
 """Nothing lost: MLflow equals Tune's own records point for point after an MLflow outage,
 after `resnet-sweep sync` rebuilds a lost store, and a login in the tracking URI works against a
 real basic-auth server without ever being shown or stored."""
+
 import json
 import re
 import signal
@@ -40,7 +41,9 @@ def assert_mlflow_equals_tune(client: MlflowClient, experiment: str, folder: Pat
     records = tune_records(folder)
     assert len(parents) == 1
     by_trial = {c.data.tags["resnet_sweep.trial_id"]: c for c in children}
-    assert len(children) == len(by_trial) == len(records) and set(by_trial) == set(records)  # none missing, no duplicate
+    assert len(children) == len(by_trial) == len(records) and set(by_trial) == set(
+        records
+    )  # none missing, no duplicate
     points = 0
     for trial_id, record in records.items():
         run = by_trial[trial_id]
@@ -54,7 +57,8 @@ def assert_mlflow_equals_tune(client: MlflowClient, experiment: str, folder: Pat
         best = min(record["epochs"].items(), key=lambda kv: (kv[1][M.VAL_ERROR], kv[0]))[0]
         assert run.data.tags["best_epoch"] == str(best)
         assert {k: v for k, v in run.data.params.items() if k in record["last"]["config"]} == {
-            k: str(v) for k, v in record["last"]["config"].items()}
+            k: str(v) for k, v in record["last"]["config"].items()
+        }
     assert parents[0].data.tags["status"] == "completed" and parents[0].info.status == "FINISHED"
     return points
 
@@ -64,11 +68,23 @@ def snapshot(client: MlflowClient, experiment: str) -> list:
     exp = client.get_experiment_by_name(experiment)
     out = []
     for run in client.search_runs([exp.experiment_id], max_results=1000):
-        histories = {k: [(m.step, m.value, m.timestamp) for m in client.get_metric_history(run.info.run_id, k)]
-                     for k in run.data.metrics}
+        histories = {
+            k: [(m.step, m.value, m.timestamp) for m in client.get_metric_history(run.info.run_id, k)]
+            for k in run.data.metrics
+        }
         artifacts = [(a.path, a.file_size) for a in client.list_artifacts(run.info.run_id)]
-        out.append((run.info.run_id, run.info.run_name, run.info.status, run.info.end_time, sorted(run.data.tags.items()),
-                    sorted(run.data.params.items()), sorted(histories.items()), sorted(artifacts)))
+        out.append(
+            (
+                run.info.run_id,
+                run.info.run_name,
+                run.info.status,
+                run.info.end_time,
+                sorted(run.data.tags.items()),
+                sorted(run.data.params.items()),
+                sorted(histories.items()),
+                sorted(artifacts),
+            )
+        )
     return sorted(out)
 
 
@@ -128,10 +144,14 @@ def test_mlflow_server_killed_midway_and_back_a_minute_later_loses_nothing(tmp_p
         assert proc.returncode == 0, text[-4000:]
         assert restarted and during >= 10, text[-4000:]  # trials trained on while MLflow was down
         assert "warning: MLflow write failed" in text and "MLflow answers again" in text, text[-4000:]
-        points = assert_mlflow_equals_tune(MlflowClient(server.uri), "small", tmp_path / "ray_results" / "small", epochs)
+        points = assert_mlflow_equals_tune(
+            MlflowClient(server.uri), "small", tmp_path / "ray_results" / "small", epochs
+        )
         assert points == 4 * epochs * len(M.METRICS)
-        print(f"\noutage: MLflow down {down_s:.0f} s from epoch 2; {during} epochs "
-              f"trained meanwhile; {points} metric points = Tune's records, 0 lost, 0 doubled, 4 runs")
+        print(
+            f"\noutage: MLflow down {down_s:.0f} s from epoch 2; {during} epochs "
+            f"trained meanwhile; {points} metric points = Tune's records, 0 lost, 0 doubled, 4 runs"
+        )
     finally:
         server.stop()
 
@@ -150,8 +170,10 @@ def test_login_in_the_tracking_uri_works_with_basic_auth_and_is_never_shown_or_s
     login = f"http://{server.USER}:{secret}@127.0.0.1:{server.port}"
     try:
         outputs = []
-        for uri, code, says in [(server.uri, 2, "requires a login (401)"),
-                                (login.replace(secret, "wrong-password"), 2, "refused the login given (401)")]:
+        for uri, code, says in [
+            (server.uri, 2, "requires a login (401)"),
+            (login.replace(secret, "wrong-password"), 2, "refused the login given (401)"),
+        ]:
             out = cli("run", "small.yaml", "--tracking-uri", uri, cwd=tmp_path, env=env)
             assert out.returncode == code and out.stderr.count("\n") == 1 and says in out.stderr, out.stderr
             assert "wrong-password" not in out.stderr
@@ -182,8 +204,10 @@ def test_login_in_the_tracking_uri_works_with_basic_auth_and_is_never_shown_or_s
         leaks += [str(p) for p in files if secret.encode() in p.read_bytes()]
         parents, children, in_runs = runs_holding(server.uri, server.USER, secret, "small")
         assert len(parents) == 1 and len(children) == 2 and leaks + in_runs == []
-        print(f"\nsecret searched in {len(outputs)} outputs, {len(files)} files, {len(parents + children)} runs, "
-              f"the environments of {searched} processes of the sweep: not found")
+        print(
+            f"\nsecret searched in {len(outputs)} outputs, {len(files)} files, {len(parents + children)} runs, "
+            f"the environments of {searched} processes of the sweep: not found"
+        )
     finally:
         server.stop()
 

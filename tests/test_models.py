@@ -1,4 +1,5 @@
 """The model zoo against the papers' numbers and torchvision."""
+
 import json
 import subprocess
 import sys
@@ -26,7 +27,9 @@ def test_cifar_params_match_table6_for_residual_and_plain(depth):
 
 
 def test_describe_cli_json_matches_table6(tmp_path):
-    out = cli("describe", "--arch", "cifar", "--depth", "56", "--block", "basic", "--shortcut", "A", "--json", cwd=tmp_path)
+    out = cli(
+        "describe", "--arch", "cifar", "--depth", "56", "--block", "basic", "--shortcut", "A", "--json", cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout)
     assert isinstance(info["params"], int) and isinstance(info["macs"], int)
@@ -77,7 +80,10 @@ def test_shortcut_options_on_cifar():
 @pytest.mark.parametrize("shortcut", ["A", "B", "C"])
 def test_every_block_and_shortcut_runs(block, shortcut):
     depth = 11 if "bottleneck" in block else 8
-    model = build_model(ModelConfig(depth=depth, block=block, shortcut=shortcut, drop_path=0.1, dropout=0.1, zero_init_last=True), num_classes=7)
+    model = build_model(
+        ModelConfig(depth=depth, block=block, shortcut=shortcut, drop_path=0.1, dropout=0.1, zero_init_last=True),
+        num_classes=7,
+    )
     out = model(torch.randn(2, 3, 32, 32))
     assert out.shape == (2, 7)
     assert weighted_layers(model) == depth

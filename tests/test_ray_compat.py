@@ -1,6 +1,7 @@
 """orchestrator/ray_compat.py: each Ray internal the sweep uses exists on the installed Ray and
 has its effect; a hook that guards a secret or correctness fails loudly (one line naming the
 versions) when its target is missing. No Ray instance is started."""
+
 import logging
 
 import pytest
@@ -96,14 +97,28 @@ def test_tunes_stop_and_error_lines_are_recognised():
     seen = TUNE_INTERRUPT.seen
     try:
         TUNE_INTERRUPT.seen = False
-        record = logging.LogRecord(ray_compat.STOP_LOGGER, logging.WARNING, "tune.py", 1,
-                                   "Stop signal received (e.g. via SIGINT/Ctrl+C), ending Ray Tune run.", None, None)
+        record = logging.LogRecord(
+            ray_compat.STOP_LOGGER,
+            logging.WARNING,
+            "tune.py",
+            1,
+            "Stop signal received (e.g. via SIGINT/Ctrl+C), ending Ray Tune run.",
+            None,
+            None,
+        )
         TUNE_INTERRUPT.filter(record)
         assert TUNE_INTERRUPT.seen
     finally:
         TUNE_INTERRUPT.seen = seen
-    error = logging.LogRecord(ray_compat.ERROR_LOGGER, logging.ERROR, "tune_controller.py", 1,
-                              "Trial task failed for trial x_00000", None, None)
+    error = logging.LogRecord(
+        ray_compat.ERROR_LOGGER,
+        logging.ERROR,
+        "tune_controller.py",
+        1,
+        "Trial task failed for trial x_00000",
+        None,
+        None,
+    )
     assert not TrialErrorTraces().filter(error)
 
 
@@ -122,9 +137,11 @@ def test_refresh_config_rereads_the_auth_mode(monkeypatch):
 
     import ray._raylet
 
-    script = ("import os, ray._raylet as r; from orchestrator import ray_compat; before = r.get_authentication_mode(); "
-              "os.environ['RAY_AUTH_MODE'] = 'token'; ray_compat.refresh_config(); "
-              "token = r.AuthenticationMode.TOKEN; print(before == token, r.get_authentication_mode() == token)")
+    script = (
+        "import os, ray._raylet as r; from orchestrator import ray_compat; before = r.get_authentication_mode(); "
+        "os.environ['RAY_AUTH_MODE'] = 'token'; ray_compat.refresh_config(); "
+        "token = r.AuthenticationMode.TOKEN; print(before == token, r.get_authentication_mode() == token)"
+    )
     env = {k: v for k, v in __import__("os").environ.items() if k != "RAY_AUTH_MODE"}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert out.stdout.split() == ["False", "True"], out.stdout + out.stderr

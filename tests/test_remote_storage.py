@@ -1,5 +1,6 @@
 """Sweeps whose results live in S3 (a real S3-compatible server on 127.0.0.1): the driver
 killed midway and `resume s3://…` finishing it, names never reused, credentials never written."""
+
 import re
 from pathlib import Path
 
@@ -83,6 +84,13 @@ def test_unusable_storage_fails_fast_naming_storage_path(tmp_path, s3_server):
     out = cli("run", "small.yaml", "--storage-path", "s3://sweeps/ray", cwd=tmp_path, env=dead, timeout=300)
     assert out.returncode == 2, out.stdout + out.stderr
     assert out.stderr.startswith("error: storage_path: cannot use s3://sweeps/ray") and out.stderr.count("\n") == 1
-    out = cli("run", "small.yaml", "--storage-path", f"s3://{S3_KEY_ID}:{S3_SECRET}@sweeps/ray", cwd=tmp_path, env=s3_server.env)
+    out = cli(
+        "run",
+        "small.yaml",
+        "--storage-path",
+        f"s3://{S3_KEY_ID}:{S3_SECRET}@sweeps/ray",
+        cwd=tmp_path,
+        env=s3_server.env,
+    )
     assert out.returncode == 2 and "credentials" in out.stderr and S3_SECRET not in out.stderr, out.stderr
     assert not (tmp_path / "mlflow.db").exists()

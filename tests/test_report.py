@@ -1,6 +1,7 @@
 """`resnet-sweep report` and `status`: the paper's tables and figures from MLflow alone, the same
 from a local store and from a real MLflow server over HTTP, every number equal to MLflow's, and
 the live standing of a running sweep."""
+
 from __future__ import annotations
 
 import csv
@@ -57,8 +58,13 @@ def _expected(client: MlflowClient, experiment: str) -> tuple[dict, dict]:
         test = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "test_error")}
         train = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train_error"))
         best = min(val, key=lambda m: (m.value, m.step))
-        trials[run.info.run_name] = {"best epoch": best.step, "val": 100 * best.value, "test": 100 * test[best.step],
-                                     "train": 100 * train[-1][1], "status": run.data.tags["status"]}
+        trials[run.info.run_name] = {
+            "best epoch": best.step,
+            "val": 100 * best.value,
+            "test": 100 * test[best.step],
+            "train": 100 * train[-1][1],
+            "status": run.data.tags["status"],
+        }
         key = (run.data.params["model.depth"], run.data.params["model.residual"])
         nets.setdefault(key, []).append(trials[run.info.run_name])
     return trials, nets
@@ -83,7 +89,9 @@ def _check_numbers(folder: Path, client: MlflowClient, experiment: str) -> None:
             values = [r[key] for r in runs]
             assert int(row[f"{family} {column} n"]) == len(values) == 2
             assert math.isclose(float(row[f"{family} {column} mean"]), statistics.fmean(values), rel_tol=1e-12)
-            assert math.isclose(float(row[f"{family} {column} std"]), statistics.stdev(values), rel_tol=1e-9, abs_tol=1e-12)
+            assert math.isclose(
+                float(row[f"{family} {column} std"]), statistics.stdev(values), rel_tol=1e-9, abs_tol=1e-12
+            )
     assert {r["net"]: r["params"] for r in _csv(folder / "table6.csv")} == {"8": "75290", "14": "172506"}
 
 
@@ -110,9 +118,22 @@ def test_report_local_and_http_identical_and_equal_to_mlflow(tmp_path, mlflow_se
 
     env = {"RESNET_SWEEP_SUMMARY_S": "3"}
     with (remote / "run.log").open("w") as log:
-        sweep = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", "sweep.yaml", "--tracking-uri",
-                                  mlflow_server, "--no-report"], cwd=remote, stdout=log, stderr=subprocess.STDOUT,
-                                 env={**os.environ, **env})
+        sweep = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "orchestrator.cli",
+                "run",
+                "sweep.yaml",
+                "--tracking-uri",
+                mlflow_server,
+                "--no-report",
+            ],
+            cwd=remote,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env},
+        )
         monkeypatch.chdir(elsewhere)
         polls = []
         while sweep.poll() is None:
@@ -168,8 +189,9 @@ def test_asha_rungs_are_rays():
     from ray.tune.schedulers import ASHAScheduler
 
     for grace, factor, max_t in ((1, 3, 15), (1, 3, 9), (2, 2.5, 40), (4, 4, 182), (1, 2, 1)):
-        scheduler = ASHAScheduler(time_attr="epoch", metric="val_error", mode="min", grace_period=grace,
-                                  reduction_factor=factor, max_t=max_t)
+        scheduler = ASHAScheduler(
+            time_attr="epoch", metric="val_error", mode="min", grace_period=grace, reduction_factor=factor, max_t=max_t
+        )
         assert asha_rungs(grace, factor, max_t) == sorted(math.ceil(m) for m, _ in scheduler._brackets[0]._rungs)
 
 
@@ -178,7 +200,9 @@ def test_cutoff_quantile_is_numpys(n):
     values = sorted(np.random.default_rng(n).random(n).tolist())
     for factor in (2, 3, 4):
         # ASHA takes the (1 - 1/factor) percentile of negated errors: the 1/factor one of errors.
-        assert math.isclose(_quantile(values, 1 / factor), -np.nanpercentile([-v for v in values], (1 - 1 / factor) * 100))
+        assert math.isclose(
+            _quantile(values, 1 / factor), -np.nanpercentile([-v for v in values], (1 - 1 / factor) * 100)
+        )
 
 
 def test_statistics_and_verdicts():
@@ -211,13 +235,31 @@ scheduler: {name: asha, grace_period: 1, reduction_factor: 3, max_t: 9}
 
 
 def _config(depth: int, residual: bool, **more) -> dict:
-    return {"dataset.name": "digits", "dataset.image_size": 8, "model.arch": "cifar", "model.block": "basic",
-            "model.shortcut": "A", "model.depth": depth, "model.residual": residual, "train.seed": 0, **more}
+    return {
+        "dataset.name": "digits",
+        "dataset.image_size": 8,
+        "model.arch": "cifar",
+        "model.block": "basic",
+        "model.shortcut": "A",
+        "model.depth": depth,
+        "model.residual": residual,
+        "train.seed": 0,
+        **more,
+    }
 
 
 def _history(epochs: int, error: float) -> list[dict]:
-    return [{"epoch": e, "iteration": 4 * e, "train_error": error, "val_error": error, "test_error": error,
-             "val_loss": 2 * error} for e in range(1, epochs + 1)]
+    return [
+        {
+            "epoch": e,
+            "iteration": 4 * e,
+            "train_error": error,
+            "val_error": error,
+            "test_error": error,
+            "val_loss": 2 * error,
+        }
+        for e in range(1, epochs + 1)
+    ]
 
 
 def test_report_survives_odd_sweeps():
@@ -236,19 +278,26 @@ def test_report_survives_odd_sweeps():
 
     assert "0 of 4 planned trials" in markdown(record(SWEEP, []))
     assert "## Trials" in markdown(record(SWEEP, [TrialRecord("r1", "plain8", "running", _config(8, False))]))
-    failed = TrialRecord("r2", "resnet8", "failed", _config(8, True), history=_history(2, 0.5), error="ValueError: boom")
-    text = markdown(record(SWEEP, [failed, TrialRecord("r3", "plain8", "completed", _config(8, False),
-                                                       history=_history(4, 0.2))]))
+    failed = TrialRecord(
+        "r2", "resnet8", "failed", _config(8, True), history=_history(2, 0.5), error="ValueError: boom"
+    )
+    text = markdown(
+        record(SWEEP, [failed, TrialRecord("r3", "plain8", "completed", _config(8, False), history=_history(4, 0.2))])
+    )
     assert "`resnet8` (failed): ValueError: boom" in text
-    assert "## Trials" in markdown(record(SWEEP, [TrialRecord("r4", "x", "completed", {"model.depth": "abc"},
-                                                              history=_history(4, 0.2))]))
-    same = [TrialRecord(f"o{i}", f"resnet8-lr{lr}", "completed", _config(8, True, **{"train.lr": lr}),
-                        history=_history(4, 0.9)) for i, lr in enumerate((0.03, 0.1, 0.3))]
+    assert "## Trials" in markdown(
+        record(SWEEP, [TrialRecord("r4", "x", "completed", {"model.depth": "abc"}, history=_history(4, 0.2))])
+    )
+    same = [
+        TrialRecord(
+            f"o{i}", f"resnet8-lr{lr}", "completed", _config(8, True, **{"train.lr": lr}), history=_history(4, 0.9)
+        )
+        for i, lr in enumerate((0.03, 0.1, 0.3))
+    ]
     text = markdown(record(SEARCH, same, status="completed"))
     assert "No importances: they need trials with at least two different values of val_loss" in text
     assert "| 1 | 3 | 1.800 |" in text  # the rung's cut-off is a loss: no %
     assert "| 9 |" not in text  # max_t ends trials; no rung there
-
 
 
 def _records_of(sweep: str, final: dict | None = None, change: dict | None = None) -> list:
@@ -260,8 +309,17 @@ def _records_of(sweep: str, final: dict | None = None, change: dict | None = Non
     from tests.conftest import SWEEPS
 
     plan = make_plan(parse_spec((SWEEPS / sweep).read_text()), with_models=False)
-    return [TrialRecord(f"r{t.index}", t.name, "completed", {k: _typed(str(v)) for k, v in {**t.config, **(change or {})}.items()},
-                        history=_history(3, 0.3), final=dict(final or {})) for t in plan.trials]
+    return [
+        TrialRecord(
+            f"r{t.index}",
+            t.name,
+            "completed",
+            {k: _typed(str(v)) for k, v in {**t.config, **(change or {})}.items()},
+            history=_history(3, 0.3),
+            final=dict(final or {}),
+        )
+        for t in plan.trials
+    ]
 
 
 def _report_of(sweep: str, trials: list) -> tuple[str, dict]:
@@ -269,8 +327,15 @@ def _report_of(sweep: str, trials: list) -> tuple[str, dict]:
     from orchestrator.report import build_report
     from tests.conftest import SWEEPS
 
-    record = SweepRecord("s", "s", "parent", "completed", (SWEEPS / sweep).read_text(),
-                         {"num_trials": len(trials), "epochs_per_trial": 3}, trials)
+    record = SweepRecord(
+        "s",
+        "s",
+        "parent",
+        "completed",
+        (SWEEPS / sweep).read_text(),
+        {"num_trials": len(trials), "epochs_per_trial": 3},
+        trials,
+    )
     report, tables = build_report(record)
     return report.markdown(), tables
 
@@ -279,18 +344,31 @@ def test_imagenet_10crop_errors_beside_the_papers_tables_2_and_3():
     """The final model's 10-crop errors (MLflow's test_error_10crop / test_top5_error_10crop) per net,
     with 2015 Table 2 / Table 3's numbers where the trials used the paper's ImageNet recipe."""
     final = {"test_error_10crop": 0.26, "test_top5_error_10crop": 0.081}
-    paper = {"plain_vs_residual": {"plain-18": (27.94, None), "plain-34": (28.54, 10.02), "ResNet-18": (27.88, None),
-                                   "ResNet-34": (25.03, 7.76)},
-             "shortcuts": {"ResNet-34 (A)": (25.03, 7.76), "ResNet-34 (B)": (24.52, 7.46), "ResNet-34 (C)": (24.19, 7.40)},
-             "depth": {"ResNet-50 bottleneck": (22.85, 6.71), "ResNet-101 bottleneck": (21.75, 6.05),
-                       "ResNet-152 bottleneck": (21.43, 5.71)}}
+    paper = {
+        "plain_vs_residual": {
+            "plain-18": (27.94, None),
+            "plain-34": (28.54, 10.02),
+            "ResNet-18": (27.88, None),
+            "ResNet-34": (25.03, 7.76),
+        },
+        "shortcuts": {"ResNet-34 (A)": (25.03, 7.76), "ResNet-34 (B)": (24.52, 7.46), "ResNet-34 (C)": (24.19, 7.40)},
+        "depth": {
+            "ResNet-50 bottleneck": (22.85, 6.71),
+            "ResNet-101 bottleneck": (21.75, 6.05),
+            "ResNet-152 bottleneck": (21.43, 5.71),
+        },
+    }
     for name, want in paper.items():
         markdown, tables = _report_of(f"imagenet_{name}.yaml", _records_of(f"imagenet_{name}.yaml", final))
         rows = {r["net"]: r for r in csv.DictReader(io.StringIO(tables["ten_crop"].csv_text()))}
-        assert {net: tuple(float(r[c]) if r[c] else None for c in ("paper top-1 %", "paper top-5 %"))
-                for net, r in rows.items()} == want
+        assert {
+            net: tuple(float(r[c]) if r[c] else None for c in ("paper top-1 %", "paper top-5 %"))
+            for net, r in rows.items()
+        } == want
         for r in rows.values():
-            assert (float(r["top-1 10-crop err % mean"]), float(r["top-5 10-crop err % mean"])) == pytest.approx((26.0, 8.1))
+            assert (float(r["top-1 10-crop err % mean"]), float(r["top-5 10-crop err % mean"])) == pytest.approx(
+                (26.0, 8.1)
+            )
             assert float(r["top-1 centre-crop err % mean"]) == pytest.approx(30.0) and r["top-1 10-crop err % n"] == "1"
         assert "## 10-crop test error (2015 Tables 2 and 3)" in markdown and "left out" not in markdown
         assert "the paper's ImageNet errors are 10-crop, beside ours in the next table" in markdown
@@ -298,12 +376,15 @@ def test_imagenet_10crop_errors_beside_the_papers_tables_2_and_3():
     assert "| ResNet-34 (B) | 21.80M | 26.00 (n=1) | 8.10 (n=1) | 30.00 (n=1) | 24.52 | 7.46 |" in markdown
 
 
-@pytest.mark.parametrize("change, named", [
-    ({"train.batch_size": 128}, "batch_size 128"),
-    ({"train.epochs": 30}, "30 epochs (under 90)"),
-    ({"dataset.scale_range": [224, 256]}, "scale_range [224, 256]"),
-    ({"dataset.name": "imagefolder"}, "data set imagefolder"),
-])
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ({"train.batch_size": 128}, "batch_size 128"),
+        ({"train.epochs": 30}, "30 epochs (under 90)"),
+        ({"dataset.scale_range": [224, 256]}, "scale_range [224, 256]"),
+        ({"dataset.name": "imagefolder"}, "data set imagefolder"),
+    ],
+)
 def test_imagenet_paper_columns_only_for_the_papers_recipe(change, named):
     final = {"test_error_10crop": 0.26, "test_top5_error_10crop": 0.081}
     markdown, tables = _report_of("imagenet_depth.yaml", _records_of("imagenet_depth.yaml", final, change))
@@ -319,7 +400,9 @@ def test_imagenet_recipe_is_the_papers_model_too():
 
     (config,) = [t.config for t in _records_of("imagenet_depth.yaml") if t.config["model.depth"] == 50]
     assert _imagenet_recipe(config) == []
-    assert _imagenet_recipe({**config, "model.bottleneck_stride": "3x3"}) == ["bottleneck_stride 3x3"]  # torchvision's v1.5
+    assert _imagenet_recipe({**config, "model.bottleneck_stride": "3x3"}) == [
+        "bottleneck_stride 3x3"
+    ]  # torchvision's v1.5
     assert _imagenet_recipe({**config, "model.block": "preact-bottleneck"}) == ["block preact-bottleneck"]
     assert _imagenet_recipe({**config, "train.epochs": None, "train.iterations": 600_000}) == []  # the paper's 60×10^4
 
@@ -345,26 +428,38 @@ def test_cifar_paper_column_for_the_papers_recipe_as_mlflow_gives_it_back():
 def test_report_reads_the_10crop_metrics_from_mlflow(tmp_path):
     """The report's 10-crop columns come from the trials' MLflow metrics (logged at the last
     epoch's step), read with the rest of the sweep."""
-    from orchestrator.report import build_report
     from orchestrator.records import open_record
+    from orchestrator.report import build_report
     from orchestrator.vocabulary import PARENT_TAG, TAG_ROLE, TAG_STATUS
     from tests.conftest import SWEEPS
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     experiment = client.create_experiment("imagenet-shortcuts")
-    parent = client.create_run(experiment, run_name="imagenet-shortcuts", tags={TAG_ROLE: "sweep", TAG_STATUS: "completed"})
-    for name, text in (("sweep.yaml", (SWEEPS / "imagenet_shortcuts.yaml").read_text()), ("plan.json", '{"num_trials": 1}')):
+    parent = client.create_run(
+        experiment, run_name="imagenet-shortcuts", tags={TAG_ROLE: "sweep", TAG_STATUS: "completed"}
+    )
+    for name, text in (
+        ("sweep.yaml", (SWEEPS / "imagenet_shortcuts.yaml").read_text()),
+        ("plan.json", '{"num_trials": 1}'),
+    ):
         (tmp_path / name).write_text(text)
         client.log_artifact(parent.info.run_id, str(tmp_path / name))
     (trial,) = [t for t in _records_of("imagenet_shortcuts.yaml") if t.config["model.shortcut"] == "B"]
-    child = client.create_run(experiment, run_name=trial.name, tags={PARENT_TAG: parent.info.run_id, TAG_STATUS: "completed"})
-    client.log_batch(child.info.run_id, params=[Param(k, str(v)) for k, v in trial.config.items()],
-                     metrics=[Metric(key, value, 0, h["epoch"]) for h in trial.history for key, value in h.items() if key != "epoch"]
-                     + [Metric("test_error_10crop", 0.2461, 0, 3), Metric("test_top5_error_10crop", 0.0752, 0, 3)])
+    child = client.create_run(
+        experiment, run_name=trial.name, tags={PARENT_TAG: parent.info.run_id, TAG_STATUS: "completed"}
+    )
+    client.log_batch(
+        child.info.run_id,
+        params=[Param(k, str(v)) for k, v in trial.config.items()],
+        metrics=[Metric(key, value, 0, h["epoch"]) for h in trial.history for key, value in h.items() if key != "epoch"]
+        + [Metric("test_error_10crop", 0.2461, 0, 3), Metric("test_top5_error_10crop", 0.0752, 0, 3)],
+    )
     _, record = open_record(uri, "imagenet-shortcuts")
     assert record.trials[0].final == {"test_error_10crop": 0.2461, "test_top5_error_10crop": 0.0752}
     _, tables = build_report(record)
     (row,) = csv.DictReader(io.StringIO(tables["ten_crop"].csv_text()))
     assert (row["net"], row["paper top-1 %"], row["paper top-5 %"]) == ("ResNet-34", "24.52", "7.46")
-    assert (float(row["top-1 10-crop err % mean"]), float(row["top-5 10-crop err % mean"])) == pytest.approx((24.61, 7.52))
+    assert (float(row["top-1 10-crop err % mean"]), float(row["top-5 10-crop err % mean"])) == pytest.approx(
+        (24.61, 7.52)
+    )

@@ -1,5 +1,6 @@
 """Secrets in a tracking URI (a password, a query's token or password) never reach output, a
 saved file or MLflow, in whichever form they are written (percent-encoded or not). No servers."""
+
 from __future__ import annotations
 
 import pytest
@@ -46,7 +47,8 @@ def test_an_http_query_is_refused_without_showing_its_token():
 def test_a_secret_in_the_sweep_files_tracking_uri_is_refused_by_name(tmp_path):
     (tmp_path / "s.yaml").write_text(
         "name: s\ndataset: {name: synthetic, synthetic_size: 64, image_size: 8, val_size: 16}\nmodel: {depth: 8}\ntrain: {epochs: 1}\n"
-        "tracking: {tracking_uri: 'postgresql://alice@db/mlflow?password=hunter2'}\n")
+        "tracking: {tracking_uri: 'postgresql://alice@db/mlflow?password=hunter2'}\n"
+    )
     out = cli("run", "s.yaml", cwd=tmp_path)
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
     assert "tracking.tracking_uri" in out.stderr and "password=…" in out.stderr and "hunter2" not in out.stderr

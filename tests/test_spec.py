@@ -1,5 +1,6 @@
 """Sweep files and plans. Every bad input, with the line the user sees, is in the one
 table of tests/test_bad_inputs.py."""
+
 import json
 
 import pytest
@@ -61,11 +62,17 @@ def test_space_values_are_converted_and_excludes_see_defaults():
     text = VALID.replace("[8, 14]", "['8', '14']").replace("block: basic, ", "") + "    model.residual: [true, false]\n"
     text += "  exclude:\n    - {model.block: basic, model.residual: false, model.depth: 14}\n"  # block: the default
     plan = make_plan(parse_spec(text), with_models=False)
-    assert sorted((t.config["model.depth"], t.config["model.residual"]) for t in plan.trials) == [(8, False), (8, True), (14, True)]
+    assert sorted((t.config["model.depth"], t.config["model.residual"]) for t in plan.trials) == [
+        (8, False),
+        (8, True),
+        (14, True),
+    ]
 
 
 def test_plan_counts_models_at_the_data_size_and_classes():
-    text = VALID.replace("arch: cifar, block: basic, shortcut: A", "arch: imagenet, block: basic, shortcut: B").replace("[8, 14]", "[18]")
+    text = VALID.replace("arch: cifar, block: basic, shortcut: A", "arch: imagenet, block: basic, shortcut: B").replace(
+        "[8, 14]", "[18]"
+    )
     plan = make_plan(parse_spec(text))
     (model,) = plan.models.values()
     assert model["macs"] < 0.05e9  # 16-px digits, not 224 px
@@ -74,15 +81,25 @@ def test_plan_counts_models_at_the_data_size_and_classes():
 
 def test_plan_counts_each_model_configuration_not_each_name():
     """Models with one short name but another bottleneck_stride or input size cost differently."""
-    text = VALID.replace("arch: cifar, block: basic, shortcut: A", "arch: imagenet, block: bottleneck, depth: 50").replace(
-        "name: digits, image_size: 16", "name: digits").replace("model.depth: [8, 14]", "model.bottleneck_stride: [1x1, 3x3]\n    dataset.image_size: [32, 64]")
+    text = (
+        VALID.replace("arch: cifar, block: basic, shortcut: A", "arch: imagenet, block: bottleneck, depth: 50")
+        .replace("name: digits, image_size: 16", "name: digits")
+        .replace("model.depth: [8, 14]", "model.bottleneck_stride: [1x1, 3x3]\n    dataset.image_size: [32, 64]")
+    )
     plan = make_plan(parse_spec(text))
     assert len(plan.models) == 4 and len(set(plan.model_of)) == 4
-    macs = {t.varying["model.bottleneck_stride"] + str(t.varying["dataset.image_size"]): plan.models[plan.model_of[t.index]]["macs"]
-            for t in plan.trials}
+    macs = {
+        t.varying["model.bottleneck_stride"] + str(t.varying["dataset.image_size"]): plan.models[
+            plan.model_of[t.index]
+        ]["macs"]
+        for t in plan.trials
+    }
     assert macs["1x132"] < macs["3x332"] and 3.9 < macs["1x164"] / macs["1x132"] < 4.1
-    single = [make_plan(parse_spec(text.replace("[1x1, 3x3]", f"[{s}]").replace("[32, 64]", f"[{px}]"))).gpu_hours
-              for s in ("1x1", "3x3") for px in (32, 64)]
+    single = [
+        make_plan(parse_spec(text.replace("[1x1, 3x3]", f"[{s}]").replace("[32, 64]", f"[{px}]"))).gpu_hours
+        for s in ("1x1", "3x3")
+        for px in (32, 64)
+    ]
     assert plan.gpu_hours == pytest.approx(sum(single))
 
 
@@ -102,7 +119,9 @@ search:
     spec = parse_spec(text).spec
     assert spec.train["weight_decay"] == 5e-4 and spec.search.space["train.lr"] == {"loguniform": [1e-3, 1e-1]}
     plan = make_plan(parse_spec(text))
-    assert plan.num_trials == 2 and all(c["train.weight_decay"] == 5e-4 and 1e-3 <= c["train.lr"] <= 1e-1 for c in plan.configs)
+    assert plan.num_trials == 2 and all(
+        c["train.weight_decay"] == 5e-4 and 1e-3 <= c["train.lr"] <= 1e-1 for c in plan.configs
+    )
 
 
 def test_asha_budget_estimate():
@@ -137,31 +156,49 @@ def test_footprints_are_exact_without_building_the_model():
 def test_size_limits_leave_real_sweeps_alone():
     """ResNet-1202 on CIFAR and on ImageNet (as stages), a width-10 WRN, 640 px and a grid of
     two thousand trials all plan."""
-    big = VALID.replace("[8, 14]", "[1202]").replace("train: {", "train: {batch_size: 128, ").replace(", batch_size: 64", "")
+    big = (
+        VALID.replace("[8, 14]", "[1202]")
+        .replace("train: {", "train: {batch_size: 128, ")
+        .replace(", batch_size: 64", "")
+    )
     assert make_plan(parse_spec(big)).models["resnet1202-basic-A"]["params"] == 19_421_274  # Table 6: 19.4M
-    imagenet = VALID.replace("arch: cifar, block: basic, shortcut: A", "arch: imagenet, block: bottleneck") \
-        .replace("name: digits, image_size: 16", "name: synthetic, image_size: 224, synthetic_classes: 1000")
-    (model,) = make_plan(parse_spec(imagenet.replace("model.depth: [8, 14]", "model.stages: [[3, 8, 386, 3]]"))).models.values()
+    imagenet = VALID.replace("arch: cifar, block: basic, shortcut: A", "arch: imagenet, block: bottleneck").replace(
+        "name: digits, image_size: 16", "name: synthetic, image_size: 224, synthetic_classes: 1000"
+    )
+    (model,) = make_plan(
+        parse_spec(imagenet.replace("model.depth: [8, 14]", "model.stages: [[3, 8, 386, 3]]"))
+    ).models.values()
     assert model["params"] > 100e6  # 1202 layers
     make_plan(parse_spec(imagenet.replace("image_size: 224", "image_size: 640").replace("[8, 14]", "[50, 152]")))
-    make_plan(parse_spec(VALID.replace("[8, 14]", "[26]").replace("shortcut: A", "shortcut: B, width: 10")))  # WRN-26-10
+    make_plan(
+        parse_spec(VALID.replace("[8, 14]", "[26]").replace("shortcut: A", "shortcut: B, width: 10"))
+    )  # WRN-26-10
     grid = VALID + "    train.seed: [" + ", ".join(map(str, range(1000))) + "]\n"
     assert make_plan(parse_spec(grid), with_models=False).num_trials == 2000
 
 
 def test_plan_warns_of_what_the_file_does_not_say(workdir, capsys):
-    text = VALID.replace("epochs: 2", "epochs: 20") + """\
+    text = (
+        VALID.replace("epochs: 2", "epochs: 20")
+        + """\
 budget: {max_epochs: 5}
 scheduler: {grace_period: 4}
 """
-    text = text.replace("shortcut: A", "shortcut: A, bottleneck_stride: 3x3").replace("batch_size: 64", "batch_size: 64, warmup_lr: 0.05")
+    )
+    text = text.replace("shortcut: A", "shortcut: A, bottleneck_stride: 3x3").replace(
+        "batch_size: 64", "batch_size: 64, warmup_lr: 0.05"
+    )
     (workdir / "sweep.yaml").write_text(text)
     assert main(["plan", "sweep.yaml"]) == 0
     out = capsys.readouterr()
     warnings = [line for line in out.err.splitlines() if line.startswith("warning: ")]
     assert len(warnings) == len(out.err.splitlines()) == 4, out.err
-    for words in (["model.bottleneck_stride", "bottleneck blocks"], ["train.warmup_lr", "warmup_iterations"],
-                  ["scheduler.grace_period", "asha"], ["budget.max_epochs", "before its first trial ends (20 epochs)"]):
+    for words in (
+        ["model.bottleneck_stride", "bottleneck blocks"],
+        ["train.warmup_lr", "warmup_iterations"],
+        ["scheduler.grace_period", "asha"],
+        ["budget.max_epochs", "before its first trial ends (20 epochs)"],
+    ):
         assert any(all(w in line for w in words) for line in warnings), (words, warnings)
     assert "budget: max_trials none, max_epochs 5" in out.out
     assert main(["plan", "sweep.yaml", "--json"]) == 0
@@ -214,8 +251,17 @@ def test_model_counts_are_cached_by_full_config_and_code_version(tmp_path, monke
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    plans = [subprocess.run([sys.executable, "-m", "orchestrator.cli", "plan", str(SWEEPS / "quickstart.yaml"), "--json"],
-                            capture_output=True, text=True, env=env, cwd=tmp_path, check=True).stdout for _ in range(2)]
+    plans = [
+        subprocess.run(
+            [sys.executable, "-m", "orchestrator.cli", "plan", str(SWEEPS / "quickstart.yaml"), "--json"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            check=True,
+        ).stdout
+        for _ in range(2)
+    ]
     assert plans[0] == plans[1] and json.loads(plans[0])["models"]
     cache = CountCache()
     stored = json.loads(cache.path.read_text())
@@ -236,7 +282,13 @@ def test_a_searched_folder_is_named_by_its_last_part():
     dataset.root appears in the trial's name as its folder's own name."""
     from orchestrator.space import trial_name
 
-    config = {"model.depth": 18, "model.arch": "imagenet", "dataset.name": "imagefolder", "train.lr": 0.1, "train.epochs": 1}
+    config = {
+        "model.depth": 18,
+        "model.arch": "imagenet",
+        "dataset.name": "imagefolder",
+        "train.lr": 0.1,
+        "train.epochs": 1,
+    }
     name = trial_name({**config, "dataset.root": "/data/a b/train-set/"}, {"dataset.root": "/data/a b/train-set/"})
     assert name == "resnet18-basic-B-lr0.1-roottrain-set-s0" and "/" not in name
     spaced = trial_name({**config, "dataset.root": "/data/Tiny ImageNet"}, {"dataset.root": "/data/Tiny ImageNet"})

@@ -1,6 +1,7 @@
 """The speed levers change how fast, never what is learnt: with every lever on (bf16
 autocast, channels_last, torch.compile, fused SGD) a digits run reaches fp32 eager's accuracy
 with the same seed, and resumes exactly. CPU here; tests/test_gpu.py does the same on CUDA."""
+
 import math
 
 import torch

@@ -1,4 +1,5 @@
 """Sweeps end to end on real Ray and real MLflow (SQLite file and HTTP server)."""
+
 import csv
 import json
 import math
@@ -69,7 +70,9 @@ def test_unseen_sweep_optuna_asha_end_to_end(tmp_path):
     assert len(rows) == 8, out.stdout  # every trial exactly once
     assert any("stopped by ASHA at epoch" in r for r in rows), out.stdout
     # Optuna did not serialise the trials (ray#46965): two started before the first ended.
-    events = [line.split("] ", 1)[1].split()[0] for line in out.stdout.splitlines() if re.match(r"^\[\d\d:\d\d\] ", line)]
+    events = [
+        line.split("] ", 1)[1].split()[0] for line in out.stdout.splitlines() if re.match(r"^\[\d\d:\d\d\] ", line)
+    ]
     first_end = next(i for i, e in enumerate(events) if e in ("completed", "stopped", "diverged", "failed"))
     assert events[:first_end].count("start") >= 2, out.stdout
 
@@ -85,11 +88,15 @@ def test_unseen_sweep_optuna_asha_end_to_end(tmp_path):
 
     # The report `run` wrote (must show 4 of [8/11]): Optuna's importances and ASHA's rungs, as MLflow has them.
     report = tmp_path / "reports" / "unseen"
-    importance = {r["hyperparameter"]: float(r["importance"]) for r in csv.DictReader((report / "importance.csv").open())}
+    importance = {
+        r["hyperparameter"]: float(r["importance"]) for r in csv.DictReader((report / "importance.csv").open())
+    }
     assert set(importance) == {"model.n", "model.block", "model.shortcut", "model.residual", "train.lr"}
     assert math.isclose(sum(importance.values()), 1.0, rel_tol=1e-6)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    epochs = {c.info.run_name: max(m.step for m in client.get_metric_history(c.info.run_id, "val_error")) for c in children}
+    epochs = {
+        c.info.run_name: max(m.step for m in client.get_metric_history(c.info.run_id, "val_error")) for c in children
+    }
     rungs = list(csv.DictReader((report / "asha.csv").open()))
     assert [int(r["rung (epoch)"]) for r in rungs] == [1, 3]  # grace 1, factor 3, max_t 4
     for r in rungs:
@@ -98,10 +105,14 @@ def test_unseen_sweep_optuna_asha_end_to_end(tmp_path):
         assert int(r["stopped here"]) == sum(c.data.tags.get("stopped_at_epoch") == str(rung) for c in children)
     index = (report / "index.md").read_text()
     assert "## Search: what mattered (Optuna)" in index and "## Early stopping: ASHA's rungs" in index
-    assert re.search(r"Epochs trained: \*\*(\d+)\*\* of the full grid's 32", index).group(1) == str(sum(epochs.values()))
+    assert re.search(r"Epochs trained: \*\*(\d+)\*\* of the full grid's 32", index).group(1) == str(
+        sum(epochs.values())
+    )
 
 
-def _check_store(client: MlflowClient, experiment: str, trials: int, epochs: int, depths=frozenset({"8", "14"})) -> None:
+def _check_store(
+    client: MlflowClient, experiment: str, trials: int, epochs: int, depths=frozenset({"8", "14"})
+) -> None:
     parents, children = child_runs(client, experiment)
     assert len(parents) == 1 and len(children) == trials
     parent = parents[0]
@@ -123,7 +134,9 @@ def test_quickstart_store_has_one_parent_and_a_child_per_trial(tmp_path):
     out = cli("run", SWEEPS / "quickstart.yaml", "--smoke-test", cwd=tmp_path, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert len(table_rows(out.stdout)) == 4
-    _check_store(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), "quickstart", trials=4, epochs=2, depths={"20", "32"})
+    _check_store(
+        MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), "quickstart", trials=4, epochs=2, depths={"20", "32"}
+    )
 
 
 @pytest.mark.slow  # test_mlflow_faults.py's login test runs a sweep against a real server by default
@@ -146,7 +159,9 @@ def test_ctrl_c_midway_says_interrupted_everywhere_then_resume_finishes(tmp_path
     resume-if-exists and Kubernetes-entrypoint tests.)"""
     epochs = 8
     (tmp_path / "small.yaml").write_text(SMALL_GRID.format(epochs=epochs) + "tracking: {log_best_checkpoint: true}\n")
-    seen, _ = kill_when_midway("run", "small.yaml", "--resume-if-exists", cwd=tmp_path, epochs=epochs, sig=signal.SIGINT)
+    seen, _ = kill_when_midway(
+        "run", "small.yaml", "--resume-if-exists", cwd=tmp_path, epochs=epochs, sig=signal.SIGINT
+    )
     assert kill_when_midway.returncode == 130, seen[-3000:]
     # Finished: before Ctrl-C, or while it reached the trials (a trial at its last epoch may end).
     done = set(re.findall(r"^\[\d\d:\d\d\] completed (\S+)", seen, re.M))
@@ -215,8 +230,12 @@ def test_the_same_sweep_in_two_terminals_at_once_gets_two_folders(tmp_path):
     """A second terminal starting the same sweep never writes into the first one's folder."""
     (tmp_path / "small.yaml").write_text(SMALL_GRID.format(epochs=1) + "max_concurrent: 1\n")
     exe = Path(sys.executable).parent / "resnet-sweep"
-    procs = [subprocess.Popen([str(exe), "run", "small.yaml"], cwd=tmp_path, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [str(exe), "run", "small.yaml"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     folders = sorted(re.search(r"results in (\S+?),", out).group(1) for out in outs)
@@ -264,8 +283,9 @@ def test_a_second_driver_on_a_running_sweep_is_refused(tmp_path):
     # Long enough to be still running after both checks; ended by Ctrl-C once they are done.
     (tmp_path / "small.yaml").write_text(SMALL_GRID.format(epochs=5000) + "max_concurrent: 1\n")
     exe = Path(sys.executable).parent / "resnet-sweep"
-    first = subprocess.Popen([str(exe), "run", "small.yaml"], cwd=tmp_path, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+    first = subprocess.Popen(
+        [str(exe), "run", "small.yaml"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     seen = []
     for line in first.stdout:
         seen.append(line)
@@ -275,8 +295,9 @@ def test_a_second_driver_on_a_running_sweep_is_refused(tmp_path):
         out = cli(*args, cwd=tmp_path, timeout=120)
         assert out.returncode == 2, (args, out.stdout[-2000:], out.stderr[-2000:])
         lines = out.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: sweep small is already being run by "
-                                                       f"pid {first.pid} on {socket.gethostname()}"), out.stderr
+        assert len(lines) == 1 and lines[0].startswith(
+            f"error: sweep small is already being run by pid {first.pid} on {socket.gethostname()}"
+        ), out.stderr
         assert "epoch" not in out.stdout
     first.send_signal(signal.SIGINT)
     rest = first.communicate(timeout=600)[0]

@@ -1,5 +1,6 @@
 """resnet_core/torch_compat.py: each private torch op exists on the installed torch and computes
 what its public counterpart computes; a missing one is a one-line error, never a fallback."""
+
 import os
 
 import pytest
@@ -14,7 +15,10 @@ pytestmark = pytest.mark.unit
 
 def _params(seed: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
-    return [torch.randn(5, 3, generator=g), torch.randn(7, generator=g)], [torch.randn(5, 3, generator=g), torch.randn(7, generator=g)]
+    return [torch.randn(5, 3, generator=g), torch.randn(7, generator=g)], [
+        torch.randn(5, 3, generator=g),
+        torch.randn(7, generator=g),
+    ]
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
@@ -31,9 +35,20 @@ def test_fused_sgd_is_torch_optim_sgds_step(nesterov):
         for p, g in zip(params, grads):
             p.grad = g * (step + 1)
         optimizer.step()
-        torch_compat.fused_sgd_(mine, [g * (step + 1) for g in grads], bufs, weight_decay=1e-4, momentum=0.9, lr=0.1,
-                                dampening=0.0, nesterov=nesterov, maximize=False, is_first_step=step == 0,
-                                grad_scale=None, found_inf=skip)
+        torch_compat.fused_sgd_(
+            mine,
+            [g * (step + 1) for g in grads],
+            bufs,
+            weight_decay=1e-4,
+            momentum=0.9,
+            lr=0.1,
+            dampening=0.0,
+            nesterov=nesterov,
+            maximize=False,
+            is_first_step=step == 0,
+            grad_scale=None,
+            found_inf=skip,
+        )
     for p, m in zip(params, mine):
         assert torch.equal(p.detach(), m)
 
@@ -41,9 +56,20 @@ def test_fused_sgd_is_torch_optim_sgds_step(nesterov):
 def test_fused_sgd_skips_a_step_when_found_inf_is_set():
     values, grads = _params(1)
     mine = [v.clone() for v in values]
-    torch_compat.fused_sgd_(mine, grads, [torch.zeros_like(v) for v in values], weight_decay=0.0, momentum=0.9,
-                            lr=0.1, dampening=0.0, nesterov=False, maximize=False, is_first_step=True,
-                            grad_scale=None, found_inf=torch.ones(1))
+    torch_compat.fused_sgd_(
+        mine,
+        grads,
+        [torch.zeros_like(v) for v in values],
+        weight_decay=0.0,
+        momentum=0.9,
+        lr=0.1,
+        dampening=0.0,
+        nesterov=False,
+        maximize=False,
+        is_first_step=True,
+        grad_scale=None,
+        found_inf=torch.ones(1),
+    )
     assert all(torch.equal(m, v) for m, v in zip(mine, values))
 
 

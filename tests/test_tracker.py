@@ -1,6 +1,7 @@
 """The MLflow tracker driven as Tune drives it, against an in-memory store that fails and delays
 on command (tests/fake_mlflow.py): one run per trial and every point once, whatever the order in
 which the server dies, comes back and answers. No Ray, no server: the unit tier of tracking."""
+
 from __future__ import annotations
 
 import time
@@ -22,13 +23,22 @@ def quick_retries(monkeypatch):
 
 
 def trial(trial_id: str, depth: int) -> SimpleNamespace:
-    return SimpleNamespace(trial_id=trial_id, config={"model.depth": depth, "train.lr": 0.1}, last_result={},
-                           status="RUNNING", path=f"/sweep/{trial_id}")
+    return SimpleNamespace(
+        trial_id=trial_id,
+        config={"model.depth": depth, "train.lr": 0.1},
+        last_result={},
+        status="RUNNING",
+        path=f"/sweep/{trial_id}",
+    )
 
 
 def result(t, epoch: int) -> dict:
-    return {M.EPOCH: epoch, "trial_id": t.trial_id, **{key: round(0.9 - 0.1 * epoch + 0.001 * i, 4) for i, key in enumerate(M.METRICS)},
-            M.ITERATION: 10 * epoch}
+    return {
+        M.EPOCH: epoch,
+        "trial_id": t.trial_id,
+        **{key: round(0.9 - 0.1 * epoch + 0.001 * i, 4) for i, key in enumerate(M.METRICS)},
+        M.ITERATION: 10 * epoch,
+    }
 
 
 class Driver:
@@ -36,9 +46,16 @@ class Driver:
 
     def __init__(self, fake: FakeMlflow) -> None:
         self.fake = fake
-        self.tracker = SweepTracker(tracking_uri="fake:", experiment="exp", sweep_key="key", sweep_name="sweep",
-                                    tags={}, artifacts={}, trial_namer=lambda c: f"net{c['model.depth']}",
-                                    planned_epochs=EPOCHS)
+        self.tracker = SweepTracker(
+            tracking_uri="fake:",
+            experiment="exp",
+            sweep_key="key",
+            sweep_name="sweep",
+            tags={},
+            artifacts={},
+            trial_namer=lambda c: f"net{c['model.depth']}",
+            planned_epochs=EPOCHS,
+        )
         self.tracker._client = fake
         self.tracker.setup()
 
@@ -64,7 +81,10 @@ def assert_one_run_each_every_point_once(fake: FakeMlflow, trials: list) -> None
     assert sorted(r.data.tags["resnet_sweep.trial_id"] for r in runs) == sorted(t.trial_id for t in trials)
     for run in runs:
         for key in M.METRICS:
-            assert [step for step, _ in fake.points(run.info.run_id, key)] == list(range(1, EPOCHS + 1)), (run.info.run_name, key)
+            assert [step for step, _ in fake.points(run.info.run_id, key)] == list(range(1, EPOCHS + 1)), (
+                run.info.run_name,
+                key,
+            )
         assert (run.data.tags["status"], run.info.status) == ("completed", "FINISHED"), run.info.run_name
     (parent,) = fake.active_runs("sweep")
     assert parent.data.tags["status"] == "completed" and parent.info.status == "FINISHED"
@@ -189,7 +209,11 @@ def test_two_runs_of_one_trial_are_merged_into_the_first_and_the_other_deleted(c
     assert gone.deleted and gone.data.tags["resnet_sweep.duplicate_of"] == first and gone.info.status != "RUNNING"
     assert "learning_curve.png" in fake.runs[first].artifacts
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"note: trial a had a second MLflow run, net8-2 ({second.info.run_id}); its points are merged into net8 ({first})" in err
+    assert (
+        err.count("\n") == 1
+        and f"note: trial a had a second MLflow run, net8-2 ({second.info.run_id}); its points are merged into net8 ({first})"
+        in err
+    )
     Driver(fake)  # found once more: nothing left to merge
     assert capsys.readouterr().err == ""
 

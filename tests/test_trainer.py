@@ -1,4 +1,5 @@
 """The trainer: the paper's recipe, exact resume, divergence, layer responses, data."""
+
 import dataclasses
 import json
 
@@ -85,10 +86,21 @@ def test_layer_responses_one_per_3x3_conv_in_eval_mode():
 
 def test_device_loader_augments_in_batches_with_the_paper_crop():
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
-    loader = DeviceLoader(x.to(torch.uint8), torch.zeros(2, dtype=torch.long), batch_size=2, mean=torch.zeros(1), std=torch.ones(1), train=True, augment=True, generator=torch.Generator().manual_seed(0))
+    loader = DeviceLoader(
+        x.to(torch.uint8),
+        torch.zeros(2, dtype=torch.long),
+        batch_size=2,
+        mean=torch.zeros(1),
+        std=torch.ones(1),
+        train=True,
+        augment=True,
+        generator=torch.Generator().manual_seed(0),
+    )
     batch, _ = next(iter(loader))
     assert batch.shape == (2, 3, 8, 8)
-    loader_plain = DeviceLoader(x.to(torch.uint8), torch.zeros(2, dtype=torch.long), batch_size=2, mean=torch.zeros(1), std=torch.ones(1))
+    loader_plain = DeviceLoader(
+        x.to(torch.uint8), torch.zeros(2, dtype=torch.long), batch_size=2, mean=torch.zeros(1), std=torch.ones(1)
+    )
     plain, _ = next(iter(loader_plain))
     assert torch.equal(plain, x.to(torch.uint8).float() / 255)
 
@@ -107,30 +119,84 @@ def test_cifar_offline_is_a_clear_error(tmp_path):
 
 
 def test_bad_recipe_values_name_the_field():
-    for kwargs, field in [(dict(lr=-1), "train.lr"), (dict(precision="fp8"), "train.precision"), (dict(epochs=3, iterations=5), "train.epochs")]:
+    for kwargs, field in [
+        (dict(lr=-1), "train.lr"),
+        (dict(precision="fp8"), "train.precision"),
+        (dict(epochs=3, iterations=5), "train.epochs"),
+    ]:
         with pytest.raises(ConfigError) as err:
             TrainConfig(**kwargs)
         assert err.value.field == field
 
 
 def test_train_cli_json_and_divergence(tmp_path):
-    out = cli("train", "--dataset", "digits", "--image-size", "16", "--depth", "8", "--epochs", "2", "--batch-size", "64", "--json-out", "r.json", cwd=tmp_path)
+    out = cli(
+        "train",
+        "--dataset",
+        "digits",
+        "--image-size",
+        "16",
+        "--depth",
+        "8",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "64",
+        "--json-out",
+        "r.json",
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("epoch ") >= 2  # one progress line per epoch
     result = json.loads((tmp_path / "r.json").read_text())
-    for key in ("status", "best_epoch", "train_error", "val_error", "test_error", "images_per_second", "layer_response_std"):
+    for key in (
+        "status",
+        "best_epoch",
+        "train_error",
+        "val_error",
+        "test_error",
+        "images_per_second",
+        "layer_response_std",
+    ):
         assert key in result
     assert result["status"] == "completed" and 0 <= result["test_error"] <= 1
     assert all(isinstance(v, float) for v in result["layer_response_std"])
 
-    out = cli("train", "--dataset", "digits", "--image-size", "16", "--depth", "20", "--epochs", "2", "--lr", "10", "--json-out", "d.json", cwd=tmp_path)
+    out = cli(
+        "train",
+        "--dataset",
+        "digits",
+        "--image-size",
+        "16",
+        "--depth",
+        "20",
+        "--epochs",
+        "2",
+        "--lr",
+        "10",
+        "--json-out",
+        "d.json",
+        cwd=tmp_path,
+    )
     assert out.returncode == 3, out.stdout + out.stderr
     assert "diverged" in out.stderr and "Traceback" not in out.stderr
     assert json.loads((tmp_path / "d.json").read_text())["status"] == "diverged"
 
 
 def test_train_cli_checkpoint_and_resume(tmp_path):
-    args = ["train", "--dataset", "synthetic", "--image-size", "16", "--depth", "8", "--batch-size", "64", "--epochs", "2"]
+    args = [
+        "train",
+        "--dataset",
+        "synthetic",
+        "--image-size",
+        "16",
+        "--depth",
+        "8",
+        "--batch-size",
+        "64",
+        "--epochs",
+        "2",
+    ]
     assert cli(*args, "--checkpoint-dir", "ck", "--json-out", "full.json", cwd=tmp_path).returncode == 0
     out = cli(*args, "--resume", "ck/epoch0001.pt", "--json-out", "resumed.json", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
@@ -141,7 +207,25 @@ def test_train_cli_checkpoint_and_resume(tmp_path):
 
 @pytest.mark.slow
 def test_digits_resnet20_30_epochs_reaches_3_percent(tmp_path):
-    out = cli("train", "--dataset", "digits", "--arch", "cifar", "--depth", "20", "--block", "basic", "--shortcut", "A", "--epochs", "30", "--json-out", "r.json", cwd=tmp_path, timeout=1200)
+    out = cli(
+        "train",
+        "--dataset",
+        "digits",
+        "--arch",
+        "cifar",
+        "--depth",
+        "20",
+        "--block",
+        "basic",
+        "--shortcut",
+        "A",
+        "--epochs",
+        "30",
+        "--json-out",
+        "r.json",
+        cwd=tmp_path,
+        timeout=1200,
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads((tmp_path / "r.json").read_text())["test_error"] <= 0.03
 
@@ -158,9 +242,11 @@ def test_a_last_batch_of_one_image_joins_the_batch_before_it():
     assert batch_sizes(5, 8, smallest=2) == [5]  # all there is
     assert smallest_training_batch(Shard(0, 2), sync_bn=True) == 2  # global statistics: as one process
     assert smallest_training_batch(Shard(0, 2), sync_bn=False) == 4  # each worker's share: 2 at least
-    cfg = RunConfig(model=ModelConfig(arch="imagenet", depth=50),
-                    dataset=DataConfig(name="digits", image_size=32, train_limit=65, val_size=64),
-                    train=TrainConfig(batch_size=8, epochs=1, lr=0.01, device="cpu"))
+    cfg = RunConfig(
+        model=ModelConfig(arch="imagenet", depth=50),
+        dataset=DataConfig(name="digits", image_size=32, train_limit=65, val_size=64),
+        train=TrainConfig(batch_size=8, epochs=1, lr=0.01, device="cpu"),
+    )
     result = Trainer(cfg).run()
     assert result["status"] == "completed" and result["history"][0]["iteration"] == 8
     members = ArrayTrainer([cfg, dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=1))]).run()

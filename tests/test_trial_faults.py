@@ -1,6 +1,7 @@
 """A trial that raises, runs out of memory or diverges ends with its own status and error
 (table, progress lines, MLflow); the others finish; failure.max_failures retries apply. The faults
 are raised inside the real trial processes (tests/faults/sitecustomize.py)."""
+
 import re
 from pathlib import Path
 
@@ -32,19 +33,34 @@ def test_exception_out_of_memory_and_divergence_each_end_with_their_own_status(w
     (faults / "8-0.1").write_text("raise-once")  # fails at its 2nd epoch once: retried, completes
     (faults / "14-0.1").write_text("oom")  # out of memory at its 2nd epoch, on the retry too
     (workdir / "faults.yaml").write_text(FAULTS)  # lr 1000 diverges by itself
-    out = cli("run", "faults.yaml", cwd=workdir,
-              env={"PYTHONPATH": str(Path(__file__).parent / "faults"), "RESNET_SWEEP_TEST_FAULTS": str(faults)})
+    out = cli(
+        "run",
+        "faults.yaml",
+        cwd=workdir,
+        env={"PYTHONPATH": str(Path(__file__).parent / "faults"), "RESNET_SWEEP_TEST_FAULTS": str(faults)},
+    )
     text = out.stdout + out.stderr
     assert out.returncode == 1 and "1 trial(s) failed" in out.stderr, text[-4000:]
     assert "Traceback" not in text  # one line per failure; the trace is in the trial's folder and MLflow
-    assert re.search(r"retrying  resnet8-basic-A-lr0\.1-s0 .*failure 1 of 1 allowed: RuntimeError: injected fault.*"
-                     r"from its checkpoint at epoch 1", out.stdout), out.stdout
-    assert re.search(r"retrying  resnet14-basic-A-lr0\.1-s0 .*: torch\.OutOfMemoryError: CUDA out of memory", out.stdout)
-    assert re.search(r"out_of_memory resnet14-basic-A-lr0\.1-s0: torch\.OutOfMemoryError: CUDA out of memory.*"
-                     r"trace in .*/error\.txt", out.stdout), out.stdout
+    assert re.search(
+        r"retrying  resnet8-basic-A-lr0\.1-s0 .*failure 1 of 1 allowed: RuntimeError: injected fault.*"
+        r"from its checkpoint at epoch 1",
+        out.stdout,
+    ), out.stdout
+    assert re.search(
+        r"retrying  resnet14-basic-A-lr0\.1-s0 .*: torch\.OutOfMemoryError: CUDA out of memory", out.stdout
+    )
+    assert re.search(
+        r"out_of_memory resnet14-basic-A-lr0\.1-s0: torch\.OutOfMemoryError: CUDA out of memory.*"
+        r"trace in .*/error\.txt",
+        out.stdout,
+    ), out.stdout
     rows = {row.split()[0]: row.split()[1] for row in table_rows(out.stdout)}
-    assert rows == {"resnet8-basic-A-lr0.1-s0": "completed", "resnet14-basic-A-lr0.1-s0": "out_of_memory",
-                    "resnet8-basic-A-lr1000-s0": "diverged"}
+    assert rows == {
+        "resnet8-basic-A-lr0.1-s0": "completed",
+        "resnet14-basic-A-lr0.1-s0": "out_of_memory",
+        "resnet8-basic-A-lr1000-s0": "diverged",
+    }
 
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     parents, children = child_runs(client, "faults")

@@ -4,6 +4,7 @@ The runs table must show the sweep's parent run with its trials nested under it.
 Chromium and its driver (`apt-get install chromium chromium-driver`, as .ci/run does); skipped
 without them. RESNET_SWEEP_UPDATE_SCREENSHOT=1 writes the screenshot to docs/mlflow-ui.png.
 """
+
 import os
 import signal
 import socket
@@ -24,8 +25,15 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 # No network: nothing may phone home, and Selenium Manager must never try to download a driver.
 CHROMIUM_FLAGS = [
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-    "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 WIDTH, HEIGHT = 1400, 900
 # What `run quickstart.yaml --smoke-test` trains: the first 4 grid points (depth 20 and 32).
@@ -36,8 +44,10 @@ RUN_NAME_COL = '[col-id="attributes.`Run Name`"]'
 def require_chromium():
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
     if missing:
-        pytest.skip(f"{' and '.join(missing)} not found: install Debian's headless browser with "
-                    f"`apt-get install chromium chromium-driver` (.ci/run does)")
+        pytest.skip(
+            f"{' and '.join(missing)} not found: install Debian's headless browser with "
+            f"`apt-get install chromium chromium-driver` (.ci/run does)"
+        )
     pytest.importorskip("selenium", reason="selenium is a test dependency: pip install -e '.[test]'")
 
 
@@ -96,8 +106,10 @@ def new_browser(profile: Path):
     options.binary_location = CHROMIUM
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     # --window-size counts the (invisible) window frame: pin the viewport, hence the screenshot.
-    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
-                           {"width": WIDTH, "height": HEIGHT, "deviceScaleFactor": 1, "mobile": False})
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": WIDTH, "height": HEIGHT, "deviceScaleFactor": 1, "mobile": False},
+    )
     driver.set_page_load_timeout(60)
     return driver
 
@@ -112,7 +124,9 @@ def tidy_for_screenshot(driver) -> None:
     steps = []
 
     def close_assistant():
-        for button in driver.find_elements(By.CSS_SELECTOR, 'button[data-component-id="mlflow.assistant.chat_panel.close"]'):
+        for button in driver.find_elements(
+            By.CSS_SELECTOR, 'button[data-component-id="mlflow.assistant.chat_panel.close"]'
+        ):
             if button.is_displayed():
                 button.click()
 
@@ -133,7 +147,9 @@ def tidy_for_screenshot(driver) -> None:
 
     def settle():
         driver.execute_script("document.activeElement && document.activeElement.blur();")
-        ActionChains(driver).move_to_element_with_offset(driver.find_element(By.TAG_NAME, "body"), 0, HEIGHT // 2 - 20).perform()
+        ActionChains(driver).move_to_element_with_offset(
+            driver.find_element(By.TAG_NAME, "body"), 0, HEIGHT // 2 - 20
+        ).perform()
 
     for step in (close_assistant, widen_run_names, show_error_columns, settle):
         try:
@@ -181,7 +197,10 @@ def test_mlflow_ui_shows_trials_nested_under_the_sweep(workdir):
     with open(log, "w") as log_file:
         ui = subprocess.Popen(
             [str(Path(sys.executable).parent / "resnet-sweep"), "ui", "--port", str(port)],
-            cwd=workdir, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=workdir,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     driver = None
     try:
@@ -203,7 +222,9 @@ def test_mlflow_ui_shows_trials_nested_under_the_sweep(workdir):
             return driver.find_element(By.TAG_NAME, "body").text
 
         try:
-            wait.until(lambda d: shown(parent_id) and "quickstart" in d.find_element(By.CSS_SELECTOR, row(parent_id)).text)
+            wait.until(
+                lambda d: shown(parent_id) and "quickstart" in d.find_element(By.CSS_SELECTOR, row(parent_id)).text
+            )
         except TimeoutException:
             pytest.fail(f"the parent run 'quickstart' never appeared; the page said:\n{page_text()[:3000]}")
 
@@ -229,7 +250,9 @@ def test_mlflow_ui_shows_trials_nested_under_the_sweep(workdir):
         parent_x = name_x(parent_id)
         for name, run_id in children.items():
             assert name_x(run_id) >= parent_x + 12, f"{name} is not indented under 'quickstart'"
-            assert not driver.find_elements(By.CSS_SELECTOR, f"{row(run_id)} {RUN_NAME_COL} button"), f"{name} has children?"
+            assert not driver.find_elements(By.CSS_SELECTOR, f"{row(run_id)} {RUN_NAME_COL} button"), (
+                f"{name} has children?"
+            )
 
         # 4. The screenshot (docs/mlflow-ui.png only when asked to update it).
         tidy_for_screenshot(driver)
@@ -256,5 +279,6 @@ def test_ui_on_a_busy_port_is_one_line_naming_port(workdir):
         port = busy.getsockname()[1]
         out = cli("ui", "--port", str(port), cwd=workdir, timeout=60)
     assert out.returncode == 2 and out.stdout == "", out
-    assert out.stderr.strip().splitlines() == [f"error: --port: {port} on 127.0.0.1 is not available (Address already in use); "
-                                               "pass another --port"], out.stderr
+    assert out.stderr.strip().splitlines() == [
+        f"error: --port: {port} on 127.0.0.1 is not available (Address already in use); pass another --port"
+    ], out.stderr

@@ -1,5 +1,6 @@
 """A crash while a file is written into a local storage folder leaves the old file whole, and
 a Tune state file cut short (a folder from before, or a partial copy) is named on resume."""
+
 import os
 import signal
 import subprocess
@@ -32,8 +33,11 @@ def test_a_writer_killed_midway_leaves_a_whole_file(tmp_path):
     target = folder / "experiment_state.json"
     target.write_bytes(a)
     for copies, pause in ((1, 0.002), (2, 0.005), (3, 0.01), (4, 0.02), (5, 0.0)):
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "a"), str(tmp_path / "b"), str(target)],
-                                stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(tmp_path / "a"), str(tmp_path / "b"), str(target)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(copies):
             proc.stdout.readline()
         time.sleep(pause)  # into the next copy (one takes some 20-50 ms)

@@ -5,6 +5,7 @@ every process of the sweep, Ray's workers included. RESNET_SWEEP_TEST_FAULTS nam
 as CUDA raises it, on every attempt). A file `hold` holding a number k holds every trial once it
 has reported epoch k, for as long as the file is there: a test interrupts a sweep in a known
 state, not by the clock (a loaded machine would let a trial run to its end first)."""
+
 import importlib.abc
 import importlib.machinery
 import os
