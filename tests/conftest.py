@@ -16,6 +16,33 @@ SWEEPS = REPO / "sweeps"
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+# What a unit test may not start (pytest -m unit: in-process, no servers, no CLI processes).
+NOT_IN_UNIT_TESTS = {"resnet-sweep", "mlflow", "ray", "moto_server", "kubectl", "chromium", "chromedriver"}
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_nothing(request, monkeypatch):
+    """A test marked unit that starts the CLI, a server or Ray fails, naming what it started."""
+    if request.node.get_closest_marker("unit") is None:
+        return
+    popen = subprocess.Popen.__init__
+
+    def refuse(self, args, *rest, **kwargs):
+        words = [str(w) for w in (args if isinstance(args, (list, tuple)) else str(args).split())]
+        named = {Path(w).name for w in words[:1]} | {w for w in words[1:3] if w in NOT_IN_UNIT_TESTS}
+        if named & NOT_IN_UNIT_TESTS:
+            raise AssertionError(f"a unit test started {' '.join(words[:3])}: mark it otherwise")
+        popen(self, args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+    if "ray" in sys.modules:
+
+        def no_ray(*args, **kwargs):
+            raise AssertionError("a unit test started Ray: mark it otherwise")
+
+        monkeypatch.setattr(sys.modules["ray"], "init", no_ray)
+
+
 def cli(*args: str, cwd: Path, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the installed `resnet-sweep` command as a user would."""
     exe = Path(sys.executable).parent / "resnet-sweep"

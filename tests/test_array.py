@@ -21,6 +21,8 @@ from resnet_core.errors import ConfigError
 from resnet_core.metrics import Status
 from resnet_core.train import Trainer
 
+pytestmark = pytest.mark.unit
+
 DATA = DataConfig(name="synthetic", synthetic_size=192, image_size=16, val_size=48, augment=True)
 TIMING = (M.IMAGES_PER_SECOND, M.EPOCH_SECONDS)
 

@@ -544,6 +544,7 @@ def run_case(case: Case, folder: Path) -> tuple[int, str, dict[str, int], dict[s
     return code, err.getvalue(), before, snapshot(folder)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("case", [pytest.param(c, id=_case_id(c)) for c in CASES])
 def test_bad_input_is_one_line_naming_the_field(case, tmp_path, capfd):
     code, err, before, after = run_case(case, tmp_path)
@@ -558,6 +559,7 @@ def test_bad_input_is_one_line_naming_the_field(case, tmp_path, capfd):
     assert ray is None or not ray.is_initialized()
 
 
+@pytest.mark.unit
 def test_catalogue_covers_every_kind_of_input():
     assert len(CASES) >= 45 and len({c.name for c in CASES}) == len(CASES)
     commands = {c.argv[0] for c in CASES}
@@ -588,6 +590,7 @@ def test_alias_bomb_is_refused_quickly_in_bounded_memory(tmp_path):
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "expands to more than" in out.stderr, out.stderr
 
 
+@pytest.mark.unit
 def test_anchors_aliases_and_merge_keys_still_work():
     from orchestrator.space import make_plan
     from orchestrator.spec import parse_spec
@@ -646,6 +649,7 @@ def markdown() -> str:
     return "\n".join(rows) + "\n"
 
 
+@pytest.mark.unit
 def test_reliability_doc_lists_every_case():
     doc = DOC.read_text()
     table = doc[doc.index("## Bad input") :]

@@ -30,6 +30,7 @@ resources: {{cpu: 1, workers: 2}}
 LOGGED = ("train_loss", "train_error", "val_loss", "val_error", "test_error")
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "data",
     [

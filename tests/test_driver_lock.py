@@ -26,7 +26,7 @@ def quick(monkeypatch):
     monkeypatch.setattr(driver_lock, "STALE_AFTER_SECONDS", STALE)
 
 
-@pytest.fixture(params=["folder", "s3"])
+@pytest.fixture(params=[pytest.param("folder", marks=pytest.mark.unit), "s3"])
 def sweep(request, tmp_path, monkeypatch):
     """The experiment folder: a local one, or a prefix on a real S3-compatible server."""
     if request.param == "folder":
@@ -181,6 +181,7 @@ def test_a_failed_read_is_never_taken_for_no_lock(sweep):
     a.release()
 
 
+@pytest.mark.unit
 def test_a_storage_that_takes_no_claim_is_one_line_and_keeps_none(tmp_path):
     sweep = str(tmp_path / "sweep")
     lock = DriverLock(sweep, "small", on("node-a"))
@@ -199,6 +200,7 @@ def test_a_storage_that_takes_no_claim_is_one_line_and_keeps_none(tmp_path):
     assert holder_of(sweep) is None and lock.number is None
 
 
+@pytest.mark.unit
 def test_a_folder_without_hard_links_still_takes_one_claim_at_a_time(tmp_path, monkeypatch):
     """FUSE mounts of buckets and SMB shares refuse hard links: an exclusive create instead."""
     import errno
@@ -216,6 +218,7 @@ def test_a_folder_without_hard_links_still_takes_one_claim_at_a_time(tmp_path, m
     assert holder_of(sweep) is None
 
 
+@pytest.mark.unit
 def test_a_restarted_container_with_the_same_host_and_pid_is_not_locked_out(tmp_path):
     """The claim names this host and a live pid (this very process), but another boot or pid
     namespace: a container restarted in the same pod. The pid proves nothing; its heartbeat,
@@ -255,6 +258,7 @@ def test_a_reused_pid_on_this_machine_is_taken_over_at_once_and_a_live_driver_ne
     lock.release()
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("where", ["claim", "lock file of an earlier version"])
 def test_an_empty_lock_is_named_by_its_path_and_taken_over_once_stale(tmp_path, where):
     sweep = tmp_path / "sweep"

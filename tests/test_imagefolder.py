@@ -60,6 +60,7 @@ def recipe(root: Path, *, workers: int = 0, **data) -> RunConfig:
     )
 
 
+@pytest.mark.unit
 def test_recipe_trains_end_to_end_with_scale_augmentation_10_crop_and_exact_resume(images, monkeypatch):
     sides = []  # (view, shorter side) of every image cut
     boxes = stream.crop_boxes
@@ -88,6 +89,7 @@ def test_recipe_trains_end_to_end_with_scale_augmentation_10_crop_and_exact_resu
     )
 
 
+@pytest.mark.unit
 def test_training_crops_vary_with_the_seed_and_evaluation_crops_do_not(images):
     split = split_folder(recipe(images).dataset)
     folder = stream.FolderImages(str(images), split.files, crop=32, scale_range=(36, 48))
@@ -100,6 +102,7 @@ def test_training_crops_vary_with_the_seed_and_evaluation_crops_do_not(images):
     assert five.shape == (5, 3, 32, 32) and torch.equal(five[4], folder.crops(first, "centre", 0)[0])
 
 
+@pytest.mark.unit
 def test_batches_are_the_same_with_any_number_of_workers(images):
     def two_epochs(workers: int) -> list:
         loaders = make_loaders(recipe(images, workers=workers), torch.device("cpu"), torch.Generator().manual_seed(1))
@@ -115,6 +118,7 @@ def test_batches_are_the_same_with_any_number_of_workers(images):
     assert torch.equal(x[5], x[0].flip(2))
 
 
+@pytest.mark.unit
 def test_val_is_a_seeded_hold_out_of_train_per_class(images):
     cfg = recipe(images).dataset
     a, b, other = split_folder(cfg), split_folder(cfg), split_folder(DataConfig(**{**vars(cfg), "split_seed": 1}))
@@ -158,6 +162,7 @@ def _broken_image(root: Path) -> None:
     (root / "train" / "class1" / "0.JPEG").write_bytes(b"not a jpeg")
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "breakage, named, words",
     [
@@ -181,6 +186,7 @@ def test_a_malformed_folder_is_one_line_naming_the_path(tmp_path, breakage, name
     assert f"{root / named}:" in message and words in message and "\n" not in message
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "data, field, words",
     [
@@ -199,6 +205,7 @@ def test_bad_folder_settings_name_the_field(data, field, words):
     assert err.value.field == field and words in err.value.reason
 
 
+@pytest.mark.unit
 def test_the_recipe_defaults_and_a_relative_root(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = DataConfig(name="imagenet", root="data/imagenet")

@@ -35,6 +35,7 @@ def _plan(capsys, *argv: str) -> tuple[dict, list[str]]:
     return json.loads(out), err.splitlines()
 
 
+@pytest.mark.unit
 def test_the_shipped_imagenet_sweeps_are_the_papers_tables():
     trials = {
         path.stem: [t.config for t in make_plan(parse_spec(path.read_text()), with_models=False).trials]
@@ -75,6 +76,7 @@ def test_the_shipped_imagenet_sweeps_are_the_papers_tables():
         )
 
 
+@pytest.mark.unit
 @needs_no_data
 @pytest.mark.parametrize("path", IMAGENET_SWEEPS, ids=lambda p: p.name)
 def test_plan_without_the_data_uses_ilsvrc2012_and_says_the_root_is_missing(capsys, path):
@@ -89,6 +91,7 @@ def test_plan_without_the_data_uses_ilsvrc2012_and_says_the_root_is_missing(caps
     assert not any(m["starved"] for m in plan["loader"]["models"].values())  # the shipped CPUs feed their GPUs
 
 
+@pytest.mark.unit
 def test_plan_warns_only_for_a_missing_part_of_the_root(tmp_path):
     text = (SWEEPS / "imagenet_shortcuts.yaml").read_text().replace(ROOT, str(tmp_path))
     (tmp_path / "train").mkdir()
@@ -111,6 +114,7 @@ def test_run_without_the_data_stops_naming_the_root_before_ray(tmp_path):
     assert list(tmp_path.iterdir()) == []  # no ray_results, no mlflow.db
 
 
+@pytest.mark.unit
 def test_gpu_hours_count_training_every_epochs_evaluation_and_the_final_ten_crop(capsys):
     plan, _ = _plan(capsys, SWEEPS / "imagenet_depth.yaml")
     hours = {"train": 0.0, "eval_every_epoch": 0.0, "ten_crop": 0.0}
@@ -135,6 +139,7 @@ def test_gpu_hours_count_training_every_epochs_evaluation_and_the_final_ten_crop
     assert {m["gpu_tflops"] for m in halved["models"].values()} == {100}
 
 
+@pytest.mark.unit
 def test_the_throughput_assumed_is_for_imagenet_size_models_only():
     plan = make_plan(parse_spec((SWEEPS / "imagenet_plain_vs_residual.yaml").read_text()), with_models=False)
     assert {assumed_gpu_tflops(RunConfig.from_flat(c)) for c in plan.configs} == {IMAGENET_GPU_TFLOPS}
@@ -144,6 +149,7 @@ def test_the_throughput_assumed_is_for_imagenet_size_models_only():
     assert assumed_gpu_tflops(small) == DEFAULT_GPU_TFLOPS  # ImageNet's nets on small images keep a GPU far less busy
 
 
+@pytest.mark.unit
 def test_asha_counts_the_ten_crop_of_the_trials_it_lets_finish():
     text = (
         (SWEEPS / "imagenet_shortcuts.yaml")
@@ -159,6 +165,7 @@ def test_asha_counts_the_ten_crop_of_the_trials_it_lets_finish():
     assert asha.gpu_hours_by_pass["train"] == pytest.approx(full.gpu_hours_by_pass["train"] * 210 / 810)
 
 
+@pytest.mark.unit
 def test_loader_warns_when_the_cpus_would_starve_the_gpu(tmp_path, capsys):
     text = (SWEEPS / "imagenet_shortcuts.yaml").read_text().replace(ROOT, str(tmp_path))
     for part in ("train", "val"):
@@ -188,6 +195,7 @@ def test_loader_warns_when_the_cpus_would_starve_the_gpu(tmp_path, capsys):
     assert warnings == [] and plan["loader"]["decode_images_per_core"] == 2000
 
 
+@pytest.mark.unit
 def test_plan_prints_the_estimate_and_what_it_assumes(tmp_path, capsys):
     assert main(["plan", str(SWEEPS / "imagenet_depth.yaml")]) == 0
     out = capsys.readouterr().out

@@ -212,6 +212,7 @@ def test_render_mounts_the_data_claim_where_an_imagenet_sweep_reads_and_gives_it
     assert shm.returncode == 2 and "dataset.root: '/dev/shm/': the pods mount something else there" in shm.stderr
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -363,6 +364,7 @@ def test_validation_fails_on_broken_manifests(tmp_path):
     assert out.returncode != 0
 
 
+@pytest.mark.unit
 def test_base_sweep_configmap_is_rendered_from_the_shipped_sweep():
     (config_map,) = [o for o in yaml.safe_load_all((K8S / "base" / "sweep.yaml").read_text()) if o]
     assert config_map["data"]["sweep.yaml"] == (SWEEPS / "cifar_depth.yaml").read_text(), (

@@ -17,6 +17,7 @@ TABLE6_PARAMS_M = {20: 0.27, 32: 0.46, 44: 0.66, 56: 0.85, 110: 1.7, 1202: 19.4}
 TABLE1_GMACS = {18: 1.8, 34: 3.6, 50: 3.8, 101: 7.6, 152: 11.3}
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("depth", TABLE6_PARAMS_M)
 def test_cifar_params_match_table6_for_residual_and_plain(depth):
     digits = 1 if depth >= 100 else 2
@@ -38,6 +39,7 @@ def test_describe_cli_json_matches_table6(tmp_path):
     assert plain["params"] == info["params"] and plain["residual"] is False
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("depth,paper_m", [(164, 1.7), (1001, 10.2)])
 def test_preact_bottleneck_params(depth, paper_m):
     info = describe_model(ModelConfig(depth=depth, block="preact-bottleneck", shortcut="B"))
@@ -48,6 +50,7 @@ def test_preact_bottleneck_params(depth, paper_m):
     assert abs(info["params"] / 1e6 - paper_m) < 0.15
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("depth", [18, 34, 50, 101, 152])
 def test_imagenet_matches_torchvision_exactly(depth):
     ours = build_model(ModelConfig(arch="imagenet", depth=depth, shortcut="B", bottleneck_stride="3x3"))
@@ -56,6 +59,7 @@ def test_imagenet_matches_torchvision_exactly(depth):
     assert sorted(tuple(p.shape) for p in ours.parameters()) == sorted(tuple(p.shape) for p in theirs.parameters())
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("depth", TABLE1_GMACS)
 def test_imagenet_macs_match_table1(depth):
     info = describe_model(ModelConfig(arch="imagenet", depth=depth, bottleneck_stride="1x1"), input_size=224)
@@ -63,6 +67,7 @@ def test_imagenet_macs_match_table1(depth):
     assert info["weighted_layers"] == depth
 
 
+@pytest.mark.unit
 def test_shortcut_options_on_cifar():
     a = build_model(ModelConfig(depth=20, shortcut="A"))
     b = build_model(ModelConfig(depth=20, shortcut="B"))
@@ -76,6 +81,7 @@ def test_shortcut_options_on_cifar():
     assert all(m.shortcut is None for m in plain.modules() if hasattr(m, "shortcut"))
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("block", ["basic", "bottleneck", "preact-basic", "preact-bottleneck"])
 @pytest.mark.parametrize("shortcut", ["A", "B", "C"])
 def test_every_block_and_shortcut_runs(block, shortcut):
@@ -89,11 +95,13 @@ def test_every_block_and_shortcut_runs(block, shortcut):
     assert weighted_layers(model) == depth
 
 
+@pytest.mark.unit
 def test_zero_init_last_makes_blocks_start_as_identity():
     model = build_model(ModelConfig(depth=20, zero_init_last=True))
     assert all(float(b.bn2.weight.detach().abs().sum()) == 0 for b in model.stages.modules() if hasattr(b, "bn2"))
 
 
+@pytest.mark.unit
 def test_paper_vs_torchvision_bottleneck_stride():
     paper = describe_model(ModelConfig(arch="imagenet", depth=50, bottleneck_stride="1x1"))
     tv = describe_model(ModelConfig(arch="imagenet", depth=50, bottleneck_stride="3x3"))
@@ -101,6 +109,7 @@ def test_paper_vs_torchvision_bottleneck_stride():
     assert round(tv["macs"] / 1e9, 1) == 4.1
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "kwargs,words",
     [
@@ -139,6 +148,7 @@ def test_describe_bad_flag_exits_2_with_one_line(tmp_path):
     assert out.stderr.strip().count("\n") == 0 and "--depth" in out.stderr and "6n+2" in out.stderr
 
 
+@pytest.mark.unit
 def test_config_error_survives_pickling():
     import pickle
 
@@ -148,6 +158,7 @@ def test_config_error_survives_pickling():
     assert err.field == "model.depth" and str(err) == "model.depth: 21 is not 6n+2"
 
 
+@pytest.mark.unit
 def test_block_names_are_the_blocks():
     """The settings name the blocks without importing torch; the names must be the blocks'."""
     from resnet_core.blocks import BLOCKS

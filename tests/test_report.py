@@ -195,6 +195,7 @@ def test_asha_rungs_are_rays():
         assert asha_rungs(grace, factor, max_t) == sorted(math.ceil(m) for m, _ in scheduler._brackets[0]._rungs)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("n", [1, 2, 3, 7])
 def test_cutoff_quantile_is_numpys(n):
     values = sorted(np.random.default_rng(n).random(n).tolist())
@@ -205,6 +206,7 @@ def test_cutoff_quantile_is_numpys(n):
         )
 
 
+@pytest.mark.unit
 def test_statistics_and_verdicts():
     s = Stat.of([0.1, 0.12])
     assert (round(s.mean, 9), round(s.std, 9), s.n) == (11.0, round(statistics.stdev([10, 12]), 9), 2)
@@ -262,6 +264,7 @@ def _history(epochs: int, error: float) -> list[dict]:
     ]
 
 
+@pytest.mark.unit
 def test_report_survives_odd_sweeps():
     """Hand-made records of what a real store can hold: nothing yet, a trial without metrics, a
     failed one, params no build can read, Optuna trials that all scored the same, a loss metric."""
@@ -340,6 +343,7 @@ def _report_of(sweep: str, trials: list) -> tuple[str, dict]:
     return report.markdown(), tables
 
 
+@pytest.mark.unit
 def test_imagenet_10crop_errors_beside_the_papers_tables_2_and_3():
     """The final model's 10-crop errors (MLflow's test_error_10crop / test_top5_error_10crop) per net,
     with 2015 Table 2 / Table 3's numbers where the trials used the paper's ImageNet recipe."""
@@ -376,6 +380,7 @@ def test_imagenet_10crop_errors_beside_the_papers_tables_2_and_3():
     assert "| ResNet-34 (B) | 21.80M | 26.00 (n=1) | 8.10 (n=1) | 30.00 (n=1) | 24.52 | 7.46 |" in markdown
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "change, named",
     [
@@ -395,6 +400,7 @@ def test_imagenet_paper_columns_only_for_the_papers_recipe(change, named):
     assert named in markdown
 
 
+@pytest.mark.unit
 def test_imagenet_recipe_is_the_papers_model_too():
     from orchestrator.report import _imagenet_recipe
 
@@ -407,6 +413,7 @@ def test_imagenet_recipe_is_the_papers_model_too():
     assert _imagenet_recipe({**config, "train.epochs": None, "train.iterations": 600_000}) == []  # the paper's 60×10^4
 
 
+@pytest.mark.unit
 def test_imagenet_trials_without_10crop_yet_and_cifar_sweeps_have_no_10crop_table():
     markdown, tables = _report_of("imagenet_depth.yaml", _records_of("imagenet_depth.yaml"))  # no final metrics yet
     rows = list(csv.DictReader(io.StringIO(tables["ten_crop"].csv_text())))
@@ -415,6 +422,7 @@ def test_imagenet_trials_without_10crop_yet_and_cifar_sweeps_have_no_10crop_tabl
     assert "ten_crop" not in tables and "10-crop" not in markdown
 
 
+@pytest.mark.unit
 def test_cifar_paper_column_for_the_papers_recipe_as_mlflow_gives_it_back():
     """Milestones come back from MLflow as a list; the paper's errors are already in %."""
     markdown, tables = _report_of("cifar_depth.yaml", _records_of("cifar_depth.yaml"))

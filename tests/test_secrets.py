@@ -18,6 +18,7 @@ def fresh(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
+@pytest.mark.unit
 def test_a_database_password_in_the_query_is_kept_in_memory_and_redacted_in_both_forms():
     uri = "postgresql://alice@db:5432/mlflow?sslmode=require&password=p%40ss%2Bw0rd&application_name=sweeps"
     assert secret_in(uri) == "a secret in its query (password=…)"
@@ -28,6 +29,7 @@ def test_a_database_password_in_the_query_is_kept_in_memory_and_redacted_in_both
     assert "p@ss" not in said and "p%40ss" not in said and said.count("***") == 3, said
 
 
+@pytest.mark.unit
 def test_a_database_password_in_the_userinfo_is_redacted_decoded_and_encoded():
     shown = use_tracking_uri("mysql://bob:s%3Ac%2Fret@db/mlflow")
     assert shown == "mysql://bob@db/mlflow" and secret_in("mysql://bob:x@db/mlflow") == "a password"
@@ -35,6 +37,7 @@ def test_a_database_password_in_the_userinfo_is_redacted_decoded_and_encoded():
     assert "s:c/ret" not in said and "s%3Ac%2Fret" not in said, said
 
 
+@pytest.mark.unit
 def test_an_http_query_is_refused_without_showing_its_token():
     shown = use_tracking_uri("https://mlflow.example.org/?token=tok-123456")
     assert shown == "https://mlflow.example.org/"
@@ -55,6 +58,7 @@ def test_a_secret_in_the_sweep_files_tracking_uri_is_refused_by_name(tmp_path):
     assert list(tmp_path.iterdir()) == [tmp_path / "s.yaml"]  # nothing started, nothing written
 
 
+@pytest.mark.unit
 def test_ray_starts_without_the_login_in_its_environment_or_the_command_line(monkeypatch):
     """Ray's processes inherit the environment, and Ray records the command line as the job's
     entrypoint: while it starts, neither holds the login."""

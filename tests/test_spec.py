@@ -35,6 +35,7 @@ def test_plan_succeeds_on_every_shipped_sweep_without_ray(tmp_path, path):
     assert list(tmp_path.iterdir()) == []  # plan writes nothing and starts no Ray
 
 
+@pytest.mark.unit
 def test_cifar_depth_plan_is_table6():
     plan = make_plan(parse_spec((SWEEPS / "cifar_depth.yaml").read_text()))
     depths = sorted({t.config["model.depth"] for t in plan.trials})
@@ -42,6 +43,7 @@ def test_cifar_depth_plan_is_table6():
     assert plan.epochs_per_trial == 182  # 64k iterations at 352 steps per epoch
 
 
+@pytest.mark.unit
 def test_model_n_derives_depth_per_block():
     text = VALID.replace("model.depth: [8, 14]", "model.n: [2]\n    model.block: [basic, bottleneck]")
     text = text.replace("block: basic, ", "")
@@ -49,6 +51,7 @@ def test_model_n_derives_depth_per_block():
     assert sorted(t.config["model.depth"] for t in plan.trials) == [14, 20]
 
 
+@pytest.mark.unit
 def test_random_search_is_seeded_and_excludes():
     text = VALID.replace("grid", "random") + "  num_samples: 6\n  seeds: [0, 1]\n  exclude:\n    - {model.depth: 14}\n"
     text = text.replace("[8, 14]", "[8, 14]\n    train.lr: {loguniform: [0.01, 0.5]}")
@@ -58,6 +61,7 @@ def test_random_search_is_seeded_and_excludes():
     assert {t.config["train.seed"] for t in a.trials} == {0, 1}
 
 
+@pytest.mark.unit
 def test_space_values_are_converted_and_excludes_see_defaults():
     text = VALID.replace("[8, 14]", "['8', '14']").replace("block: basic, ", "") + "    model.residual: [true, false]\n"
     text += "  exclude:\n    - {model.block: basic, model.residual: false, model.depth: 14}\n"  # block: the default
@@ -69,6 +73,7 @@ def test_space_values_are_converted_and_excludes_see_defaults():
     ]
 
 
+@pytest.mark.unit
 def test_plan_counts_models_at_the_data_size_and_classes():
     text = VALID.replace("arch: cifar, block: basic, shortcut: A", "arch: imagenet, block: basic, shortcut: B").replace(
         "[8, 14]", "[18]"
@@ -79,6 +84,7 @@ def test_plan_counts_models_at_the_data_size_and_classes():
     assert model["params"] == 11_689_512 - 1000 * 512 - 1000 + 10 * 512 + 10  # a 10-way classifier
 
 
+@pytest.mark.unit
 def test_plan_counts_each_model_configuration_not_each_name():
     """Models with one short name but another bottleneck_stride or input size cost differently."""
     text = (
@@ -103,6 +109,7 @@ def test_plan_counts_each_model_configuration_not_each_name():
     assert plan.gpu_hours == pytest.approx(sum(single))
 
 
+@pytest.mark.unit
 def test_exponent_floats_are_numbers_as_users_write_them():
     """YAML 1.1 reads 1e-3 as a string; a sweep file means a number (and gets one)."""
     text = """\
@@ -124,12 +131,14 @@ search:
     )
 
 
+@pytest.mark.unit
 def test_asha_budget_estimate():
     sched = SchedulerSpec(name="asha", grace_period=1, reduction_factor=3)
     # 27 trials: 27×1 + 9×2 + 3×6 + 1×(27−9) epochs with rungs 1, 3, 9 and max_t 27
     assert asha_expected_epochs(27, 27, sched) == 27 * 1 + 9 * 2 + 3 * 6 + 1 * 18
 
 
+@pytest.mark.unit
 def test_an_error_of_the_fixed_settings_names_no_trial():
     """'(in the trial model.depth=8)' would say the searched depth is to blame; it is not."""
     text = VALID.replace("shortcut: A", "shortcut: A, residual: false, zero_init_last: true")
@@ -138,6 +147,7 @@ def test_an_error_of_the_fixed_settings_names_no_trial():
     assert err.value.path == "model.zero_init_last" and "in the trial" not in str(err.value), err.value
 
 
+@pytest.mark.unit
 def test_footprints_are_exact_without_building_the_model():
     """params and MACs from the meta-device extrapolation equal the built model's."""
     from resnet_core.analysis import describe_model
@@ -153,6 +163,7 @@ def test_footprints_are_exact_without_building_the_model():
         assert (footprint.params, footprint.macs) == (built["params"], built["macs"])
 
 
+@pytest.mark.unit
 def test_size_limits_leave_real_sweeps_alone():
     """ResNet-1202 on CIFAR and on ImageNet (as stages), a width-10 WRN, 640 px and a grid of
     two thousand trials all plan."""
@@ -177,6 +188,7 @@ def test_size_limits_leave_real_sweeps_alone():
     assert make_plan(parse_spec(grid), with_models=False).num_trials == 2000
 
 
+@pytest.mark.unit
 def test_plan_warns_of_what_the_file_does_not_say(workdir, capsys):
     text = (
         VALID.replace("epochs: 2", "epochs: 20")
@@ -206,6 +218,7 @@ scheduler: {grace_period: 4}
     assert plan["budget"] == {"max_trials": None, "max_epochs": 5} and len(plan["warnings"]) == 4
 
 
+@pytest.mark.unit
 def test_plan_warns_when_the_paper_iterations_stand_in():
     """No epochs or iterations: 64k iterations, thousands of epochs on digits; and iterations
     shorter than an epoch are trained as a whole one."""
@@ -216,6 +229,7 @@ def test_plan_warns_when_the_paper_iterations_stand_in():
     assert make_plan(parse_spec(VALID.replace("epochs: 2", "iterations: 40")), with_models=False).warnings == []
 
 
+@pytest.mark.unit
 def test_plan_of_a_cpu_sweep_estimates_cpu_hours(workdir, capsys):
     (workdir / "sweep.yaml").write_text(VALID)
     assert main(["plan", "sweep.yaml", "--cpu-gflops", "10"]) == 0
@@ -230,6 +244,7 @@ def test_plan_of_a_cpu_sweep_estimates_cpu_hours(workdir, capsys):
     assert main(["plan", "sweep.yaml"]) == 0 and "GPU-hours (estimate at 5 TFLOP/s" in capsys.readouterr().out
 
 
+@pytest.mark.unit
 def test_model_help_lists_the_variants(capsys):
     for command in ("describe", "train"):
         with pytest.raises(SystemExit):
@@ -277,6 +292,7 @@ def test_model_counts_are_cached_by_full_config_and_code_version(tmp_path, monke
     assert fresh.get("x") == [1, 2, 3]
 
 
+@pytest.mark.unit
 def test_a_searched_folder_is_named_by_its_last_part():
     """Tune refuses a trial folder name with '/' once the sweep has started: a searched
     dataset.root appears in the trial's name as its folder's own name."""

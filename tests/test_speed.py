@@ -4,6 +4,7 @@ with the same seed, and resumes exactly. CPU here; tests/test_gpu.py does the sa
 
 import math
 
+import pytest
 import torch
 
 from resnet_core import metrics as M
@@ -24,6 +25,7 @@ def digits_run(**levers) -> RunConfig:
     )
 
 
+@pytest.mark.unit
 def test_auto_levers_on_cpu_are_exact_fp32():
     speed = Speed.resolve(TrainConfig(), torch.device("cpu"))
     assert (speed.precision, speed.channels_last, speed.compile, speed.fused_sgd) == ("fp32", False, False, True)

@@ -14,6 +14,8 @@ from orchestrator.tracking import SweepTracker
 from resnet_core import metrics as M
 from tests.fake_mlflow import FakeMlflow
 
+pytestmark = pytest.mark.unit
+
 EPOCHS = 6
 
 

@@ -22,6 +22,7 @@ def tiny(**train) -> RunConfig:
     )
 
 
+@pytest.mark.unit
 def test_paper_schedule_in_iterations():
     cfg = TrainConfig()  # 64k iterations, drops at 32k and 48k
     lrs = {s: cfg.lr * lr_factor(s, 64000, cfg) for s in (0, 31999, 32000, 47999, 48000, 63999)}
@@ -31,6 +32,7 @@ def test_paper_schedule_in_iterations():
     assert planned_epochs(cfg, 352) == 182  # 45k images at batch 128
 
 
+@pytest.mark.unit
 def test_short_run_keeps_drops_at_half_and_three_quarters():
     cfg = TrainConfig(epochs=30)
     steps_per_epoch, total = 10, 300
@@ -38,6 +40,7 @@ def test_short_run_keeps_drops_at_half_and_three_quarters():
     assert [d / steps_per_epoch for d in drops] == [15.0, 22.5]
 
 
+@pytest.mark.unit
 def test_warmup_truly_returns_to_base_lr():
     cfg = TrainConfig(warmup_iterations=400, warmup_lr=0.01)
     assert cfg.lr * lr_factor(399, 64000, cfg) == pytest.approx(0.01)
@@ -51,6 +54,7 @@ def test_warmup_truly_returns_to_base_lr():
     assert seen[:6] == [pytest.approx(0.01)] * 6 and seen[6] == pytest.approx(0.1)
 
 
+@pytest.mark.unit
 def test_resume_reproduces_the_uninterrupted_run_exactly():
     full = Trainer(tiny(epochs=3)).run()
     first = Trainer(tiny(epochs=3))
@@ -67,6 +71,7 @@ def test_resume_reproduces_the_uninterrupted_run_exactly():
     assert full["layer_response_std"] == result["layer_response_std"]
 
 
+@pytest.mark.unit
 def test_best_epoch_is_chosen_on_val_not_test():
     trainer = Trainer(tiny(epochs=1))
     trainer.history = [
@@ -76,6 +81,7 @@ def test_best_epoch_is_chosen_on_val_not_test():
     assert trainer.best_epoch()[M.EPOCH] == 2
 
 
+@pytest.mark.unit
 def test_layer_responses_one_per_3x3_conv_in_eval_mode():
     trainer = Trainer(tiny(epochs=1))
     trainer.model.train()
@@ -84,6 +90,7 @@ def test_layer_responses_one_per_3x3_conv_in_eval_mode():
     assert all(s > 0 for s in stds) and trainer.model.training  # mode restored
 
 
+@pytest.mark.unit
 def test_device_loader_augments_in_batches_with_the_paper_crop():
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
     loader = DeviceLoader(
@@ -105,6 +112,7 @@ def test_device_loader_augments_in_batches_with_the_paper_crop():
     assert torch.equal(plain, x.to(torch.uint8).float() / 255)
 
 
+@pytest.mark.unit
 def test_splits_are_seeded_and_disjoint():
     a, b = load_splits(DataConfig(name="digits")), load_splits(DataConfig(name="digits"))
     assert torch.equal(a.val_x, b.val_x)
@@ -112,12 +120,14 @@ def test_splits_are_seeded_and_disjoint():
     assert a.train_x.shape[1:] == (3, 32, 32) and a.train_x.dtype == torch.uint8
 
 
+@pytest.mark.unit
 def test_cifar_offline_is_a_clear_error(tmp_path):
     with pytest.raises(DataUnavailableError) as err:
         load_splits(DataConfig(name="cifar10", cache_dir=str(tmp_path)))
     assert str(tmp_path) in str(err.value) and "cifar-10-python.tar.gz" in str(err.value)
 
 
+@pytest.mark.unit
 def test_bad_recipe_values_name_the_field():
     for kwargs, field in [
         (dict(lr=-1), "train.lr"),
@@ -230,6 +240,7 @@ def test_digits_resnet20_30_epochs_reaches_3_percent(tmp_path):
     assert json.loads((tmp_path / "r.json").read_text())["test_error"] <= 0.03
 
 
+@pytest.mark.unit
 def test_a_last_batch_of_one_image_joins_the_batch_before_it():
     """65 training images in batches of 8, ResNet-50 at 32 px (its last stage's maps are 1×1):
     a last batch of one image would stop batch norm ('Expected more than 1 value per channel');
