@@ -77,6 +77,11 @@ def _nothing() -> None:
     """A job that marks a point in the writer's queue (``_drain`` waits for it)."""
 
 
+def _best_point(history):
+    """The best point of an MLflow val_error history (M.best_epoch's rule)."""
+    return M.best_epoch(history, val_error=lambda m: m.value, epoch=lambda m: m.step)
+
+
 class _Done:
     """A job's value, once the writer thread has made it."""
 
@@ -526,9 +531,9 @@ class SweepTracker(Callback):
         self.runs_ended += 1
 
     def _best_epoch(self, run_id: str) -> str | None:
-        """The epoch of the lowest val error, the earliest on ties (chosen on val, never on test)."""
-        history = self.client.get_metric_history(run_id, M.VAL_ERROR)
-        return str(min(history, key=lambda m: (m.value, m.step)).step) if history else None
+        """The best epoch of a run's val_error history (M.best_epoch)."""
+        best = _best_point(self.client.get_metric_history(run_id, M.VAL_ERROR))
+        return None if best is None else str(best.step)
 
     def _ended_as(self, run_id: str, status: Status) -> bool:
         run = self.client.get_run(run_id)
@@ -570,9 +575,8 @@ class SweepTracker(Callback):
 
         best = None
         for run_id in self.runs.values():
-            history = self.client.get_metric_history(run_id, M.VAL_ERROR)
-            if history:
-                top = min(history, key=lambda m: (m.value, m.step))
+            top = _best_point(self.client.get_metric_history(run_id, M.VAL_ERROR))
+            if top is not None:
                 if best is None or top.value < best[0]:
                     best = (top.value, top.step, run_id)
         if best is None:

@@ -20,10 +20,8 @@ def _trained(history: list[dict]) -> list[dict]:
 
 
 def best_epoch(history: list[dict]) -> dict | None:
-    """The epoch with the lowest val error, the earliest on ties: chosen on val, never on test
-    (as the trainer's Trainer.best_epoch)."""
-    trained = _trained(history)
-    return min(trained, key=lambda h: (h[M.VAL_ERROR], h[M.EPOCH])) if trained else None
+    """The best of the epochs that trained (M.best_epoch)."""
+    return M.best_epoch(_trained(history))
 
 
 def final_train_error(history: list[dict]) -> float | None:

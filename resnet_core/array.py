@@ -849,11 +849,8 @@ class ArrayTrainer:
         return list(cached[1])
 
     def best_epoch(self, k: int) -> dict[str, float] | None:
-        """Member k's epoch with the lowest val error (earliest on ties)."""
-        history = self.histories[k]
-        if not history:
-            return None
-        return min(history, key=lambda h: (h[M.VAL_ERROR], h[M.EPOCH]))
+        """Member k's best epoch (M.best_epoch)."""
+        return M.best_epoch(self.histories[k])
 
     def result(self, k: int) -> dict[str, Any]:
         """Member k's result, shaped as ``Trainer.result()`` (plus its place in the array)."""

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from enum import Enum
+from operator import itemgetter
+from typing import Any, TypeVar
 
-__all__ = ["EPOCH", "FINAL_METRICS", "ITERATION", "METRICS", "Status"]
+__all__ = ["EPOCH", "FINAL_METRICS", "ITERATION", "METRICS", "Status", "best_epoch"]
+
+T = TypeVar("T")
 
 EPOCH = "epoch"
 ITERATION = "iteration"  # optimizer steps taken by the end of the epoch (the x axis of 2015 Fig. 6)
@@ -40,3 +45,15 @@ class Status(str, Enum):
 
     def __str__(self) -> str:
         return self.value
+
+
+def best_epoch(
+    epochs: Iterable[T],
+    val_error: Callable[[T], Any] = itemgetter(VAL_ERROR),
+    epoch: Callable[[T], Any] = itemgetter(EPOCH),
+) -> T | None:
+    """The epoch with the lowest val error, the earliest on ties, or None: the model is chosen
+    on the validation split, never on test (2015 §4.2 holds out 5k training images for this).
+    The one rule for the trainer, the array, the table, MLflow and the report; ``epochs`` are
+    history dicts by default, or anything ``val_error`` and ``epoch`` read (MLflow metrics)."""
+    return min(epochs, key=lambda e: (val_error(e), epoch(e)), default=None)

@@ -384,10 +384,8 @@ class Trainer:
         return {M.TEST_ERROR_10CROP: top1_wrong / max(seen, 1), M.TEST_TOP5_ERROR_10CROP: top5_wrong / max(seen, 1)}
 
     def best_epoch(self) -> dict[str, float] | None:
-        """The epoch with the lowest val error (earliest on ties): chosen on val, never on test."""
-        if not self.history:
-            return None
-        return min(self.history, key=lambda h: (h[M.VAL_ERROR], h[M.EPOCH]))
+        """The best epoch so far (M.best_epoch: lowest val error, never test)."""
+        return M.best_epoch(self.history)
 
     def run(self, report: Callable[[EpochReport], None] | None = None) -> dict[str, Any]:
         while self.epoch < self.epochs:
