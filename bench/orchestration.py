@@ -2,7 +2,7 @@
 
     python bench orchestration --trials 16 --epochs 4 --depth 8
 
-ours          ``orchestrator.sweep.prepare_sweep`` + ``run_sweep`` (what ``resnet-sweep run
+ours          ``orchestrator.running.sweep.prepare_sweep`` + ``run_sweep`` (what ``resnet-sweep run
               --no-report`` calls) on a generated sweep file: ``--trials`` seeds of one small
               CIFAR-style ResNet on ``digits`` at 16 px, ``resources: {cpu: 1}``, MLflow in a
               SQLite file made beforehand (as ./mlflow.db is after a first sweep) and Tune storage
@@ -92,7 +92,7 @@ def workdir(parent: str, index: int, *, with_mlflow: bool) -> Path:
     path = Path(parent) / str(index)
     path.mkdir()
     if with_mlflow:
-        from orchestrator.mlflow_store import open_client
+        from orchestrator.tracking.mlflow_store import open_client
 
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial … tables"
         open_client(f"sqlite:///{path}/mlflow.db")
@@ -129,9 +129,9 @@ def run_ours(workdir: str, text: str, smoke_test: bool = False) -> dict:
     import ray
     import ray.tune
 
-    from orchestrator import cluster, sweep
-    from orchestrator.spec import parse_spec
-    from orchestrator.tracking import SweepTracker
+    from orchestrator.running import cluster, sweep
+    from orchestrator.running.tracker import SweepTracker
+    from orchestrator.sweepfile.spec import parse_spec
 
     os.chdir(workdir)
     parts: dict[str, float] = {}
@@ -237,8 +237,8 @@ def main(argv: list[str]) -> int:
     shape = SMOKE_TEST if args.smoke_test else {"trials": args.trials, "epochs": args.epochs, "depth": args.depth}
     text = sweep_text(**shape)
 
-    from orchestrator.space import make_plan
-    from orchestrator.spec import parse_spec
+    from orchestrator.sweepfile.space import make_plan
+    from orchestrator.sweepfile.spec import parse_spec
 
     configs = make_plan(parse_spec(text), with_models=False).configs
     load_before = os.getloadavg()

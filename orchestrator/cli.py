@@ -9,15 +9,14 @@ import signal
 import sys
 from pathlib import Path
 
+from orchestrator.flags import MODEL_FLAGS, TRAIN_FLAGS, add_flags, add_variant_flag, field_to_flag, flat_from_args
+from orchestrator.running.ray_compat import RayCompatError
+from orchestrator.sweepfile.spec import SpecError
 from resnet_core import metrics as M
 from resnet_core.config import DATASETS, FOLDER_DATASETS
 from resnet_core.errors import ConfigError, DataUnavailableError
 from resnet_core.registry import VARIANTS
 from resnet_core.torch_compat import TorchOpMissing
-
-from .flags import MODEL_FLAGS, TRAIN_FLAGS, add_flags, add_variant_flag, field_to_flag, flat_from_args
-from .ray_compat import RayCompatError
-from .spec import SpecError
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 1, 2, 3
 
@@ -59,10 +58,9 @@ def _config_from_args(args, flags):
 
 
 def cmd_describe(args) -> int:
+    from orchestrator.sweepfile.space import MAX_IMAGE_SIZE, check_model_size, model_description
     from resnet_core.config import DEFAULT_CROP, DEFAULT_INPUT_SIZE, DataConfig, num_classes
     from resnet_core.folders import ILSVRC2012
-
-    from .space import MAX_IMAGE_SIZE, check_model_size, model_description
 
     cfg = _config_from_args(args, MODEL_FLAGS)
     if args.input_size is not None and not 8 <= args.input_size <= MAX_IMAGE_SIZE:
@@ -139,7 +137,7 @@ def _load_checkpoint(path_text: str, current: dict) -> dict:
 def _writable(path_text: str, flag: str, *, folder: bool = False) -> Path:
     """Fail before training, not after, when an output path cannot be written; nothing is
     created until training starts."""
-    from .storage import local_folder_problem
+    from orchestrator.persistence.storage import local_folder_problem
 
     path = Path(path_text)
     problem = (
@@ -153,9 +151,8 @@ def _writable(path_text: str, flag: str, *, folder: bool = False) -> Path:
 def cmd_train(args) -> int:
     import torch
 
+    from orchestrator.sweepfile.space import check_trial_size
     from resnet_core.train import Trainer
-
-    from .space import check_trial_size
 
     cfg = _config_from_args(args, MODEL_FLAGS + TRAIN_FLAGS)
     if args.dataset__name is None:
@@ -221,7 +218,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _load(path: str):
-    from .spec import load_spec
+    from orchestrator.sweepfile.spec import load_spec
 
     return load_spec(path)
 
@@ -232,7 +229,7 @@ def _warn(lines: list[str]) -> None:
 
 
 def cmd_plan(args) -> int:
-    from .space import DECODE_IMAGES_PER_CORE, DEFAULT_CPU_GFLOPS, make_plan, plan_summary
+    from orchestrator.sweepfile.space import DECODE_IMAGES_PER_CORE, DEFAULT_CPU_GFLOPS, make_plan, plan_summary
 
     for flag in ("gpu_tflops", "cpu_gflops", "decode_rate"):
         value = getattr(args, flag)
@@ -314,7 +311,7 @@ def _span(values, fmt: str) -> str:
 def _print_gpu_estimate(plan, *, given: bool) -> None:
     """`plan`'s GPU-hours: by pass, the throughput assumed and why, one trial's wall-clock on its
     GPUs, and for image folders what the CPUs decode against what the GPU trains."""
-    from .space import IMAGENET_GPU_TFLOPS, IMAGENET_MIN_SIZE
+    from orchestrator.sweepfile.space import IMAGENET_GPU_TFLOPS, IMAGENET_MIN_SIZE
 
     models = plan.models
     resources = plan.spec.resources
@@ -368,7 +365,7 @@ def _print_gpu_estimate(plan, *, given: bool) -> None:
 
 
 def cmd_run(args) -> int:
-    from .sweep import SweepError, prepare_sweep, run_or_resume, run_sweep
+    from orchestrator.running.sweep import SweepError, prepare_sweep, run_or_resume, run_sweep
 
     parsed = _load(args.sweep)
     try:
@@ -389,7 +386,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    from .sweep import SweepError, find_experiment, resume_sweep
+    from orchestrator.running.sweep import SweepError, find_experiment, resume_sweep
 
     try:
         return resume_sweep(
@@ -404,8 +401,8 @@ def cmd_resume(args) -> int:
 
 
 def cmd_sync(args) -> int:
-    from .sweep import SweepError, find_experiment
-    from .sync import sync_sweep
+    from orchestrator.running.sweep import SweepError, find_experiment
+    from orchestrator.running.sync import sync_sweep
 
     try:
         return sync_sweep(find_experiment(args.sweep, args.storage_path), tracking_uri=args.tracking_uri)
@@ -419,8 +416,8 @@ def _from_mlflow(read):
     input (exit 2); a store that fails to answer, midway too, is one line (exit 1)."""
     from mlflow.exceptions import MlflowException
 
-    from .mlflow_store import TrackingUnavailableError, redact
-    from .records import SweepNotFound, SweepUnreadable
+    from orchestrator.tracking.mlflow_store import TrackingUnavailableError, redact
+    from orchestrator.tracking.records import SweepNotFound, SweepUnreadable
 
     try:
         return read()
@@ -436,7 +433,7 @@ class ReadFailure(Exception):
 
 
 def cmd_report(args) -> int:
-    from .report import report_sweep
+    from orchestrator.report.report import report_sweep
 
     folder = _from_mlflow(lambda: report_sweep(args.tracking_uri, args.sweep, out=args.out, experiment=args.experiment))
     shown = folder if args.out else folder.relative_to(Path.cwd())
@@ -447,10 +444,9 @@ def cmd_report(args) -> int:
 
 
 def cmd_status(args) -> int:
+    from orchestrator.report import standing
+    from orchestrator.tracking.records import open_record
     from resnet_core import metrics as M
-
-    from . import standing
-    from .records import open_record
 
     _, record = _from_mlflow(
         lambda: open_record(
@@ -470,7 +466,12 @@ def cmd_ui(args) -> int:
 
     from mlflow import MlflowClient
 
-    from .mlflow_store import TrackingUnavailableError, check_scheme, default_tracking_uri, normalize_tracking_uri
+    from orchestrator.tracking.mlflow_store import (
+        TrackingUnavailableError,
+        check_scheme,
+        default_tracking_uri,
+        normalize_tracking_uri,
+    )
 
     uri = normalize_tracking_uri(args.tracking_uri or default_tracking_uri())
     try:
@@ -514,7 +515,7 @@ def cmd_ui(args) -> int:
 
 
 def cmd_k8s_render(args) -> int:
-    from .k8s import RenderError, render, render_yaml
+    from orchestrator.k8s import RenderError, render, render_yaml
 
     parsed = _load(args.sweep)
     try:

@@ -14,9 +14,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from orchestrator.sweepfile.spec import ParsedSpec
 from resnet_core.config import FOLDER_DATASETS, DataConfig
-
-from .spec import ParsedSpec
 
 __all__ = ["RenderError", "ray_job_name", "render", "render_yaml"]
 

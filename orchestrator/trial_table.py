@@ -4,10 +4,9 @@ compute and print it with the same code."""
 
 from __future__ import annotations
 
+from orchestrator.vocabulary import STATUS
 from resnet_core import metrics as M
 from resnet_core.metrics import Status
-
-from .vocabulary import STATUS
 
 __all__ = ["best_epoch", "final_train_error", "format_table", "row"]
 

@@ -570,7 +570,7 @@ def test_catalogue_covers_every_kind_of_input():
 
 def test_alias_bomb_is_refused_quickly_in_bounded_memory(tmp_path):
     """Before: the line map walked 387M aliased values (gigabytes, then a MemoryError traceback)."""
-    from orchestrator.spec import SpecError, parse_spec
+    from orchestrator.sweepfile.spec import SpecError, parse_spec
 
     start = time.perf_counter()
     with pytest.raises(SpecError, match="expands to more than"):
@@ -592,8 +592,8 @@ def test_alias_bomb_is_refused_quickly_in_bounded_memory(tmp_path):
 
 @pytest.mark.unit
 def test_anchors_aliases_and_merge_keys_still_work():
-    from orchestrator.space import make_plan
-    from orchestrator.spec import parse_spec
+    from orchestrator.sweepfile.space import make_plan
+    from orchestrator.sweepfile.spec import parse_spec
 
     text = (
         VALID.replace("[8, 14]", "&depths [8, 14, 20]")

@@ -12,7 +12,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from orchestrator.trainable import CHECKPOINT_FILE, _restore
+from orchestrator.running.trainable import CHECKPOINT_FILE, _restore
 from resnet_core.data import DataConfig
 from resnet_core.resnet import ModelConfig
 from resnet_core.train import RunConfig, TrainConfig, Trainer

@@ -186,8 +186,8 @@ def _rank(rank: int, port: int, folder: str, phase: str, sync_bn: bool, out) -> 
 
     import torch.distributed as dist
 
-    from orchestrator import storage
-    from orchestrator.trainable import CHECKPOINT_FILE, _restored_as_rank_0_chose
+    from orchestrator.persistence import storage
+    from orchestrator.running.trainable import CHECKPOINT_FILE, _restored_as_rank_0_chose
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)

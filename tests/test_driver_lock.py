@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from orchestrator import driver_lock
-from orchestrator.driver_lock import DriverLock, Identity, LockUnavailable, SweepBusy
+from orchestrator.persistence import driver_lock
+from orchestrator.persistence.driver_lock import DriverLock, Identity, LockUnavailable, SweepBusy
 
 BEAT, STALE = 0.1, 1.0
 

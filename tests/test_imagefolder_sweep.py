@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 from mlflow import MlflowClient
 
-from orchestrator.trainable import CHECKPOINT_FILE
+from orchestrator.running.trainable import CHECKPOINT_FILE
 from resnet_core import metrics as M
 from tests.conftest import cli, ctrl_c_when
 from tests.test_imagefolder import CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS, write_folder

@@ -9,14 +9,14 @@ import os
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.space import (
+from orchestrator.sweepfile.space import (
     DECODE_IMAGES_PER_CORE,
     DEFAULT_GPU_TFLOPS,
     IMAGENET_GPU_TFLOPS,
     assumed_gpu_tflops,
     make_plan,
 )
-from orchestrator.spec import parse_spec
+from orchestrator.sweepfile.spec import parse_spec
 from resnet_core.config import RunConfig
 from resnet_core.folders import ILSVRC2012
 from tests.conftest import SWEEPS, cli

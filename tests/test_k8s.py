@@ -287,7 +287,7 @@ def test_overlay_rayjob_is_what_render_prints(overlay):
         if o["kind"] == "RayJob" or (o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-sweep"))
     ]
     from orchestrator.k8s import render as render_objects
-    from orchestrator.spec import load_spec
+    from orchestrator.sweepfile.spec import load_spec
 
     rendered = render_objects(load_spec(SWEEPS / "cifar_depth.yaml"), **RENDER_ARGS[overlay])
     assert sorted(built, key=lambda o: o["kind"]) == sorted(rendered, key=lambda o: o["kind"])

@@ -1,4 +1,4 @@
-"""orchestrator/ray_compat.py: each Ray internal the sweep uses exists on the installed Ray and
+"""orchestrator/running/ray_compat.py: each Ray internal the sweep uses exists on the installed Ray and
 has its effect; a hook that guards a secret or correctness fails loudly (one line naming the
 versions) when its target is missing. No Ray instance is started."""
 
@@ -6,10 +6,10 @@ import logging
 
 import pytest
 
-from orchestrator import ray_compat
-from orchestrator.cluster import CREDENTIAL_ENV
-from orchestrator.progress import TUNE_INTERRUPT, TrialErrorTraces
-from orchestrator.ray_compat import RayCompatError
+from orchestrator.running import ray_compat
+from orchestrator.running.cluster import CREDENTIAL_ENV
+from orchestrator.running.progress import TUNE_INTERRUPT, TrialErrorTraces
+from orchestrator.running.ray_compat import RayCompatError
 
 pytestmark = pytest.mark.unit
 
@@ -138,7 +138,7 @@ def test_refresh_config_rereads_the_auth_mode(monkeypatch):
     import ray._raylet
 
     script = (
-        "import os, ray._raylet as r; from orchestrator import ray_compat; before = r.get_authentication_mode(); "
+        "import os, ray._raylet as r; from orchestrator.running import ray_compat; before = r.get_authentication_mode(); "
         "os.environ['RAY_AUTH_MODE'] = 'token'; ray_compat.refresh_config(); "
         "token = r.AuthenticationMode.TOKEN; print(before == token, r.get_authentication_mode() == token)"
     )

@@ -23,7 +23,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
 from orchestrator import cli as cli_main
-from orchestrator.report import Stat, _quantile, _verdict, asha_rungs
+from orchestrator.report.report import Stat, _quantile, _verdict, asha_rungs
 from tests.conftest import cli
 from tests.test_sweeps import child_runs
 
@@ -268,8 +268,8 @@ def _history(epochs: int, error: float) -> list[dict]:
 def test_report_survives_odd_sweeps():
     """Hand-made records of what a real store can hold: nothing yet, a trial without metrics, a
     failed one, params no build can read, Optuna trials that all scored the same, a loss metric."""
-    from orchestrator.records import SweepRecord, TrialRecord
-    from orchestrator.report import build_report
+    from orchestrator.report.report import build_report
+    from orchestrator.tracking.records import SweepRecord, TrialRecord
 
     def record(spec: str, trials: list, status: str = "running") -> SweepRecord:
         return SweepRecord("odd", "odd", "parent", status, spec, {"num_trials": 4, "epochs_per_trial": 4}, trials)
@@ -306,9 +306,9 @@ def test_report_survives_odd_sweeps():
 def _records_of(sweep: str, final: dict | None = None, change: dict | None = None) -> list:
     """Completed trials of a shipped sweep's plan, their configs as MLflow gives them back (params
     are text: lists, not tuples), with 3 epochs at 30% error and ``final`` metrics."""
-    from orchestrator.records import TrialRecord, _typed
-    from orchestrator.space import make_plan
-    from orchestrator.spec import parse_spec
+    from orchestrator.sweepfile.space import make_plan
+    from orchestrator.sweepfile.spec import parse_spec
+    from orchestrator.tracking.records import TrialRecord, _typed
     from tests.conftest import SWEEPS
 
     plan = make_plan(parse_spec((SWEEPS / sweep).read_text()), with_models=False)
@@ -326,8 +326,8 @@ def _records_of(sweep: str, final: dict | None = None, change: dict | None = Non
 
 
 def _report_of(sweep: str, trials: list) -> tuple[str, dict]:
-    from orchestrator.records import SweepRecord
-    from orchestrator.report import build_report
+    from orchestrator.report.report import build_report
+    from orchestrator.tracking.records import SweepRecord
     from tests.conftest import SWEEPS
 
     record = SweepRecord(
@@ -402,7 +402,7 @@ def test_imagenet_paper_columns_only_for_the_papers_recipe(change, named):
 
 @pytest.mark.unit
 def test_imagenet_recipe_is_the_papers_model_too():
-    from orchestrator.report import _imagenet_recipe
+    from orchestrator.report.report import _imagenet_recipe
 
     (config,) = [t.config for t in _records_of("imagenet_depth.yaml") if t.config["model.depth"] == 50]
     assert _imagenet_recipe(config) == []
@@ -436,8 +436,8 @@ def test_cifar_paper_column_for_the_papers_recipe_as_mlflow_gives_it_back():
 def test_report_reads_the_10crop_metrics_from_mlflow(tmp_path):
     """The report's 10-crop columns come from the trials' MLflow metrics (logged at the last
     epoch's step), read with the rest of the sweep."""
-    from orchestrator.records import open_record
-    from orchestrator.report import build_report
+    from orchestrator.report.report import build_report
+    from orchestrator.tracking.records import open_record
     from orchestrator.vocabulary import PARENT_TAG, TAG_ROLE, TAG_STATUS
     from tests.conftest import SWEEPS
 

@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator import mlflow_store
-from orchestrator.mlflow_store import TrackingUnavailableError, check_tracking_uri, redact, secret_in, use_tracking_uri
+from orchestrator.tracking import mlflow_store
+from orchestrator.tracking.mlflow_store import (
+    TrackingUnavailableError,
+    check_tracking_uri,
+    redact,
+    secret_in,
+    use_tracking_uri,
+)
 from tests.conftest import cli
 
 
@@ -65,7 +71,7 @@ def test_ray_starts_without_the_login_in_its_environment_or_the_command_line(mon
     import os
     import sys
 
-    from orchestrator.login import without_login
+    from orchestrator.tracking.login import without_login
 
     shown = use_tracking_uri("http://alice:pa%24%24word@mlflow:5000")
     argv = ["resnet-sweep", "run", "s.yaml", "--tracking-uri", "http://alice:pa%24%24word@mlflow:5000"]

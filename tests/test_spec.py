@@ -6,8 +6,8 @@ import json
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.space import asha_expected_epochs, make_plan, model_footprint
-from orchestrator.spec import SchedulerSpec, SpecError, parse_spec
+from orchestrator.sweepfile.space import asha_expected_epochs, make_plan, model_footprint
+from orchestrator.sweepfile.spec import SchedulerSpec, SpecError, parse_spec
 from tests.conftest import SWEEPS, cli
 
 VALID = """\
@@ -261,7 +261,7 @@ def test_model_counts_are_cached_by_full_config_and_code_version(tmp_path, monke
     import subprocess
     import sys
 
-    from orchestrator.space import CountCache, _count
+    from orchestrator.sweepfile.space import CountCache, _count
     from resnet_core.config import ModelConfig
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
@@ -296,7 +296,7 @@ def test_model_counts_are_cached_by_full_config_and_code_version(tmp_path, monke
 def test_a_searched_folder_is_named_by_its_last_part():
     """Tune refuses a trial folder name with '/' once the sweep has started: a searched
     dataset.root appears in the trial's name as its folder's own name."""
-    from orchestrator.space import trial_name
+    from orchestrator.sweepfile.space import trial_name
 
     config = {
         "model.depth": 18,

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from orchestrator import tracking
-from orchestrator.tracking import SweepTracker
+from orchestrator.running import tracker as tracking
+from orchestrator.running.tracker import SweepTracker
 from resnet_core import metrics as M
 from tests.fake_mlflow import FakeMlflow
 

@@ -8,14 +8,14 @@ import sys
 import time
 from pathlib import Path
 
-from orchestrator.whole_files import remove_unfinished
+from orchestrator.persistence.whole_files import remove_unfinished
 from tests.conftest import cli
 from tests.test_sweeps import SMALL_GRID
 
 # Copies A, then B, then A … onto one file, as Tune copies its state into the storage folder.
 WRITER = """
 import sys, pyarrow.fs
-from orchestrator import storage
+from orchestrator.persistence import storage
 a, b, target = sys.argv[1:]
 fs = storage.tune_filesystem(target)
 for k in range(10**6):

@@ -7,10 +7,9 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 
+from orchestrator.tracking.records import TIMESTAMP
 from resnet_core import metrics as M
 from resnet_core.metrics import Status
-
-from .records import TIMESTAMP
 
 __all__ = ["Standing", "estimate", "from_record", "pace", "summary_line"]
 

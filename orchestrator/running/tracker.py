@@ -21,14 +21,11 @@ from typing import Any
 
 from ray.tune import Callback
 
-from resnet_core import metrics as M
-from resnet_core.metrics import Status
-
-from .login import receive
-from .mlflow_store import open_client, redact
-from .progress import TUNE_INTERRUPT, was_interrupted
-from .trainable import error_trace
-from .vocabulary import (
+from orchestrator.running.progress import TUNE_INTERRUPT, was_interrupted
+from orchestrator.running.trainable import error_trace
+from orchestrator.tracking.login import receive
+from orchestrator.tracking.mlflow_store import open_client, redact
+from orchestrator.vocabulary import (
     DEVICE,
     EARLIER_EPOCHS,
     FINAL_STATUSES,
@@ -55,6 +52,8 @@ from .vocabulary import (
     error_line,
     final_status,
 )
+from resnet_core import metrics as M
+from resnet_core.metrics import Status
 
 __all__ = ["TRACKING_FENCE", "SweepTracker"]
 
@@ -410,7 +409,7 @@ class SweepTracker(Callback):
     @staticmethod
     def _config(trial) -> dict:
         """The trial's full, resolved flat config (Optuna trials carry only what they draw)."""
-        from .space import resolve_trial
+        from orchestrator.sweepfile.space import resolve_trial
 
         try:
             return resolve_trial(trial.config, {})
@@ -540,7 +539,7 @@ class SweepTracker(Callback):
         return run.info.status != "RUNNING" and run.data.tags.get(TAG_STATUS) == str(status)
 
     def _log_figures(self, run_id: str, responses: list[float]) -> None:
-        from . import figures
+        from orchestrator.report import figures
 
         curves = {
             key: self.client.get_metric_history(run_id, key) for key in (M.TRAIN_ERROR, M.VAL_ERROR, M.TEST_ERROR)

@@ -18,15 +18,10 @@ from typing import Any
 
 import torch
 
-from resnet_core import metrics as M
-from resnet_core.array import ArrayEpochReport, ArrayTrainer
-from resnet_core.distributed import Shard
-from resnet_core.metrics import Status
-from resnet_core.train import RunConfig, Trainer
-
-from . import ray_compat, storage
-from .space import resolve_trial
-from .vocabulary import (
+from orchestrator.persistence import storage
+from orchestrator.running import ray_compat
+from orchestrator.sweepfile.space import resolve_trial
+from orchestrator.vocabulary import (
     ARRAY,
     ARRAY_BEST,
     DEVICE,
@@ -40,6 +35,11 @@ from .vocabulary import (
     SPEED,
     STATUS,
 )
+from resnet_core import metrics as M
+from resnet_core.array import ArrayEpochReport, ArrayTrainer
+from resnet_core.distributed import Shard
+from resnet_core.metrics import Status
+from resnet_core.train import RunConfig, Trainer
 
 __all__ = ["CHECKPOINT_FILE", "error_trace", "train_array_trial", "train_data_parallel_trial", "train_trial"]
 

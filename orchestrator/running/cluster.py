@@ -11,9 +11,10 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import ray_compat, storage
-from .login import without_login
-from .spec import SpecError
+from orchestrator.persistence import storage
+from orchestrator.running import ray_compat
+from orchestrator.sweepfile.spec import SpecError
+from orchestrator.tracking.login import without_login
 
 __all__ = [
     "ClusterError",

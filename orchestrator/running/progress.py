@@ -9,15 +9,25 @@ import sys
 import time
 from typing import Any
 
+from orchestrator import trial_table
+from orchestrator.report import standing
+from orchestrator.running import ray_compat
+from orchestrator.running.cluster import describe_node
+from orchestrator.running.trainable import error_trace
+from orchestrator.sweepfile.space import resolve_trial, trial_name
+from orchestrator.vocabulary import (
+    HOSTNAME,
+    NODE_ID,
+    NOTICE,
+    REPLAYED,
+    STATUS,
+    describe_status,
+    error_line,
+    final_status,
+)
 from resnet_core import metrics as M
 from resnet_core.errors import ConfigError
 from resnet_core.metrics import Status
-
-from . import ray_compat, standing, trial_table
-from .cluster import describe_node
-from .space import resolve_trial, trial_name
-from .trainable import error_trace
-from .vocabulary import HOSTNAME, NODE_ID, NOTICE, REPLAYED, STATUS, describe_status, error_line, final_status
 
 __all__ = ["TUNE_INTERRUPT", "Progress", "TrialNamer", "table_rows", "was_interrupted"]
 

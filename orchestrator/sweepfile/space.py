@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
 
+from orchestrator.sweepfile.spec import FIELD_TYPES, ParsedSpec, SpecError
 from resnet_core.config import (
     FOLDER_DATASETS,
     PAPER_ITERATIONS,
@@ -29,8 +30,6 @@ from resnet_core.config import (
 )
 from resnet_core.errors import ConfigError
 from resnet_core.folders import ILSVRC2012
-
-from .spec import FIELD_TYPES, ParsedSpec, SpecError
 
 __all__ = [
     "Footprint",

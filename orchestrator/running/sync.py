@@ -7,13 +7,12 @@ the same tracker, which skips what MLflow already has: running it twice changes 
 
 from __future__ import annotations
 
+from orchestrator.persistence import driver_lock
+from orchestrator.running.replay import replay, tune_trials
+from orchestrator.running.sweep import SPEC_FILE, SweepError, open_sweep, stop_when_taken, sweep_tracker, write_tracking
+from orchestrator.sweepfile.spec import SpecError
+from orchestrator.vocabulary import TAG_STORAGE
 from resnet_core.metrics import Status
-
-from . import driver_lock
-from .replay import replay, tune_trials
-from .spec import SpecError
-from .sweep import SPEC_FILE, SweepError, open_sweep, stop_when_taken, sweep_tracker, write_tracking
-from .vocabulary import TAG_STORAGE
 
 __all__ = ["sync_sweep"]
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from orchestrator.persistence import storage
+from orchestrator.running import ray_compat
+from orchestrator.running.arrays import ArrayMembers, trained_epochs
+from orchestrator.running.tracker import SweepTracker
+from orchestrator.sweepfile.spec import SpecError
+from orchestrator.vocabulary import STATUS
 from resnet_core.metrics import Status
-
-from . import ray_compat, storage
-from .arrays import ArrayMembers, trained_epochs
-from .spec import SpecError
-from .tracking import SweepTracker
-from .vocabulary import STATUS
 
 __all__ = ["Replayed", "replay", "tune_trials"]
 

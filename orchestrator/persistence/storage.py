@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .spec import SpecError
+from orchestrator.sweepfile.spec import SpecError
 
 __all__ = [
     "check_from_node",
@@ -81,7 +81,7 @@ def tune_filesystem(storage: str):
         return None
     import pyarrow.fs
 
-    from .whole_files import WholeFileLocalFS
+    from orchestrator.persistence.whole_files import WholeFileLocalFS
 
     return pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(WholeFileLocalFS(auto_mkdir=True)))
 

@@ -11,10 +11,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from orchestrator import trial_table
+from orchestrator.vocabulary import LAYER_RESPONSES, PARENT_TAG, TAG_ERROR, TAG_ROLE, TAG_STATUS, TAG_STOPPED_AT
 from resnet_core import metrics as M
-
-from . import trial_table
-from .vocabulary import LAYER_RESPONSES, PARENT_TAG, TAG_ERROR, TAG_ROLE, TAG_STATUS, TAG_STOPPED_AT
 
 __all__ = ["SweepNotFound", "SweepRecord", "SweepUnreadable", "TrialRecord", "find_sweep", "open_record", "read_sweep"]
 
@@ -154,7 +153,7 @@ def read_sweep(
     """The sweep under ``parent`` with its trials sorted by name (a stable order: the report of
     the same runs is the same file, read from any store). ``keys``: the metric histories to read
     (default: what the report shows, and the sweep's own metric)."""
-    from .spec import parse_spec
+    from orchestrator.sweepfile.spec import parse_spec
 
     info = parent.info
     spec_text = _required_artifact(client, info, "sweep.yaml")
@@ -199,7 +198,7 @@ def open_record(tracking_uri: str | None, name: str, experiment: str | None = No
     """(client, SweepRecord) of the sweep ``name`` in the store at ``tracking_uri`` (default
     ./mlflow.db). Raises SweepNotFound for a store or sweep that is not there (nothing to read) and
     TrackingUnavailableError for one that does not answer."""
-    from .mlflow_store import (
+    from orchestrator.tracking.mlflow_store import (
         TrackingUnavailableError,
         check_scheme,
         check_tracking_uri,

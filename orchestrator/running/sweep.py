@@ -16,15 +16,35 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from resnet_core import metrics as M
-from resnet_core.data import DataUnavailableError, check_data
-from resnet_core.errors import ConfigError
-from resnet_core.metrics import Status
-from resnet_core.train import RunConfig
-
-from . import cluster, driver_lock, login, ray_compat, storage
-from .arrays import ArrayDirName, ArrayMembers, array_config, member_results, members_of, trained_epochs
-from .mlflow_store import (
+from orchestrator.persistence import driver_lock, storage
+from orchestrator.running import cluster, ray_compat
+from orchestrator.running.arrays import (
+    ArrayDirName,
+    ArrayMembers,
+    array_config,
+    member_results,
+    members_of,
+    trained_epochs,
+)
+from orchestrator.running.progress import (
+    TUNE_INTERRUPT,
+    Progress,
+    TrialDirName,
+    TrialErrorTraces,
+    TrialNamer,
+    table_rows,
+)
+from orchestrator.running.tracker import TRACKING_FENCE, SweepTracker, git_commit
+from orchestrator.running.trainable import (
+    RestoreFromWhatIsThere,
+    train_array_trial,
+    train_data_parallel_trial,
+    train_trial,
+)
+from orchestrator.sweepfile.space import Plan, make_plan, optuna_space, plan_json
+from orchestrator.sweepfile.spec import ParsedSpec, SpecError, parse_spec
+from orchestrator.tracking import login
+from orchestrator.tracking.mlflow_store import (
     check_tracking_uri,
     default_tracking_uri,
     normalize_tracking_uri,
@@ -32,13 +52,13 @@ from .mlflow_store import (
     secret_in,
     use_tracking_uri,
 )
-from .progress import TUNE_INTERRUPT, Progress, TrialDirName, TrialErrorTraces, TrialNamer, table_rows
-from .space import Plan, make_plan, optuna_space, plan_json
-from .spec import ParsedSpec, SpecError, parse_spec
-from .tracking import TRACKING_FENCE, SweepTracker, git_commit
-from .trainable import RestoreFromWhatIsThere, train_array_trial, train_data_parallel_trial, train_trial
-from .trial_table import format_table
-from .vocabulary import TAG_STORAGE
+from orchestrator.trial_table import format_table
+from orchestrator.vocabulary import TAG_STORAGE
+from resnet_core import metrics as M
+from resnet_core.data import DataUnavailableError, check_data
+from resnet_core.errors import ConfigError
+from resnet_core.metrics import Status
+from resnet_core.train import RunConfig
 
 __all__ = ["SPEC_FILE", "SweepError", "find_experiment", "prepare_sweep", "resume_sweep", "run_or_resume", "run_sweep"]
 
@@ -265,7 +285,7 @@ def _connect(address: str | None, storage_path: str, spec, num_trials: int) -> N
 
 
 def _share_login(address: str | None, sweep_key: str):
-    """With ray://, the MLflow login for the tracker in Tune's loop on the head (orchestrator.login)."""
+    """With ray://, the MLflow login for the tracker in Tune's loop on the head (orchestrator.tracking.login)."""
     return login.share(sweep_key) if cluster.runs_tune_remotely(address) else None
 
 
@@ -530,7 +550,7 @@ def _finish(
 def _write_report(prep: Prepared) -> None:
     """The paper report at the end of the sweep (`resnet-sweep report`); a failure here does not
     change how the sweep ended, and says how to make the report later."""
-    from .report import report_sweep
+    from orchestrator.report.report import report_sweep
 
     try:
         folder = report_sweep(prep.tracking_uri, prep.name, experiment=prep.experiment)
@@ -700,7 +720,7 @@ def _catch_up(prep: Prepared, tracking: dict, experiment_path: str) -> None:
     """Writes a killed driver still held for a down MLflow: the trials Tune records as finished
     get no callbacks once Tune continues, so their records are replayed first (what MLflow has
     is skipped). Should MLflow not take them now, the line says how to send them later."""
-    from .replay import replay, tune_trials
+    from orchestrator.running.replay import replay, tune_trials
 
     tracker = sweep_tracker(prep, tracking.get("sweep_key", ""), tags={TAG_STORAGE: experiment_path})
     try:
@@ -738,7 +758,7 @@ def resume_sweep(
     with _holding(experiment_path, prep.name) as lock:
         _check_tune_state(experiment_path)
         if storage.is_local(experiment_path):
-            from .whole_files import remove_unfinished
+            from orchestrator.persistence.whole_files import remove_unfinished
 
             remove_unfinished(experiment_path, older_than_s=driver_lock.STALE_AFTER_SECONDS)
         _connect(address, prep.storage_path, spec, prep.plan.num_trials)

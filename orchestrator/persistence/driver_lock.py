@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
-from . import storage
+from orchestrator.persistence import storage
 
 __all__ = ["LOCK_FOLDER", "DriverLock", "Identity", "LockUnavailable", "SweepBusy", "hold"]
 

@@ -13,7 +13,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from . import storage
+from orchestrator.persistence import storage
 
 __all__ = [
     "LOGIN_ENV",

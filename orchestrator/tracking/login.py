@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from .mlflow_store import LOGIN_ENV, redact
+from orchestrator.tracking.mlflow_store import LOGIN_ENV, redact
 
 __all__ = ["receive", "share", "without_login"]
 

@@ -19,10 +19,9 @@ from typing import Any
 import pandas as pd
 from ray.tune import Callback
 
+from orchestrator.vocabulary import ARRAY, MEMBERS, STATUS
 from resnet_core import metrics as M
 from resnet_core.metrics import Status
-
-from .vocabulary import ARRAY, MEMBERS, STATUS
 
 __all__ = [
     "ArrayDirName",

@@ -23,13 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator import trial_table
+from orchestrator.tracking.records import SweepRecord, TrialRecord
+from orchestrator.vocabulary import REPORT_FOLDER, describe_status
 from resnet_core import metrics as M
 from resnet_core.config import FOLDER_DATASETS as FOLDERS
 from resnet_core.metrics import Status
-
-from . import trial_table
-from .records import SweepRecord, TrialRecord
-from .vocabulary import REPORT_FOLDER, describe_status
 
 __all__ = ["Report", "build_report", "report_sweep", "write_report"]
 
@@ -327,9 +326,8 @@ def _completed(trials: list[TrialRecord]) -> list[TrialRecord]:
 
 def _params(config: dict) -> int | None:
     """The net's parameter count, from its config: the plan's count (cached by full config)."""
+    from orchestrator.sweepfile.space import model_footprint
     from resnet_core.config import RunConfig, num_classes
-
-    from .space import model_footprint
 
     try:
         cfg = RunConfig.from_flat(config)
@@ -536,7 +534,7 @@ def _mean_curve(trials: list[TrialRecord], key: str, x: Callable[[dict], float])
 
 def _colours(labels: list[str]) -> dict[str, str]:
     """One colour per net apart from plain/residual, so plain-56 and ResNet-56 match."""
-    from .figures import PALETTE
+    from orchestrator.report.figures import PALETTE
 
     stems = list(dict.fromkeys(re.sub(r"^(ResNet|plain)-", "", label) for label in labels))
     colour = {stem: PALETTE[i % len(PALETTE)] for i, stem in enumerate(stems)}
@@ -544,7 +542,7 @@ def _colours(labels: list[str]) -> dict[str, str]:
 
 
 def _figure6(report: Report, groups: dict[str, list[TrialRecord]]) -> None:
-    from .figures import error_curves
+    from orchestrator.report.figures import error_curves
 
     trials = [t for ts in groups.values() for t in ts if t.history]
     if not trials:
@@ -581,7 +579,7 @@ def _responses(trials: list[TrialRecord]) -> list[float] | None:
 
 
 def _figure7(report: Report, groups: dict[str, list[TrialRecord]], tables: dict) -> None:
-    from .figures import response_panels
+    from orchestrator.report.figures import response_panels
 
     nets = {
         label: (r, bool(group[0].config.get(RESIDUAL, True)))
@@ -672,7 +670,7 @@ def _pivot(
 def _optuna(report: Report, record: SweepRecord, parsed, metric: str, tables: dict) -> None:
     import optuna
 
-    from .space import optuna_space
+    from orchestrator.sweepfile.space import optuna_space
 
     report.h2("Search: what mattered (Optuna)")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -1026,7 +1024,7 @@ CLAIMS = (
 
 # --- the whole report ------------------------------------------------------------------------------------
 def build_report(record: SweepRecord) -> tuple[Report, dict[str, Table]]:
-    from .spec import parse_spec
+    from orchestrator.sweepfile.spec import parse_spec
 
     parsed = parse_spec(record.spec_text, source="sweep.yaml")
     spec = parsed.spec
@@ -1147,7 +1145,7 @@ def write_report(record: SweepRecord, out: Path) -> list[Path]:
 def report_sweep(tracking_uri: str | None, name: str, *, out: str | None = None, experiment: str | None = None) -> Path:
     """Reads the sweep ``name`` from MLflow, writes its report (default ./reports/NAME) and logs
     the files on the sweep's parent run (artifacts report/; a new report replaces them)."""
-    from .records import open_record
+    from orchestrator.tracking.records import open_record
 
     client, record = open_record(tracking_uri, name, experiment)
     folder = Path(out).expanduser() if out else Path.cwd() / "reports" / record.name

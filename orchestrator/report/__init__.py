@@ -1,0 +1,1 @@
+"""What a sweep shows when read back: the papers' tables and figures, and where it stands."""

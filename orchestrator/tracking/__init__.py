@@ -1,0 +1,1 @@
+"""MLflow: the tracking URI and its login, and a sweep read back from its runs."""
