@@ -848,33 +848,22 @@ class ArrayTrainer:
             )
         return list(cached[1])
 
-    def best_epoch(self, k: int) -> dict[str, float] | None:
-        """Member k's best epoch (M.best_epoch)."""
-        return M.best_epoch(self.histories[k])
-
     def result(self, k: int) -> dict[str, Any]:
         """Member k's result, shaped as ``Trainer.result()`` (plus its place in the array)."""
-        history, best = self.histories[k], self.best_epoch(k)
-        diverged = self.statuses[k] == Status.DIVERGED
-        speeds = [h[M.IMAGES_PER_SECOND] for h in history[1:]] or [h[M.IMAGES_PER_SECOND] for h in history]
         cfg = self.cfgs[k]
         return {
-            "status": str(self.statuses[k]),
-            "name": cfg.model.name,
-            "epochs": self.epochs,
-            "epochs_run": len(history),
-            "best_epoch": best[M.EPOCH] if best else None,
-            M.TRAIN_ERROR: best[M.TRAIN_ERROR] if best else None,
-            M.VAL_ERROR: best[M.VAL_ERROR] if best else None,
-            M.TEST_ERROR: best[M.TEST_ERROR] if best else None,
-            "final_train_error": history[-1][M.TRAIN_ERROR] if history else None,
-            M.IMAGES_PER_SECOND: sum(speeds) / len(speeds) if speeds else None,
-            "layer_response_std": [] if diverged else self.layer_response_std(k),
-            "params": self.params_count,
-            "device": str(self.device),
-            "speed": f"{self.speed} array={self.size}",
-            "config": cfg.to_flat(),
-            "history": history,
+            **M.run_result(
+                status=self.statuses[k],
+                name=cfg.model.name,
+                epochs=self.epochs,
+                history=self.histories[k],
+                layer_response_std=[] if self.statuses[k] == Status.DIVERGED else self.layer_response_std(k),
+                final={},  # arrays hold data in memory: no 10-crop test
+                params=self.params_count,
+                device=str(self.device),
+                speed=f"{self.speed} array={self.size}",
+                config=cfg.to_flat(),
+            ),
             "array_member": k,
             "array_size": self.size,
         }

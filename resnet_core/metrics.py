@@ -7,7 +7,7 @@ from enum import Enum
 from operator import itemgetter
 from typing import Any, TypeVar
 
-__all__ = ["EPOCH", "FINAL_METRICS", "ITERATION", "METRICS", "Status", "best_epoch"]
+__all__ = ["EPOCH", "FINAL_METRICS", "ITERATION", "METRICS", "Status", "best_epoch", "run_result"]
 
 T = TypeVar("T")
 
@@ -57,3 +57,42 @@ def best_epoch(
     The one rule for the trainer, the array, the table, MLflow and the report; ``epochs`` are
     history dicts by default, or anything ``val_error`` and ``epoch`` read (MLflow metrics)."""
     return min(epochs, key=lambda e: (val_error(e), epoch(e)), default=None)
+
+
+def run_result(
+    *,
+    status: Status,
+    name: str,
+    epochs: int,
+    history: list[dict[str, float]],
+    layer_response_std: list[float],
+    final: dict[str, float],
+    params: int,
+    device: str,
+    speed: str,
+    config: dict[str, Any],
+) -> dict[str, Any]:
+    """One run's result, the same for a trainer and an array member: the errors are the best
+    epoch's (best_epoch), ``final`` holds the final model's metrics (FINAL_METRICS)."""
+    best = best_epoch(history)
+    # Steady-state speed: the first epoch (warm-up, compilation) is left out when possible.
+    speeds = [h[IMAGES_PER_SECOND] for h in history[1:]] or [h[IMAGES_PER_SECOND] for h in history]
+    return {
+        "status": str(status),
+        "name": name,
+        "epochs": epochs,
+        "epochs_run": len(history),
+        "best_epoch": best[EPOCH] if best else None,
+        TRAIN_ERROR: best[TRAIN_ERROR] if best else None,
+        VAL_ERROR: best[VAL_ERROR] if best else None,
+        TEST_ERROR: best[TEST_ERROR] if best else None,
+        "final_train_error": history[-1][TRAIN_ERROR] if history else None,
+        IMAGES_PER_SECOND: sum(speeds) / len(speeds) if speeds else None,
+        "layer_response_std": layer_response_std,
+        **final,  # the final model's, where the errors above are the best epoch's
+        "params": params,
+        "device": device,
+        "speed": speed,
+        "config": config,
+        "history": history,
+    }

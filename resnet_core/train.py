@@ -437,31 +437,20 @@ class Trainer:
         return self._once_per_epoch("final", lambda: self.evaluate_ten_crop(self.ten_crop_loader))
 
     def result(self) -> dict[str, Any]:
-        best = self.best_epoch()
+        """The run's result (metrics.run_result): `train --json`'s output and a trial's last report."""
         diverged = self.status == Status.DIVERGED
-        responses = [] if diverged else self.layer_response_std()
-        final = {} if diverged else self.final_metrics()
-        speeds = [h[M.IMAGES_PER_SECOND] for h in self.history[1:]] or [h[M.IMAGES_PER_SECOND] for h in self.history]
-        return {
-            "status": str(self.status),
-            "name": self.cfg.model.name,
-            "epochs": self.epochs,
-            "epochs_run": self.epoch,
-            "best_epoch": best[M.EPOCH] if best else None,
-            M.TRAIN_ERROR: best[M.TRAIN_ERROR] if best else None,
-            M.VAL_ERROR: best[M.VAL_ERROR] if best else None,
-            M.TEST_ERROR: best[M.TEST_ERROR] if best else None,
-            "final_train_error": self.history[-1][M.TRAIN_ERROR] if self.history else None,
-            # Steady-state speed: the first epoch (warm-up, compilation) is left out when possible.
-            M.IMAGES_PER_SECOND: sum(speeds) / len(speeds) if speeds else None,
-            "layer_response_std": responses,
-            **final,  # the final model's, where the errors above are the best epoch's
-            "params": count_params(self.model),
-            "device": str(self.device),
-            "speed": str(self.speed),
-            "config": self.cfg.to_flat(),
-            "history": self.history,
-        }
+        return M.run_result(
+            status=self.status,
+            name=self.cfg.model.name,
+            epochs=self.epochs,
+            history=self.history,
+            layer_response_std=[] if diverged else self.layer_response_std(),
+            final={} if diverged else self.final_metrics(),
+            params=count_params(self.model),
+            device=str(self.device),
+            speed=str(self.speed),
+            config=self.cfg.to_flat(),
+        )
 
 
 def train(
