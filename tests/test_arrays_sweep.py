@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import cli, kill_when_midway
-from tests.test_sweeps import child_runs, table_rows
+from tests.support import child_runs, cli, kill_when_midway, table_rows
 
 # Six trials of one shape: per seed, two learning rates that train and one that diverges in its
 # first epoch; in plan order the arrays are (s0 0.05, s0 0.1, s0 1000, s1 0.05) and (s1 0.1, s1 1000).

@@ -16,8 +16,7 @@ from orchestrator.running.trainable import CHECKPOINT_FILE, _restore
 from resnet_core.data import DataConfig
 from resnet_core.resnet import ModelConfig
 from resnet_core.train import RunConfig, TrainConfig, Trainer
-from tests.conftest import cli
-from tests.test_sweeps import child_runs, table_rows
+from tests.support import child_runs, cli, table_rows
 
 EPOCHS = 6
 TWINS = f"""\

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import cli
 from tests.ray_nodes import LocalCluster, free_port, token_home
-from tests.test_sweeps import SMALL_GRID, child_runs, table_rows
+from tests.support import SMALL_GRID, child_runs, cli, table_rows
 
 
 def sweep_file(folder: Path, epochs: int = 3, size: int = 8, limit: int = 256) -> Path:
@@ -206,8 +205,7 @@ def test_ray_client_keeps_the_mlflow_login_out_of_rays_records_logs_and_trials(t
     the environment of no process of the cluster (its trials included)."""
     import re
 
-    from tests.conftest import descendants, environments_holding, runs_holding, start
-    from tests.test_k8s import MlflowFromManifest
+    from tests.support import MlflowFromManifest, descendants, environments_holding, runs_holding, start
 
     cluster.start_head(cpus=2)
     user = {"HOME": str(cluster.env["HOME"])}

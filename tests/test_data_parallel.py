@@ -14,9 +14,7 @@ from resnet_core.config import DataConfig, ModelConfig, TrainConfig
 from resnet_core.data import make_loaders
 from resnet_core.distributed import Shard
 from resnet_core.train import RunConfig, Trainer
-from tests.conftest import cli, ctrl_c_when
-from tests.test_imagefolder import write_folder
-from tests.test_sweeps import child_runs, table_rows
+from tests.support import child_runs, cli, ctrl_c_when, table_rows, write_folder
 
 # Batch 64 of 1,077 training images: the last batch (53) splits 27 + 26. lr 0.02: at the paper's
 # 0.1 a batch of 64 amplifies rounding differences chaotically within an epoch.

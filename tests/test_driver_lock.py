@@ -307,7 +307,7 @@ def test_a_driver_whose_sweep_was_taken_over_stops_and_writes_nothing_more(tmp_p
 
     from mlflow import MlflowClient
 
-    from tests.test_sweeps import SMALL_GRID, child_runs
+    from tests.support import SMALL_GRID, child_runs
 
     (tmp_path / "small.yaml").write_text(SMALL_GRID.format(epochs=5000) + "max_concurrent: 1\n")
     exe = os.path.join(os.path.dirname(sys.executable), "resnet-sweep")

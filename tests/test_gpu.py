@@ -123,7 +123,7 @@ def test_an_image_folder_streams_to_the_gpu_and_resumes_exactly(tmp_path):
     """Decoding workers, pinned batches, normalisation, flips and lighting on the card, 10-crop
     testing; a restored loader gives the next epoch's batches exactly, and (deterministic cuDNN,
     fp32) the resumed run the same epoch 2."""
-    from tests.test_imagefolder import recipe, write_folder
+    from tests.support import recipe, write_folder
 
     cfg = recipe(write_folder(tmp_path / "images"), workers=2)
     cfg = RunConfig(cfg.model, cfg.dataset, TrainConfig(**{**vars(cfg.train), "device": DEVICE, "precision": "fp32"}))

@@ -7,57 +7,22 @@ from pathlib import Path
 
 import pytest
 import torch
-from torchvision.io import encode_jpeg
 
 from resnet_core import metrics as M
 from resnet_core import stream
-from resnet_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig, num_classes, split_sizes
+from resnet_core.config import DataConfig, RunConfig, num_classes, split_sizes
 from resnet_core.data import make_loaders, split_folder
 from resnet_core.errors import ConfigError, DataUnavailableError
 from resnet_core.train import Trainer
+from tests.support import CLASSES, TEST_PER_CLASS, TRAIN_PER_CLASS, VAL_PER_CLASS, recipe, write_folder
 
 # torchvision 0.29 deprecates its image decoders for TorchCodec's (not installed here).
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
-
-CLASSES, TRAIN_PER_CLASS, TEST_PER_CLASS, VAL_PER_CLASS = 3, 12, 3, 2
-
-
-def write_folder(root: Path, *, classes: int = CLASSES, seed: int = 0) -> Path:
-    """An ImageFolder of real JPEG files, 40–80 px a side: each class a colour plus noise."""
-    g = torch.Generator().manual_seed(seed)
-    colours = torch.rand(classes, 3, 1, 1, generator=g)
-    for split, per_class in (("train", TRAIN_PER_CLASS), ("val", TEST_PER_CLASS)):
-        for k in range(classes):
-            folder = root / split / f"class{k}"
-            folder.mkdir(parents=True)
-            for i in range(per_class):
-                h, w = torch.randint(40, 81, (2,), generator=g).tolist()
-                pixels = 0.6 * colours[k] + 0.4 * torch.rand(3, h, w, generator=g)
-                (folder / f"{i}.JPEG").write_bytes(encode_jpeg((pixels * 255).to(torch.uint8)).numpy().tobytes())
-    return root
 
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
     return write_folder(tmp_path_factory.mktemp("images"))
-
-
-def recipe(root: Path, *, workers: int = 0, **data) -> RunConfig:
-    """The paper's ImageNet recipe at toy sizes: crop 32 of the shorter side at random in
-    [36, 48], flip, PCA lighting, per-pixel mean; SGD momentum 0.9, wd 1e-4, lr ÷10 halfway."""
-    return RunConfig(
-        model=ModelConfig(arch="imagenet", depth=18),
-        dataset=DataConfig(
-            name="imagefolder",
-            root=str(root),
-            image_size=32,
-            scale_range=(36, 48),
-            val_per_class=VAL_PER_CLASS,
-            workers=workers,
-            **data,
-        ),
-        train=TrainConfig(batch_size=8, epochs=2, lr=0.02, milestones=(0.5,), device="cpu"),
-    )
 
 
 @pytest.mark.unit

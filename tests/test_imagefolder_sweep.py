@@ -17,9 +17,16 @@ from mlflow import MlflowClient
 
 from orchestrator.running.trainable import CHECKPOINT_FILE
 from resnet_core import metrics as M
-from tests.conftest import cli, ctrl_c_when
-from tests.test_imagefolder import CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS, write_folder
-from tests.test_sweeps import child_runs, table_rows
+from tests.support import (
+    CLASSES,
+    TRAIN_PER_CLASS,
+    VAL_PER_CLASS,
+    child_runs,
+    cli,
+    ctrl_c_when,
+    table_rows,
+    write_folder,
+)
 
 # A relative root with a space in it: the sweeps run in one folder, the images are below it.
 ROOT = "image folders/tiny set"

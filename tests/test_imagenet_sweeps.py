@@ -19,7 +19,7 @@ from orchestrator.sweepfile.space import (
 from orchestrator.sweepfile.spec import parse_spec
 from resnet_core.config import RunConfig
 from resnet_core.folders import ILSVRC2012
-from tests.conftest import SWEEPS, cli
+from tests.support import SWEEPS, cli
 
 IMAGENET_SWEEPS = sorted(SWEEPS.glob("imagenet_*.yaml"))
 ROOT = "/data/imagenet"  # where the shipped sweeps expect ILSVRC-2012

@@ -5,15 +5,10 @@ on broken manifests, the Dockerfiles pass hadolint, and the RayJob's entrypoint 
 sweep when it runs a second time (on a real local Ray cluster, against an MLflow server started
 with the manifest's own flags and basic auth)."""
 
-import functools
-import http.client
 import os
 import re
 import shlex
-import signal
 import subprocess
-import sys
-import urllib.request
 from pathlib import Path
 
 import kubernetes_validate
@@ -23,14 +18,22 @@ from mlflow import MlflowClient
 
 from orchestrator.cli import main
 from tests import kuberay_v1
-from tests.conftest import REPO, SWEEPS, _wait_for_server, cli
-from tests.ray_nodes import LocalCluster, free_port, token_home
-from tests.test_sweeps import SMALL_GRID, child_runs, table_rows
+from tests.ray_nodes import LocalCluster, token_home
+from tests.support import (
+    BIN,
+    K8S,
+    KUBECTL,
+    REPO,
+    SMALL_GRID,
+    SWEEPS,
+    MlflowFromManifest,
+    child_runs,
+    cli,
+    kustomize,
+    table_rows,
+)
 
-K8S = REPO / "k8s"
 OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir())
-BIN = Path(sys.executable).parent
-KUBECTL = str(BIN / "kubectl") if (BIN / "kubectl").exists() else "kubectl"
 HADOLINT = str(BIN / "hadolint")
 KUBERNETES_VERSIONS = (kuberay_v1.KUBERNETES_VERSION, kubernetes_validate.latest_version())
 RAY_KINDS = ("RayJob", "RayCluster")
@@ -44,17 +47,6 @@ RENDER_ARGS = {
         storage_path="s3://my-bucket/sweeps",
     ),
 }
-
-
-def kustomize(folder: Path) -> list[dict]:
-    return [doc for doc in yaml.safe_load_all(_kustomize(folder)) if doc]
-
-
-@functools.cache
-def _kustomize(folder: Path) -> str:
-    out = subprocess.run([KUBECTL, "kustomize", str(folder)], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    return out.stdout
 
 
 def problems(objects: list[dict]) -> list[str]:
@@ -417,63 +409,6 @@ def test_mlflow_server_with_the_manifests_flags_serves_health_and_requires_login
         server.stop()
 
 
-class MlflowFromManifest:
-    """`mlflow server` run with the args and environment of k8s/base/mlflow.yaml's Deployment;
-    the Postgres URIs become SQLite files, the artifacts volume a folder, the Secrets test values."""
-
-    USER, PASSWORD = "admin", "a-test-password-only"
-
-    def __init__(self, folder: Path) -> None:
-        objects = kustomize(K8S / "overlays" / "shared-volume")
-        deployment = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "mlflow")
-        ini = next(o for o in objects if o["metadata"]["name"] == "mlflow-auth-config")["data"]["basic_auth.ini"]
-        (container,) = deployment["spec"]["template"]["spec"]["containers"]
-        assert "postgresql://postgres:5432/mlflow_auth" in ini
-        (folder / "basic_auth.ini").write_text(
-            ini.replace("postgresql://postgres:5432/mlflow_auth", f"sqlite:///{folder / 'auth.db'}")
-        )
-        self.port = free_port()
-        swaps = {
-            "--port=5000": f"--port={self.port}",
-            "--host=0.0.0.0": "--host=127.0.0.1",
-            "--backend-store-uri=postgresql://postgres:5432/mlflow": f"--backend-store-uri=sqlite:///{folder / 'mlflow.db'}",
-            "--artifacts-destination=/mlartifacts": f"--artifacts-destination={folder / 'artifacts'}",
-        }
-        args = [swaps.get(a, a) for a in container["args"]]
-        assert len(set(args) - set(container["args"])) == len(swaps)  # every swapped flag was in the manifest
-        secrets = {"admin-username": self.USER, "admin-password": self.PASSWORD, "flask-secret-key": "test-key"}
-        env = {
-            e["name"]: e.get("value") or secrets.get(e["valueFrom"]["secretKeyRef"]["key"], "unused")
-            for e in container["env"]
-        }
-        env["MLFLOW_AUTH_CONFIG_PATH"] = str(folder / "basic_auth.ini")
-        env["HOME"] = str(folder)
-        self.proc = subprocess.Popen(
-            [str(BIN / container["command"][0]), *container["command"][1:], *args],
-            env={**os.environ, **env},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        self.uri = f"http://127.0.0.1:{self.port}"
-        _wait_for_server(self.proc, "mlflow server", lambda: urllib.request.urlopen(self.uri + "/health", timeout=2))
-
-    def get(self, path: str, host: str, login: bool = False) -> tuple[int, str]:
-        import base64
-
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        headers = {"Host": host}
-        if login:
-            headers["Authorization"] = "Basic " + base64.b64encode(f"{self.USER}:{self.PASSWORD}".encode()).decode()
-        conn.request("GET", path, headers=headers)
-        response = conn.getresponse()
-        return response.status, response.read().decode(errors="replace")
-
-    def stop(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        self.proc.wait(timeout=30)
-
-
 @pytest.mark.slow  # test_sweeps.py's Ctrl-C test keeps run --resume-if-exists on a local Ray
 def test_rayjob_entrypoint_run_twice_continues_the_sweep(tmp_path, capsys):
     """A lost head pod: KubeRay retries the RayJob (backoffLimit) on a new Ray cluster with the
@@ -506,7 +441,7 @@ def test_rayjob_entrypoint_run_twice_continues_the_sweep(tmp_path, capsys):
             "MLFLOW_TRACKING_USERNAME": server.USER,
             "MLFLOW_TRACKING_PASSWORD": server.PASSWORD,
         }
-        from tests.conftest import kill_when_midway
+        from tests.support import kill_when_midway
 
         seen, done = kill_when_midway(*command[1:], cwd=tmp_path, epochs=epochs, env=env)
         assert done, seen

@@ -12,7 +12,7 @@ import pytest
 from mlflow import MlflowClient
 
 from resnet_core import metrics as M
-from tests.test_mlflow_faults import assert_mlflow_equals_tune
+from tests.support import assert_mlflow_equals_tune
 
 TRIALS, EPOCHS = 64, 20
 LOAD = f"""\

@@ -2,65 +2,24 @@
 after `resnet-sweep sync` rebuilds a lost store, and a login in the tracking URI works against a
 real basic-auth server without ever being shown or stored."""
 
-import json
 import re
 import signal
 import time
-from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from orchestrator.vocabulary import final_status
 from resnet_core import metrics as M
-from tests.conftest import MlflowServer, cli, descendants, environments_holding, runs_holding, start
-from tests.test_sweeps import SMALL_GRID, child_runs
-
-
-def tune_records(experiment: Path) -> dict[str, dict]:
-    """Tune's record of each trial (its result.json): trial id → every epoch's metrics and the
-    last report. Epochs trained before a restore arrive with the first report after it."""
-    out = {}
-    for result_file in experiment.glob("*/result.json"):
-        records = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
-        if not records:
-            continue
-        epochs: dict[int, dict] = {}
-        for record in records:
-            for earlier in json.loads(record.get("earlier_epochs") or "[]"):
-                epochs.setdefault(int(earlier[M.EPOCH]), earlier)
-            if record.get("status") != "diverged":
-                epochs.setdefault(int(record[M.EPOCH]), record)
-        out[records[-1]["trial_id"]] = {"epochs": epochs, "last": records[-1]}
-    return out
-
-
-def assert_mlflow_equals_tune(client: MlflowClient, experiment: str, folder: Path, planned_epochs: int) -> int:
-    """Every trial, every epoch, every metric and the status tags; returns the points compared."""
-    parents, children = child_runs(client, experiment)
-    records = tune_records(folder)
-    assert len(parents) == 1
-    by_trial = {c.data.tags["resnet_sweep.trial_id"]: c for c in children}
-    assert len(children) == len(by_trial) == len(records) and set(by_trial) == set(
-        records
-    )  # none missing, no duplicate
-    points = 0
-    for trial_id, record in records.items():
-        run = by_trial[trial_id]
-        for key in M.METRICS:
-            expected = sorted((epoch, float(r[key])) for epoch, r in record["epochs"].items() if key in r)
-            logged = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
-            assert logged == expected, (run.info.run_name, key)
-            points += len(logged)
-        status = final_status(record["last"], errored=False, planned_epochs=planned_epochs)
-        assert run.data.tags["status"] == str(status) and run.info.status == "FINISHED"
-        best = min(record["epochs"].items(), key=lambda kv: (kv[1][M.VAL_ERROR], kv[0]))[0]
-        assert run.data.tags["best_epoch"] == str(best)
-        assert {k: v for k, v in run.data.params.items() if k in record["last"]["config"]} == {
-            k: str(v) for k, v in record["last"]["config"].items()
-        }
-    assert parents[0].data.tags["status"] == "completed" and parents[0].info.status == "FINISHED"
-    return points
+from tests.support import (
+    SMALL_GRID,
+    MlflowServer,
+    assert_mlflow_equals_tune,
+    cli,
+    descendants,
+    environments_holding,
+    runs_holding,
+    start,
+)
 
 
 def snapshot(client: MlflowClient, experiment: str) -> list:
@@ -160,7 +119,7 @@ def test_login_in_the_tracking_uri_works_with_basic_auth_and_is_never_shown_or_s
     """`--tracking-uri http://admin:SECRET@host` against a real `mlflow server --app-name
     basic-auth`: the sweep logs there, and SECRET is in no output, no file of the sweep's folder,
     Ray's logs, or MLflow's params and tags. Without the login, or with a wrong one: one line."""
-    from tests.test_k8s import MlflowFromManifest
+    from tests.support import MlflowFromManifest
 
     (tmp_path / "mlflow").mkdir()
     server = MlflowFromManifest(tmp_path / "mlflow")

@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import S3_KEY_ID, S3_SECRET, cli, kill_when_midway
 from tests.ray_nodes import free_port
-from tests.test_sweeps import SMALL_GRID, child_runs, table_rows
+from tests.support import S3_KEY_ID, S3_SECRET, SMALL_GRID, child_runs, cli, kill_when_midway, table_rows
 
 
 def _bucket_texts(s3) -> dict[str, bytes]:

@@ -13,7 +13,7 @@ from orchestrator.tracking.mlflow_store import (
     secret_in,
     use_tracking_uri,
 )
-from tests.conftest import cli
+from tests.support import cli
 
 
 @pytest.fixture(autouse=True)

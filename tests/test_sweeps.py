@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import SWEEPS, cli, kill_when_midway
+from tests.support import SMALL_GRID, SWEEPS, child_runs, cli, kill_when_midway, table_rows
 
 UNSEEN = """\
 name: unseen
@@ -33,33 +33,6 @@ search:
 scheduler: {name: asha, grace_period: 1, reduction_factor: 3, max_t: 4}
 resources: {cpu: 1}
 """
-
-SMALL_GRID = """\
-name: small
-dataset: {{name: digits, image_size: 8, train_limit: 256}}
-model: {{arch: cifar, block: basic, shortcut: A}}
-train: {{epochs: {epochs}, batch_size: 64}}
-search:
-  algorithm: grid
-  space:
-    model.depth: [8, 14]
-    model.residual: [true, false]
-resources: {{cpu: 1}}
-"""
-
-
-def table_rows(stdout: str) -> list[str]:
-    """The trial lines of the final table."""
-    lines = stdout.split("\n-----")[-1].splitlines()
-    return [line for line in lines if re.match(r"^(resnet|plain)\d+", line)]
-
-
-def child_runs(client: MlflowClient, experiment: str):
-    exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    parents = [r for r in runs if r.data.tags.get("resnet_sweep.role") == "sweep"]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
-    return parents, children
 
 
 def test_unseen_sweep_optuna_asha_end_to_end(tmp_path):

@@ -11,7 +11,7 @@ from resnet_core.data import DataConfig, DataUnavailableError, DeviceLoader, loa
 from resnet_core.errors import ConfigError
 from resnet_core.resnet import ModelConfig
 from resnet_core.train import RunConfig, TrainConfig, Trainer, lr_factor, planned_epochs
-from tests.conftest import cli
+from tests.support import cli
 
 
 def tiny(**train) -> RunConfig:

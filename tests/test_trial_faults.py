@@ -7,8 +7,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from tests.conftest import cli
-from tests.test_sweeps import child_runs, table_rows
+from tests.support import child_runs, cli, table_rows
 
 FAULTS = """\
 name: faults

@@ -9,8 +9,7 @@ import time
 from pathlib import Path
 
 from orchestrator.persistence.whole_files import remove_unfinished
-from tests.conftest import cli
-from tests.test_sweeps import SMALL_GRID
+from tests.support import SMALL_GRID, cli
 
 # Copies A, then B, then A … onto one file, as Tune copies its state into the storage folder.
 WRITER = """
