@@ -802,6 +802,9 @@ class ArrayTrainer:
         return {k: (losses[i] / max(seen, 1), errors[i] / max(seen, 1)) for i, k in enumerate(self._slots)}
 
     def run(self, report: Callable[[ArrayEpochReport], None] | None = None) -> list[dict[str, Any]]:
+        """Train every member to the last epoch, as ``Trainer.run`` trains one: a member that
+        diverges is frozen and the others go on; ``report`` gets each epoch's metrics of every
+        member still training. Returns each member's result (``result(k)``)."""
         while self.epoch < self.epochs and self._slots:
             train_metrics, diverged = self._train_epoch()
             if not self._slots:  # every member diverged within the epoch

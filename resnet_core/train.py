@@ -388,6 +388,10 @@ class Trainer:
         return M.best_epoch(self.history)
 
     def run(self, report: Callable[[EpochReport], None] | None = None) -> dict[str, Any]:
+        """Train from the current epoch to the last (or until the loss diverges) and return the
+        result (``result()``). After each epoch ``report`` gets its metrics and this trainer, so a
+        caller can checkpoint (``state_dict``) or stop: the Tune trial reports and checkpoints
+        there. The test split is evaluated every epoch for the record only (2015 §4.2)."""
         while self.epoch < self.epochs:
             train_metrics = self._train_epoch()
             if train_metrics is None:

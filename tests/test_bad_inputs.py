@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_spec import VALID
+from tests.support import VALID
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "reliability.md"

@@ -77,6 +77,7 @@ def _only_run(client: MlflowClient, experiment: str):
     return children[0]
 
 
+@pytest.mark.slow  # one step of two workers is checked in-process in the default suite, and a two-worker trial resumes there
 def test_two_workers_match_one_with_the_same_global_batch(tmp_path):
     """Must show 2: a trial of 2 data-parallel workers logs the loss curve of the 1-process run
     of the same config and seed, as one MLflow child run: equal up to the rounding of the

@@ -47,6 +47,7 @@ def snapshot(client: MlflowClient, experiment: str) -> list:
     return sorted(out)
 
 
+@pytest.mark.slow  # the login test below runs `sync` end to end in the default suite
 def test_sync_rebuilds_a_lost_store_point_for_point_and_twice_changes_nothing(workdir):
     epochs = 3
     (workdir / "small.yaml").write_text(SMALL_GRID.format(epochs=epochs))

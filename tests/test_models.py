@@ -11,7 +11,7 @@ import torchvision
 from resnet_core.analysis import count_params, describe_model, shortcut_params, weighted_layers
 from resnet_core.blocks import PadShortcut
 from resnet_core.resnet import ModelConfig, build_model
-from tests.conftest import cli
+from tests.support import cli
 
 TABLE6_PARAMS_M = {20: 0.27, 32: 0.46, 44: 0.66, 56: 0.85, 110: 1.7, 1202: 19.4}
 TABLE1_GMACS = {18: 1.8, 34: 3.6, 50: 3.8, 101: 7.6, 152: 11.3}

@@ -2,37 +2,41 @@
 table of tests/test_bad_inputs.py."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
 from orchestrator.cli import main
 from orchestrator.sweepfile.space import asha_expected_epochs, make_plan, model_footprint
 from orchestrator.sweepfile.spec import SchedulerSpec, SpecError, parse_spec
-from tests.conftest import SWEEPS, cli
-
-VALID = """\
-name: t
-dataset: {name: digits, image_size: 16}
-model: {arch: cifar, block: basic, shortcut: A}
-train: {epochs: 2, batch_size: 64}
-search:
-  algorithm: grid
-  space:
-    model.depth: [8, 14]
-"""
+from tests.support import SWEEPS, VALID
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("path", sorted(SWEEPS.glob("*.yaml")), ids=lambda p: p.name)
-def test_plan_succeeds_on_every_shipped_sweep_without_ray(tmp_path, path):
-    out = cli("plan", path, "--json", cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    plan = json.loads(out.stdout)
+def test_plan_succeeds_on_every_shipped_sweep(workdir, path, capsys):
+    assert main(["plan", str(path), "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
     assert plan["num_trials"] >= 1 and plan["total_epochs"] >= plan["num_trials"]
     assert plan["models"] and all(m["params"] > 0 and m["macs"] > 0 for m in plan["models"].values())
     if plan["algorithm"] != "optuna":
         assert len(plan["trials"]) == plan["num_trials"]
         assert len({t["name"] for t in plan["trials"]}) == plan["num_trials"]
-    assert list(tmp_path.iterdir()) == []  # plan writes nothing and starts no Ray
+    assert list(workdir.iterdir()) == []  # plan writes nothing
+
+
+def test_plan_cli_starts_no_ray_and_writes_nothing(tmp_path):
+    code = (
+        "import sys; from orchestrator.cli import main; rc = main(['plan', sys.argv[1]]); "
+        "assert 'ray' not in sys.modules and 'mlflow' not in sys.modules, 'plan imported ray or mlflow'; sys.exit(rc)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(SWEEPS / "cifar_depth.yaml")], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert "trials" in out.stdout
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.unit
@@ -309,3 +313,34 @@ def test_a_searched_folder_is_named_by_its_last_part():
     assert name == "resnet18-basic-B-lr0.1-roottrain-set-s0" and "/" not in name
     spaced = trial_name({**config, "dataset.root": "/data/Tiny ImageNet"}, {"dataset.root": "/data/Tiny ImageNet"})
     assert spaced == "resnet18-basic-B-lr0.1-rootTiny_ImageNet-s0"  # a storage URI takes it as it is
+
+
+@pytest.mark.unit
+def test_a_prepared_spec_is_never_changed_in_place(tmp_path, monkeypatch):
+    """--smoke-test and a resumed sweep's roots give a new spec; the parsed one stays as read."""
+    import pydantic
+
+    from orchestrator.running import sweep
+
+    monkeypatch.chdir(tmp_path)
+    parsed = parse_spec((SWEEPS / "quickstart.yaml").read_text(), source="quickstart.yaml")
+    before = parsed.spec.model_dump()
+    prep = sweep.prepare_sweep(parsed, storage_path=str(tmp_path / "runs"), smoke_test=True)
+    assert parsed.spec.model_dump() == before
+    assert prep.parsed.spec.train["epochs"] == sweep.SMOKE_EPOCHS != before["train"]["epochs"]
+    assert prep.parsed.spec.scheduler.max_t == sweep.SMOKE_EPOCHS
+    assert prep.plan.epochs_per_trial == sweep.SMOKE_EPOCHS
+
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        parsed.spec.name = "other"
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        parsed.spec.scheduler.max_t = 1
+    with pytest.raises(AttributeError, match="not changed in place"):
+        parsed.spec = prep.parsed.spec
+    with pytest.raises(AttributeError):
+        prep.name = "other"
+
+    folder = parse_spec(VALID.replace("name: digits", "name: imagefolder, root: imgs"))
+    rooted = sweep._roots_from(folder, str(tmp_path))
+    assert folder.spec.dataset["root"] == "imgs"
+    assert rooted.spec.dataset["root"] == str(tmp_path / "imgs")

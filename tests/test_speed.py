@@ -33,6 +33,7 @@ def test_auto_levers_on_cpu_are_exact_fp32():
     assert str(Speed.resolve(TrainConfig(**EVERY_LEVER), torch.device("cpu"))) == "bf16 channels_last compile fused-sgd"
 
 
+@pytest.mark.slow  # 4-8 min on 2 cores; the trainer's e2e tests and tests/test_torch_compat.py's kernel checks stay in the default suite
 def test_every_speed_lever_matches_fp32_eager_and_resumes_exactly():
     eager = Trainer(digits_run(**EAGER)).run()
 

@@ -82,6 +82,14 @@ def test_unseen_sweep_optuna_asha_end_to_end(tmp_path):
         sum(epochs.values())
     )
 
+    # `resnet-sweep report` reads the same sweep back from MLflow alone and writes the same report.
+    again = cli("report", "unseen", "--out", "again", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    written = sorted(p.name for p in report.iterdir() if p.suffix in (".md", ".csv", ".json"))
+    assert {"index.md", "importance.csv", "asha.csv"} <= set(written)
+    for name in written:
+        assert (tmp_path / "again" / name).read_text() == (report / name).read_text(), name
+
 
 def _check_store(
     client: MlflowClient, experiment: str, trials: int, epochs: int, depths=frozenset({"8", "14"})

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from orchestrator.persistence.whole_files import remove_unfinished
 from tests.support import SMALL_GRID, cli
 
@@ -56,6 +58,7 @@ def _umask() -> int:
     return mask
 
 
+@pytest.mark.slow  # a writer killed midway is checked in the default suite
 def test_resume_names_a_tune_state_file_cut_short(tmp_path):
     (tmp_path / "small.yaml").write_text(SMALL_GRID.format(epochs=1) + "max_concurrent: 1\n")
     first = cli("run", "small.yaml", "--no-report", cwd=tmp_path)

@@ -293,6 +293,10 @@ def _to_tune(result: dict, checkpoint: Callable[[], dict] | None) -> None:
 
 
 def train_trial(config: dict[str, Any], experiment_path: str) -> None:
+    """Tune's function trainable for one trial: ``config`` is the trial's flat config (the keys of
+    RunConfig.to_flat, as in MLflow's params). Resumes from Tune's checkpoint when there is one,
+    reports every epoch's metrics with a checkpoint, and never talks to MLflow (the driver's
+    tracker does)."""
     from ray import tune
 
     placement, trial_uri = _on_worker(experiment_path)

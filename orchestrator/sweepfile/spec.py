@@ -42,7 +42,9 @@ class SpecError(Exception):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # frozen: a spec is read, never changed; a changed sweep (--smoke-test, roots made absolute)
+    # is a new spec (model_copy), so what was parsed is what the plan and the saved file say.
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class MetricSpec(_Strict):
@@ -213,11 +215,21 @@ class _LineMap:
 
 
 class ParsedSpec:
-    """A validated spec plus what is needed to point errors at its source."""
+    """A validated spec plus what is needed to point errors at its source. Never changed:
+    ``replaced`` gives the same source with another spec."""
+
+    __slots__ = ("_lines", "source", "spec", "text")
 
     def __init__(self, spec: SweepSpec, text: str, source: str | None, lines: _LineMap) -> None:
-        self.spec, self.text, self.source = spec, text, source
-        self._lines = lines
+        for name, value in (("spec", spec), ("text", text), ("source", source), ("_lines", lines)):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"a parsed spec is not changed in place (use replaced()): {name}")
+
+    def replaced(self, spec: SweepSpec) -> ParsedSpec:
+        """This file's text and lines with ``spec``, a changed copy of its spec."""
+        return ParsedSpec(spec, self.text, self.source, self._lines)
 
     def error(self, path: tuple, message: str) -> SpecError:
         return SpecError(".".join(map(str, path)), message, self._lines.line(path), self.source)
