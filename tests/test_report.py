@@ -23,9 +23,10 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
 from orchestrator import cli as cli_main
-from orchestrator.report.report import Stat, _quantile, _verdict, asha_rungs
-from tests.conftest import cli
-from tests.test_sweeps import child_runs
+from orchestrator.report.claims import _verdict
+from orchestrator.report.document import Stat
+from orchestrator.report.sections import _quantile, asha_rungs
+from tests.support import child_runs, cli
 
 SWEEP = """\
 name: reported
@@ -104,6 +105,7 @@ def _status(uri: str, cwd: Path) -> dict | None:
     return json.loads(out.getvalue()) if code == 0 else None
 
 
+@pytest.mark.slow  # tests/test_sweeps.py runs `report` on a finished sweep in the default suite
 def test_report_local_and_http_identical_and_equal_to_mlflow(tmp_path, mlflow_server, monkeypatch):
     """Must show 1, 2 and 5: the same sweep tracked in a local store and on a real MLflow server;
     reports made elsewhere are byte-identical, equal MLflow's numbers, and `status` polled from
@@ -309,7 +311,7 @@ def _records_of(sweep: str, final: dict | None = None, change: dict | None = Non
     from orchestrator.sweepfile.space import make_plan
     from orchestrator.sweepfile.spec import parse_spec
     from orchestrator.tracking.records import TrialRecord, _typed
-    from tests.conftest import SWEEPS
+    from tests.support import SWEEPS
 
     plan = make_plan(parse_spec((SWEEPS / sweep).read_text()), with_models=False)
     return [
@@ -328,7 +330,7 @@ def _records_of(sweep: str, final: dict | None = None, change: dict | None = Non
 def _report_of(sweep: str, trials: list) -> tuple[str, dict]:
     from orchestrator.report.report import build_report
     from orchestrator.tracking.records import SweepRecord
-    from tests.conftest import SWEEPS
+    from tests.support import SWEEPS
 
     record = SweepRecord(
         "s",
@@ -402,7 +404,7 @@ def test_imagenet_paper_columns_only_for_the_papers_recipe(change, named):
 
 @pytest.mark.unit
 def test_imagenet_recipe_is_the_papers_model_too():
-    from orchestrator.report.report import _imagenet_recipe
+    from orchestrator.report.paper import imagenet_recipe_differences as _imagenet_recipe
 
     (config,) = [t.config for t in _records_of("imagenet_depth.yaml") if t.config["model.depth"] == 50]
     assert _imagenet_recipe(config) == []
@@ -439,7 +441,7 @@ def test_report_reads_the_10crop_metrics_from_mlflow(tmp_path):
     from orchestrator.report.report import build_report
     from orchestrator.tracking.records import open_record
     from orchestrator.vocabulary import PARENT_TAG, TAG_ROLE, TAG_STATUS
-    from tests.conftest import SWEEPS
+    from tests.support import SWEEPS
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
