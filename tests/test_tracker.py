@@ -4,14 +4,16 @@ which the server dies, comes back and answers. No Ray, no server: the unit tier 
 
 from __future__ import annotations
 
+import pickle
 import time
 from types import SimpleNamespace
 
 import pytest
 
-from orchestrator.running import tracker as tracking
 from orchestrator.running.tracker import SweepTracker
+from orchestrator.tracking import writer
 from resnet_core import metrics as M
+from resnet_core.metrics import Status
 from tests.fake_mlflow import FakeMlflow
 
 pytestmark = pytest.mark.unit
@@ -21,7 +23,7 @@ EPOCHS = 6
 
 @pytest.fixture(autouse=True)
 def quick_retries(monkeypatch):
-    monkeypatch.setattr(tracking, "RETRY_S", 0.02)
+    monkeypatch.setattr(writer, "RETRY_S", 0.02)
 
 
 def trial(trial_id: str, depth: int) -> SimpleNamespace:
@@ -43,6 +45,10 @@ def result(t, epoch: int) -> dict:
     }
 
 
+def name_of(config: dict) -> str:
+    return f"net{config['model.depth']}"
+
+
 class Driver:
     """Tune's loop: the tracker's callbacks, in the order Tune calls them."""
 
@@ -55,10 +61,10 @@ class Driver:
             sweep_name="sweep",
             tags={},
             artifacts={},
-            trial_namer=lambda c: f"net{c['model.depth']}",
+            trial_namer=name_of,
             planned_epochs=EPOCHS,
+            client=fake,
         )
-        self.tracker._client = fake
         self.tracker.setup()
 
     def start(self, t) -> None:
@@ -75,7 +81,7 @@ class Driver:
 
     def end(self) -> int:
         """The sweep's end: what is still queued is sent (MLflow answers by now); the writes left."""
-        return self.tracker.end_sweep([], tracking.Status.COMPLETED)
+        return self.tracker.end_sweep([], Status.COMPLETED)
 
 
 def assert_one_run_each_every_point_once(fake: FakeMlflow, trials: list) -> None:
@@ -222,7 +228,7 @@ def test_two_runs_of_one_trial_are_merged_into_the_first_and_the_other_deleted(c
 
 def test_tunes_state_saves_register_one_exit_hook(monkeypatch):
     registered = []
-    monkeypatch.setattr(tracking.atexit, "register", registered.append)
+    monkeypatch.setattr(writer.atexit, "register", registered.append)
     driver = Driver(FakeMlflow())
     a = trial("a", 8)
     driver.start(a)
@@ -232,3 +238,21 @@ def test_tunes_state_saves_register_one_exit_hook(monkeypatch):
     driver.complete(a)
     driver.end()
     assert len(registered) == 1
+
+
+def test_a_copy_of_the_tracker_keeps_the_runs_and_opens_its_own_client():
+    """Tune pickles its callbacks with the experiment (and ships them to a ray:// head): the copy
+    knows the runs and the results seen, and opens MLflow itself; Tune's saved state restores them."""
+    fake = FakeMlflow()
+    driver = Driver(fake)
+    a = trial("a", 8)
+    driver.start(a)
+    driver.report(a, 1)
+    state = driver.tracker.get_state()
+    assert state == {"parent_id": driver.tracker.sweep.parent_id, "runs": {"a": fake.active_runs()[0].info.run_id}}
+    copy = pickle.loads(pickle.dumps(driver.tracker))
+    assert copy.sweep._client is None and copy.trial_namer is name_of
+    assert (copy.get_state(), copy.last_result) == (state, {"a": a.last_result})
+    fresh = Driver(FakeMlflow())
+    fresh.tracker.set_state(state)
+    assert fresh.tracker.runs == state["runs"]

@@ -34,7 +34,7 @@ from orchestrator.running.progress import (
     TrialNamer,
     table_rows,
 )
-from orchestrator.running.tracker import TRACKING_FENCE, SweepTracker, git_commit
+from orchestrator.running.tracker import SweepTracker
 from orchestrator.running.trainable import (
     RestoreFromWhatIsThere,
     train_array_trial,
@@ -52,6 +52,8 @@ from orchestrator.tracking.mlflow_store import (
     secret_in,
     use_tracking_uri,
 )
+from orchestrator.tracking.sweep_runs import git_commit
+from orchestrator.tracking.writer import TRACKING_FENCE
 from orchestrator.trial_table import format_table
 from orchestrator.vocabulary import TAG_STORAGE
 from resnet_core import metrics as M

@@ -1,103 +1,35 @@
-"""MLflow as the home of results: one parent run per sweep, one child run per trial.
+"""MLflow as the home of results: the Tune callback that tells a sweep's trials to its MLflow runs.
 
 Every MLflow call happens in the driver, in a Tune callback: workers need no MLflow access and a
-SQLite store sees a single writer. Runs are found again by their tags, so a resumed sweep reuses
-its parent and child runs instead of duplicating them (upstream's ray#19909, #36257 …). A write
-that fails (server down) is queued and replayed on the next callback and at the end.
+SQLite store sees a single writer. The runs and their writes are orchestrator.tracking.sweep_runs
+(a parent run per sweep, a child run per trial, found again on resume, held while MLflow is down);
+this callback turns Tune's hooks and Trial objects into the plain facts it takes.
 """
 
 from __future__ import annotations
 
-import atexit
-import json
-import queue
-import shlex
-import subprocess
-import sys
-import threading
-import time
+import functools
 from collections.abc import Callable
-from typing import Any
 
 from ray.tune import Callback
 
 from orchestrator.running.progress import TUNE_INTERRUPT, was_interrupted
 from orchestrator.running.trainable import error_trace
-from orchestrator.tracking.login import receive
-from orchestrator.tracking.mlflow_store import open_client, redact
-from orchestrator.vocabulary import (
-    DEVICE,
-    EARLIER_EPOCHS,
-    FINAL_STATUSES,
-    HOSTNAME,
-    LAYER_RESPONSES,
-    NODE_ID,
-    PARENT_TAG,
-    SPEED,
-    STATUS,
-    TAG_BEST_EPOCH,
-    TAG_DEVICE,
-    TAG_DUPLICATE_OF,
-    TAG_ERROR,
-    TAG_HOST,
-    TAG_NODE_ID,
-    TAG_NODES,
-    TAG_ROLE,
-    TAG_SPEED,
-    TAG_STATUS,
-    TAG_STOPPED_AT,
-    TAG_STORAGE,
-    TAG_SWEEP,
-    TAG_TRIAL_ID,
-    error_line,
-    final_status,
-)
-from resnet_core import metrics as M
+from orchestrator.tracking.sweep_runs import END_WAIT_S, SweepRuns
 from resnet_core.metrics import Status
 
-__all__ = ["TRACKING_FENCE", "SweepTracker"]
-
-# Set when another driver took this process's sweep over (driver_lock): its trackers write nothing
-# more, so the runs are the new driver's alone. One per process, as the takeover is.
-TRACKING_FENCE = threading.Event()
-END_WAIT_S = 120  # at the end of a sweep, how long queued writes wait for MLflow to come back
-RETRY_S = 10  # while MLflow is unreachable, queued writes are retried this often
+__all__ = ["SweepTracker"]
 
 
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
+def _figures():
+    """report.figures, which draws a trial's figures (a layer above MLflow's runs)."""
+    from orchestrator.report import figures
 
-
-def _nothing() -> None:
-    """A job that marks a point in the writer's queue (``_drain`` waits for it)."""
-
-
-def _best_point(history):
-    """The best point of an MLflow val_error history (M.best_epoch's rule)."""
-    return M.best_epoch(history, val_error=lambda m: m.value, epoch=lambda m: m.step)
-
-
-class _Done:
-    """A job's value, once the writer thread has made it."""
-
-    def __init__(self) -> None:
-        self._event, self.value = threading.Event(), None
-
-    def set(self, value: Any) -> None:
-        self.value = value
-        self._event.set()
-
-    def wait(self) -> Any:
-        self._event.wait()
-        return self.value
+    return figures
 
 
 class SweepTracker(Callback):
-    """The Tune callback that writes the sweep to MLflow."""
+    """The Tune callback that writes the sweep to MLflow (``self.sweep``: its runs)."""
 
     def __init__(
         self,
@@ -110,488 +42,89 @@ class SweepTracker(Callback):
         artifacts: dict[str, str],
         trial_namer: Callable[[dict], str],
         planned_epochs: int,
+        client=None,
     ) -> None:
-        self.tracking_uri = tracking_uri
-        self.experiment = experiment
-        self.sweep_key = sweep_key
-        self.sweep_name = sweep_name
-        self.tags = tags
-        self.artifacts = artifacts  # file name → text, logged on the parent run
-        self.trial_namer = trial_namer
-        self.planned_epochs = planned_epochs
-        self.parent_id: str | None = None
-        self.runs: dict[str, str] = {}  # Tune trial id → MLflow run id
-        self.names: set[str] = set()  # child run names in use (kept unique)
-        self.logged_epoch: dict[str, int] = {}  # run id → last epoch logged
-        self.nodes: dict[str, list[str]] = {}  # run id → node ids it ran on
-        self.last_result: dict[str, dict] = {}
-        self._client = None
-        # One writer thread owns every MLflow write and the state below it (runs, logged_epoch,
-        # names, nodes, the outage queue): two threads deciding a trial's run made two runs.
-        self._writer: threading.Thread | None = None
-        self._jobs: queue.SimpleQueue | None = None
-        self._at_exit = False
-        self._pending: list[tuple[Callable, tuple]] = []
-        self._retry_at = 0.0
-        self._warned = False
-        self.points_sent = self.runs_created = self.runs_ended = 0  # what this process wrote (sync's summary)
+        self.sweep = SweepRuns(
+            tracking_uri=tracking_uri,
+            experiment=experiment,
+            sweep_key=sweep_key,
+            sweep_name=sweep_name,
+            tags=tags,
+            artifacts=artifacts,
+            trial_namer=trial_namer,
+            planned_epochs=planned_epochs,
+            figures=_figures,
+            client=client,  # tests give a fake MLflow
+        )
+        self.last_result: dict[str, dict] = {}  # Tune trial id → the last result this callback saw
+
+    # --- what the driver, `resume` and `sync` read of the runs ------------------------------------
+    @property
+    def client(self):
+        return self.sweep.client
+
+    @property
+    def trial_namer(self) -> Callable[[dict], str]:
+        return self.sweep.trial_namer
+
+    @property
+    def runs(self) -> dict[str, str]:
+        """Tune trial id → MLflow run id."""
+        return self.sweep.runs
+
+    @property
+    def points_sent(self) -> int:
+        return self.sweep.points_sent
+
+    @property
+    def runs_created(self) -> int:
+        return self.sweep.runs_created
+
+    @property
+    def runs_ended(self) -> int:
+        return self.sweep.runs_ended
+
+    def find_runs(self) -> bool:
+        return self.sweep.find_runs()
+
+    def parent_ended(self) -> bool:
+        return self.sweep.parent_ended()
 
     # --- state kept with the Tune experiment (restored by Tuner.restore) ----------------------
     def get_state(self) -> dict:
         """Saved with Tune's experiment state: the writes before it are made first, so a driver
         killed after a save has nothing in Tune's state that MLflow lacks (resume relies on it)."""
-        return self._submit(self._state, wait=True, queued=False) or {"parent_id": self.parent_id, "runs": {}}
-
-    def _state(self) -> dict:
-        return {"parent_id": self.parent_id, "runs": dict(self.runs)}
+        return self.sweep.state()
 
     def set_state(self, state: dict) -> None:
-        self.parent_id = state.get("parent_id")
-        self.runs.update(state.get("runs", {}))
+        self.sweep.restore(state)
 
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_client"] = state["_writer"] = state["_jobs"] = None
-        state["_pending"], state["_at_exit"] = [], False
-        return state
-
-    @property
-    def client(self):
-        if self._client is None:
-            receive(self.sweep_key)  # with ray://, the login this sweep's driver shared
-            self._client = open_client(self.tracking_uri)
-        return self._client
-
-    # --- writes off Tune's loop, in one thread ---------------------------------------------------------
-    def _submit(self, fn: Callable, *args, wait: bool = False, queued: bool = True) -> Any:
-        """Hands ``fn(*args)`` to the writer thread, which makes the writes one at a time and in
-        order: Tune's loop, which also takes results and starts trials, does not wait on MLflow
-        (an HTTP round trip per write). With ``wait``, returns once it (and every write before
-        it) is made, with its value. ``queued``: a failed write waits in the outage queue."""
-        if TRACKING_FENCE.is_set():
-            return None
-        if threading.current_thread() is self._writer:  # a write that follows another (figures)
-            self._jobs.put((fn, args, queued, None))
-            return None
-        if self._writer is None or not self._writer.is_alive():
-            self._jobs = queue.SimpleQueue()
-            self._writer = threading.Thread(target=self._write_loop, name="mlflow-writer", daemon=True)
-            self._writer.start()
-            if not self._at_exit:  # once per tracker: Tune saves its state hundreds of times
-                atexit.register(self._drain)
-                self._at_exit = True
-        done = _Done() if wait else None
-        self._jobs.put((fn, args, queued, done))
-        return done.wait() if done else None
-
-    def _write_loop(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            fn, args, queued, done = job
-            value = None
-            try:
-                if not TRACKING_FENCE.is_set():
-                    value = self._call(fn, *args) if queued else fn(*args)
-            except Exception as err:
-                print(
-                    f"warning: MLflow write {fn.__name__} failed: {type(err).__name__}: {redact(str(err))[:300]}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            finally:
-                if done is not None:
-                    done.set(value)
-
-    def _drain(self) -> None:
-        """Waits until every submitted write has been made (or queued for a down server)."""
-        if self._writer is not None and self._writer.is_alive():
-            self._submit(_nothing, wait=True, queued=False)
-
-    # --- failure-tolerant writes ----------------------------------------------------------------
-    def _call(self, fn: Callable, *args) -> Any:
-        """Write now, or queue the write (in order) while MLflow is unreachable: tracking never
-        stops training, and a down server is retried every RETRY_S, not on every result."""
-        if TRACKING_FENCE.is_set():
-            return None
-        if self._pending and time.monotonic() < self._retry_at:
-            self._pending.append((fn, args))
-            return None
-        self._replay()
-        if self._pending:
-            self._pending.append((fn, args))
-            return None
-        try:
-            return fn(*args)
-        except Exception as err:
-            self._pending.append((fn, args))
-            self._down(err)
-            return None
-
-    def _down(self, err: Exception) -> None:
-        self._retry_at = time.monotonic() + RETRY_S
-        # What reached the server before the error is re-read on replay, never sent twice.
-        self.logged_epoch.clear()
-        if not self._warned:
-            print(
-                f"warning: MLflow write failed ({type(err).__name__}: {redact(str(err))[:300]}); results are kept "
-                f"and sent when it answers again",
-                file=sys.stderr,
-                flush=True,
-            )
-            self._warned = True
-
-    def _replay(self) -> None:
-        while self._pending:
-            if TRACKING_FENCE.is_set():  # the sweep is another driver's now: what is queued is dropped
-                self._pending.clear()
-                return
-            fn, args = self._pending.pop(0)
-            try:
-                fn(*args)
-            except Exception as err:
-                self._pending.insert(0, (fn, args))
-                self._down(err)
-                return
-        if self._warned:
-            print("MLflow answers again: the results held back are sent", file=sys.stderr, flush=True)
-            self._warned = False
-
-    def flush(self, wait_s: float) -> int:
-        """Send what is queued, retrying for up to ``wait_s``; returns the writes left."""
-        deadline = time.monotonic() + wait_s
-        while self._pending:
-            self._retry_at = 0.0
-            self._replay()
-            if not self._pending or time.monotonic() + RETRY_S > deadline or TRACKING_FENCE.is_set():
-                break
-            time.sleep(RETRY_S)
-        return len(self._pending)
-
-    # --- the sweep's parent run ---------------------------------------------------------------------
+    # --- Tune's hooks -------------------------------------------------------------------------------
     def setup(self, **info) -> None:
-        client = self.client
-        if not self.find_runs():
-            run = client.create_run(
-                self.experiment_id,
-                run_name=self.sweep_name,
-                tags={TAG_SWEEP: self.sweep_key, TAG_ROLE: "sweep", TAG_STATUS: str(Status.RUNNING), **self.tags},
-            )
-            self.parent_id = run.info.run_id
-            for name, text in self.artifacts.items():
-                client.log_text(self.parent_id, text, name)
-        else:
-            client.update_run(self.parent_id, status="RUNNING")
-            client.set_tag(self.parent_id, TAG_STATUS, str(Status.RUNNING))
-
-    def _experiment_id(self) -> str:
-        from mlflow.exceptions import MlflowException
-
-        exp = self.client.get_experiment_by_name(self.experiment)
-        if exp is not None:
-            return exp.experiment_id
-        try:
-            return self.client.create_experiment(self.experiment)
-        except MlflowException:  # created a moment ago by another sweep (a second terminal)
-            return self.client.get_experiment_by_name(self.experiment).experiment_id
-
-    def find_runs(self) -> bool:
-        """Find the sweep's parent run and rebuild the trial → run map from the child runs' tags
-        (the persisted state may be lost or stale, or held by a driver elsewhere); False when the
-        sweep has no parent run yet."""
-        client = self.client
-        self.experiment_id = self._experiment_id()
-        if self.parent_id is None:
-            found = client.search_runs(
-                [self.experiment_id],
-                f"tags.`{TAG_SWEEP}` = '{self.sweep_key}' and tags.`{TAG_ROLE}` = 'sweep'",
-                max_results=1,
-            )
-            self.parent_id = found[0].info.run_id if found else None
-        if self.parent_id is None:
-            return False
-        by_trial: dict[str, list] = {}
-        for run in client.search_runs(
-            [self.experiment_id], f"tags.`{PARENT_TAG}` = '{self.parent_id}'", max_results=10000
-        ):
-            self.names.add(run.info.run_name)
-            if trial_id := run.data.tags.get(TAG_TRIAL_ID):
-                by_trial.setdefault(trial_id, []).append(run)
-        for trial_id, runs in by_trial.items():
-            self.runs[trial_id] = self._merge(runs) if len(runs) > 1 else runs[0].info.run_id
-        return True
-
-    def _merge(self, runs: list) -> str:
-        """One trial's history split over two runs (a store written by an older version, or a
-        create MLflow made twice): the first run takes the points it lacks and, when only the other
-        ended, its end; the other is deleted (MLflow keeps it restorable) and named in one line."""
-        from mlflow.entities import Metric, RunTag
-
-        runs = sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
-        keep, extras = runs[0], runs[1:]
-        kept = keep.info.run_id
-        ended = keep.data.tags.get(TAG_STATUS) in FINAL_STATUSES
-        for extra in extras:
-            other = extra.info.run_id
-            for key in extra.data.metrics:
-                have = {m.step for m in self.client.get_metric_history(kept, key)}
-                missing = [
-                    Metric(key, m.value, m.timestamp, m.step)
-                    for m in self.client.get_metric_history(other, key)
-                    if m.step not in have
-                ]
-                for i in range(0, len(missing), 1000):
-                    self.client.log_batch(kept, metrics=missing[i : i + 1000])
-            if not ended and extra.data.tags.get(TAG_STATUS) in FINAL_STATUSES:
-                tags = {k: v for k, v in extra.data.tags.items() if k in (TAG_ERROR, TAG_STOPPED_AT, TAG_STATUS)}
-                if best := self._best_epoch(kept):  # of the merged history, not of either half
-                    tags[TAG_BEST_EPOCH] = best
-                self.client.set_terminated(kept, extra.info.status)
-                self.client.log_batch(kept, tags=[RunTag(k, v) for k, v in tags.items()])
-                self._log_figures(kept, [])
-                ended = True
-            self.client.set_tag(other, TAG_DUPLICATE_OF, kept)
-            if extra.info.status == "RUNNING":
-                self.client.set_terminated(other, "KILLED")
-            self.client.delete_run(other)
-            print(
-                f"note: trial {extra.data.tags.get(TAG_TRIAL_ID)} had a second MLflow run, {extra.info.run_name} "
-                f"({other}); its points are merged into {keep.info.run_name} ({kept}) and it is deleted "
-                f"(`mlflow runs restore --run-id {other}` brings it back)",
-                file=sys.stderr,
-                flush=True,
-            )
-        return kept
-
-    # --- one child run per trial ----------------------------------------------------------------------
-    def _run_for(self, trial) -> str:
-        run_id = self.runs.get(trial.trial_id)
-        if run_id is not None:
-            return run_id
-        from mlflow.entities import Param
-
-        run_id = self._find_child(trial.trial_id) or self._create_child(trial)
-        # Logged again on a run found after a lost answer: the same values, so no change.
-        params = [Param(k, str(v)) for k, v in sorted(self._config(trial).items())]
-        for i in range(0, len(params), 100):
-            self.client.log_batch(run_id, params=params[i : i + 100])
-        self.runs[trial.trial_id] = run_id  # only now: a failed write above is replayed in full
-        return run_id
-
-    def _create_child(self, trial) -> str:
-        name, k = self.trial_namer(trial.config), 2
-        base = name
-        while name in self.names:
-            name, k = f"{base}-{k}", k + 1
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=name,
-            tags={
-                PARENT_TAG: self.parent_id,
-                TAG_SWEEP: self.sweep_key,
-                TAG_ROLE: "trial",
-                TAG_TRIAL_ID: trial.trial_id,
-                TAG_STATUS: str(Status.RUNNING),
-            },
-        )
-        self.names.add(name)
-        self.runs_created += 1
-        return run.info.run_id
-
-    def _find_child(self, trial_id: str) -> str | None:
-        """A run created by a request whose answer was lost (server killed midway) is found, not
-        created twice."""
-        found = self.client.search_runs(
-            [self.experiment_id],
-            f"tags.`{PARENT_TAG}` = '{self.parent_id}' and tags.`{TAG_TRIAL_ID}` = '{trial_id}'",
-            max_results=1,
-        )
-        return found[0].info.run_id if found else None
-
-    @staticmethod
-    def _config(trial) -> dict:
-        """The trial's full, resolved flat config (Optuna trials carry only what they draw)."""
-        from orchestrator.sweepfile.space import resolve_trial
-
-        try:
-            return resolve_trial(trial.config, {})
-        except ValueError:  # an invalid draw: log what was drawn; the trial fails and says why
-            return dict(trial.config)
-
-    def _is_final(self, run_id: str) -> bool:
-        """Finished runs stay as they are when a resumed sweep meets their trial again."""
-        return self.client.get_run(run_id).data.tags.get(TAG_STATUS) in FINAL_STATUSES
-
-    def _start(self, trial) -> None:
-        run_id = self._run_for(trial)
-        if not self._is_final(run_id):  # new, or continued after an interruption or a failure
-            self.client.update_run(run_id, "RUNNING")
-            self.client.set_tag(run_id, TAG_STATUS, str(Status.RUNNING))
+        self.sweep.start_sweep()
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self._submit(self._start, trial)
+        self.sweep.start_trial(trial.trial_id, trial.config)
 
     def on_trial_restore(self, iteration, trials, trial, **info) -> None:
         self.on_trial_start(iteration, trials, trial)
 
-    def _last_logged(self, run_id: str) -> int:
-        if run_id not in self.logged_epoch:
-            history = self.client.get_metric_history(run_id, M.VAL_ERROR)
-            self.logged_epoch[run_id] = max((m.step for m in history), default=0)
-        return self.logged_epoch[run_id]
-
-    def _log_result(self, trial, result: dict) -> None:
-        from mlflow.entities import Metric
-
-        run_id = self._run_for(trial)
-        self._log_node(run_id, result)
-        # A trial resumed from an older checkpoint re-reports epochs MLflow already has: the
-        # trainer reproduces them exactly, so they are skipped to keep each history continuous.
-        # One resumed from a newer one sends the epochs before it, for those MLflow lacks.
-        records = json.loads(result.get(EARLIER_EPOCHS) or "[]")
-        if result.get(STATUS) != str(Status.DIVERGED):  # a diverged epoch has no metrics to log
-            records.append(result)
-        now, last = int(time.time() * 1000), self._last_logged(run_id)
-        epochs = []
-        for record in records:
-            epoch = int(record.get(M.EPOCH, 0))
-            if epoch > last:
-                epochs.append(
-                    (
-                        epoch,
-                        [
-                            Metric(key, float(record[key]), now, epoch)
-                            for key in M.METRICS + M.FINAL_METRICS
-                            if key in record
-                        ],
-                    )
-                )
-                last = epoch
-        # Whole epochs per batch (MLflow takes at most 1000 metrics; a batch is one transaction),
-        # each counted as logged once written: a replay after a failure sends only what is missing.
-        batch: list = []
-        for i, (epoch, metrics) in enumerate(epochs):
-            batch += metrics
-            if i + 1 == len(epochs) or len(batch) + len(epochs[i + 1][1]) > 1000:
-                self.client.log_batch(run_id, metrics=batch)
-                self.points_sent += len(batch)
-                self.logged_epoch[run_id], batch = epoch, []
-
-    def _log_node(self, run_id: str, result: dict) -> None:
-        node = result.get(NODE_ID)
-        if not node:
-            return
-        if run_id not in self.nodes:  # a resumed sweep keeps the nodes logged before
-            logged = self.client.get_run(run_id).data.tags.get(TAG_NODES)
-            self.nodes[run_id] = logged.split(",") if logged else []
-        if self.nodes[run_id][-1:] == [node]:
-            return
-        from mlflow.entities import RunTag
-
-        nodes = [*self.nodes[run_id], node]
-        tags = {
-            TAG_NODE_ID: node,
-            TAG_HOST: str(result.get(HOSTNAME, "")),
-            TAG_NODES: ",".join(nodes),
-            **{tag: str(result[key]) for tag, key in ((TAG_DEVICE, DEVICE), (TAG_SPEED, SPEED)) if key in result},
-        }
-        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-        self.nodes[run_id] = nodes
-
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         self.last_result[trial.trial_id] = result
-        self._submit(self._log_result, trial, result)
-
-    def _finish(self, trial, failed: bool, result: dict) -> None:
-        run_id = self._run_for(trial)
-        if self._is_final(run_id):
-            return
-        epoch = int(result.get(M.EPOCH, 0))
-        trace = redact(error_trace(trial) or "") if failed else ""
-        status = final_status(result, errored=failed, planned_epochs=self.planned_epochs, error=trace)
-        if self._ended_as(run_id, status):  # already recorded (`sync` run twice)
-            return
-        tags = {TAG_STATUS: str(status)}
-        if trace:
-            tags[TAG_ERROR] = error_line(trace)
-            self.client.log_text(run_id, trace, "error.txt")
-        if status == Status.STOPPED_EARLY:
-            tags[TAG_STOPPED_AT] = str(epoch)
-        if best := self._best_epoch(run_id):
-            tags[TAG_BEST_EPOCH] = best
-        responses = result.get(LAYER_RESPONSES)
-        if responses:  # data the report reads: written with the trial's end
-            self.client.log_dict(run_id, {LAYER_RESPONSES: list(responses)}, "layer_responses.json")
-        # The figures are views of what is logged: drawn off Tune's loop (about 0.15 s a trial).
-        self._submit(self._log_figures, run_id, list(responses or []))
-        self.client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
-        # The status tag goes last: a run that has it is complete (see _is_final; its figures
-        # may follow a moment later). Counted then: a replay of a write lost midway counts once.
-        for key, value in sorted(tags.items(), key=lambda kv: kv[0] == TAG_STATUS):
-            self.client.set_tag(run_id, key, value)
-        self.runs_ended += 1
-
-    def _best_epoch(self, run_id: str) -> str | None:
-        """The best epoch of a run's val_error history (M.best_epoch)."""
-        best = _best_point(self.client.get_metric_history(run_id, M.VAL_ERROR))
-        return None if best is None else str(best.step)
-
-    def _ended_as(self, run_id: str, status: Status) -> bool:
-        run = self.client.get_run(run_id)
-        return run.info.status != "RUNNING" and run.data.tags.get(TAG_STATUS) == str(status)
-
-    def _log_figures(self, run_id: str, responses: list[float]) -> None:
-        from orchestrator.report import figures
-
-        curves = {
-            key: self.client.get_metric_history(run_id, key) for key in (M.TRAIN_ERROR, M.VAL_ERROR, M.TEST_ERROR)
-        }
-        if any(curves.values()):
-            png = figures.learning_curve({k: [(m.step, m.value) for m in v] for k, v in curves.items()})
-            self.client.log_image(run_id, png, "learning_curve.png")
-        if responses:
-            self.client.log_image(run_id, figures.layer_responses(responses), "layer_responses.png")
+        self.sweep.log_result(trial.trial_id, trial.config, result)
 
     # Tune's loop waits for a trial's end to be written, after the writes before it: once the
     # progress line says a trial ended, MLflow says so too.
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._submit(self._finish, trial, False, self._last(trial), wait=True)
+        self.sweep.end_trial(trial.trial_id, trial.config, self._last(trial))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._submit(self._finish, trial, True, self._last(trial), wait=True)
+        self.sweep.end_trial(
+            trial.trial_id, trial.config, self._last(trial), error_trace=functools.partial(error_trace, trial)
+        )
 
     def _last(self, trial) -> dict:
         return self.last_result.get(trial.trial_id) or trial.last_result or {}
-
-    def _interrupt(self, trial) -> None:
-        """A trial the sweep left midway (Ctrl-C): KILLED in MLflow, tagged until `resume`."""
-        run_id = self.runs.get(trial.trial_id)
-        if run_id is not None and not self._is_final(run_id) and not self._ended_as(run_id, Status.INTERRUPTED):
-            self.client.set_terminated(run_id, "KILLED")
-            self.client.set_tag(run_id, TAG_STATUS, str(Status.INTERRUPTED))
-
-    def _summarize(self) -> None:
-        """The best trial (lowest val error, chosen on val) on the parent run, for the runs table."""
-        from mlflow.entities import Metric, RunTag
-
-        best = None
-        for run_id in self.runs.values():
-            top = _best_point(self.client.get_metric_history(run_id, M.VAL_ERROR))
-            if top is not None:
-                if best is None or top.value < best[0]:
-                    best = (top.value, top.step, run_id)
-        if best is None:
-            return
-        value, epoch, run_id = best
-        name = self.client.get_run(run_id).info.run_name
-        parent = self.client.get_run(self.parent_id).data
-        if parent.tags.get("best_trial") == name and parent.metrics.get(M.VAL_ERROR) == value:
-            return  # already there: logging it again would add a point to the parent's history
-        test = [m.value for m in self.client.get_metric_history(run_id, M.TEST_ERROR) if m.step == epoch]
-        now = int(time.time() * 1000)
-        metrics = [Metric(M.VAL_ERROR, value, now, 0)]
-        if test:
-            metrics.append(Metric(M.TEST_ERROR, test[0], now, 0))
-        # One batch, one transaction: a replay after a lost answer finds the tag and adds no point.
-        self.client.log_batch(self.parent_id, metrics=metrics, tags=[RunTag("best_trial", name)])
 
     def on_experiment_end(self, trials, **info) -> None:
         left = [t for t in trials if t.status != "ERROR" and was_interrupted(t.last_result)]
@@ -599,41 +132,6 @@ class SweepTracker(Callback):
         self.end_sweep(left, Status.COMPLETED if done else Status.INTERRUPTED)
 
     def end_sweep(self, interrupted: list, status: Status | None, *, wait_s: float = END_WAIT_S) -> int:
-        """The sweep's last writes: the best trial, the trials left midway, the parent's status
-        (None: left as it is); what MLflow does not take is retried for ``wait_s``. Returns the
-        writes MLflow did not take."""
-        return self._submit(self._end_sweep, interrupted, status, wait_s, wait=True, queued=False) or 0
-
-    def _end_sweep(self, interrupted: list, status: Status | None, wait_s: float) -> int:
-        self._call(self._summarize)
-        for trial in interrupted:
-            self._call(self._interrupt, trial)
-        if status is not None:
-            self._call(self._end_parent, status)
-        if not self._pending:
-            return 0
-        sync = f"resnet-sweep sync {shlex.quote(self.tags.get(TAG_STORAGE, self.sweep_name))}"
-        if wait_s > 0:
-            print(
-                f"MLflow does not answer: retrying {len(self._pending)} writes for up to {wait_s / 60:g} minutes "
-                f"(the results are safe in the sweep's folder; `{sync}` sends them later)",
-                file=sys.stderr,
-                flush=True,
-            )
-        left = self.flush(wait_s)
-        if left:
-            print(
-                f"warning: {left} MLflow writes were not delivered; send them with `{sync}` once MLflow answers",
-                file=sys.stderr,
-                flush=True,
-            )
-        return left
-
-    def parent_ended(self) -> bool:
-        return self.client.get_run(self.parent_id).info.status != "RUNNING"
-
-    def _end_parent(self, status: Status) -> None:
-        run = self.client.get_run(self.parent_id)
-        if run.data.tags.get(TAG_STATUS) != str(status) or run.info.status == "RUNNING":
-            self.client.set_tag(self.parent_id, TAG_STATUS, str(status))
-            self.client.set_terminated(self.parent_id, "FINISHED" if status == Status.COMPLETED else "KILLED")
+        """The sweep's last writes (SweepRuns.end_sweep) with ``interrupted``, the Tune trials left
+        midway; returns the writes MLflow did not take."""
+        return self.sweep.end_sweep([t.trial_id for t in interrupted], status, wait_s=wait_s)
