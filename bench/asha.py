@@ -43,7 +43,7 @@ from pathlib import Path
 
 from bench.orchestration import in_child, run_ours, workdir
 from bench.table import emit, machine
-from orchestrator.sweepfile.space import asha_expected_epochs
+from orchestrator.sweepfile.plan import asha_expected_epochs
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "sweeps" / "quickstart.yaml"
 

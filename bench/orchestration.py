@@ -237,7 +237,7 @@ def main(argv: list[str]) -> int:
     shape = SMOKE_TEST if args.smoke_test else {"trials": args.trials, "epochs": args.epochs, "depth": args.depth}
     text = sweep_text(**shape)
 
-    from orchestrator.sweepfile.space import make_plan
+    from orchestrator.sweepfile.plan import make_plan
     from orchestrator.sweepfile.spec import parse_spec
 
     configs = make_plan(parse_spec(text), with_models=False).configs

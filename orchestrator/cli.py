@@ -58,7 +58,7 @@ def _config_from_args(args, flags):
 
 
 def cmd_describe(args) -> int:
-    from orchestrator.sweepfile.space import MAX_IMAGE_SIZE, check_model_size, model_description
+    from orchestrator.sweepfile.model_counts import MAX_IMAGE_SIZE, check_model_size, model_description
     from resnet_core.config import DEFAULT_CROP, DEFAULT_INPUT_SIZE, DataConfig, num_classes
     from resnet_core.folders import ILSVRC2012
 
@@ -151,7 +151,7 @@ def _writable(path_text: str, flag: str, *, folder: bool = False) -> Path:
 def cmd_train(args) -> int:
     import torch
 
-    from orchestrator.sweepfile.space import check_trial_size
+    from orchestrator.sweepfile.model_counts import check_trial_size
     from resnet_core.train import Trainer
 
     cfg = _config_from_args(args, MODEL_FLAGS + TRAIN_FLAGS)
@@ -229,7 +229,7 @@ def _warn(lines: list[str]) -> None:
 
 
 def cmd_plan(args) -> int:
-    from orchestrator.sweepfile.space import DECODE_IMAGES_PER_CORE, DEFAULT_CPU_GFLOPS, make_plan, plan_summary
+    from orchestrator.sweepfile.plan import DECODE_IMAGES_PER_CORE, DEFAULT_CPU_GFLOPS, make_plan, plan_summary
 
     for flag in ("gpu_tflops", "cpu_gflops", "decode_rate"):
         value = getattr(args, flag)
@@ -311,7 +311,7 @@ def _span(values, fmt: str) -> str:
 def _print_gpu_estimate(plan, *, given: bool) -> None:
     """`plan`'s GPU-hours: by pass, the throughput assumed and why, one trial's wall-clock on its
     GPUs, and for image folders what the CPUs decode against what the GPU trains."""
-    from orchestrator.sweepfile.space import IMAGENET_GPU_TFLOPS, IMAGENET_MIN_SIZE
+    from orchestrator.sweepfile.plan import IMAGENET_GPU_TFLOPS, IMAGENET_MIN_SIZE
 
     models = plan.models
     resources = plan.spec.resources

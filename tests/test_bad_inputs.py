@@ -592,7 +592,7 @@ def test_alias_bomb_is_refused_quickly_in_bounded_memory(tmp_path):
 
 @pytest.mark.unit
 def test_anchors_aliases_and_merge_keys_still_work():
-    from orchestrator.sweepfile.space import make_plan
+    from orchestrator.sweepfile.plan import make_plan
     from orchestrator.sweepfile.spec import parse_spec
 
     text = (

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.sweepfile.space import (
+from orchestrator.sweepfile.plan import (
     DECODE_IMAGES_PER_CORE,
     DEFAULT_GPU_TFLOPS,
     IMAGENET_GPU_TFLOPS,

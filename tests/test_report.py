@@ -308,7 +308,7 @@ def test_report_survives_odd_sweeps():
 def _records_of(sweep: str, final: dict | None = None, change: dict | None = None) -> list:
     """Completed trials of a shipped sweep's plan, their configs as MLflow gives them back (params
     are text: lists, not tuples), with 3 epochs at 30% error and ``final`` metrics."""
-    from orchestrator.sweepfile.space import make_plan
+    from orchestrator.sweepfile.plan import make_plan
     from orchestrator.sweepfile.spec import parse_spec
     from orchestrator.tracking.records import TrialRecord, _typed
     from tests.support import SWEEPS

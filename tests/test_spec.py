@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.sweepfile.space import asha_expected_epochs, make_plan, model_footprint
+from orchestrator.sweepfile.model_counts import model_footprint
+from orchestrator.sweepfile.plan import asha_expected_epochs, make_plan
 from orchestrator.sweepfile.spec import SchedulerSpec, SpecError, parse_spec
 from tests.support import SWEEPS, VALID
 
@@ -265,7 +266,7 @@ def test_model_counts_are_cached_by_full_config_and_code_version(tmp_path, monke
     import subprocess
     import sys
 
-    from orchestrator.sweepfile.space import CountCache, _count
+    from orchestrator.sweepfile.model_counts import CountCache, _count
     from resnet_core.config import ModelConfig
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))

@@ -52,7 +52,7 @@ __all__ = [
 
 def _params(config: dict) -> Count | None:
     """The net's parameter count, from its config: the plan's count (cached by full config)."""
-    from orchestrator.sweepfile.space import model_footprint
+    from orchestrator.sweepfile.model_counts import model_footprint
     from resnet_core.config import RunConfig, num_classes
 
     try:

@@ -41,7 +41,8 @@ from orchestrator.running.trainable import (
     train_data_parallel_trial,
     train_trial,
 )
-from orchestrator.sweepfile.space import Plan, make_plan, optuna_space, plan_json
+from orchestrator.sweepfile.plan import Plan, make_plan, plan_json
+from orchestrator.sweepfile.space import optuna_space
 from orchestrator.sweepfile.spec import ParsedSpec, SpecError, parse_spec
 from orchestrator.tracking import login
 from orchestrator.tracking.mlflow_store import (
