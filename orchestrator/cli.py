@@ -14,9 +14,8 @@ from orchestrator.running.ray_compat import RayCompatError
 from orchestrator.sweepfile.spec import SpecError
 from resnet_core import metrics as M
 from resnet_core.config import DATASETS, FOLDER_DATASETS
-from resnet_core.errors import ConfigError, DataUnavailableError
+from resnet_core.errors import ConfigError, DataUnavailableError, TorchOpMissing
 from resnet_core.registry import VARIANTS
-from resnet_core.torch_compat import TorchOpMissing
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 1, 2, 3
 

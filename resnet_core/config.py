@@ -18,6 +18,7 @@ from .registry import IMAGENET_STAGES
 __all__ = [
     "ARCHS",
     "BLOCK_NAMES",
+    "BN_SMALLEST_BATCH",
     "BOTTLENECK_STRIDES",
     "COMPILE_MODES",
     "DATASETS",
@@ -33,6 +34,7 @@ __all__ = [
     "ModelConfig",
     "RunConfig",
     "TrainConfig",
+    "batch_sizes",
     "check_hold_out",
     "default_cache_dir",
     "layers_per_block",
@@ -492,9 +494,21 @@ def planned_epochs(cfg: TrainConfig, steps_per_epoch: int) -> int:
     return max(1, round((cfg.iterations or PAPER_ITERATIONS) / steps_per_epoch))
 
 
+BN_SMALLEST_BATCH = 2  # images a batch norm needs in training: one breaks it where maps are 1×1
+
+
+def batch_sizes(n: int, batch_size: int, *, smallest: int = 1) -> list[int]:
+    """The sizes of the batches of ``n`` items in order: full ones, then the rest, which joins
+    the batch before it when it holds fewer than ``smallest`` items. Training asks for 2 per
+    batch norm: one image breaks it where a stage's maps are 1×1 (a process's share of a last
+    batch, with per-process statistics, more often still)."""
+    sizes = [min(batch_size, n - i) for i in range(0, n, batch_size)]
+    if len(sizes) > 1 and sizes[-1] < smallest:
+        sizes[-2:] = [sizes[-2] + sizes[-1]]
+    return sizes
+
+
 def steps_per_epoch(train_images: int, batch_size: int) -> int:
     """A training epoch's batches, as one process's loader makes them (a last batch of one image
-    joins the one before: resnet_core.distributed.batch_sizes)."""
-    from .distributed import Shard, batch_sizes, smallest_training_batch
-
-    return len(batch_sizes(train_images, batch_size, smallest=smallest_training_batch(Shard(), sync_bn=True)))
+    joins the one before: batch_sizes)."""
+    return len(batch_sizes(train_images, batch_size, smallest=BN_SMALLEST_BATCH))

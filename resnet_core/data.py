@@ -27,12 +27,13 @@ from .config import (
     NORMALIZATIONS,
     DataConfig,
     RunConfig,
+    batch_sizes,
     check_hold_out,
     default_cache_dir,
     num_classes,
     split_sizes,
 )
-from .distributed import Shard, batch_sizes, smallest_training_batch
+from .distributed import Shard, smallest_training_batch
 from .errors import ConfigError, DataUnavailableError
 from .folders import ILSVRC2012, list_folder
 from .stream import DecodePool, FolderImages, StreamLoader, running_stats

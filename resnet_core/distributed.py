@@ -16,26 +16,16 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .config import BN_SMALLEST_BATCH
 from .torch_compat import differentiable_all_reduce_sum
 
-__all__ = ["GlobalBatchNorm2d", "Shard", "batch_sizes", "smallest_training_batch", "sync_batchnorm"]
-
-
-def batch_sizes(n: int, batch_size: int, *, smallest: int = 1) -> list[int]:
-    """The sizes of the batches of ``n`` items in order: full ones, then the rest, which joins
-    the batch before it when it holds fewer than ``smallest`` items. Training asks for 2 per
-    batch norm: one image breaks it where a stage's maps are 1×1 (a process's share of a last
-    batch, with per-process statistics, more often still)."""
-    sizes = [min(batch_size, n - i) for i in range(0, n, batch_size)]
-    if len(sizes) > 1 and sizes[-1] < smallest:
-        sizes[-2:] = [sizes[-2] + sizes[-1]]
-    return sizes
+__all__ = ["GlobalBatchNorm2d", "Shard", "smallest_training_batch", "sync_batchnorm"]
 
 
 def smallest_training_batch(shard: Shard, sync_bn: bool) -> int:
     """2 images for every batch norm: over the global batch with synchronised statistics (or
-    one process), else over each process's share (see batch_sizes)."""
-    return 2 * (shard.size if shard.distributed and not sync_bn else 1)
+    one process), else over each process's share (see config.batch_sizes)."""
+    return BN_SMALLEST_BATCH * (shard.size if shard.distributed and not sync_bn else 1)
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """The error types for bad input, shared by every layer that validates it: a bad setting, and
-data that cannot be had. Torch-free, like the settings."""
+data that cannot be had, and a torch without an op we rely on. Torch-free, like the settings:
+the CLI catches them without importing torch."""
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "DataUnavailableError"]
+__all__ = ["ConfigError", "DataUnavailableError", "TorchOpMissing"]
 
 
 class ConfigError(ValueError):
@@ -27,3 +28,8 @@ def choice_error(field: str, value: object, choices) -> ConfigError:
 class DataUnavailableError(RuntimeError):
     """The dataset's files are not on disk (or not in the layout expected) and could not be
     downloaded: one line naming the folder or file (a runtime failure, exit code 1)."""
+
+
+class TorchOpMissing(RuntimeError):
+    """A private torch op this package relies on is not in the installed torch
+    (resnet_core.torch_compat raises it, naming the versions)."""

@@ -29,7 +29,8 @@ import torchvision.transforms.v2.functional as TF
 from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_image, read_file
 
-from .distributed import Shard, batch_sizes
+from .config import batch_sizes
+from .distributed import Shard
 from .errors import DataUnavailableError
 
 __all__ = ["EIGENVALUES", "EIGENVECTORS", "DecodePool", "FolderImages", "StreamLoader", "crop_boxes", "running_stats"]

@@ -17,9 +17,7 @@ from typing import Any
 
 import torch
 
-
-class TorchOpMissing(RuntimeError):
-    """A private torch op this package relies on is not in the installed torch."""
+from .errors import TorchOpMissing
 
 
 def _supported() -> str:

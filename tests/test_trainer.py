@@ -245,9 +245,10 @@ def test_a_last_batch_of_one_image_joins_the_batch_before_it():
     """65 training images in batches of 8, ResNet-50 at 32 px (its last stage's maps are 1×1):
     a last batch of one image would stop batch norm ('Expected more than 1 value per channel');
     it trains with the 8th batch instead (9 images), as one process, an array and data-parallel
-    shares do (resnet_core.distributed.batch_sizes), and an epoch is 8 iterations."""
+    shares do (resnet_core.config.batch_sizes), and an epoch is 8 iterations."""
     from resnet_core.array import ArrayTrainer
-    from resnet_core.distributed import Shard, batch_sizes, smallest_training_batch
+    from resnet_core.config import batch_sizes
+    from resnet_core.distributed import Shard, smallest_training_batch
 
     assert batch_sizes(65, 8, smallest=2) == [8] * 7 + [9] and batch_sizes(66, 8, smallest=2) == [8] * 8 + [2]
     assert batch_sizes(5, 8, smallest=2) == [5]  # all there is

@@ -4,6 +4,7 @@ MLflow tracking in the driver, live progress and the final table of every trial.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -76,8 +77,10 @@ class SweepError(Exception):
     """A runtime failure before or while running (exit code 1)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Prepared:
+    """A sweep checked and planned before Ray starts: what `run` runs and `resume` reopens."""
+
     parsed: ParsedSpec
     plan: Plan
     storage_path: str
@@ -90,20 +93,29 @@ class Prepared:
         return storage.join(self.storage_path, self.name)
 
 
-def _smoke(parsed: ParsedSpec) -> None:
+def _smoke(parsed: ParsedSpec) -> ParsedSpec:
     """--smoke-test: the same sweep, tiny: 2 epochs on 256 training images, evaluated on 256 val and
     256 test images, at most 4 trials."""
     spec = parsed.spec
-    spec.train.pop("iterations", None)
-    spec.train["epochs"] = min(spec.train.get("epochs") or SMOKE_EPOCHS, SMOKE_EPOCHS)
+    train = {k: v for k, v in spec.train.items() if k != "iterations"}
+    train["epochs"] = min(train.get("epochs") or SMOKE_EPOCHS, SMOKE_EPOCHS)
+    dataset = dict(spec.dataset)
     for limit in ("train_limit", "eval_limit"):
-        spec.dataset[limit] = min(spec.dataset.get(limit) or SMOKE_IMAGES, SMOKE_IMAGES)
-    for key in ("train.epochs", "train.iterations", "dataset.train_limit", "dataset.eval_limit"):
-        spec.search.space.pop(key, None)
-    spec.scheduler.grace_period = 1
-    spec.scheduler.max_t = spec.train["epochs"]
+        dataset[limit] = min(dataset.get(limit) or SMOKE_IMAGES, SMOKE_IMAGES)
+    searched = ("train.epochs", "train.iterations", "dataset.train_limit", "dataset.eval_limit")
+    search = {"space": {k: v for k, v in spec.search.space.items() if k not in searched}}
     if spec.search.algorithm != "grid":
-        spec.search.num_samples = min(spec.search.num_samples, SMOKE_TRIALS)
+        search["num_samples"] = min(spec.search.num_samples, SMOKE_TRIALS)
+    return parsed.replaced(
+        spec.model_copy(
+            update={
+                "train": train,
+                "dataset": dataset,
+                "search": spec.search.model_copy(update=search),
+                "scheduler": spec.scheduler.model_copy(update={"grace_period": 1, "max_t": train["epochs"]}),
+            }
+        )
+    )
 
 
 def check_resources(spec) -> None:
@@ -135,7 +147,7 @@ def prepare_sweep(
     or SweepError (data or tracking unavailable)."""
     cluster.check_address(address)
     if smoke_test:
-        _smoke(parsed)
+        parsed = _smoke(parsed)
     with _data_errors(parsed):  # an image folder's counts are read for the plan
         plan = make_plan(parsed, with_models=False, first=SMOKE_TRIALS if smoke_test else None)
     spec = parsed.spec
@@ -340,6 +352,10 @@ def run_or_resume(prep: Prepared, *, address: str | None = None, report: bool = 
 
 
 def run_sweep(prep: Prepared, *, address: str | None = None, folder_taken: bool = False, report: bool = True) -> int:
+    """`resnet-sweep run`: start Ray (or join ``address``), claim the sweep's folder in the
+    storage path, hold its driver lock, and run the Tune experiment with the tracker writing
+    MLflow, the progress lines, ASHA and the searcher; then the final table and the report.
+    Returns the exit code: 0, 1 when a trial failed, 130 when interrupted (Ctrl-C)."""
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
@@ -353,7 +369,8 @@ def run_sweep(prep: Prepared, *, address: str | None = None, folder_taken: bool 
     if folder_taken:  # this sweep's own folder, from a start that never got under way
         storage.write_text(prep.experiment_path, SPEC_FILE, saved_spec_text(prep.parsed))
     else:
-        prep.name = storage.claim_name(prep.storage_path, spec.name, SPEC_FILE, saved_spec_text(prep.parsed))
+        name = storage.claim_name(prep.storage_path, spec.name, SPEC_FILE, saved_spec_text(prep.parsed))
+        prep = dataclasses.replace(prep, name=name)
     with _holding(prep.experiment_path, prep.name) as lock:
         sweep_key = write_tracking(prep)["sweep_key"]
         login_holder = _share_login(address, sweep_key)  # noqa: F841 — held while Tune runs
@@ -639,27 +656,31 @@ def sweep_tracking(experiment_path: str, spec, given_uri: str | None) -> tuple[d
     return tracking, uri
 
 
-def _roots_from(spec, workdir: str | None) -> None:
+def _roots_from(parsed: ParsedSpec, workdir: str | None) -> ParsedSpec:
     """A relative ``dataset.root`` is taken from the folder the sweep started in (tracking.json's
     workdir), wherever `resume` or `sync` runs: the sweep file keeps it as the user wrote it."""
     if not workdir:
-        return
+        return parsed
 
     def absolute(root):
         return os.path.join(workdir, os.path.expanduser(root)) if isinstance(root, str) else root
 
+    spec = parsed.spec
+    update = {}
     if "root" in spec.dataset:
-        spec.dataset["root"] = absolute(spec.dataset["root"])
+        update["dataset"] = {**spec.dataset, "root": absolute(spec.dataset["root"])}
     roots = spec.search.space.get("dataset.root")
     if isinstance(roots, list):
-        spec.search.space["dataset.root"] = [absolute(r) for r in roots]
+        space = {**spec.search.space, "dataset.root": [absolute(r) for r in roots]}
+        update["search"] = spec.search.model_copy(update={"space": space})
+    return parsed.replaced(spec.model_copy(update=update))
 
 
 def open_sweep(experiment_path: str, tracking_uri: str | None = None) -> tuple[Prepared, dict]:
     """A started sweep, from its folder: its spec and plan, tracking.json, the checked tracking URI."""
     text = storage.read_text(experiment_path, SPEC_FILE)
     parsed = parse_spec(text, source=f"{experiment_path}/{SPEC_FILE}")
-    _roots_from(parsed.spec, json.loads(storage.read_text(experiment_path, TRACKING_FILE) or "{}").get("workdir"))
+    parsed = _roots_from(parsed, json.loads(storage.read_text(experiment_path, TRACKING_FILE) or "{}").get("workdir"))
     plan = make_plan(parsed, with_models=False)
     storage_path, name = experiment_path.rstrip("/").rsplit("/", 1)
     tracking, uri = sweep_tracking(experiment_path, parsed.spec, tracking_uri)
@@ -753,6 +774,10 @@ def _catch_up(prep: Prepared, tracking: dict, experiment_path: str) -> None:
 def resume_sweep(
     experiment_path: str, *, address: str | None = None, tracking_uri: str | None = None, report: bool = True
 ) -> int:
+    """`resnet-sweep resume`: reopen a started sweep from its folder (sweep.yaml, tracking.json and
+    Tune's state), take its driver lock, and let Tune finish it: finished trials stay finished,
+    unfinished ones continue from their last checkpoint into the same MLflow runs. Returns the
+    exit code."""
     from ray import tune
 
     prep, tracking = open_sweep(experiment_path, tracking_uri)
