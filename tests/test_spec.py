@@ -1,8 +1,10 @@
 """Sweep files and plans. Every bad input, with the line the user sees, is in the one
 table of tests/test_bad_inputs.py."""
 
+import copy
 import json
 import os
+import pickle
 import subprocess
 import sys
 
@@ -351,6 +353,8 @@ def test_a_prepared_spec_is_never_changed_in_place(tmp_path, monkeypatch):
         parsed.spec = prep.parsed.spec
     with pytest.raises(AttributeError):
         prep.name = "other"
+    copied = pickle.loads(pickle.dumps(prep))  # a frozen spec still copies and pickles
+    assert copied.parsed.spec == prep.parsed.spec and copy.deepcopy(prep.parsed).text == parsed.text
 
     folder = parse_spec(VALID.replace("name: digits", "name: imagefolder, root: imgs"))
     rooted = sweep._roots_from(folder, str(tmp_path))

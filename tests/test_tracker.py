@@ -256,3 +256,54 @@ def test_a_copy_of_the_tracker_keeps_the_runs_and_opens_its_own_client():
     fresh = Driver(FakeMlflow())
     fresh.tracker.set_state(state)
     assert fresh.tracker.runs == state["runs"]
+
+
+def test_a_tracker_saved_before_its_runs_had_their_own_class_resumes_into_its_runs():
+    """tuner.pkl of a sweep started with the version whose tracker held its fields flat: `resume`
+    unpickles it with this code; the trial goes on in its run, no second run is made."""
+    fake = FakeMlflow()
+    driver = Driver(fake)
+    a = trial("a", 8)
+    driver.start(a)
+    driver.report(a, 1, 2)
+    sweep = driver.tracker.sweep
+    old = {  # what that version's __getstate__ saved
+        "tracking_uri": "fake:",
+        "experiment": "exp",
+        "sweep_key": "key",
+        "sweep_name": "sweep",
+        "tags": {},
+        "artifacts": {},
+        "trial_namer": name_of,
+        "planned_epochs": EPOCHS,
+        "parent_id": sweep.parent_id,
+        "runs": dict(sweep.runs),
+        "names": set(sweep.names),
+        "logged_epoch": dict(sweep.logged_epoch),
+        "nodes": {},
+        "last_result": {"a": a.last_result},
+        "_client": None,
+        "_writer": None,
+        "_jobs": None,
+        "_pending": [],
+        "_at_exit": False,
+        "_retry_at": 0.0,
+        "_warned": False,
+        "points_sent": 0,
+        "runs_created": 1,
+        "runs_ended": 0,
+    }
+    restored = SweepTracker.__new__(SweepTracker)
+    restored.__setstate__(old)
+    restored.sweep._client = fake
+    assert restored.get_state() == {"parent_id": sweep.parent_id, "runs": old["runs"]}
+    assert restored.last_result == {"a": a.last_result}
+    restored.setup()
+    restored.on_trial_start(iteration=0, trials=[], trial=a)
+    for epoch in range(3, EPOCHS + 1):
+        a.last_result = result(a, epoch)
+        restored.on_trial_result(iteration=0, trials=[], trial=a, result=a.last_result)
+    a.status = "TERMINATED"
+    restored.on_trial_complete(iteration=0, trials=[], trial=a)
+    assert restored.end_sweep([], Status.COMPLETED) == 0
+    assert_one_run_each_every_point_once(fake, [a])

@@ -58,6 +58,30 @@ class SweepTracker(Callback):
         )
         self.last_result: dict[str, dict] = {}  # Tune trial id → the last result this callback saw
 
+    _OLD_FIELDS = ("parent_id", "runs", "names", "logged_epoch", "nodes", "points_sent", "runs_created", "runs_ended")
+
+    def __setstate__(self, state: dict) -> None:
+        """A tracker from Tune's saved state (tuner.pkl). One saved by a version from before
+        SweepRuns held its fields flat: its runs are carried over, so `resume` of a sweep started
+        with that version goes on in the same MLflow runs."""
+        if "sweep" not in state:
+            sweep = SweepRuns(
+                tracking_uri=state["tracking_uri"],
+                experiment=state["experiment"],
+                sweep_key=state["sweep_key"],
+                sweep_name=state["sweep_name"],
+                tags=state["tags"],
+                artifacts=state["artifacts"],
+                trial_namer=state["trial_namer"],
+                planned_epochs=state["planned_epochs"],
+                figures=_figures,
+            )
+            for name in self._OLD_FIELDS:
+                if name in state:
+                    setattr(sweep, name, state[name])
+            state = {"sweep": sweep, "last_result": state.get("last_result", {})}
+        self.__dict__.update(state)
+
     # --- what the driver, `resume` and `sync` read of the runs ------------------------------------
     @property
     def client(self):

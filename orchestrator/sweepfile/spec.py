@@ -227,6 +227,9 @@ class ParsedSpec:
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"a parsed spec is not changed in place (use replaced()): {name}")
 
+    def __reduce__(self):  # copy and pickle through __init__: attributes are never set
+        return ParsedSpec, (self.spec, self.text, self.source, self._lines)
+
     def replaced(self, spec: SweepSpec) -> ParsedSpec:
         """This file's text and lines with ``spec``, a changed copy of its spec."""
         return ParsedSpec(spec, self.text, self.source, self._lines)
