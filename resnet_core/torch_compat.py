@@ -11,32 +11,20 @@ the installed torch and computes what its public counterpart computes.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from .errors import TorchOpMissing
-
-
-def _supported() -> str:
-    """The torch requirement this package declares (pyproject.toml), as installed."""
-    from importlib import metadata
-
-    try:
-        declared = metadata.requires("resnet-sweep") or []
-    except metadata.PackageNotFoundError:
-        declared = []
-    wanted = [r.split(";")[0].strip() for r in declared if re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0] == "torch"]
-    return wanted[0] if wanted else "the torch in constraints.txt"
+from .requirements import declared
 
 
 def _op(owner: Any, name: str, where: str) -> Callable[..., Any]:
     fn = getattr(owner, name, None)
     if fn is None:
         raise TorchOpMissing(
-            f"{where}.{name} is not in torch {torch.__version__}; resnet-sweep supports {_supported()} "
+            f"{where}.{name} is not in torch {torch.__version__}; resnet-sweep supports {declared('torch')} "
             f"(install the versions in constraints.txt)"
         )
     return fn
@@ -65,6 +53,6 @@ def differentiable_all_reduce_sum(tensor: torch.Tensor, group) -> torch.Tensor:
     except ImportError:
         raise TorchOpMissing(
             f"torch.distributed._functional_collectives is not in torch {torch.__version__}; resnet-sweep "
-            f"supports {_supported()} (install the versions in constraints.txt)"
+            f"supports {declared('torch')} (install the versions in constraints.txt)"
         ) from None
     return _op(collectives, "all_reduce", "torch.distributed._functional_collectives")(tensor, "sum", group)

@@ -19,9 +19,10 @@ target is missing; a hook that only improves a message falls back to Ray's own b
 from __future__ import annotations
 
 import inspect
-import re
 from collections.abc import Callable
 from typing import Any
+
+from resnet_core.requirements import declared
 
 __all__ = [
     "ERROR_LOGGER",
@@ -51,23 +52,11 @@ class RayCompatError(RuntimeError):
     """A Ray internal that a secret or the sweep's correctness depends on is missing."""
 
 
-def _supported() -> str:
-    """The Ray requirement this package declares (pyproject.toml), as installed."""
-    from importlib import metadata
-
-    try:
-        declared = metadata.requires("resnet-sweep") or []
-    except metadata.PackageNotFoundError:
-        declared = []
-    wanted = [r.split(";")[0].strip() for r in declared if re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0] == "ray"]
-    return wanted[0] if wanted else "the ray in constraints.txt"
-
-
 def _missing(what: str) -> RayCompatError:
     import ray
 
     return RayCompatError(
-        f"{what} is not in ray {ray.__version__}; resnet-sweep supports {_supported()} "
+        f"{what} is not in ray {ray.__version__}; resnet-sweep supports {declared('ray')} "
         f"(install the versions in constraints.txt)"
     )
 
