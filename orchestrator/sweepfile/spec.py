@@ -48,37 +48,64 @@ class _Strict(BaseModel):
 
 
 class MetricSpec(_Strict):
-    name: Literal[OPTIMIZABLE_METRICS] = M.VAL_ERROR  # type: ignore[valid-type]
-    mode: Literal["min"] = "min"  # every metric here is an error or a loss
+    """What the sweep compares trials by: each trial's best epoch on it, ASHA's cuts, the best trial."""
+
+    name: Literal[OPTIMIZABLE_METRICS] = Field(  # type: ignore[valid-type]
+        M.VAL_ERROR, description="the metric trials are ranked by"
+    )
+    mode: Literal["min"] = Field("min", description="lower is better: every metric here is an error or a loss")
 
 
 class SearchSpec(_Strict):
-    algorithm: Literal["grid", "random", "optuna"] = "grid"
-    space: dict[str, Any] = Field(default_factory=dict)
-    num_samples: int = Field(1, ge=1)  # random/optuna: trials drawn; grid: must stay 1 (use seeds)
-    seeds: list[int] | None = None  # every configuration once per seed (train.seed)
-    exclude: list[dict[str, Any]] = Field(default_factory=list)
-    seed: int = 0  # of the random / TPE sampler itself
+    """Which trials the sweep runs: the settings it varies and how points are chosen."""
+
+    algorithm: Literal["grid", "random", "optuna"] = Field(
+        "grid", description="grid: every point of the space; random: seeded draws; optuna: TPE's draws"
+    )
+    space: dict[str, Any] = Field(
+        default_factory=dict, description="flat key (`model.depth`) → a list of values or a distribution"
+    )
+    num_samples: int = Field(1, ge=1, description="random/optuna: trials drawn; grid: must stay 1 (use seeds)")
+    seeds: list[int] | None = Field(None, description="every configuration once per seed (sets train.seed)")
+    exclude: list[dict[str, Any]] = Field(
+        default_factory=list, description="grid/random: drop the points matching any rule ({flat key: value, …})"
+    )
+    seed: int = Field(0, description="seed of the random / TPE sampler itself (not of the trials)")
 
 
 class SchedulerSpec(_Strict):
-    name: Literal["asha", "none"] = "none"
-    time_attr: Literal["epoch"] = "epoch"  # the only unit trials report in; kept explicit for readers
-    grace_period: int = Field(1, ge=1)
-    reduction_factor: float = Field(3, gt=1)
-    max_t: int | None = Field(None, ge=1)
+    """Who stops trials early: ASHA, or nobody (every trial trains its whole schedule)."""
+
+    name: Literal["asha", "none"] = Field("none", description="asha: stop poor trials at rungs; none: train all")
+    time_attr: Literal["epoch"] = Field(
+        "epoch", description="ASHA's unit of time: the only unit trials report in, kept explicit for readers"
+    )
+    grace_period: int = Field(1, ge=1, description="epochs every trial trains before ASHA may stop it")
+    reduction_factor: float = Field(3, gt=1, description="ASHA keeps the best 1/reduction_factor at each rung")
+    max_t: int | None = Field(
+        None, ge=1, description="ASHA's last epoch; not below the trials' epochs (default: the trials' epochs)"
+    )
 
 
 class ResourcesSpec(_Strict):
-    # Per worker process of a trial: a trial is one process unless `workers` > 1.
-    cpu: float = Field(1, gt=0)
-    gpu: float = Field(0, ge=0)
-    # Data-parallel processes per trial (DDP through Ray Train's TorchTrainer), each with `cpu`
-    # and `gpu` above; `train.batch_size` stays the global batch, split among them.
-    workers: int = Field(1, ge=1)
-    # Trials of one shape trained as one fused model (resnet_core.array), up to this many to an
-    # array; each array is one Tune trial with the resources above.
-    array: int = Field(1, ge=1)
+    """What a trial holds while it runs, per worker process: a trial is one process unless
+    ``workers`` > 1."""
+
+    cpu: float = Field(1, gt=0, description="CPUs per worker process")
+    gpu: float = Field(0, ge=0, description="GPUs per worker process: 0, 1, or a fraction to share a GPU")
+    # DDP through Ray Train's TorchTrainer.
+    workers: int = Field(
+        1,
+        ge=1,
+        description="data-parallel processes per trial, each with `cpu` and `gpu`; "
+        "train.batch_size stays the global batch, split among them",
+    )
+    array: int = Field(
+        1,
+        ge=1,
+        description="trials of one shape trained as one fused model (resnet_core.array), up to this many "
+        "to an array; each array is one Tune trial with the resources above",
+    )
 
     @field_validator("gpu")
     @classmethod
@@ -100,26 +127,44 @@ class ResourcesSpec(_Strict):
 
 
 class TrackingSpec(_Strict):
-    experiment: str | None = None  # default: the sweep's name
-    tracking_uri: str | None = None  # default: sqlite:///mlflow.db in the working directory
-    log_best_checkpoint: bool = False
+    """Where MLflow records the sweep: one parent run, a child run per trial."""
+
+    experiment: str | None = Field(None, description="MLflow experiment (default: the sweep's name)")
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI (default: sqlite:///mlflow.db in the working directory)"
+    )
+    log_best_checkpoint: bool = Field(
+        False, description="log each trial's checkpoint of its best epoch to its MLflow run"
+    )
 
 
 class FailureSpec(_Strict):
-    # Retries of a failed trial from its latest checkpoint (a lost node, a crashed worker);
-    # -1 = unlimited, 0 = a failure is final. Default: 3 on a cluster (nodes get lost), 0 on
-    # one machine (a failure there is the trial's own, and would only repeat).
-    max_failures: int | None = Field(None, ge=-1)
+    """What a failed trial gets: retries from its latest checkpoint (a lost node, a crashed worker)."""
+
+    # Default: 3 on a cluster (nodes get lost), 0 on one machine (a failure there is the
+    # trial's own, and would only repeat).
+    max_failures: int | None = Field(
+        None,
+        ge=-1,
+        description="retries of a failed trial; -1: unlimited, 0: a failure is final (default: 3 on a "
+        "cluster, 0 on one machine)",
+    )
 
 
 class BudgetSpec(_Strict):
-    max_trials: int | None = Field(None, ge=1)
-    max_epochs: int | None = Field(None, ge=1)
+    """Limits on the sweep as a whole."""
+
+    max_trials: int | None = Field(None, ge=1, description="refuse a sweep of more trials than this (before it starts)")
+    max_epochs: int | None = Field(
+        None, ge=1, description="stop the sweep once its trials have trained this many epochs"
+    )
 
 
 class SweepSpec(_Strict):
-    name: str
-    description: str = ""
+    """A sweep file: the sections below, each optional except ``name``."""
+
+    name: str = Field(description="names the sweep's folder and MLflow runs (letters, digits, '-', '_', '.')")
+    description: str = Field("", description="a line saying what the sweep is for (MLflow note, report title)")
     dataset: dict[str, Any] = Field(default_factory=dict)
     model: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
@@ -127,8 +172,12 @@ class SweepSpec(_Strict):
     search: SearchSpec = Field(default_factory=SearchSpec)
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
-    max_concurrent: int | None = Field(None, ge=1)
-    storage_path: str | None = None  # default: ./ray_results
+    max_concurrent: int | None = Field(
+        None, ge=1, description="trials running at once (default: what the machine fits; on a cluster, all)"
+    )
+    storage_path: str | None = Field(
+        None, description="folder, NFS path or s3:// URI of the sweep's files (default: ./ray_results)"
+    )
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     failure: FailureSpec = Field(default_factory=FailureSpec)
     budget: BudgetSpec = Field(default_factory=BudgetSpec)
