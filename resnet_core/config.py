@@ -59,6 +59,13 @@ def layers_per_block(block: str) -> int:
     return 3 if block.endswith("bottleneck") else 2
 
 
+def setting(default: Any, doc: str, values: tuple | str | None = None) -> Any:
+    """A field of the settings below with what docs/sweep-file.md says of it: ``doc``, its
+    meaning in a line, and ``values``, the choices (the tuple ``__post_init__`` checks) or the
+    bounds (as text) the validation allows. Both live in the field's ``metadata``."""
+    return field(default=default, metadata={"doc": doc, "values": values})
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """One model, in the names users write (YAML ``model.*``, CLI flags). ``None`` fields are
@@ -68,18 +75,34 @@ class ModelConfig:
     # Pydantic reads this when the orchestrator validates YAML into this dataclass.
     __pydantic_config__: ClassVar[dict] = {"extra": "forbid"}
 
-    arch: str = "cifar"
-    depth: int | None = None
-    block: str | None = None
-    shortcut: str | None = None
-    residual: bool = True
-    width: int = 1
-    stages: tuple[int, ...] | None = None
-    bottleneck_stride: str = "1x1"
-    num_classes: int | None = None
-    zero_init_last: bool = False
-    drop_path: float = 0.0
-    dropout: float = 0.0
+    arch: str = setting("cifar", "network family: CIFAR (3×3 stem, 3 stages) or ImageNet (7×7 stem, 4 stages)", ARCHS)
+    depth: int | None = setting(
+        None,
+        f"weighted layers (null: from stages, else {DEFAULT_DEPTH['cifar']} on CIFAR, "
+        f"{DEFAULT_DEPTH['imagenet']} on ImageNet)",
+        f"CIFAR: 6n+2 (basic), 9n+2 (bottleneck); ImageNet: {', '.join(map(str, IMAGENET_STAGES))}",
+    )
+    block: str | None = setting(None, "residual block (null: basic; bottleneck on ImageNet from depth 50)", BLOCK_NAMES)
+    shortcut: str | None = setting(
+        None,
+        "A: zero-padded identity, B: projection where the shape changes, C: projection everywhere "
+        "(null: A on CIFAR, B on ImageNet)",
+        SHORTCUTS,
+    )
+    residual: bool = setting(True, "shortcuts on; false: the plain net of the same layers")
+    width: int = setting(1, "width multiplier K (16K/32K/64K filters on CIFAR)", "≥ 1")
+    stages: tuple[int, ...] | None = setting(
+        None, "blocks per stage, e.g. [3, 4, 6, 3] (sets the depth)", "one count ≥ 1 per stage"
+    )
+    bottleneck_stride: str = setting(
+        "1x1",
+        "where a bottleneck block strides: its first 1×1 (the paper) or its 3×3 (torchvision)",
+        BOTTLENECK_STRIDES,
+    )
+    num_classes: int | None = setting(None, "classifier outputs (null: the dataset's classes)", "≥ 2")
+    zero_init_last: bool = setting(False, "each block's last BN starts at zero (Goyal et al. 2017); needs residual")
+    drop_path: float = setting(0.0, "stochastic depth: the drop rate of the deepest block; needs residual", "[0, 1)")
+    dropout: float = setting(0.0, "dropout before the classifier", "[0, 1)")
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
@@ -208,30 +231,55 @@ class DataConfig:
 
     __pydantic_config__: ClassVar[dict] = {"extra": "forbid"}
 
-    name: str = "cifar10"
-    val_size: int | None = None
-    split_seed: int = 0
-    cache_dir: str | None = None
-    normalize: str = "pixel-mean"
-    # Pad-crop-flip (2015 §4.2). Default: on for CIFAR, off for digits (a flipped 2 is not a 2)
-    # and synthetic; folders: scale, crop, flip and lighting (2015 §3.4).
-    augment: bool | None = None
-    # digits/synthetic: the image side (default 32; CIFAR is 32); folders: the crop (default 224).
-    image_size: int | None = None
-    # Use only the first N training images (smoke tests, quick looks); None = all.
-    train_limit: int | None = None
-    # Evaluate on only N images of val and N of test, a seeded sample (smoke tests: ImageNet's
-    # test set is 50,000 images, its 10 crops 500,000); None = all.
-    eval_limit: int | None = None
-    # synthetic only: how many images and classes to generate.
-    synthetic_size: int = 1024
-    synthetic_classes: int = 10
-    # imagenet / imagefolder only.
-    root: str | None = None  # a relative path is taken from the working directory (resolved here)
-    val_per_class: int | None = None  # training images held out per class as val (default 10)
-    scale_range: tuple[int, int] | None = None  # shorter side in training (default [256, 480] at 224)
-    lighting: float | None = None  # PCA colour noise std (default 0.1; 0: none)
-    workers: int | None = None  # decoding processes (default: one per CPU the run has, torch's threads)
+    name: str = setting("cifar10", "the data set (imagenet, imagefolder: class folders on disk at root)", DATASETS)
+    val_size: int | None = setting(
+        None,
+        "training images held out as val, where the best epoch is chosen (null: "
+        + ", ".join(f"{name} {size}" for name, size in DEFAULT_VAL_SIZE.items())
+        + ")",
+        "≥ 1",
+    )
+    split_seed: int = setting(0, "seed of the train/val split (and of synthetic's images and the eval sample)")
+    cache_dir: str | None = setting(
+        None, "where CIFAR is, or is downloaded to (null: $RESNET_SWEEP_DATA, else ~/.cache/resnet-sweep/data)"
+    )
+    normalize: str = setting(
+        "pixel-mean", "subtract the per-pixel mean (the paper) or per-channel mean/std", NORMALIZATIONS
+    )
+    # 2015 §4.2 on CIFAR, §3.4 on folders; off for digits: a flipped 2 is not a 2.
+    augment: bool | None = setting(
+        None,
+        "pad-crop-flip (CIFAR), scale-crop-flip-lighting (folders) (null: on for CIFAR and folders, "
+        "off for digits and synthetic)",
+    )
+    image_size: int | None = setting(
+        None,
+        f"digits/synthetic: the image side (null: 32; CIFAR is 32); folders: the crop (null: {DEFAULT_CROP})",
+        "≥ 8",
+    )
+    train_limit: int | None = setting(None, "use only the first N training images (smoke tests; null: all)", "≥ 1")
+    # Smoke tests: ImageNet's test set is 50,000 images, its 10 crops 500,000.
+    eval_limit: int | None = setting(None, "evaluate on a seeded sample of N val and N test images (null: all)", "≥ 1")
+    synthetic_size: int = setting(1024, "synthetic: training images generated", "≥ 16")
+    synthetic_classes: int = setting(10, "synthetic: classes generated", "≥ 2")
+    root: str | None = setting(
+        None, "imagenet/imagefolder: the folder of train/ and val/ class folders (relative: to the working directory)"
+    )
+    val_per_class: int | None = setting(
+        None, f"imagenet/imagefolder: training images per class held out as val (null: {DEFAULT_VAL_PER_CLASS})", "≥ 1"
+    )
+    scale_range: tuple[int, int] | None = setting(
+        None,
+        "imagenet/imagefolder: the shorter side at random in [low, high] in training (null: "
+        f"{[round(DEFAULT_CROP * r) for r in SCALE_RATIOS]} at a {DEFAULT_CROP} crop, in proportion at others)",
+        "image_size ≤ low ≤ high",
+    )
+    lighting: float | None = setting(
+        None, f"imagenet/imagefolder: std of the PCA colour noise (null: {DEFAULT_LIGHTING}; 0: none)", "[0, 10)"
+    )
+    workers: int | None = setting(
+        None, "imagenet/imagefolder: decoding processes (null: one per CPU the run has; 0: the training process)", "≥ 0"
+    )
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
@@ -364,36 +412,51 @@ class TrainConfig:
 
     __pydantic_config__: ClassVar[dict] = {"extra": "forbid"}
 
-    epochs: int | None = None  # give epochs or iterations; neither = the paper's 64k iterations
-    iterations: int | None = None
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 1e-4
-    bn_weight_decay: bool = True  # the paper decays every weight, BN's included
-    schedule: str = "multistep"
-    milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of the run where lr drops
-    gamma: float = 0.1
-    warmup_iterations: int = 0  # ResNet-110 (2015 §4.2): 400 iterations at 0.01, then back to lr
-    warmup_lr: float = 0.01
-    label_smoothing: float = 0.0
-    # A step loss above this multiple of chance level (ln K) means the weights blew up: the run
-    # is declared diverged. BN keeps such nets finite, so non-finite alone misses e.g. lr 10.
-    divergence_factor: float = 50.0
-    # Data-parallel trials (resources.workers > 1): batch norm over the global batch, as one
-    # process computes it (true), or over each process's part (false: no collectives in BN,
-    # per-GPU statistics as fb.resnet.torch and Goyal et al. 2017 train).
-    sync_bn: bool = True
+    epochs: int | None = setting(
+        None,
+        f"epochs to train; give epochs or iterations (neither: the paper's {PAPER_ITERATIONS:,} iterations)",
+        "≥ 1",
+    )
+    iterations: int | None = setting(None, "optimizer steps to train, rounded to whole epochs", "≥ 1")
+    batch_size: int = setting(128, "images per step (with resources.workers > 1: the global batch)", "≥ 1")
+    lr: float = setting(0.1, "learning rate (after the warm-up)", "> 0")
+    momentum: float = setting(0.9, "SGD momentum", "[0, 1)")
+    nesterov: bool = setting(False, "Nesterov momentum")
+    weight_decay: float = setting(1e-4, "L2 weight decay", "≥ 0")
+    bn_weight_decay: bool = setting(True, "decay batch norm's weights and biases too (the paper decays every weight)")
+    schedule: str = setting(
+        "multistep", "learning-rate schedule: × gamma at the milestones, cosine, or constant", SCHEDULES
+    )
+    milestones: tuple[float, ...] = setting(
+        (0.5, 0.75), "fractions of the run where multistep multiplies the lr by gamma", "increasing, each in (0, 1)"
+    )
+    gamma: float = setting(0.1, "multistep's factor at each milestone", "(0, 1)")
+    warmup_iterations: int = setting(0, "steps at warmup_lr before lr (ResNet-110, 2015 §4.2: 400 at 0.01)", "≥ 0")
+    warmup_lr: float = setting(0.01, "learning rate during the warm-up", "> 0")
+    label_smoothing: float = setting(0.0, "label smoothing of the loss", "[0, 1)")
+    # BN keeps nets whose weights blew up finite, so non-finite alone misses e.g. lr 10.
+    divergence_factor: float = setting(
+        50.0, "a step loss above this × chance level (ln classes) declares the run diverged (0: never)", "≥ 0"
+    )
+    # false: no collectives in BN, per-GPU statistics as fb.resnet.torch and Goyal et al. 2017 train.
+    sync_bn: bool = setting(
+        True, "data-parallel trials: batch norm over the global batch (true) or each process's part (false)"
+    )
     # Speed levers: how fast, never what is computed (no hyperparameter changes). "auto" is the
     # fastest measured setting of the device (docs/benchmarks.md): bf16 autocast and channels_last
     # on CUDA; fp32 and the default layout elsewhere, so CPU runs stay exact.
-    precision: str = "auto"
-    channels_last: bool | Literal["auto"] = "auto"
-    compile: bool | str = False  # torch.compile: true (default mode) or one of COMPILE_MODES
-    fused_sgd: bool = True  # one fused kernel per optimizer step where torch has it (CPU, CUDA)
-    seed: int = 0
-    device: str = "auto"
+    precision: str = setting(
+        "auto", "fp32, bf16 autocast or fp16 with a grad scaler (auto: bf16 on CUDA, else fp32)", PRECISIONS
+    )
+    channels_last: bool | Literal["auto"] = setting("auto", "NHWC memory layout (auto: on CUDA only)")
+    compile: bool | str = setting(
+        False, "torch.compile the model: true (its default mode) or a mode", (True, False, *COMPILE_MODES)
+    )
+    fused_sgd: bool = setting(True, "one fused kernel per optimizer step where torch has it (CPU, CUDA)")
+    seed: int = setting(0, "seed of the initial weights, the data order and augmentation")
+    device: str = setting(
+        "auto", "where the trial trains (auto: cuda if present, else cpu)", "auto, cpu, cuda, cuda:N, mps"
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "milestones", tuple(self.milestones))
