@@ -3,13 +3,14 @@
 Table 6 (error by depth, plain and residual, with the paper's numbers where the recipe is the
 paper's), Fig. 6 (training curves), Fig. 7 (layer responses), Table 3 (shortcut options A/B/C),
 original vs pre-activation blocks (2016), any other varied setting, Optuna's importances, ASHA's
-rungs, and what the sweep shows against each claim of the papers. Written as index.md (with
-PNG and CSV files beside it) and one self-contained report.html, and logged on the sweep's
-parent run. Nothing here reads the Tune folder: a report can be made from any machine that
-reaches the tracking server.
+rungs, what the sweep shows against each claim of the papers, and how it was made. Written as
+index.md (with PNG and CSV files beside it) and one self-contained report.html, and logged on
+the sweep's parent run. Nothing here reads the Tune folder: a report can be made from any
+machine that reaches the tracking server.
 
 This module holds the entry points; beside it: document.py (the blocks and their rendering),
-nets.py (labels and groups), paper.py (the papers' numbers and recipes), sections.py and claims.py.
+nets.py (labels and groups), paper.py (the papers' numbers and recipes), sections.py, claims.py
+and environment.py.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from orchestrator.report.claims import claims_table
 from orchestrator.report.document import Figure, Report, Table
+from orchestrator.report.environment import add_environment, read_environment
 from orchestrator.report.nets import BLOCK, DEPTH, RESIDUAL, SHORTCUT, by_net, short_name, varying_keys
 from orchestrator.report.sections import (
     add_asha,
@@ -35,9 +37,10 @@ from orchestrator.vocabulary import REPORT_FOLDER
 __all__ = ["STALE", "build_report", "report_sweep", "write_report"]
 
 
-def build_report(record: SweepRecord) -> tuple[Report, dict[str, Table]]:
+def build_report(record: SweepRecord, environment: dict | None = None) -> tuple[Report, dict[str, Table]]:
     """The report of a sweep read back from MLflow, and its tables by CSV slug: the sections its
-    sweep file and trials call for, in the papers' order, with the claims after the summary."""
+    sweep file and trials call for, in the papers' order, with the claims after the summary, and
+    how the sweep was made last (``environment``: its parent run's record, None when it has none)."""
     from orchestrator.sweepfile.spec import parse_spec
 
     parsed = parse_spec(record.spec_text, source="sweep.yaml")
@@ -105,6 +108,7 @@ def build_report(record: SweepRecord) -> tuple[Report, dict[str, Table]]:
     if spec.scheduler.name == "asha":
         add_asha(report, record, spec, metric, tables)
     add_trials(report, record, "ASHA" if spec.scheduler.name == "asha" else "budget", tables)
+    add_environment(report, environment, tables)
     claims = claims_table(trials, varying)
     tables["claims"] = claims
     report.blocks[claims_at:claims_at] = [("h2", "What this sweep shows"), claims]
@@ -124,12 +128,13 @@ STALE = {
     "asha.csv",
     "trials.csv",
     "claims.csv",
+    "environment.csv",
 }
 
 
-def write_report(record: SweepRecord, out: Path) -> list[Path]:
+def write_report(record: SweepRecord, out: Path, environment: dict | None = None) -> list[Path]:
     """index.md, report.html, the figures and a CSV per table in ``out``; the files written."""
-    report, tables = build_report(record)
+    report, tables = build_report(record, environment)
     out.mkdir(parents=True, exist_ok=True)
     files = {"index.md": report.markdown().encode(), "report.html": report.html().encode()}
     files.update({f"{slug}.csv": t.csv_text().encode() for slug, t in tables.items()})
@@ -154,7 +159,7 @@ def report_sweep(tracking_uri: str | None, name: str, *, out: str | None = None,
     client, record = open_record(tracking_uri, name, experiment)
     folder = Path(out).expanduser() if out else Path.cwd() / "reports" / record.name
     try:
-        written = write_report(record, folder)
+        written = write_report(record, folder, read_environment(client, record.parent_id))
     except OSError as err:
         raise OSError(f"cannot write the report in {folder}: {err.strerror or err}") from None
     for path in written:
