@@ -74,7 +74,7 @@ def render(
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {"name": f"{name}-sweep", "labels": labels},
-        "data": {SWEEP_FILE: parsed.text},
+        "data": {SWEEP_FILE: parsed.resolved_text()},  # with any `--set`: the pod runs the file as given here
     }
     if namespace is not None:
         if len(namespace) > 63 or not DNS_1123.fullmatch(namespace):

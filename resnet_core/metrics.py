@@ -59,6 +59,19 @@ def best_epoch(
     return min(epochs, key=lambda e: (val_error(e), epoch(e)), default=None)
 
 
+# best_epoch's order as one number, for a store that keeps "the best" by a single score and keeps
+# the later of two equal ones (Tune's checkpoints): the epoch adds less than any difference in
+# val error can be (1 / the val images, over 1e-7 for any real data set), so lower val error
+# still wins, and on a tie the earlier epoch.
+BEST_EPOCH_RANK = "best_epoch_rank"
+_EPOCH_WEIGHT = 1e-13
+
+
+def best_epoch_rank(record: dict[str, Any]) -> float:
+    """A number that is lowest for the epoch best_epoch chooses among ``record``s."""
+    return float(record[VAL_ERROR]) + _EPOCH_WEIGHT * int(record[EPOCH])
+
+
 def run_result(
     *,
     status: Status,

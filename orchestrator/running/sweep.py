@@ -57,7 +57,7 @@ from orchestrator.tracking.mlflow_store import (
 from orchestrator.tracking.sweep_runs import git_commit
 from orchestrator.tracking.writer import TRACKING_FENCE
 from orchestrator.trial_table import format_table
-from orchestrator.vocabulary import TAG_STORAGE
+from orchestrator.vocabulary import TAG_OVERRIDES, TAG_STORAGE
 from resnet_core import metrics as M
 from resnet_core.data import DataUnavailableError, check_data
 from resnet_core.errors import ConfigError
@@ -195,14 +195,9 @@ def _tracking_uri(given: str | None, spec) -> str:
 
 
 def saved_spec_text(parsed: ParsedSpec) -> str:
-    """The sweep file kept with the experiment: the user's text, or after --smoke-test changed
-    the spec in memory, the spec as it ran (so `resume` continues the same, tiny sweep)."""
-    if parse_spec(parsed.text).spec == parsed.spec:
-        return parsed.text
-    import yaml
-
-    header = f"# {parsed.source or 'sweep'} as run with --smoke-test\n"
-    return header + yaml.safe_dump(parsed.spec.model_dump(mode="json"), sort_keys=False)
+    """The sweep file kept with the experiment: the user's text, or the spec as it ran after
+    `--set` or --smoke-test changed it (so `resume` continues the same sweep)."""
+    return parsed.resolved_text(changed_in_memory_by="--smoke-test")
 
 
 def write_tracking(prep: Prepared) -> dict:
@@ -392,8 +387,13 @@ def run_sweep(prep: Prepared, *, address: str | None = None, folder_taken: bool 
                 TAG_STORAGE: prep.experiment_path,
                 **({"mlflow.source.git.commit": c} if (c := git_commit()) else {}),
                 "mlflow.note.content": spec.description,
+                **(
+                    {TAG_OVERRIDES: json.dumps([str(o) for o in prep.parsed.overrides])}
+                    if prep.parsed.overrides
+                    else {}
+                ),
             },
-            artifacts={SPEC_FILE: prep.parsed.text, "plan.json": plan_json(plan)},
+            artifacts={SPEC_FILE: saved_spec_text(prep.parsed), "plan.json": plan_json(plan)},
         )
         namer = tracker.trial_namer
         trial_name = ArrayDirName(namer) if arrays else TrialDirName(namer)
@@ -504,15 +504,14 @@ def _trainable(spec, experiment_path: str):
 
 
 def _checkpoint_config(spec):
-    """Keep one checkpoint per trial: the latest (Tune always keeps it, for resume) and, when the
-    sweep logs the best checkpoint to MLflow, the best by the sweep's metric as well."""
+    """Keep two checkpoints per trial at most: the latest (Tune always keeps it, for resume) and
+    the best epoch's (lowest val error, earliest on ties), whose weights give the errors the
+    trial reports: what `export` writes and `tracking.log_best_checkpoint` logs."""
     from ray import tune
 
-    if spec.tracking.log_best_checkpoint:
-        return tune.CheckpointConfig(
-            num_to_keep=1, checkpoint_score_attribute=spec.metric.name, checkpoint_score_order=spec.metric.mode
-        )
-    return tune.CheckpointConfig(num_to_keep=1)
+    return tune.CheckpointConfig(
+        num_to_keep=1, checkpoint_score_attribute=M.BEST_EPOCH_RANK, checkpoint_score_order="min"
+    )
 
 
 def _finish(
@@ -604,9 +603,7 @@ def _log_best_checkpoints(results, spec, tracker: SweepTracker) -> None:
             continue
         run_id = tracker.runs.get(result.metrics.get("trial_id", "")) if result.metrics else None
         checkpoint = (
-            result.get_best_checkpoint(spec.metric.name, spec.metric.mode)
-            if result.best_checkpoints
-            else result.checkpoint
+            result.get_best_checkpoint(M.BEST_EPOCH_RANK, "min") if result.best_checkpoints else result.checkpoint
         )
         if run_id and checkpoint is not None:
             with checkpoint.as_directory() as folder:

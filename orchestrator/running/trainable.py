@@ -225,6 +225,8 @@ def _report(result: dict, state: dict | bytes | None = None) -> None:
     if state is None:
         tune.report(result)
         return
+    # Tune keeps the best checkpoint by this number: the best epoch's weights (resnet_core.metrics).
+    result = {**result, M.BEST_EPOCH_RANK: M.best_epoch_rank(result)}
     with tempfile.TemporaryDirectory() as folder:
         if isinstance(state, bytes):
             (Path(folder) / CHECKPOINT_FILE).write_bytes(state)

@@ -7,6 +7,7 @@ import difflib
 import hashlib
 import math
 import re
+import shlex
 import typing
 from dataclasses import fields
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
+from orchestrator.sweepfile.overrides import Override, OverrideError, apply_overrides, parse_override
 from resnet_core import metrics as M
 from resnet_core.config import RunConfig
 
@@ -264,31 +266,64 @@ class _LineMap:
 
 
 class ParsedSpec:
-    """A validated spec plus what is needed to point errors at its source. Never changed:
-    ``replaced`` gives the same source with another spec."""
+    """A validated spec plus what is needed to point errors at its source: the file's text and
+    lines, and the ``--set`` overrides applied on top of it. Never changed: ``replaced`` gives
+    the same source with another spec."""
 
-    __slots__ = ("_lines", "source", "spec", "text")
+    __slots__ = ("_lines", "overrides", "source", "spec", "text")
 
-    def __init__(self, spec: SweepSpec, text: str, source: str | None, lines: _LineMap) -> None:
-        for name, value in (("spec", spec), ("text", text), ("source", source), ("_lines", lines)):
+    def __init__(
+        self,
+        spec: SweepSpec,
+        text: str,
+        source: str | None,
+        lines: _LineMap,
+        overrides: tuple[Override, ...] = (),
+    ) -> None:
+        values = (("spec", spec), ("text", text), ("source", source), ("_lines", lines), ("overrides", overrides))
+        for name, value in values:
             object.__setattr__(self, name, value)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"a parsed spec is not changed in place (use replaced()): {name}")
 
     def __reduce__(self):  # copy and pickle through __init__: attributes are never set
-        return ParsedSpec, (self.spec, self.text, self.source, self._lines)
+        return ParsedSpec, (self.spec, self.text, self.source, self._lines, self.overrides)
 
     def replaced(self, spec: SweepSpec) -> ParsedSpec:
-        """This file's text and lines with ``spec``, a changed copy of its spec."""
-        return ParsedSpec(spec, self.text, self.source, self._lines)
+        """This file's text, lines and overrides with ``spec``, a changed copy of its spec."""
+        return ParsedSpec(spec, self.text, self.source, self._lines, self.overrides)
 
     def error(self, path: tuple, message: str) -> SpecError:
-        return SpecError(".".join(map(str, path)), message, self._lines.line(path), self.source)
+        """The error at ``path``: named by the `--set` that gave the value there, else by the
+        file's line."""
+        return _error_at(path, message, self._lines, self.source, self.overrides)
+
+    def resolved_text(self, changed_in_memory_by: str = "changes made in memory") -> str:
+        """The sweep file as it runs: the user's text when nothing changed it, else the whole spec
+        as YAML under a header that says what changed it (each `--set`, and
+        ``changed_in_memory_by`` for a spec changed after parsing), so a saved copy runs the same
+        sweep again."""
+        overrides = [str(o) for o in self.overrides]
+        as_given = parse_spec(self.text, overrides=overrides).spec
+        if not overrides and as_given == self.spec:
+            return self.text
+        how = [f"--set {shlex.quote(o)}" for o in overrides] + ([changed_in_memory_by] if as_given != self.spec else [])
+        header = f"# {self.source or 'sweep'} as run with {' '.join(how)}\n"
+        return header + yaml.safe_dump(self.spec.model_dump(mode="json"), sort_keys=False)
 
     def written(self, path: tuple) -> bool:
-        """Whether the file sets ``path`` (not a default, nor a change made in memory)."""
-        return path in self._lines.lines
+        """Whether the file or a ``--set`` sets ``path`` (not a default, nor a change made in memory)."""
+        return path in self._lines.lines or any(o.covers(path) for o in self.overrides)
+
+
+def _error_at(
+    path: tuple, message: str, lines: _LineMap, source: str | None, overrides: tuple[Override, ...]
+) -> SpecError:
+    given = next((o for o in reversed(overrides) if o.covers(path)), None)  # the last one set it
+    if given is not None:
+        return SpecError(f"--set {given.key}", message)
+    return SpecError(".".join(map(str, path)), message, lines.line(path), source)
 
 
 def _check_sections(parsed: ParsedSpec) -> None:
@@ -514,10 +549,18 @@ def _load_yaml(text: str, source: str | None) -> tuple[Any, _LineMap]:
     return data, _LineMap(root)
 
 
-def parse_spec(text: str, source: str | None = None) -> ParsedSpec:
+def parse_spec(text: str, source: str | None = None, overrides: tuple[str, ...] | list[str] = ()) -> ParsedSpec:
+    """The sweep file ``text`` with ``overrides`` (``KEY=VALUE``, as `--set` gives them) applied,
+    validated as one file."""
     data, lines = _load_yaml(text, source)
     if not isinstance(data, dict):
         raise SpecError("", "a sweep file must be a YAML mapping (name:, model:, search:, …)", 1, source)
+    changes: tuple[Override, ...] = ()
+    try:
+        changes = tuple(parse_override(given, _UniqueKeyLoader) for given in overrides)
+        data = apply_overrides(data, changes)
+    except OverrideError as err:
+        raise SpecError(f"--set {err.key}", str(err)) from None
     try:
         spec = SweepSpec.model_validate(data)
     except ValidationError as err:
@@ -533,13 +576,13 @@ def parse_spec(text: str, source: str | None = None) -> ParsedSpec:
         else:
             shown = first.get("input")
             message = f"{shown!r}: {first['msg']}" if not isinstance(shown, dict) else first["msg"]
-        raise SpecError(".".join(map(str, loc)), message, lines.line(loc), source) from None
-    parsed = ParsedSpec(spec, text, source, lines)
+        raise _error_at(loc, message, lines, source, changes) from None
+    parsed = ParsedSpec(spec, text, source, lines, changes)
     _check_sections(parsed)
     return parsed
 
 
-def load_spec(path: str | Path) -> ParsedSpec:
+def load_spec(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> ParsedSpec:
     path = Path(path)
     if not path.is_file():
         raise SpecError("", f"no sweep file at {path}" + (" (it is a folder)" if path.is_dir() else ""))
@@ -551,4 +594,4 @@ def load_spec(path: str | Path) -> ParsedSpec:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as err:
         raise SpecError("", f"cannot read {path}: {err}") from None
-    return parse_spec(text, source=str(path))
+    return parse_spec(text, source=str(path), overrides=overrides)
