@@ -410,6 +410,19 @@ def cmd_sync(args) -> int:
         return EXIT_FAILURE
 
 
+def cmd_export(args) -> int:
+    from orchestrator.running.export import export_model
+    from orchestrator.running.sweep import SweepError
+
+    out = _writable(args.out, "--out")
+    try:
+        print(export_model(args.sweep, out, trial=args.trial, storage_path=args.storage_path))
+    except SweepError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
 def _from_mlflow(read):
     """Runs ``read`` (which reads a sweep from MLflow): a sweep or store that is not there is bad
     input (exit 2); a store that fails to answer, midway too, is one line (exit 1)."""
@@ -671,6 +684,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="the sweep's MLflow server with its login (http://USER:PASSWORD@HOST:PORT); default: where the sweep logs",
     )
     p.set_defaults(func=cmd_sync)
+
+    p = sub.add_parser(
+        "export",
+        help="one trial's weights as a standalone file, loaded with resnet_core.load_model(FILE) in one call",
+    )
+    p.add_argument(
+        "sweep",
+        metavar="NAME|PATH|URI",
+        help="the sweep's name (under the storage path), its folder, or its s3://… / gs://… URI",
+    )
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--best", action="store_true", help="the trial with the lowest value of the sweep's metric (val error)"
+    )
+    which.add_argument("--trial", metavar="TRIAL", help="the trial's name, as `run`'s table and MLflow show it")
+    p.add_argument(
+        "--out",
+        metavar="FILE",
+        required=True,
+        help="the file to write (weights, model settings, normalisation, class names; replaced if there)",
+    )
+    p.add_argument("--storage-path", help="where to look for NAME (default: ./ray_results)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
         "status", help="where a sweep stands (trials by status, epochs, best so far, ETA), read from MLflow"

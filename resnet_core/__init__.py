@@ -24,6 +24,8 @@ __all__ = [
     "count_params",
     "describe_model",
     "layer_responses",
+    "load_export",
+    "load_model",
     "load_splits",
     "train",
     "train_array",
@@ -48,6 +50,8 @@ _HOMES = {
     "count_params": "analysis",
     "describe_model": "analysis",
     "layer_responses": "analysis",
+    "load_export": "export",  # an exported model (`resnet-sweep export`) and what its file says
+    "load_model": "export",  # the one-call loader: the exported model, in eval mode
 }
 
 
