@@ -35,14 +35,6 @@ def run(model: dict | None = None, **train) -> RunConfig:
     )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def export(path: Path, state_dict: dict, cfg: RunConfig, epoch: int = 1, metrics: dict | None = None) -> Path:
     save_export(path, state_dict, cfg, epoch=epoch, metrics=metrics or {}, source={"sweep": "s", "trial": "t"})
     return path
