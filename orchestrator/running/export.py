@@ -23,6 +23,7 @@ from orchestrator.running.progress import TrialNamer
 from orchestrator.running.replay import tune_trials
 from orchestrator.running.sweep import SPEC_FILE, Prepared, SweepError, find_experiment, varying_keys
 from orchestrator.running.trainable import CHECKPOINT_FILE
+from orchestrator.running.trainable import _reason as unusable_because
 from orchestrator.sweepfile.plan import make_plan
 from orchestrator.sweepfile.spec import SpecError, parse_spec
 from orchestrator.vocabulary import EARLIER_EPOCHS, STATUS
@@ -79,8 +80,8 @@ def _experiment(sweep: str, storage_path: str | None) -> str:
 
 
 def _trials(experiment: str) -> tuple[list[_Trial], str]:
-    """Every trial of the sweep (array members each), in Tune's order, named as `run` names
-    them; and the sweep's metric."""
+    """Every trial of the sweep (array members each), in the order Tune made them, named as
+    `run` names them; and the sweep's metric."""
     parsed = parse_spec(storage.read_text(experiment, SPEC_FILE), source=f"{experiment}/{SPEC_FILE}")
     storage_path, name = experiment.rstrip("/").rsplit("/", 1)
     # Only the sweep's searched keys are read: no tracking URI is checked, no MLflow reached.
@@ -91,7 +92,8 @@ def _trials(experiment: str) -> tuple[list[_Trial], str]:
     except SpecError:
         raise SweepError(f"{experiment} holds no Tune records of trials: the sweep never started one") from None
     trials = []
-    for trial in tune:
+    # Tune's records list trials in no fixed order; its ids count up as a driver creates them.
+    for trial in sorted(tune, key=lambda t: t.trial_id):
         folder = storage.join(experiment, trial.path.rstrip("/").rsplit("/", 1)[-1])
         members = members_of(trial.config)
         if members is None:
@@ -189,7 +191,7 @@ def _weights(trial: _Trial) -> tuple[list[Weights], list[str]]:
         except NoEpochWeights as err:
             passed.append(f"{name} ({err})")
         except Exception as err:
-            passed.append(f"{name} (unreadable: {storage.reason(err)})")
+            passed.append(f"{name} ({unusable_because(err)})")
     return found, passed
 
 
@@ -228,7 +230,7 @@ def export_model(sweep: str, out: Path, *, trial: str | None, storage_path: str 
     for line in passed:
         print(f"warning: trial {chosen.name}: passed over {line}", file=sys.stderr)
     if not weights:
-        why = "its checkpoints cannot be used" if passed else "it never finished an epoch"
+        why = "none of its checkpoints can be used" if passed else f"its folder {chosen.folder} holds none"
         raise SweepError(f"trial {chosen.name} of sweep {sweep_name} has no checkpoint to export: {why}")
     exported, row, note = exported_weights(chosen.name, weights)
     if note:
