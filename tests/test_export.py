@@ -22,7 +22,7 @@ from resnet_core.errors import ConfigError
 from resnet_core.export import save_export, torchvision_name
 from resnet_core.resnet import build_model
 from resnet_core.train import Trainer
-from tests.support import child_runs, cli
+from tests.support import VALID, child_runs, cli
 
 DATA = DataConfig(name="synthetic", synthetic_size=96, synthetic_classes=4, image_size=16, val_size=32)
 
@@ -177,27 +177,14 @@ def test_the_best_epochs_checkpoint_is_exported_when_kept_else_the_latest_and_it
     )
 
 
-SWEEP = """\
-name: tiny
-dataset: {name: digits, image_size: 8, train_limit: 256}
-model: {arch: cifar, block: basic, shortcut: A}
-train: {epochs: 2, batch_size: 64}
-search:
-  algorithm: grid
-  space:
-    model.depth: [8, 14]
-resources: {cpu: 1}
-"""
-
-
 def test_export_best_of_a_sweep_gives_its_logged_test_error_exactly(tmp_path, capsys, monkeypatch):
     """The best trial's best epoch (Tune keeps its checkpoint besides the latest), evaluated on
     the digits test split as the trainer evaluates it: the test error MLflow logged for it."""
-    (tmp_path / "tiny.yaml").write_text(SWEEP)
-    out = cli("run", "tiny.yaml", "--no-report", cwd=tmp_path)
+    (tmp_path / "t.yaml").write_text(VALID)  # digits, depths 8 and 14, 2 epochs
+    out = cli("run", "t.yaml", "--no-report", cwd=tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    _, children = child_runs(client, "tiny")
+    _, children = child_runs(client, "t")
     best_epoch = {c.info.run_id: int(c.data.tags["best_epoch"]) for c in children}
     logged = {  # each trial's errors at its best epoch, as MLflow has them
         c.info.run_id: {
@@ -211,12 +198,12 @@ def test_export_best_of_a_sweep_gives_its_logged_test_error_exactly(tmp_path, ca
     # The lowest val error, the earliest trial on ties.
     best = min(children, key=lambda c: (logged[c.info.run_id][M.VAL_ERROR], c.data.tags[TAG_TRIAL_ID]))
 
-    out = cli("export", "tiny", "--best", "--out", "a path with spaces/best.pt", cwd=tmp_path)
+    out = cli("export", "t", "--best", "--out", "a path with spaces/best.pt", cwd=tmp_path)
     assert out.returncode == 0 and "not kept" not in out.stderr, out.stdout + out.stderr
     path = tmp_path / "a path with spaces" / "best.pt"
     epoch = best_epoch[best.info.run_id]
     assert re.match(
-        rf"exported {best.info.run_name} of sweep tiny, epoch {epoch} \(.*\) to a path with spaces/best.pt", out.stdout
+        rf"exported {best.info.run_name} of sweep t, epoch {epoch} \(.*\) to a path with spaces/best.pt", out.stdout
     )
 
     exported = load_export(path)
@@ -232,13 +219,13 @@ def test_export_best_of_a_sweep_gives_its_logged_test_error_exactly(tmp_path, ca
 
     # The errors, one line each (in this process: the CLI's code, without another start-up).
     monkeypatch.chdir(tmp_path)
-    assert main(["export", "tiny", "--trial", "resnet99", "--out", "x.pt"]) == 2
+    assert main(["export", "t", "--trial", "resnet99", "--out", "x.pt"]) == 2
     assert main(["export", "nothere", "--best", "--out", "x.pt"]) == 2
     lines = capsys.readouterr().err.splitlines()
     assert lines == [
-        "error: --trial: no trial 'resnet99' in sweep tiny; its trials: resnet8-basic-A-lr0.1-s0, "
+        "error: --trial: no trial 'resnet99' in sweep t; its trials: resnet8-basic-A-lr0.1-s0, "
         "resnet14-basic-A-lr0.1-s0",
         f"error: no sweep named 'nothere' in {tmp_path / 'ray_results'} (and no sweep folder at that path); "
-        "sweeps there: tiny",
+        "sweeps there: t",
     ]
     assert not (tmp_path / "x.pt").exists()
