@@ -216,10 +216,23 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _load(path: str):
+def _load(args):
+    """The sweep file with its `--set` overrides, validated."""
     from orchestrator.sweepfile.spec import load_spec
 
-    return load_spec(path)
+    return load_spec(args.sweep, args.overrides)
+
+
+def _add_set_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change one setting of the sweep file (repeatable): KEY a dotted path (train.epochs, resources.gpu, "
+        "search.space.model.depth), VALUE read as YAML ([20, 56], 1e-3); docs/sweep-file.md lists the keys",
+    )
 
 
 def _warn(lines: list[str]) -> None:
@@ -235,8 +248,11 @@ def cmd_plan(args) -> int:
         if value is not None and not 0 < value < float("inf"):
             raise UsageError(f"--{flag.replace('_', '-')}: {value:g} must be a positive number")
     gflops = args.cpu_gflops or DEFAULT_CPU_GFLOPS
+    parsed = _load(args)
+    if args.extend:
+        return _plan_extension(parsed, args)
     plan = make_plan(
-        _load(args.sweep),
+        parsed,
         gpu_tflops=args.gpu_tflops,
         cpu_gflops=gflops,
         decode_rate=args.decode_rate or DECODE_IMAGES_PER_CORE,
@@ -363,10 +379,40 @@ def _print_gpu_estimate(plan, *, given: bool) -> None:
         )
 
 
+def _plan_extension(parsed, args) -> int:
+    """`plan FILE --extend`: what `run FILE --extend` would keep, continue and add; starts nothing."""
+    from orchestrator.persistence import storage
+    from orchestrator.running.extend import growth_of, say_growth
+    from orchestrator.running.sweep import Prepared
+    from orchestrator.sweepfile.plan import make_plan
+
+    spec = parsed.spec
+    where = storage.normalize(args.storage_path or spec.storage_path or storage.default_storage_path())
+    plan = make_plan(parsed, with_models=False)
+    found = growth_of(Prepared(parsed, plan, where, spec.name, "", spec.name))
+    if found is None:
+        message = (
+            f"no sweep named {spec.name!r} in {where} yet: `run --extend` would start it ({plan.num_trials} trials)"
+        )
+        print(json.dumps({"name": spec.name, "exists": False, "new": plan.num_trials}) if args.json else message)
+        return EXIT_OK
+    path, growth = found
+    if args.json:
+        summary = {"name": spec.name, "exists": True, "folder": path, "done": growth.done}
+        summary.update(unfinished=growth.unfinished, new=growth.new_samples, removed=len(growth.removed))
+        summary["changed"] = [key for key, _, _ in growth.changed]
+        print(json.dumps(summary))
+    else:
+        say_growth(spec.name, growth)
+    return EXIT_OK
+
+
 def cmd_run(args) -> int:
     from orchestrator.running.sweep import SweepError, prepare_sweep, run_or_resume, run_sweep
 
-    parsed = _load(args.sweep)
+    parsed = _load(args)
+    if args.extend and args.resume_if_exists:
+        raise UsageError("--extend: continues the sweep already; leave out --resume-if-exists")
     try:
         prep = prepare_sweep(
             parsed,
@@ -376,6 +422,10 @@ def cmd_run(args) -> int:
             smoke_test=args.smoke_test,
         )
         _warn(prep.plan.warnings)
+        if args.extend:
+            from orchestrator.running.extend import extend_sweep
+
+            return extend_sweep(prep, address=args.address, report=not args.no_report)
         if args.resume_if_exists:
             return run_or_resume(prep, address=args.address, report=not args.no_report)
         return run_sweep(prep, address=args.address, report=not args.no_report)
@@ -467,9 +517,15 @@ def cmd_status(args) -> int:
     )
     now = standing.from_record(record)
     if args.json:
-        print(json.dumps({"name": record.name, "experiment": record.experiment, **now.to_dict()}))
+        print(
+            json.dumps(
+                {"name": record.name, "experiment": record.experiment, **now.to_dict(), "retired": record.retired}
+            )
+        )
     else:
         print(f"{record.name} (MLflow experiment {record.experiment!r}): {standing.summary_line(now)}")
+        if retired := record.retired_line():
+            print(retired)
     return EXIT_OK
 
 
@@ -529,7 +585,7 @@ def cmd_ui(args) -> int:
 def cmd_k8s_render(args) -> int:
     from orchestrator.k8s import RenderError, render, render_yaml
 
-    parsed = _load(args.sweep)
+    parsed = _load(args)
     try:
         objects = render(
             parsed,
@@ -614,6 +670,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="validate a sweep file and show its trials, models and budget (starts nothing)")
     p.add_argument("sweep", metavar="SWEEP.yaml")
+    _add_set_flag(p)
+    p.add_argument(
+        "--extend",
+        action="store_true",
+        help="show what `run --extend` would do with the sweep of this name: trials done, unfinished, new",
+    )
+    p.add_argument("--storage-path", help="where to look for the sweep with --extend (default: ./ray_results)")
     p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
     p.add_argument(
         "--gpu-tflops",
@@ -640,6 +703,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a sweep on Ray Tune, tracked in MLflow")
     p.add_argument("sweep", metavar="SWEEP.yaml")
+    _add_set_flag(p)
     _add_run_flags(p)
     p.add_argument(
         "--tracking-uri",
@@ -651,6 +715,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="if this sweep (same name, same file) is already in the storage path, continue it instead of "
         "starting another (for entrypoints that may run twice, e.g. a retried Kubernetes job)",
+    )
+    p.add_argument(
+        "--extend",
+        action="store_true",
+        help="grow the sweep of this name to the edited file: finished trials are kept, unfinished ones "
+        "continue, only new ones train (same folder, same MLflow parent run)",
     )
     p.set_defaults(func=cmd_run)
 
@@ -746,6 +816,7 @@ def build_parser() -> argparse.ArgumentParser:
         "holds the file; apply with `kubectl apply -f -`. Built from k8s/base/rayjob.yaml.",
     )
     p.add_argument("sweep", metavar="SWEEP.yaml")
+    _add_set_flag(p)
     p.add_argument(
         "--image",
         required=True,

@@ -32,6 +32,7 @@ __all__ = [
     "TAG_NODES",
     "TAG_NODE_ID",
     "TAG_OVERRIDES",
+    "TAG_RETIRED",
     "TAG_ROLE",
     "TAG_SPEED",
     "TAG_STATUS",
@@ -73,6 +74,7 @@ TAG_NODES = "nodes"  # every node it ran on, in order (more than one after a nod
 TAG_DEVICE, TAG_SPEED = DEVICE, SPEED  # where it trained last, and how ("bf16 channels_last fused-sgd")
 PARENT_TAG = "mlflow.parentRunId"
 TAG_STORAGE = "resnet_sweep.storage"  # on the parent: the sweep's experiment folder
+TAG_RETIRED = "resnet_sweep.retired"  # on a trial the sweep file no longer has (`run --extend`): "true"
 TAG_OVERRIDES = "resnet_sweep.overrides"  # on the parent: the `--set KEY=VALUE`s it was run with (JSON list)
 # A failed trial may be retried on resume; these are never touched again.
 FINAL_STATUSES = {str(Status.COMPLETED), str(Status.STOPPED_EARLY), str(Status.DIVERGED)}

@@ -61,6 +61,8 @@ def build_report(record: SweepRecord, environment: dict | None = None) -> tuple[
         f"Data set {first.get('dataset.name', '?')}; the epoch of each trial is the one with the lowest val "
         f"error, never chosen on the test set (the sweep's search and early stopping use {metric}). Errors are in %."
     )
+    if retired := record.retired_line():
+        report.p(retired + ".")
     tables: dict[str, Table] = {}
     varying = varying_keys(trials)
     groups = by_net(trials, varying)

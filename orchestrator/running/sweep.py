@@ -27,6 +27,7 @@ from orchestrator.running.arrays import (
     members_of,
     trained_epochs,
 )
+from orchestrator.running.environment import parent_run_environment
 from orchestrator.running.progress import (
     TUNE_INTERRUPT,
     Progress,
@@ -35,6 +36,7 @@ from orchestrator.running.progress import (
     TrialNamer,
     table_rows,
 )
+from orchestrator.running.stages import Stage, earlier_trials, stages, started
 from orchestrator.running.tracker import SweepTracker
 from orchestrator.running.trainable import (
     RestoreFromWhatIsThere,
@@ -42,8 +44,9 @@ from orchestrator.running.trainable import (
     train_data_parallel_trial,
     train_trial,
 )
+from orchestrator.sweepfile.growth import trial_identity
 from orchestrator.sweepfile.plan import Plan, make_plan, plan_json
-from orchestrator.sweepfile.space import optuna_space
+from orchestrator.sweepfile.space import OPTUNA_STUDY, optuna_space, optuna_warm_start
 from orchestrator.sweepfile.spec import ParsedSpec, SpecError, parse_spec
 from orchestrator.tracking import login
 from orchestrator.tracking.mlflow_store import (
@@ -54,7 +57,6 @@ from orchestrator.tracking.mlflow_store import (
     secret_in,
     use_tracking_uri,
 )
-from orchestrator.tracking.sweep_runs import git_commit
 from orchestrator.tracking.writer import TRACKING_FENCE
 from orchestrator.trial_table import format_table
 from orchestrator.vocabulary import TAG_OVERRIDES, TAG_STORAGE
@@ -64,7 +66,18 @@ from resnet_core.errors import ConfigError
 from resnet_core.metrics import Status
 from resnet_core.train import RunConfig
 
-__all__ = ["SPEC_FILE", "SweepError", "find_experiment", "prepare_sweep", "resume_sweep", "run_or_resume", "run_sweep"]
+__all__ = [
+    "SPEC_FILE",
+    "SweepError",
+    "continue_sweep",
+    "find_experiment",
+    "holding",
+    "prepare_sweep",
+    "resume_sweep",
+    "run_or_resume",
+    "run_sweep",
+    "write_report",
+]
 
 SPEC_FILE = "sweep.yaml"  # the sweep file, saved in the experiment folder for `resume`
 TRACKING_FILE = "tracking.json"  # where its MLflow runs are, for `resume`
@@ -88,9 +101,17 @@ class Prepared:
     tracking_uri: str
     experiment: str
 
+    stage: str = ""  # the Tune experiment of the sweep this runs: "" the first, else a `run --extend`'s (stages.py)
+
     @property
     def experiment_path(self) -> str:
+        """The sweep's folder: its file, tracking.json and driver lock, and its first Tune experiment."""
         return storage.join(self.storage_path, self.name)
+
+    @property
+    def tune_path(self) -> str:
+        """The folder of the Tune experiment this runs (``stage``'s)."""
+        return storage.join(self.experiment_path, self.stage) if self.stage else self.experiment_path
 
 
 def _smoke(parsed: ParsedSpec) -> ParsedSpec:
@@ -239,8 +260,9 @@ def _epoch_budget_stopper(max_epochs: int):
     return EpochBudget()
 
 
-def _search_and_space(prep: Prepared, concurrency: int):
-    """Tune's search algorithm and param_space; ``concurrency`` 0 means no limit."""
+def _search_and_space(prep: Prepared, concurrency: int, earlier: list):
+    """Tune's search algorithm and param_space; ``concurrency`` 0 means no limit. ``earlier``:
+    the sweep's finished trials (EarlierTrial), which an Optuna stage's sampler is told first."""
     from ray import tune
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
@@ -248,8 +270,22 @@ def _search_and_space(prep: Prepared, concurrency: int):
     spec = prep.parsed.spec
     if spec.search.algorithm == "optuna":
         limit = concurrency or prep.plan.num_trials
+        study, seed = {}, spec.search.seed
+        if earlier:
+            told = [
+                (t.config, t.result[spec.metric.name]) for t in earlier if t.result.get(spec.metric.name) is not None
+            ]
+            study["storage"], known = optuna_warm_start(prep.parsed, told)
+            study["study_name"] = OPTUNA_STUDY
+            # Seeded as the first stage, its first draws would be the first stage's again.
+            seed += known
+            print(f"Optuna's sampler starts from the sweep's {known} finished trials (a warm start)", flush=True)
         searcher = OptunaSearch(
-            space=optuna_space(prep.parsed), metric=spec.metric.name, mode=spec.metric.mode, seed=spec.search.seed
+            space=optuna_space(prep.parsed),
+            metric=spec.metric.name,
+            mode=spec.metric.mode,
+            seed=seed,
+            **study,
         )
         return ConcurrencyLimiter(searcher, max_concurrent=limit), {}
     arrays = prep.plan.arrays
@@ -351,33 +387,17 @@ def run_sweep(prep: Prepared, *, address: str | None = None, folder_taken: bool 
     storage path, hold its driver lock, and run the Tune experiment with the tracker writing
     MLflow, the progress lines, ASHA and the searcher; then the final table and the report.
     Returns the exit code: 0, 1 when a trial failed, 130 when interrupted (Ctrl-C)."""
-    from ray import tune
-    from ray.tune.logger import JsonLoggerCallback
-    from ray.tune.schedulers import ASHAScheduler
-
     spec, plan = prep.parsed.spec, prep.plan
-    arrays = plan.arrays
-    tune_trials = len(arrays) if arrays else plan.num_trials
-    _connect(address, prep.storage_path, spec, tune_trials)
-    concurrency = cluster.trial_concurrency(spec, local=address is None)
-    search_alg, param_space = _search_and_space(prep, concurrency)
+    _connect(address, prep.storage_path, spec, _tune_trials(plan))
     if folder_taken:  # this sweep's own folder, from a start that never got under way
         storage.write_text(prep.experiment_path, SPEC_FILE, saved_spec_text(prep.parsed))
     else:
         name = storage.claim_name(prep.storage_path, spec.name, SPEC_FILE, saved_spec_text(prep.parsed))
         prep = dataclasses.replace(prep, name=name)
-    with _holding(prep.experiment_path, prep.name) as lock:
+    with holding(prep.experiment_path, prep.name) as lock:
         sweep_key = write_tracking(prep)["sweep_key"]
         login_holder = _share_login(address, sweep_key)  # noqa: F841 — held while Tune runs
-
-        scheduler = None
-        if spec.scheduler.name == "asha":
-            scheduler = ASHAScheduler(
-                time_attr=M.EPOCH,
-                grace_period=spec.scheduler.grace_period,
-                reduction_factor=spec.scheduler.reduction_factor,
-                max_t=spec.scheduler.max_t or plan.epochs_per_trial,
-            )
+        env_tags, env_artifacts = parent_run_environment(cluster=address is not None)
         tracker = sweep_tracker(
             prep,
             sweep_key,
@@ -385,73 +405,106 @@ def run_sweep(prep: Prepared, *, address: str | None = None, folder_taken: bool 
                 "resnet_sweep.spec_hash": spec.spec_hash(),
                 "resnet_sweep.version": version("resnet-sweep"),
                 TAG_STORAGE: prep.experiment_path,
-                **({"mlflow.source.git.commit": c} if (c := git_commit()) else {}),
                 "mlflow.note.content": spec.description,
-                **(
-                    {TAG_OVERRIDES: json.dumps([str(o) for o in prep.parsed.overrides])}
-                    if prep.parsed.overrides
-                    else {}
-                ),
+                **overrides_tag(prep.parsed),
+                **env_tags,
             },
-            artifacts={SPEC_FILE: saved_spec_text(prep.parsed), "plan.json": plan_json(plan)},
+            artifacts={SPEC_FILE: saved_spec_text(prep.parsed), "plan.json": plan_json(plan), **env_artifacts},
         )
-        namer = tracker.trial_namer
-        trial_name = ArrayDirName(namer) if arrays else TrialDirName(namer)
-        progress = Progress(
-            namer,
-            plan.epochs_per_trial,
-            _stopped_by(spec),
-            _max_failures(spec, address),
-            planned=plan.num_trials,
-            epochs_expected=round(plan.asha_epochs) if plan.asha_epochs else None,
+        return _fit_stage(prep, tracker, lock, address=address, report=report)
+
+
+def overrides_tag(parsed: ParsedSpec) -> dict[str, str]:
+    """The parent run's record of the `--set`s a sweep was run with (none: no tag)."""
+    return {TAG_OVERRIDES: json.dumps([str(o) for o in parsed.overrides])} if parsed.overrides else {}
+
+
+def _tune_trials(plan: Plan) -> int:
+    """Tune trials of a plan: one per array, else one per trial."""
+    return len(plan.arrays) if plan.arrays else plan.num_trials
+
+
+def _fit_stage(
+    prep: Prepared, tracker: SweepTracker, lock, *, address: str | None, report: bool, earlier: list | None = None
+) -> int:
+    """Runs a new Tune experiment of the sweep (its first, or the trials a `run --extend` added,
+    ``prep.stage``): the search algorithm over ``prep.plan``, ASHA, the tracker and the progress
+    lines; then the final table. ``earlier``: finished trials Optuna starts from."""
+    from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
+    from ray.tune.schedulers import ASHAScheduler
+
+    spec, plan = prep.parsed.spec, prep.plan
+    arrays = plan.arrays
+    concurrency = cluster.trial_concurrency(spec, local=address is None)
+    search_alg, param_space = _search_and_space(prep, concurrency, earlier or [])
+    scheduler = None
+    if spec.scheduler.name == "asha":
+        scheduler = ASHAScheduler(
+            time_attr=M.EPOCH,
+            grace_period=spec.scheduler.grace_period,
+            reduction_factor=spec.scheduler.reduction_factor,
+            max_t=spec.scheduler.max_t or plan.epochs_per_trial,
         )
-        # With arrays, MLflow and the progress lines see each array's members as trials.
-        per_trial = [ArrayMembers([tracker, progress])] if arrays else [tracker, progress]
-        tuner = tune.Tuner(
-            _trainable(spec, prep.experiment_path),
-            param_space=param_space,
-            tune_config=tune.TuneConfig(
-                metric=spec.metric.name,
-                mode=spec.metric.mode,
-                search_alg=search_alg,
-                scheduler=scheduler,
-                num_samples=tune_trials,
-                trial_name_creator=trial_name,
-                trial_dirname_creator=trial_name,
-                # A trial's actor is kept for the next one: no worker start-up between trials.
-                # Not for data-parallel trials: ending the actor is what ends its Ray Train
-                # run (the controller and workers are the actor's).
-                reuse_actors=spec.resources.workers == 1,
-            ),
-            run_config=tune.RunConfig(
-                name=prep.name,
-                storage_path=prep.storage_path,
-                storage_filesystem=storage.tune_filesystem(prep.storage_path),
-                failure_config=tune.FailureConfig(max_failures=_max_failures(spec, address)),
-                checkpoint_config=_checkpoint_config(spec),
-                callbacks=[cluster.TuneDriverSetup(), JsonLoggerCallback(), *per_trial],
-                stop=_epoch_budget_stopper(spec.budget.max_epochs) if spec.budget.max_epochs else None,
-                verbose=0,
-            ),
-        )
-        in_arrays = f" in {len(arrays)} arrays of up to {spec.resources.array}" if arrays else ""
-        print(
-            f"sweep {prep.name}: {plan.num_trials} trials{in_arrays}, up to {plan.epochs_per_trial} epochs each, "
-            f"{_where_it_runs(spec, concurrency, address)}; results in {prep.experiment_path}, MLflow {prep.tracking_uri} "
-            f"(experiment {prep.experiment!r})",
-            flush=True,
-        )
-        results = tuner.fit()
-        if lock.lost:
-            print(lock.lost, file=sys.stderr)
-            return 1
-        return _finish(
-            prep, results, namer, plan.epochs_per_trial, tracker, plan.num_trials, address=address, report=report
-        )
+    namer = tracker.trial_namer
+    trial_name = ArrayDirName(namer) if arrays else TrialDirName(namer)
+    progress = Progress(
+        namer,
+        plan.epochs_per_trial,
+        _stopped_by(spec),
+        _max_failures(spec, address),
+        planned=plan.num_trials,
+        epochs_expected=round(plan.asha_epochs) if plan.asha_epochs else None,
+    )
+    # With arrays, MLflow and the progress lines see each array's members as trials.
+    per_trial = [ArrayMembers([tracker, progress])] if arrays else [tracker, progress]
+    stage_root, stage_name = prep.tune_path.rsplit("/", 1)
+    tuner = tune.Tuner(
+        _trainable(spec, prep.tune_path),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=spec.metric.name,
+            mode=spec.metric.mode,
+            search_alg=search_alg,
+            scheduler=scheduler,
+            num_samples=_tune_trials(plan),
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_name,
+            # A trial's actor is kept for the next one: no worker start-up between trials.
+            # Not for data-parallel trials: ending the actor is what ends its Ray Train
+            # run (the controller and workers are the actor's).
+            reuse_actors=spec.resources.workers == 1,
+        ),
+        run_config=tune.RunConfig(
+            name=stage_name,
+            storage_path=stage_root,
+            storage_filesystem=storage.tune_filesystem(stage_root),
+            failure_config=tune.FailureConfig(max_failures=_max_failures(spec, address)),
+            checkpoint_config=_checkpoint_config(spec),
+            callbacks=[cluster.TuneDriverSetup(), JsonLoggerCallback(), *per_trial],
+            stop=_epoch_budget_stopper(spec.budget.max_epochs) if spec.budget.max_epochs else None,
+            verbose=0,
+        ),
+    )
+    in_arrays = f" in {len(arrays)} arrays of up to {spec.resources.array}" if arrays else ""
+    what = f"{prep.stage} of sweep {prep.name}" if prep.stage else f"sweep {prep.name}"
+    print(
+        f"{what}: {plan.num_trials} trials{in_arrays}, up to {plan.epochs_per_trial} epochs each, "
+        f"{_where_it_runs(spec, concurrency, address)}; results in {prep.tune_path}, MLflow {prep.tracking_uri} "
+        f"(experiment {prep.experiment!r})",
+        flush=True,
+    )
+    results = tuner.fit()
+    if lock.lost:
+        print(lock.lost, file=sys.stderr)
+        return 1
+    return _finish(
+        prep, results, namer, plan.epochs_per_trial, tracker, plan.num_trials, address=address, report=report
+    )
 
 
 @contextlib.contextmanager
-def _holding(experiment_path: str, name: str):
+def holding(experiment_path: str, name: str):
     """This driver holds the sweep (a second driver on one sweep is refused: exit 2). Should
     another driver take it over (this one's storage stalled past the stale time), this one
     stops writing to MLflow and stops its trials as on Ctrl-C (``lock.lost`` says why)."""
@@ -550,7 +603,7 @@ def _finish(
         print(f"{num_trials - len(rows)} of {num_trials} planned trials did not run{reason}")
     interrupted = TUNE_INTERRUPT.seen or results.num_terminated + results.num_errors < len(results)
     if report and not interrupted:
-        _write_report(prep)
+        write_report(prep)
     if interrupted:
         again = " ".join(
             shlex.quote(a)
@@ -566,7 +619,7 @@ def _finish(
     return 0
 
 
-def _write_report(prep: Prepared) -> None:
+def write_report(prep: Prepared) -> None:
     """The paper report at the end of the sweep (`resnet-sweep report`); a failure here does not
     change how the sweep ended, and says how to make the report later."""
     from orchestrator.report.report import report_sweep
@@ -737,21 +790,19 @@ def _check_tune_state(experiment_path: str) -> None:
             ) from None
 
 
-def _catch_up(prep: Prepared, tracking: dict, experiment_path: str) -> None:
+def _catch_up(prep: Prepared, tracking: dict) -> None:
     """Writes a killed driver still held for a down MLflow: the trials Tune records as finished
     get no callbacks once Tune continues, so their records are replayed first (what MLflow has
     is skipped). Should MLflow not take them now, the line says how to send them later."""
     from orchestrator.running.replay import replay, tune_trials
 
-    tracker = sweep_tracker(prep, tracking.get("sweep_key", ""), tags={TAG_STORAGE: experiment_path})
+    tracker = sweep_tracker(prep, tracking.get("sweep_key", ""), tags={TAG_STORAGE: prep.experiment_path})
     try:
         tracker.setup()
-        replay(
-            tracker, tune_trials(experiment_path), experiment_path, arrays=bool(prep.plan.arrays), finished_only=True
-        )
+        replay(tracker, tune_trials(prep.tune_path), prep.tune_path, arrays=bool(prep.plan.arrays), finished_only=True)
         left = tracker.end_sweep([], None, wait_s=0)
     except Exception as err:
-        sync = " ".join(shlex.quote(a) for a in ["resnet-sweep", "sync", experiment_path])
+        sync = " ".join(shlex.quote(a) for a in ["resnet-sweep", "sync", prep.experiment_path])
         print(
             f"warning: MLflow does not answer ({type(err).__name__}: {redact(str(err))[:200]}); the finished trials' "
             f"results it may lack are sent by `{sync}` once it does",
@@ -773,43 +824,99 @@ def resume_sweep(
 ) -> int:
     """`resnet-sweep resume`: reopen a started sweep from its folder (sweep.yaml, tracking.json and
     Tune's state), take its driver lock, and let Tune finish it: finished trials stay finished,
-    unfinished ones continue from their last checkpoint into the same MLflow runs. Returns the
-    exit code."""
+    unfinished ones continue from their last checkpoint into the same MLflow runs. A grown
+    sweep's stages are continued in order (stages.py). Returns the exit code."""
+    prep, tracking = open_sweep(experiment_path, tracking_uri)
+    cluster.check_tracking_reachable_from_tune(address, prep.tracking_uri)
+    with holding(experiment_path, prep.name) as lock:
+        return continue_sweep(prep, tracking, lock, address=address, report=report)
+
+
+def continue_sweep(prep: Prepared, tracking: dict, lock, *, address: str | None, report: bool) -> int:
+    """With the sweep's lock held: each stage that has work left, in order: a started one
+    restored by Tune, one that `run --extend` added started; the last one again when every stage
+    is finished (its table, and what a killed driver left MLflow). Stops at an interrupt."""
+    from orchestrator.running.replay import tune_trials
+
+    sweep_path = prep.experiment_path
+    chain = stages(sweep_path, tracking.get("num_trials", prep.plan.num_trials))
+    todo = [
+        s
+        for s in chain
+        if not started(sweep_path, s) or any(t.status != "TERMINATED" for t in tune_trials(s.path(sweep_path)))
+    ] or chain[-1:]
+    _connect(address, prep.storage_path, prep.parsed.spec, prep.plan.num_trials)
+    login_holder = _share_login(address, tracking.get("sweep_key", ""))  # noqa: F841 — held while Tune runs
+    code = 0
+    for i, stage in enumerate(todo):
+        staged = dataclasses.replace(prep, stage=stage.name)
+        last = report and i == len(todo) - 1
+        if started(sweep_path, stage):
+            code = max(code, _restore_stage(staged, stage, tracking, lock, address=address, report=last))
+        else:
+            code = max(code, _start_stage(staged, stage, tracking, lock, address=address, report=last))
+        if code > 1 or lock.lost:  # interrupted (130), or another driver took the sweep over
+            return code
+    return code
+
+
+def _restore_stage(prep: Prepared, stage: Stage, tracking: dict, lock, *, address: str | None, report: bool) -> int:
     from ray import tune
 
-    prep, tracking = open_sweep(experiment_path, tracking_uri)
-    spec = prep.parsed.spec
-    cluster.check_tracking_reachable_from_tune(address, prep.tracking_uri)
-    with _holding(experiment_path, prep.name) as lock:
-        _check_tune_state(experiment_path)
-        if storage.is_local(experiment_path):
-            from orchestrator.persistence.whole_files import remove_unfinished
+    path = prep.tune_path
+    _check_tune_state(path)
+    if storage.is_local(path):
+        from orchestrator.persistence.whole_files import remove_unfinished
 
-            remove_unfinished(experiment_path, older_than_s=driver_lock.STALE_AFTER_SECONDS)
-        _connect(address, prep.storage_path, spec, prep.plan.num_trials)
-        login_holder = _share_login(address, tracking.get("sweep_key", ""))  # noqa: F841 — held while Tune runs
-        _catch_up(prep, tracking, experiment_path)
-        tuner = tune.Tuner.restore(
-            experiment_path,
-            _trainable(spec, experiment_path),
-            resume_unfinished=True,
-            resume_errored=True,
-            storage_filesystem=storage.tune_filesystem(experiment_path),
-        )
-        print(f"resuming {experiment_path}", flush=True)
-        results = tuner.fit()
-        if lock.lost:
-            print(lock.lost, file=sys.stderr)
-            return 1
-        # The restored Tune loop holds its own tracker; this one only finds the runs (best checkpoints).
-        tracker = sweep_tracker(prep, tracking.get("sweep_key", ""))
-        return _finish(
-            prep,
-            results,
-            tracker.trial_namer,
-            prep.plan.epochs_per_trial,
-            tracker,
-            tracking.get("num_trials", len(results)),
-            address=address,
-            report=report,
-        )
+        remove_unfinished(path, older_than_s=driver_lock.STALE_AFTER_SECONDS)
+    _catch_up(prep, tracking)
+    tuner = tune.Tuner.restore(
+        path,
+        _trainable(prep.parsed.spec, path),
+        resume_unfinished=True,
+        resume_errored=True,
+        storage_filesystem=storage.tune_filesystem(path),
+    )
+    print(f"resuming {path}", flush=True)
+    results = tuner.fit()
+    if lock.lost:
+        print(lock.lost, file=sys.stderr)
+        return 1
+    # The restored Tune loop holds its own tracker; this one only finds the runs (best checkpoints).
+    tracker = sweep_tracker(prep, tracking.get("sweep_key", ""))
+    planned = stage.planned if stage.name else tracking.get("num_trials", len(results))
+    return _finish(
+        prep, results, tracker.trial_namer, prep.plan.epochs_per_trial, tracker, planned, address=address, report=report
+    )
+
+
+def _start_stage(prep: Prepared, stage: Stage, tracking: dict, lock, *, address: str | None, report: bool) -> int:
+    """The first run of a stage `run --extend` added: its new trials (or Optuna's further draws,
+    the sampler told the sweep's finished trials first), under the sweep's parent run."""
+    staged = dataclasses.replace(prep, plan=_stage_plan(prep.plan, stage))
+    earlier = None
+    if prep.parsed.spec.search.algorithm == "optuna":
+        first = tracking.get("num_trials", prep.plan.num_trials)
+        earlier = [t for t in earlier_trials(prep.experiment_path, first) if t.finished]
+    tracker = sweep_tracker(staged, tracking.get("sweep_key", ""), tags={TAG_STORAGE: prep.experiment_path})
+    return _fit_stage(staged, tracker, lock, address=address, report=report, earlier=earlier)
+
+
+def _stage_plan(plan: Plan, stage: Stage) -> Plan:
+    """The sweep's plan cut to the trials ``stage`` adds (its configurations; Optuna: its draws)."""
+    if stage.points is None:
+        trials = None
+        count = stage.planned
+    else:
+        wanted = {trial_identity(c) for c in stage.points}
+        trials = [t for t in plan.trials if trial_identity(t.config) in wanted]
+        count = len(trials)
+    share = count / plan.num_trials if plan.num_trials else 0
+    return dataclasses.replace(
+        plan,
+        trials=trials,
+        num_trials=count,
+        configs=[t.config for t in trials] if trials is not None else plan.configs,
+        total_epochs=plan.epochs_per_trial * count,
+        asha_epochs=plan.asha_epochs * share if plan.asha_epochs is not None else None,
+    )

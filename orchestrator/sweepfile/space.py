@@ -208,3 +208,39 @@ class OptunaSpace:
 
 def optuna_space(parsed: ParsedSpec) -> OptunaSpace:
     return OptunaSpace(parsed.spec.search.space, parsed.spec.fixed_flat())
+
+
+def _distribution(dim: Any):
+    """The Optuna distribution OptunaSpace suggests a dimension from."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if isinstance(dim, list):
+        return CategoricalDistribution(dim)
+    kind, arg = next(iter(dim.items()))
+    if kind == "choice":
+        return CategoricalDistribution(arg)
+    if kind == "int":
+        return IntDistribution(int(arg[0]), int(arg[1]))
+    return FloatDistribution(float(arg[0]), float(arg[1]), log=kind == "loguniform")
+
+
+OPTUNA_STUDY = "resnet-sweep"
+
+
+def optuna_warm_start(parsed: ParsedSpec, finished: list[tuple[dict[str, Any], float]]):
+    """An Optuna storage holding the study ``OPTUNA_STUDY`` with ``finished`` trials (their
+    config, their metric) already told: a grown Optuna sweep's sampler draws knowing them (Tune's
+    OptunaSearch loads the study by name). Draws outside the file's space are left out."""
+    import optuna
+
+    space = parsed.spec.search.space
+    distributions = {key: _distribution(dim) for key, dim in space.items()}
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name=OPTUNA_STUDY, direction="minimize")
+    for config, value in finished:
+        params = {key: config[key] for key in space if key in config}
+        try:
+            study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=value))
+        except ValueError:  # a key missing, or a value outside the file's space now
+            continue
+    return storage, len(study.trials)

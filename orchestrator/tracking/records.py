@@ -12,7 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator import trial_table
-from orchestrator.vocabulary import LAYER_RESPONSES, PARENT_TAG, TAG_ERROR, TAG_ROLE, TAG_STATUS, TAG_STOPPED_AT
+from orchestrator.vocabulary import (
+    LAYER_RESPONSES,
+    PARENT_TAG,
+    TAG_ERROR,
+    TAG_RETIRED,
+    TAG_ROLE,
+    TAG_STATUS,
+    TAG_STOPPED_AT,
+)
 from resnet_core import metrics as M
 
 __all__ = ["SweepNotFound", "SweepRecord", "SweepUnreadable", "TrialRecord", "find_sweep", "open_record", "read_sweep"]
@@ -64,6 +72,16 @@ class SweepRecord:
     spec_text: str
     plan: dict  # plan.json as `run` logged it
     trials: list[TrialRecord]
+    retired: int = 0  # runs of trials the sweep file no longer has (`run --extend`), left out of ``trials``
+
+    def retired_line(self) -> str | None:
+        """What `status` and `report` say about the trials they leave out."""
+        if not self.retired:
+            return None
+        return (
+            f"{self.retired} earlier trial(s) of this sweep are no longer in its file (`run --extend`): "
+            f"left out here, their runs kept in MLflow (tag {TAG_RETIRED})"
+        )
 
 
 def _typed(text: str):
@@ -164,9 +182,12 @@ def read_sweep(
     runs = client.search_runs([info.experiment_id], f"tags.`{PARENT_TAG}` = '{info.run_id}'", max_results=MAX_RUNS)
     if len(runs) > 50:  # a few requests per trial: say why a big sweep takes a moment
         print(f"reading {len(runs)} trials of {info.run_name} from MLflow …", file=sys.stderr, flush=True)
-    trials = []
+    trials, retired = [], 0
     for run in runs:
         tags = run.data.tags
+        if tags.get(TAG_RETIRED) == "true":
+            retired += 1
+            continue
         stopped = tags.get(TAG_STOPPED_AT)
         trial = TrialRecord(
             run_id=run.info.run_id,
@@ -191,6 +212,7 @@ def read_sweep(
         spec_text=spec_text,
         plan=plan,
         trials=trials,
+        retired=retired,
     )
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -53,18 +52,9 @@ from orchestrator.vocabulary import (
 from resnet_core import metrics as M
 from resnet_core.metrics import Status
 
-__all__ = ["END_WAIT_S", "Figures", "SweepRuns", "git_commit"]
+__all__ = ["END_WAIT_S", "Figures", "SweepRuns"]
 
 END_WAIT_S = 120  # at the end of a sweep, how long held writes wait for MLflow to come back
-
-
-def git_commit() -> str | None:
-    """The commit of the code that runs the sweep (its parent run's mlflow.source.git.commit)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 class Figures(Protocol):
