@@ -21,6 +21,7 @@ from orchestrator.running import ray_compat
 from orchestrator.running.arrays import member_records, members_of
 from orchestrator.running.progress import TrialNamer
 from orchestrator.running.replay import tune_trials
+from orchestrator.running.stages import stages, started
 from orchestrator.running.sweep import SPEC_FILE, Prepared, SweepError, find_experiment, varying_keys
 from orchestrator.running.trainable import CHECKPOINT_FILE
 from orchestrator.running.trainable import _reason as unusable_because
@@ -88,13 +89,17 @@ def _trials(experiment: str) -> tuple[list[_Trial], str]:
     prep = Prepared(parsed, make_plan(parsed, with_models=False), storage_path, name, "", parsed.spec.name)
     namer = TrialNamer(varying_keys(prep))
     try:
-        tune = tune_trials(experiment)
+        tune = [(experiment, t) for t in tune_trials(experiment)]
     except SpecError:
         raise SweepError(f"{experiment} holds no Tune records of trials: the sweep never started one") from None
+    # A grown sweep's later trials are in its further Tune experiments (stages.py).
+    for stage in stages(experiment, 0)[1:]:
+        if started(experiment, stage):
+            tune += [(stage.path(experiment), t) for t in tune_trials(stage.path(experiment))]
     trials = []
     # Tune's records list trials in no fixed order; its ids count up as a driver creates them.
-    for trial in sorted(tune, key=lambda t: t.trial_id):
-        folder = storage.join(experiment, trial.path.rstrip("/").rsplit("/", 1)[-1])
+    for path, trial in sorted(tune, key=lambda pt: (pt[0], pt[1].trial_id)):
+        folder = storage.join(path, trial.path.rstrip("/").rsplit("/", 1)[-1])
         members = members_of(trial.config)
         if members is None:
             trials.append(_Trial(namer(trial.config), folder, None))
