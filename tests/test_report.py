@@ -42,7 +42,7 @@ search:
   seeds: [0, 1]
 resources: {cpu: 1}
 """
-FILES = {"index.md", "report.html", "fig6.png", "fig7.png", "table6.csv", "fig7.csv", "trials.csv", "claims.csv"}
+FILES = {"index.md", "report.html", "fig6.png", "fig7.png", "table6.csv", "fig7.csv", "trials.csv", "claims.csv", "environment.csv"}
 
 
 def _csv(path: Path) -> list[dict]:
