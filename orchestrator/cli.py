@@ -505,6 +505,22 @@ def cmd_report(args) -> int:
     return EXIT_OK
 
 
+def cmd_compare(args) -> int:
+    from orchestrator.report.compare import WORSE, SweepsIncomparable, compare_sweeps
+
+    try:
+        comparison, folder = _from_mlflow(lambda: compare_sweeps(args.tracking_uri, args.a, args.b, out=args.out))
+    except SweepsIncomparable as err:
+        raise UsageError(str(err)) from None
+    shown = folder if args.out else folder.relative_to(Path.cwd())
+    print(f"{comparison.a.name} (A) vs {comparison.b.name} (B): {comparison.summary()}")
+    print(f"compare: {shown / 'index.md'}, {shown / 'compare.html'} and {shown / 'compare.csv'}")
+    if args.fail_on_worse and comparison.count(WORSE):
+        print(f"error: {comparison.count(WORSE)} configuration(s) {WORSE} (--fail-on-worse)", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
 def cmd_status(args) -> int:
     from orchestrator.report import standing
     from orchestrator.tracking.records import open_record
@@ -799,6 +815,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="the sweep's MLflow store (default: sqlite:///mlflow.db in this folder)")
     p.add_argument("--experiment", help="the MLflow experiment to look in (default: every experiment)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "compare",
+        help="did the results change? two sweeps' trials matched by configuration, each difference judged "
+        "against the noise, from MLflow",
+    )
+    p.add_argument("a", metavar="A", help="the sweep compared against (its name, as `run` printed it)")
+    p.add_argument("b", metavar="B", help="the sweep compared with A")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="folder to write index.md, compare.html and compare.csv into (default: ./compare/A-vs-B)",
+    )
+    p.add_argument("--tracking-uri", help="the sweeps' MLflow store (default: sqlite:///mlflow.db in this folder)")
+    p.add_argument(
+        "--fail-on-worse",
+        action="store_true",
+        help="exit 1 when any configuration is worse in B beyond noise (a CI job guarding a recipe)",
+    )
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("ui", help="the MLflow UI for the local store, on 127.0.0.1")
     p.add_argument("--tracking-uri", help="store to browse (default: sqlite:///mlflow.db in this folder)")

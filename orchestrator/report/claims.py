@@ -33,6 +33,8 @@ __all__ = [
     "RESPONSE_MARGIN",
     "WITHIN_NOISE",
     "claims_table",
+    "difference_noise",
+    "measured_images",
 ]
 
 REPRODUCED, NOT_REPRODUCED, NOT_TESTED = "reproduced", "not reproduced", "not tested by this sweep"
@@ -52,20 +54,26 @@ CLAIMS = (
 )
 
 
-def _verdict(lower: list[float], higher: list[float], margin: float, images: int | None = None) -> str:
-    """Whether ``lower`` (what the paper says is lower) is lower by more than the noise: the
-    margin, or twice the standard error of the difference, from the spread over seeds or, for an
-    error rate measured on ``images`` images, from that sample's size (whichever is larger)."""
+def difference_noise(xs: list[float], ys: list[float], margin: float, images: int | None = None) -> float:
+    """How far apart the means of ``xs`` and ``ys`` must be to count as a difference: the margin,
+    or twice the standard error of the difference, from the spread over seeds or, for an error
+    rate measured on ``images`` images, from that sample's size (whichever is larger)."""
 
-    def se2(xs: list[float]) -> float:
-        seeds = statistics.variance(xs) / len(xs) if len(xs) > 1 else 0.0
+    def se2(values: list[float]) -> float:
+        seeds = statistics.variance(values) / len(values) if len(values) > 1 else 0.0
         if images:
-            p = statistics.fmean(xs)
+            p = statistics.fmean(values)
             return max(seeds, p * (1 - p) / images)
         return seeds
 
+    return max(margin, 2 * math.sqrt(se2(xs) + se2(ys)))
+
+
+def _verdict(lower: list[float], higher: list[float], margin: float, images: int | None = None) -> str:
+    """Whether ``lower`` (what the paper says is lower) is lower by more than the noise
+    (difference_noise)."""
     gap = statistics.fmean(higher) - statistics.fmean(lower)
-    noise = max(margin, 2 * math.sqrt(se2(lower) + se2(higher)))
+    noise = difference_noise(lower, higher, margin, images)
     if gap > noise:
         return REPRODUCED
     return NOT_REPRODUCED if gap < -noise else WITHIN_NOISE
@@ -96,7 +104,7 @@ def _deepest(compared: list[tuple[int, str]]) -> str:
     return _combine([(d, v) for d, v in compared if d == deepest])
 
 
-def _images(trials: list[TrialRecord], split: int) -> int | None:
+def measured_images(trials: list[TrialRecord], split: int) -> int | None:
     """How many images an error rate of these trials was measured on (0 train, 2 test)."""
     from resnet_core.config import RunConfig, split_sizes
 
@@ -147,7 +155,7 @@ def _claims(trials: list[TrialRecord], varying: list[str]) -> list[list[str]]:
             if not xa or not xb:
                 continue
             low, high = (xa, xb) if lower_first else (xb, xa)
-            images = _images(a, split) if split is not None else None
+            images = measured_images(a, split) if split is not None else None
             compared.append((a[0].config.get(DEPTH) or 0, _verdict(low, high, margin(low + high), images)))
             lines.append(f"{a_name} {shown(xa)} vs {b_name} {shown(xb)}")
         if not compared:
