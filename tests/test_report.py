@@ -42,7 +42,20 @@ search:
   seeds: [0, 1]
 resources: {cpu: 1}
 """
-FILES = {"index.md", "report.html", "fig6.png", "fig7.png", "table6.csv", "fig7.csv", "trials.csv", "claims.csv", "environment.csv"}
+FILES = {
+    "index.md",
+    "report.html",
+    "fig6.png",
+    "fig7.png",
+    "pareto.png",
+    "table6.csv",
+    "fig7.csv",
+    "pareto.csv",
+    "seeds.csv",
+    "trials.csv",
+    "claims.csv",
+    "environment.csv",
+}
 
 
 def _csv(path: Path) -> list[dict]:
@@ -171,7 +184,9 @@ def test_report_local_and_http_identical_and_equal_to_mlflow(tmp_path, mlflow_se
     parent = child_runs(client, "reported")[0][0]
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} == {f"report/{f}" for f in FILES}
     page = (made["http"] / "report.html").read_text()
-    assert page.count('src="data:image/png;base64,') == 2 and not re.search(r'src="(?!data:)', page)
+    assert page.count('src="data:image/png;base64,') == sum(f.endswith(".png") for f in FILES) and not re.search(
+        r'src="(?!data:)', page
+    )
     index = (made["http"] / "index.md").read_text()
     for section in ("What this sweep shows", "Table 6", "Figure 6", "Figure 7", "Trials"):
         assert f"## {section}" in index

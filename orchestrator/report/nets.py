@@ -23,6 +23,7 @@ __all__ = [
     "format_value",
     "net_label",
     "net_order",
+    "searched_value",
     "short_name",
     "value_order",
     "varying_keys",
@@ -78,6 +79,19 @@ def value_order(value: Any) -> tuple:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return (0, float(value), "")
     return (1, 0.0, repr(value))
+
+
+def searched_value(config: dict, key: str) -> Any:
+    """A searched setting's value in a trial's config; ``model.n`` (blocks per stage) is logged
+    resolved, as model.depth."""
+    if key != "model.n":
+        return config.get(key)
+    from resnet_core.config import RunConfig
+
+    try:
+        return RunConfig.from_flat(config).model.blocks_per_stage[0]
+    except Exception:
+        return None
 
 
 def completed(trials: list[TrialRecord]) -> list[TrialRecord]:

@@ -2,15 +2,16 @@
 
 Table 6 (error by depth, plain and residual, with the paper's numbers where the recipe is the
 paper's), Fig. 6 (training curves), Fig. 7 (layer responses), Table 3 (shortcut options A/B/C),
-original vs pre-activation blocks (2016), any other varied setting, Optuna's importances, ASHA's
-rungs, what the sweep shows against each claim of the papers, and how it was made. Written as
-index.md (with PNG and CSV files beside it) and one self-contained report.html, and logged on
-the sweep's parent run. Nothing here reads the Tune folder: a report can be made from any
+original vs pre-activation blocks (2016), any other varied setting, accuracy against cost (Pareto
+fronts), Optuna's importances, a random or Optuna search's parallel coordinates, ASHA's rungs,
+the seeds' spread, what the sweep shows against each claim of the papers, and how it was made.
+Written as index.md (with PNG and CSV files beside it) and one self-contained report.html, and
+logged on the sweep's parent run. Nothing here reads the Tune folder: a report can be made from any
 machine that reaches the tracking server.
 
 This module holds the entry points; beside it: document.py (the blocks and their rendering),
-nets.py (labels and groups), paper.py (the papers' numbers and recipes), sections.py, claims.py
-and environment.py.
+nets.py (labels and groups), paper.py (the papers' numbers and recipes), sections.py, cost.py,
+parallel.py, seeds.py, claims.py and environment.py.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from orchestrator.report.claims import claims_table
+from orchestrator.report.cost import add_pareto
 from orchestrator.report.document import Figure, Report, Table
 from orchestrator.report.environment import add_environment, read_environment
 from orchestrator.report.nets import BLOCK, DEPTH, RESIDUAL, SHORTCUT, by_net, short_name, varying_keys
+from orchestrator.report.parallel import add_parallel_coordinates, shows_parallel_coordinates
 from orchestrator.report.sections import (
     add_asha,
     add_figure6,
@@ -31,6 +34,7 @@ from orchestrator.report.sections import (
     add_ten_crop,
     add_trials,
 )
+from orchestrator.report.seeds import add_seeds
 from orchestrator.tracking.records import SweepRecord
 from orchestrator.vocabulary import REPORT_FOLDER
 
@@ -105,10 +109,14 @@ def build_report(record: SweepRecord, environment: dict | None = None) -> tuple[
                 f"by_{short_name(key)}",
                 tables,
             )
+    add_pareto(report, trials, tables)
     if spec.search.algorithm == "optuna":
         add_optuna(report, record, parsed, metric, tables)
+    if shows_parallel_coordinates(spec):
+        add_parallel_coordinates(report, record, spec, metric)
     if spec.scheduler.name == "asha":
         add_asha(report, record, spec, metric, tables)
+    add_seeds(report, trials, tables)
     add_trials(report, record, "ASHA" if spec.scheduler.name == "asha" else "budget", tables)
     add_environment(report, environment, tables)
     claims = claims_table(trials, varying)
@@ -131,6 +139,10 @@ STALE = {
     "trials.csv",
     "claims.csv",
     "environment.csv",
+    "pareto.png",
+    "pareto.csv",
+    "parallel_coordinates.png",
+    "seeds.csv",
 }
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from orchestrator import trial_table
+from orchestrator.report.cost import footprint
 from orchestrator.report.document import Count, Figure, Number, Report, Stat, Table, percent
 from orchestrator.report.nets import (
     DEPTH,
@@ -23,6 +24,7 @@ from orchestrator.report.nets import (
     format_value,
     net_label,
     net_order,
+    searched_value,
     value_order,
 )
 from orchestrator.report.paper import (
@@ -52,14 +54,8 @@ __all__ = [
 
 def _params(config: dict) -> Count | None:
     """The net's parameter count, from its config: the plan's count (cached by full config)."""
-    from orchestrator.sweepfile.model_counts import model_footprint
-    from resnet_core.config import RunConfig, num_classes
-
-    try:
-        cfg = RunConfig.from_flat(config)
-        return Count(model_footprint(cfg.model, num_classes(cfg.dataset), cfg.dataset.image_size).params)
-    except Exception:
-        return None
+    counts = footprint(config)
+    return Count(counts.params) if counts else None
 
 
 def _unless_differs(paper: Any, differs: list[str], notes: set[str]) -> Any:
@@ -330,7 +326,7 @@ def add_optuna(report: Report, record: SweepRecord, parsed, metric: str, tables:
     ]
     study = optuna.create_study(direction="minimize")
     for t, value in scored:
-        params = {k: v for k in distributions if (v := _searched(t.config, k)) is not None}
+        params = {k: v for k in distributions if (v := searched_value(t.config, k)) is not None}
         if len(params) == len(distributions):
             study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=value))
     values = {t.value for t in study.trials}
@@ -358,7 +354,7 @@ def add_optuna(report: Report, record: SweepRecord, parsed, metric: str, tables:
             tables["importance"] = table
     if scored:
         best_trial, best_value = min(scored, key=lambda tv: (tv[1], tv[0].name))
-        shown = ", ".join(f"{k} = {format_value(_searched(best_trial.config, k))}" for k in distributions)
+        shown = ", ".join(f"{k} = {format_value(searched_value(best_trial.config, k))}" for k in distributions)
         report.p(
             f"Best configuration (lowest {metric}, chosen on val): **{best_trial.name}** with {shown}: "
             f"{metric} {_metric_text(metric, best_value)}."
@@ -367,19 +363,6 @@ def add_optuna(report: Report, record: SweepRecord, parsed, metric: str, tables:
 
 def _metric_text(metric: str, value: float) -> str:
     return f"{100 * value:.2f}%" if metric.endswith("error") else f"{value:.4f}"
-
-
-def _searched(config: dict, key: str) -> Any:
-    """A searched setting's value in a trial's config; ``model.n`` (blocks per stage) is logged
-    resolved, as model.depth."""
-    if key != "model.n":
-        return config.get(key)
-    from resnet_core.config import RunConfig
-
-    try:
-        return RunConfig.from_flat(config).model.blocks_per_stage[0]
-    except Exception:
-        return None
 
 
 def asha_rungs(grace: int, factor: float, max_t: int) -> list[int]:

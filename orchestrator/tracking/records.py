@@ -25,7 +25,10 @@ from resnet_core import metrics as M
 
 __all__ = ["SweepNotFound", "SweepRecord", "SweepUnreadable", "TrialRecord", "find_sweep", "open_record", "read_sweep"]
 
-HISTORY_KEYS = (M.ITERATION, M.TRAIN_ERROR, M.VAL_ERROR, M.TEST_ERROR)  # what the report draws and tabulates
+# What the report draws and tabulates (epoch_seconds: the measured training time of its cost view).
+HISTORY_KEYS = (M.ITERATION, M.TRAIN_ERROR, M.VAL_ERROR, M.TEST_ERROR, M.EPOCH_SECONDS)
+# An epoch without these is still whole: the errors stand without them (iteration: runs logged before it).
+OPTIONAL_KEYS = (M.ITERATION, M.EPOCH_SECONDS)
 TIMESTAMP = "timestamp"
 MAX_RUNS = 10_000  # a sweep has at most 10,000 trials (spec.py)
 
@@ -162,7 +165,7 @@ def _history(client, run_id: str, keys: tuple[str, ...]) -> list[dict]:
             record[key] = m.value
             if key == M.VAL_ERROR:
                 record[TIMESTAMP] = m.timestamp  # when the driver logged the epoch (ms): the pace of `status`
-    return [epochs[e] for e in sorted(epochs) if all(k in epochs[e] for k in keys if k != M.ITERATION)]
+    return [epochs[e] for e in sorted(epochs) if all(k in epochs[e] for k in keys if k not in OPTIONAL_KEYS)]
 
 
 def read_sweep(
