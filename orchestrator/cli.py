@@ -248,6 +248,8 @@ def cmd_plan(args) -> int:
         if value is not None and not 0 < value < float("inf"):
             raise UsageError(f"--{flag.replace('_', '-')}: {value:g} must be a positive number")
     gflops = args.cpu_gflops or DEFAULT_CPU_GFLOPS
+    if args.extend and args.calibrate:
+        raise UsageError("--calibrate: measures a sweep's trials; leave out --extend")
     parsed = _load(args)
     if args.extend:
         return _plan_extension(parsed, args)
@@ -258,6 +260,14 @@ def cmd_plan(args) -> int:
         decode_rate=args.decode_rate or DECODE_IMAGES_PER_CORE,
     )
     _warn(plan.warnings)
+    if args.calibrate:  # measures: data loaded, each model trained briefly here
+        from orchestrator.sweepfile.calibration import calibrate
+
+        try:
+            plan.prediction = calibrate(plan)
+        except ConfigError as err:  # the trials' device is not on this machine
+            print(f"error: --calibrate measures on this machine: {err}", file=sys.stderr)
+            return EXIT_FAILURE
     budget = plan.spec.budget.model_dump()
     if args.json:
         print(json.dumps(plan_summary(plan)))
@@ -314,6 +324,11 @@ def cmd_plan(args) -> int:
         print(
             f"CPU core-hours (estimate at {gflops:g} GFLOP/s per core sustained; resources.gpu is 0): {plan.cpu_hours:.2f}"
         )
+    if plan.prediction:
+        from orchestrator.sweepfile.calibration import summary_lines
+
+        print()
+        print("\n".join(summary_lines(plan.prediction)))
     return EXIT_OK
 
 
@@ -326,7 +341,7 @@ def _span(values, fmt: str) -> str:
 def _print_gpu_estimate(plan, *, given: bool) -> None:
     """`plan`'s GPU-hours: by pass, the throughput assumed and why, one trial's wall-clock on its
     GPUs, and for image folders what the CPUs decode against what the GPU trains."""
-    from orchestrator.sweepfile.plan import IMAGENET_GPU_TFLOPS, IMAGENET_MIN_SIZE
+    from orchestrator.sweepfile.plan import DEFAULT_GPU_TFLOPS, IMAGENET_GPU_TFLOPS, IMAGENET_MIN_SIZE
 
     models = plan.models
     resources = plan.spec.resources
@@ -344,6 +359,12 @@ def _print_gpu_estimate(plan, *, given: bool) -> None:
     if by_pass["ten_crop"]:
         line += f" + final 10-crop test {by_pass['ten_crop']:,.2f}"
     print(line)
+    if not given and any(m["gpu_tflops"] == DEFAULT_GPU_TFLOPS for m in models.values()):
+        print(
+            f"  {DEFAULT_GPU_TFLOPS:g} TFLOP/s per GPU: assumed, not measured, for CIFAR-size models (no GPU has been "
+            f"lent to this project to measure it); `plan --calibrate` on the GPU machine measures the trials' rate "
+            f"(--gpu-tflops sets it)"
+        )
     if not given and any(m["gpu_tflops"] == IMAGENET_GPU_TFLOPS for m in models.values()):
         print(
             f"  {IMAGENET_GPU_TFLOPS:g} TFLOP/s per GPU: assumed for ImageNet-size models (arch imagenet at ≥ "
@@ -695,11 +716,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage-path", help="where to look for the sweep with --extend (default: ./ray_results)")
     p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
     p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="time a short training and an evaluation of each distinct model here, as its trials will run, and "
+        "predict each trial's and the sweep's wall time on this machine (predicted_wall_s, predicted_trial_s)",
+    )
+    p.add_argument(
         "--gpu-tflops",
         type=float,
         default=None,
         help="sustained TFLOP/s per GPU assumed for the GPU-hour estimate (default 50 for ImageNet-size models: "
-        "arch imagenet at 112 px or more; else 5)",
+        "arch imagenet at 112 px or more; else 5, assumed, not measured; --calibrate on a GPU measures it)",
     )
     p.add_argument(
         "--decode-rate",

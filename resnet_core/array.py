@@ -722,6 +722,25 @@ class ArrayTrainer:
         return losses, logits.detach()
 
     # --- epochs ----------------------------------------------------------------------------
+    @staticmethod
+    def _batch(iters: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next batch of every member's loader, as the fused model takes it: B×(K·C)×H×W, K×B."""
+        batches = [next(it) for it in iters]
+        return torch.stack([b[0] for b in batches], 1).flatten(1, 2), torch.stack([b[1] for b in batches])
+
+    def train_steps(self, steps: int) -> int:
+        """``steps`` training steps of every active member (at most an epoch's), outside the run's
+        epochs, as ``Trainer.train_steps``: for timing (resnet_core.calibrate); the weights change.
+        Returns the images each member trained."""
+        self._fused.train()
+        iters = [iter(self.train_loaders[k]) for k in self._slots]
+        seen = 0
+        for step in range(min(steps, self.steps_per_epoch)):
+            x, y = self._batch(iters)
+            self._step(x, y, [self._lr(k, step) for k in self._slots])
+            seen += y.shape[1]
+        return seen
+
     def _train_epoch(self) -> tuple[dict[int, dict[str, float]], list[int]]:
         """One pass of every active member over its training data: (member → metrics, for the
         members that finished it; members that diverged in it)."""
@@ -741,9 +760,7 @@ class ArrayTrainer:
             torch.cuda.synchronize(dev)
         start = time.perf_counter()
         for step in range(n_steps):
-            batches = [next(it) for it in iters]
-            x = torch.stack([b[0] for b in batches], 1).flatten(1, 2)  # B×(K·C)×H×W
-            y = torch.stack([b[1] for b in batches])
+            x, y = self._batch(iters)
             losses, logits = self._step(x, y, [self._lr(k, first + step) for k in self._slots])
             loss_sum += losses.double() * y.shape[1]
             max_loss = torch.maximum(max_loss, losses.float())

@@ -275,6 +275,31 @@ class Trainer:
         mean = summed.detach().float() / max(len(y), 1)
         return summed * (self.shard.size / global_size), summed.detach().double(), mean
 
+    def _step(self, x: torch.Tensor, y: torch.Tensor, global_size: int) -> tuple[torch.Tensor, ...]:
+        """One optimizer step on the batch (x, y): (its logits, its loss's sum, its mean) (_loss)."""
+        self._new_step()
+        with self._autocast():
+            logits = self.forward(x)
+            loss, batch_sum, batch_mean = self._loss(logits, y, global_size)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return logits, batch_sum, batch_mean
+
+    def train_steps(self, steps: int) -> int:
+        """``steps`` optimizer steps (at most an epoch's) on batches drawn as an epoch draws them,
+        outside the run's epochs: for timing the trainer (resnet_core.calibrate); the weights
+        change. Returns the images trained."""
+        self.model.train()
+        sizes = self.train_loader.sizes()
+        seen = 0
+        for step, (x, y) in zip(range(steps), self.train_loader):
+            self._step(x, y, sizes[step])
+            seen += len(y)
+        return seen
+
     def _train_epoch(self) -> dict[str, float] | None:
         """One pass over the training split; None when the run diverged."""
         self.model.train()
@@ -289,15 +314,7 @@ class Trainer:
             torch.cuda.synchronize(self.device)
         start = time.perf_counter()
         for step, (x, y) in enumerate(self.train_loader, 1):
-            self._new_step()
-            with self._autocast():
-                logits = self.forward(x)
-                loss, batch_sum, batch_mean = self._loss(logits, y, sizes[step - 1])
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
+            logits, batch_sum, batch_mean = self._step(x, y, sizes[step - 1])
             loss_sum += batch_sum
             max_loss = torch.maximum(max_loss, batch_mean)
             wrong += (logits.detach().argmax(1) != y).sum()

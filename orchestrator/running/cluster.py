@@ -308,7 +308,4 @@ def trial_concurrency(spec, *, local: bool) -> int:
     import ray
 
     resources = ray.cluster_resources()
-    concurrency = max(1, int(resources.get("CPU", 1) // spec.resources.trial_cpus))
-    if spec.resources.gpu:
-        concurrency = min(concurrency, max(1, int(resources.get("GPU", 0) // spec.resources.trial_gpus)))
-    return concurrency
+    return spec.resources.fitting(resources.get("CPU", 1), resources.get("GPU", 0))

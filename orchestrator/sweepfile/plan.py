@@ -36,14 +36,17 @@ __all__ = [
     "Trial",
     "asha_expected_epochs",
     "asha_finishers",
+    "asha_trial_epochs",
     "assumed_gpu_tflops",
     "make_plan",
     "plan_json",
     "plan_summary",
 ]
 
-# Assumed sustained training throughput per GPU for the GPU-hour estimate: small CIFAR ResNets
-# reach a few TFLOP/s, far from a GPU's peak; `plan --gpu-tflops` changes it (calibrate with bench/).
+# Sustained training throughput per GPU the GPU-hour estimate assumes for CIFAR-size nets: assumed,
+# not measured, and without a published source (no GPU has been lent to this project to measure
+# it; small CIFAR ResNets run far from a GPU's peak). `plan --calibrate` on the GPU machine
+# measures the trials' real rate (and states it in TFLOP/s); `plan --gpu-tflops` changes this one.
 DEFAULT_GPU_TFLOPS = 5.0
 # ImageNet-size models (2015 Table 1: arch imagenet, here at ≥ IMAGENET_MIN_SIZE px) keep a GPU far
 # busier. NVIDIA's DeepLearningExamples publish mixed-precision ResNet-50 v1.5 training in PyTorch
@@ -90,6 +93,9 @@ class Plan:
     # The GPU-hours by pass: training, val + test every epoch, the final 10-crop test (folders).
     gpu_hours_by_pass: dict[str, float] = field(default_factory=dict)
     loader: dict | None = None  # image folders on GPUs: what the CPUs decode against what the GPU trains
+    # The measured prediction (sweepfile.calibration: predicted_wall_s, predicted_trial_s, the
+    # rates), when `plan --calibrate` measured or `run` found the rates: in plan.json and --json.
+    prediction: dict | None = None
     warnings: list[str] = field(default_factory=list)  # what the user should know before it runs
 
     @property
@@ -441,6 +447,17 @@ def asha_finishers(num_trials: int, max_t: int, scheduler) -> float:
     return alive
 
 
+def asha_trial_epochs(num_trials: int, max_t: int, scheduler) -> list[int]:
+    """The epochs each trial (in the order Tune starts them) is expected to train with ASHA:
+    the rungs' survivors of asha_expected_epochs, rounded, taken to be the first trials — Tune's
+    ASHA is asynchronous, and the first trials to reach a rung are compared with few and go on."""
+    epochs, alive, rung = [scheduler.grace_period] * num_trials, float(num_trials), scheduler.grace_period
+    while rung < max_t:
+        alive, rung = max(1.0, alive / scheduler.reduction_factor), min(max_t, rung * scheduler.reduction_factor)
+        epochs[: round(alive)] = [int(rung)] * round(alive)
+    return [min(e, max_t) for e in epochs]
+
+
 def asha_expected_epochs(num_trials: int, max_t: int, scheduler) -> float:
     """Epochs ASHA is expected to spend: all trials reach the first rung, 1/η of them each next
     rung (Li et al. 2020); asynchronous promotion makes the real number somewhat higher."""
@@ -484,4 +501,5 @@ def plan_summary(plan: Plan) -> dict:
             {"index": t.index, "name": t.name, "varying": t.varying, "config": t.config} for t in plan.trials or []
         ],
         **({"arrays": [[t.name for t in array] for array in arrays]} if arrays else {}),
+        **(plan.prediction or {}),
     }

@@ -127,6 +127,16 @@ class ResourcesSpec(_Strict):
     def trial_gpus(self) -> float:
         return self.gpu * self.workers
 
+    def fitting(self, cpus: float, gpus: float, max_concurrent: int | None = None) -> int:
+        """Trials that run at once on ``cpus`` CPUs and ``gpus`` GPUs (at least one; at most
+        ``max_concurrent`` when given): what a sweep on one machine runs side by side."""
+        if max_concurrent:
+            return max_concurrent
+        fits = max(1, int(cpus // self.trial_cpus))
+        if self.gpu:
+            fits = min(fits, max(1, int(gpus // self.trial_gpus)))
+        return fits
+
 
 class TrackingSpec(_Strict):
     """Where MLflow records the sweep: one parent run, a child run per trial."""
