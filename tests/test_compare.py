@@ -212,3 +212,28 @@ def test_quickstart_against_itself_from_mlflow_alone(quickstart_sweep, tmp_path)
     rows = list(csv.DictReader((tmp_path / "compare/quickstart-vs-quickstart/compare.csv").open()))
     assert len(rows) == 4 and {r["verdict"] for r in rows} == {C.SAME}
     assert "4 configuration(s) in both: 4 no difference" in ran.stdout
+
+
+@pytest.mark.slow  # two small sweeps: ≈ 2 minutes on 2 cores
+def test_quickstart_against_a_10x_learning_rate_is_flagged(tmp_path):
+    """The quickstart's ResNet-20 and plain-20 for 3 epochs without warm-up, then the same with
+    `train.lr` 10× too high; compared from a fresh folder holding only the MLflow store: the lr is
+    what differs, both nets are worse beyond noise and --fail-on-worse exits 1. (A --smoke-test's
+    16 steps are all warm-up at 0.01: its lr is never used.)"""
+    small = ["--set", "search.space.model.depth=[20]", "--set", "train.epochs=3", "--set", "train.warmup_iterations=0"]
+    ran = tmp_path / "ran"
+    ran.mkdir()
+    for more in ([], ["--set", "train.lr=1.0"]):
+        done = cli("run", SWEEPS / "quickstart.yaml", *small, *more, cwd=ran)
+        assert done.returncode == 0, done.stderr
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    shutil.copy(ran / "mlflow.db", fresh / "mlflow.db")
+    compared = cli("compare", "quickstart", "quickstart-2", "--fail-on-worse", cwd=fresh)
+    assert compared.returncode == 1, compared.stdout + compared.stderr
+    assert "error: 2 configuration(s) worse in B (--fail-on-worse)" in compared.stderr
+    folder = fresh / "compare" / "quickstart-vs-quickstart-2"
+    assert list(csv.DictReader((folder / "differences.csv").open())) == [{"Setting": "train.lr", "A": "0.1", "B": "1"}]
+    for row in csv.DictReader((folder / "compare.csv").open()):
+        assert row["verdict"] == C.WORSE and float(row["difference"]) > float(row["noise"]) > 0, row
+    assert cli("compare", "quickstart", "quickstart-2", cwd=fresh).returncode == 0
