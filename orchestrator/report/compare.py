@@ -141,11 +141,8 @@ def compare(a: SweepRecord, b: SweepRecord) -> Comparison:
     _check_comparable(a, b)
     keys = [k for k in sorted(set(varying_keys(a.trials)) | set(varying_keys(b.trials))) if k not in WHERE]
     settings = sorted({k for t in a.trials + b.trials for k in t.config} - {*keys, SEED, *WHERE})
-    differences = [
-        [key, _values(a.trials, key), _values(b.trials, key)]
-        for key in settings
-        if _values(a.trials, key) != _values(b.trials, key)
-    ]
+    values = [[key, _values(a.trials, key), _values(b.trials, key)] for key in settings]
+    differences = [row for row in values if row[1] != row[2]]
     sides: dict[tuple, tuple[dict, list[TrialRecord], list[TrialRecord]]] = {}
     for side, record in enumerate((a, b)):
         for t in record.trials:
