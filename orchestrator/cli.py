@@ -446,7 +446,7 @@ def cmd_run(args) -> int:
         if args.extend:
             from orchestrator.running.extend import extend_sweep
 
-            return extend_sweep(prep, address=args.address, report=not args.no_report)
+            return extend_sweep(prep, address=args.address, tracking_uri=args.tracking_uri, report=not args.no_report)
         if args.resume_if_exists:
             return run_or_resume(prep, address=args.address, report=not args.no_report)
         return run_sweep(prep, address=args.address, report=not args.no_report)

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from orchestrator.sweepfile.spec import ParsedSpec
+from orchestrator.tracking.mlflow_store import secret_in
 from resnet_core.config import FOLDER_DATASETS, DataConfig
 
 __all__ = ["RenderError", "ray_job_name", "render", "render_yaml"]
@@ -59,6 +60,13 @@ def render(
 ) -> list[dict]:
     """The ConfigMap and the RayJob for this sweep, as objects ready to dump; ``warn`` gets a
     line about what the manifests leave to the user (an image folder not mounted)."""
+    if (written := parsed.spec.tracking.tracking_uri) and (secret := secret_in(written)):
+        # The ConfigMap holds the sweep file: a password in it would be readable by whoever reads the namespace.
+        raise parsed.error(
+            ("tracking", "tracking_uri"),
+            f"{secret} would be written into the ConfigMap with the sweep file; give the job the login in a "
+            f"Secret (docs/kubernetes.md) and the URI without it",
+        )
     template = yaml.safe_load(files(__package__).joinpath("rayjob.yaml").read_text())
     job = copy.deepcopy(template)
     name = _checked_name(name) if name is not None else ray_job_name(parsed.spec.name)

@@ -234,3 +234,25 @@ def test_ctrl_c_during_an_extension_then_resume_finishes_it_and_optuna_grows_war
     assert len(trials) == 4 and len(first) == 2  # the 2 told, then the 2 drawn after them
     assert sorted(t.params["train.lr"] for t in trials[:2]) == first
     assert {t.params["train.lr"] for t in trials[2:]}.isdisjoint(first)  # new draws, not the first ones again
+
+
+@pytest.mark.unit
+def test_a_password_set_into_the_sweep_file_is_never_rendered_into_the_config_map():
+    from orchestrator.k8s import render
+
+    parsed = load_spec(
+        SWEEPS / "cifar_depth.yaml", ["tracking.tracking_uri=http://bob:S3CRETpw@mlflow:5000", "resources.gpu=1"]
+    )
+    with pytest.raises(SpecError) as err:
+        render(
+            parsed,
+            image="img:1",
+            gpus=1,
+            namespace=None,
+            name=None,
+            tracking_uri=None,
+            storage_path=None,
+            data_claim=None,
+        )
+    assert str(err.value).startswith("--set tracking.tracking_uri: a password would be written into the ConfigMap")
+    assert "S3CRET" not in str(err.value)

@@ -21,10 +21,10 @@ from orchestrator.running import ray_compat
 from orchestrator.running.arrays import member_records, members_of
 from orchestrator.running.progress import TrialNamer
 from orchestrator.running.replay import tune_trials
-from orchestrator.running.stages import stages, started
+from orchestrator.running.stages import retired, stages, started
 from orchestrator.running.sweep import SPEC_FILE, Prepared, SweepError, find_experiment, varying_keys
-from orchestrator.running.trainable import CHECKPOINT_FILE
-from orchestrator.running.trainable import _reason as unusable_because
+from orchestrator.running.trainable import CHECKPOINT_FILE, passed_over_reason
+from orchestrator.sweepfile.growth import trial_identity
 from orchestrator.sweepfile.plan import make_plan
 from orchestrator.sweepfile.spec import SpecError, parse_spec
 from orchestrator.vocabulary import EARLIER_EPOCHS, STATUS
@@ -43,6 +43,7 @@ class _Trial:
     name: str  # as `run`'s table and MLflow show it
     folder: str  # its Tune trial folder (an array's: its members')
     member: int | None  # its place in the array; None for a single trial
+    retired: bool = False  # no longer in the sweep's file (`run --extend`): never the best
 
 
 @dataclass(frozen=True)
@@ -96,15 +97,14 @@ def _trials(experiment: str) -> tuple[list[_Trial], str]:
     for stage in stages(experiment, 0)[1:]:
         if started(experiment, stage):
             tune += [(stage.path(experiment), t) for t in tune_trials(stage.path(experiment))]
-    trials = []
+    trials, gone = [], retired(experiment)
     # Tune's records list trials in no fixed order; its ids count up as a driver creates them.
     for path, trial in sorted(tune, key=lambda pt: (pt[0], pt[1].trial_id)):
         folder = storage.join(path, trial.path.rstrip("/").rsplit("/", 1)[-1])
         members = members_of(trial.config)
-        if members is None:
-            trials.append(_Trial(namer(trial.config), folder, None))
-        else:
-            trials += [_Trial(namer(config), folder, k) for k, config in enumerate(members)]
+        for k, config in enumerate(members or [trial.config]):
+            member = None if members is None else k
+            trials.append(_Trial(namer(config), folder, member, trial_identity(config) in gone))
     return trials, parsed.spec.metric.name
 
 
@@ -153,7 +153,7 @@ def _best(trials: list[_Trial], metric: str, sweep: str) -> _Trial:
     records: dict[str, list[dict]] = {}
     ranked = []
     for order, trial in enumerate(trials):
-        if not _has_checkpoint(trial):
+        if trial.retired or not _has_checkpoint(trial):
             continue
         if trial.folder not in records:  # an array's members share one
             records[trial.folder] = _records(trial.folder)
@@ -196,7 +196,7 @@ def _weights(trial: _Trial) -> tuple[list[Weights], list[str]]:
         except NoEpochWeights as err:
             passed.append(f"{name} ({err})")
         except Exception as err:
-            passed.append(f"{name} ({unusable_because(err)})")
+            passed.append(f"{name} ({passed_over_reason(err)})")
     return found, passed
 
 

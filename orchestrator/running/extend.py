@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 from orchestrator.persistence import storage
-from orchestrator.running.stages import add_stage, earlier_trials
+from orchestrator.running.stages import earlier_trials, record_extension
 from orchestrator.running.sweep import (
     SPEC_FILE,
     TRACKING_FILE,
@@ -54,8 +54,7 @@ def growth_of(prep: Prepared) -> tuple[str, Growth] | None:
     if optuna:  # a draw of another space is not a draw of this one
         fixed_before["search.space"], fixed_now["search.space"] = before.search.space, spec.search.space
     planned = None if optuna else [t.config for t in prep.plan.trials]
-    growth = plan_growth(earlier, planned, samples=prep.plan.num_trials, before=fixed_before, now=fixed_now)
-    return path, growth
+    return path, plan_growth(earlier, planned, samples=prep.plan.num_trials, before=fixed_before, now=fixed_now)
 
 
 def say_growth(name: str, growth: Growth) -> None:
@@ -64,25 +63,33 @@ def say_growth(name: str, growth: Growth) -> None:
         print(line, flush=True)
 
 
-def extend_sweep(prep: Prepared, *, address: str | None = None, report: bool = True) -> int:
+def extend_sweep(
+    prep: Prepared, *, address: str | None = None, tracking_uri: str | None = None, report: bool = True
+) -> int:
     """`run FILE --extend`: the sweep of the file's name grows to the file (or starts, when there
-    is none yet). Says what is done and what is new before anything starts."""
-    found = growth_of(prep)
+    is none yet). Says what is done and what is new before anything starts. ``tracking_uri``: the
+    one given on the command line (default: the sweep's own)."""
     name = prep.parsed.spec.name
-    if found is None:
+    if growth_of(prep) is None:
         print(f"no sweep named {name!r} in {prep.storage_path} yet: starting it", flush=True)
         return run_sweep(prep, address=address, report=report)
-    path, growth = found
-    tracking, uri = sweep_tracking(path, prep.parsed.spec, prep.tracking_uri)  # the same MLflow, or exit 2
-    say_growth(name, growth)
+    path = storage.join(prep.storage_path, name)
+    given = tracking_uri or prep.parsed.spec.tracking.tracking_uri  # else the sweep's: it logs there
+    tracking, uri = sweep_tracking(path, prep.parsed.spec, given)  # the same MLflow, or exit 2
     with holding(path, name) as lock:
-        # From here the sweep is the new file's: `resume` continues it with this file.
-        storage.write_text(path, SPEC_FILE, saved_spec_text(prep.parsed))
-        grown, tracking = open_sweep(path, uri)
-        try:
+        # Worked out under the lock: another driver may have grown the sweep meanwhile.
+        _, growth = growth_of(prep)
+        say_growth(name, growth)
+        if growth.removed and growth.unfinished_removed:
+            print(
+                f"note: {growth.unfinished_removed} of the trials no longer in the file are unfinished: they finish "
+                f"with the earlier trials (Tune continues every unfinished trial of an experiment)",
+                flush=True,
+            )
+        try:  # MLflow first: if it fails, nothing here has changed
             record_growth(
                 uri,
-                grown.experiment,
+                tracking.get("experiment") or name,
                 tracking.get("sweep_key", ""),
                 tags=overrides_tag(prep.parsed),
                 artifacts={SPEC_FILE: saved_spec_text(prep.parsed), "plan.json": plan_json(prep.plan)},
@@ -93,10 +100,14 @@ def extend_sweep(prep: Prepared, *, address: str | None = None, report: bool = T
                 f"MLflow at {uri} does not answer ({type(err).__name__}: {redact(str(err))[:200]}); nothing was "
                 f"started: run the same command again once it does"
             ) from None
-        if growth.new_samples:
-            optuna = prep.parsed.spec.search.algorithm == "optuna"
-            add_stage(path, growth.new_samples, None if optuna else growth.new)
-        elif not growth.unfinished:
+        # One write decides the growth (its stage carries the file it was planned from); then
+        # the sweep is the new file's: `resume` continues it with this file.
+        optuna = prep.parsed.spec.search.algorithm == "optuna"
+        stage = (growth.new_samples, None if optuna else growth.new, saved_spec_text(prep.parsed))
+        record_extension(path, growth.removed, stage if growth.new_samples else None)
+        storage.write_text(path, SPEC_FILE, saved_spec_text(prep.parsed))
+        grown, tracking = open_sweep(path, uri)
+        if not growth.new_samples and not growth.unfinished:
             print(f"nothing to train: every trial of the file is done (`resnet-sweep status {name}`)", flush=True)
             if report:
                 write_report(grown)

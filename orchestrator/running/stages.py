@@ -14,9 +14,11 @@ from orchestrator.persistence import storage
 from orchestrator.running.arrays import member_records, members_of
 from orchestrator.sweepfile.growth import EarlierTrial
 
-__all__ = ["STAGES_FILE", "Stage", "add_stage", "earlier_trials", "stages", "started"]
+__all__ = ["STAGES_FILE", "Stage", "earlier_trials", "record_extension", "retired", "stages", "started"]
 
-STAGES_FILE = "extensions.json"  # in the sweep's folder: the stages `run --extend` added
+# In the sweep's folder: the stages `run --extend` added, and the trials it retired (those the
+# sweep file no longer has, by growth.trial_identity).
+STAGES_FILE = "extensions.json"
 PREFIX = "extension-"
 
 
@@ -27,15 +29,25 @@ class Stage:
     name: str
     planned: int  # the trials it adds (Optuna: the draws)
     points: list[dict[str, Any]] | None = None  # grid/random: the new trials' configs
+    file: str | None = None  # the sweep file it was planned from (resolved), to plan it again from
 
     def path(self, sweep_path: str) -> str:
         """The Tune experiment's folder."""
         return storage.join(sweep_path, self.name) if self.name else sweep_path.rstrip("/")
 
 
-def _added(sweep_path: str) -> list[Stage]:
+def _record(sweep_path: str) -> dict:
     text = storage.read_text(sweep_path, STAGES_FILE)
-    return [Stage(**record) for record in json.loads(text)] if text else []
+    return json.loads(text) if text else {"stages": [], "retired": []}
+
+
+def _added(sweep_path: str) -> list[Stage]:
+    return [Stage(**stage) for stage in _record(sweep_path)["stages"]]
+
+
+def retired(sweep_path: str) -> set[str]:
+    """The identities of the trials the sweep's file no longer has."""
+    return set(_record(sweep_path)["retired"])
 
 
 def stages(sweep_path: str, first_planned: int) -> list[Stage]:
@@ -51,15 +63,19 @@ def started(sweep_path: str, stage: Stage) -> bool:
     return tune.Tuner.can_restore(path, storage_filesystem=storage.tune_filesystem(path))
 
 
-def add_stage(sweep_path: str, planned: int, points: list[dict[str, Any]] | None) -> Stage:
-    """Records a new stage; a last stage that never started (its driver stopped first) is
-    replaced: what it would have run is planned again now."""
+def record_extension(
+    sweep_path: str, removed: set[str], stage: tuple[int, list[dict[str, Any]] | None, str] | None
+) -> None:
+    """One write of what a `run --extend` decided: the trials it retires and, when it adds
+    trials, its stage (planned, points, file). A last stage that never started (its driver
+    stopped first) is replaced: what it would have run is planned again now."""
     added = _added(sweep_path)
-    if added and not started(sweep_path, added[-1]):
-        added.pop()
-    stage = Stage(f"{PREFIX}{len(added) + 1}", planned, points)
-    storage.write_text(sweep_path, STAGES_FILE, json.dumps([asdict(s) for s in [*added, stage]]))
-    return stage
+    if stage is not None:
+        if added and not started(sweep_path, added[-1]):
+            added.pop()
+        added.append(Stage(f"{PREFIX}{len(added) + 1}", *stage))
+    record = {"stages": [asdict(s) for s in added], "retired": sorted(removed)}
+    storage.write_text(sweep_path, STAGES_FILE, json.dumps(record))
 
 
 def earlier_trials(sweep_path: str, first_planned: int) -> list[EarlierTrial]:

@@ -893,6 +893,11 @@ def _restore_stage(prep: Prepared, stage: Stage, tracking: dict, lock, *, addres
 def _start_stage(prep: Prepared, stage: Stage, tracking: dict, lock, *, address: str | None, report: bool) -> int:
     """The first run of a stage `run --extend` added: its new trials (or Optuna's further draws,
     the sampler told the sweep's finished trials first), under the sweep's parent run."""
+    if stage.file is not None:  # planned from the file it was added with (the saved one may be older)
+        parsed = _roots_from(
+            parse_spec(stage.file, source=f"{prep.tune_path}: its sweep file"), tracking.get("workdir")
+        )
+        prep = dataclasses.replace(prep, parsed=parsed, plan=make_plan(parsed, with_models=False))
     staged = dataclasses.replace(prep, plan=_stage_plan(prep.plan, stage))
     earlier = None
     if prep.parsed.spec.search.algorithm == "optuna":

@@ -133,7 +133,7 @@ def _checked_state(data: bytes | None, trainer: Trainer | ArrayTrainer) -> dict:
     return state
 
 
-def _reason(err: Exception) -> str:
+def passed_over_reason(err: Exception) -> str:
     """Why a checkpoint was passed over, in a few words on one line."""
     if isinstance(err, _Unusable):
         return str(err)
@@ -187,14 +187,14 @@ def _choose(
             data = _retrying(read)
             state = _checked_state(data, trainer)
         except Exception as err:
-            passed_over.append(f"{name} ({_reason(err)})")
+            passed_over.append(f"{name} ({passed_over_reason(err)})")
             data = None
             continue
         try:
             trainer.load_state_dict(state)
         except Exception as err:
             trainer.load_state_dict(initial)
-            passed_over.append(f"{name} ({_reason(err)})")
+            passed_over.append(f"{name} ({passed_over_reason(err)})")
             data = None
             continue
         used = name.split("/", 1)[0]

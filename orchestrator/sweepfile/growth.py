@@ -48,6 +48,7 @@ class Growth:
     new: list[dict[str, Any]]  # configurations to train (grid/random); empty for Optuna
     new_samples: int  # Optuna: draws to add; grid/random: len(new)
     removed: set[str]  # identities of earlier trials the new file no longer has
+    unfinished_removed: int = 0  # of those, how many are unfinished (Tune continues them anyway)
     changed: list[tuple[str, Any, Any]] = field(default_factory=list)  # fixed settings: key, before, now
 
     def summary(self, name: str) -> str:
@@ -98,6 +99,7 @@ def plan_growth(
             new=[],
             new_samples=max(0, samples - done - unfinished),
             removed=set() if keep else finished | started,
+            unfinished_removed=0 if keep else len(started),
             changed=changed,
         )
     wanted = {trial_identity(c): c for c in planned}
@@ -109,5 +111,6 @@ def plan_growth(
         new=new,
         new_samples=len(new),
         removed=(finished | started) - set(wanted),
+        unfinished_removed=len(started - set(wanted)),
         changed=changed if not overlap else [],
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 from orchestrator.sweepfile.growth import identity_of_params
 from orchestrator.tracking.mlflow_store import open_client
 from orchestrator.tracking.records import MAX_RUNS
-from orchestrator.vocabulary import PARENT_TAG, TAG_RETIRED, TAG_ROLE, TAG_SWEEP
+from orchestrator.vocabulary import PARENT_TAG, TAG_OVERRIDES, TAG_RETIRED, TAG_ROLE, TAG_SWEEP
 
 __all__ = ["record_growth"]
 
@@ -16,7 +16,8 @@ __all__ = ["record_growth"]
 def record_growth(
     tracking_uri: str, experiment: str, sweep_key: str, *, tags: dict, artifacts: dict, removed: set[str]
 ) -> int:
-    """Updates the parent run of the sweep ``sweep_key`` and marks the runs whose configuration
+    """Updates the parent run of the sweep ``sweep_key`` (the overrides tag is the new file's, or
+    none) and marks the runs whose configuration
     (growth.trial_identity) is in ``removed``; returns how many are marked. No parent run (the
     sweep never reached MLflow): nothing to change, `sync` makes it later."""
     client = open_client(tracking_uri)
@@ -30,6 +31,8 @@ def record_growth(
     parent = parents[0].info.run_id
     for key, value in tags.items():
         client.set_tag(parent, key, value)
+    if not tags.get(TAG_OVERRIDES) and TAG_OVERRIDES in parents[0].data.tags:  # run without `--set` now
+        client.delete_tag(parent, TAG_OVERRIDES)
     for name, text in artifacts.items():
         client.log_text(parent, text, name)
     marked = 0
