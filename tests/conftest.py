@@ -100,3 +100,13 @@ def mlflow_server(tmp_path):
     server = MlflowServer(tmp_path / "server").start()
     yield server.uri
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def quickstart_sweep(tmp_path_factory):
+    """`resnet-sweep run sweeps/quickstart.yaml --smoke-test`, run once in a folder of its own
+    (``cwd``; ``ran``: the finished command) for the tests that only read a finished sweep."""
+    from tests.support import SWEEPS, cli
+
+    cwd = tmp_path_factory.mktemp("quickstart")
+    return SimpleNamespace(cwd=cwd, ran=cli("run", SWEEPS / "quickstart.yaml", "--smoke-test", cwd=cwd, timeout=600))

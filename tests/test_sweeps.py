@@ -7,12 +7,13 @@ import re
 import signal
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from tests.support import SMALL_GRID, SWEEPS, child_runs, cli, kill_when_midway, table_rows
+from tests.support import SMALL_GRID, SWEEPS, child_runs, cli, kill_when_midway, start, table_rows
 
 UNSEEN = """\
 name: unseen
@@ -111,12 +112,16 @@ def _check_store(
     assert len(names) == trials
 
 
-def test_quickstart_store_has_one_parent_and_a_child_per_trial(tmp_path):
-    out = cli("run", SWEEPS / "quickstart.yaml", "--smoke-test", cwd=tmp_path, timeout=600)
+def test_quickstart_store_has_one_parent_and_a_child_per_trial(quickstart_sweep):
+    out = quickstart_sweep.ran
     assert out.returncode == 0, out.stderr[-3000:]
     assert len(table_rows(out.stdout)) == 4
     _check_store(
-        MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), "quickstart", trials=4, epochs=2, depths={"20", "32"}
+        MlflowClient(f"sqlite:///{quickstart_sweep.cwd / 'mlflow.db'}"),
+        "quickstart",
+        trials=4,
+        epochs=2,
+        depths={"20", "32"},
     )
 
 
@@ -133,17 +138,48 @@ def test_tracking_over_http_to_a_real_mlflow_server(tmp_path, mlflow_server):
 
 
 def test_ctrl_c_midway_says_interrupted_everywhere_then_resume_finishes(tmp_path):
-    """Ctrl-C with trials finished and trials midway: exit 130; the table and MLflow say
-    `interrupted` (not completed, not stopped by a budget); our resume command is printed, not
-    Ray's; the same command again with --resume-if-exists (what a retried Kubernetes job runs)
-    then finishes the sweep, without duplicates. (SIGKILL, a crash, is covered by the S3,
-    resume-if-exists and Kubernetes-entrypoint tests.)"""
-    epochs = 8
+    """While `run` trains, a second driver on the same sweep (`resume`, or `run
+    --resume-if-exists`) is refused: one line naming the live driver, exit 2, nothing started.
+    Then Ctrl-C with trials finished and trials midway: exit 130; the sweep is released; the
+    table and MLflow say `interrupted` (not completed, not stopped by a budget); our resume
+    command is printed, not Ray's; the same command again with --resume-if-exists (what a retried
+    Kubernetes job runs) then finishes the sweep, without duplicates. (SIGKILL, a crash, is
+    covered by the S3, resume-if-exists and Kubernetes-entrypoint tests.)"""
+    import socket
+
+    epochs = 2
+    # The test's fault hook (tests/faults) holds both depth-14 trials after their first epoch
+    # while the depth-8 ones finish: a known state, however loaded the machine.
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    (faults / "14-0.1").write_text("hold")
+    env = {"PYTHONPATH": str(Path(__file__).parent / "faults"), "RESNET_SWEEP_TEST_FAULTS": str(faults)}
     (tmp_path / "small.yaml").write_text(SMALL_GRID.format(epochs=epochs) + "tracking: {log_best_checkpoint: true}\n")
-    seen, _ = kill_when_midway(
-        "run", "small.yaml", "--resume-if-exists", cwd=tmp_path, epochs=epochs, sig=signal.SIGINT
-    )
-    assert kill_when_midway.returncode == 130, seen[-3000:]
+    first = start("run", "small.yaml", "--resume-if-exists", cwd=tmp_path, env=env)
+    lines, done, held = [], set(), set()
+    for line in first.stdout:
+        lines.append(line)
+        if m := re.match(r"^\[\d\d:\d\d\] completed (\S+)", line):
+            done.add(m.group(1))
+        if m := re.match(r"^\[\d\d:\d\d\] epoch +1/\d+ +((resnet|plain)14-\S+)", line):
+            held.add(m.group(1))
+        if len(done) == len(held) == 2:
+            break
+    assert len(done) == len(held) == 2, "".join(lines)[-3000:]
+    seconds = (["resume", "small"], ["run", "small.yaml", "--resume-if-exists"])
+    with ThreadPoolExecutor(len(seconds)) as pool:  # both at once, while the trials are held
+        outs = list(pool.map(lambda args: cli(*args, cwd=tmp_path, timeout=120), seconds))
+    for args, out in zip(seconds, outs, strict=True):
+        assert out.returncode == 2, (args, out.stdout[-2000:], out.stderr[-2000:])
+        said = out.stderr.strip().splitlines()
+        assert len(said) == 1 and said[0].startswith(
+            f"error: sweep small is already being run by pid {first.pid} on {socket.gethostname()}"
+        ), out.stderr
+        assert "epoch" not in out.stdout
+    first.send_signal(signal.SIGINT)
+    seen = "".join(lines) + first.communicate(timeout=300)[0]
+    assert first.returncode == 130, seen[-3000:]
+    assert not (tmp_path / "ray_results" / "small" / "driver.lock").exists()  # released
     # Finished: before Ctrl-C, or while it reached the trials (a trial at its last epoch may end).
     done = set(re.findall(r"^\[\d\d:\d\d\] completed (\S+)", seen, re.M))
     rows = table_rows(seen)
@@ -206,7 +242,7 @@ def test_epoch_budget_stops_the_sweep_and_says_so(tmp_path):
     assert len(table_rows(out.stdout)) < 4
 
 
-@pytest.mark.slow  # long; the second-driver test stays in the default suite
+@pytest.mark.slow  # long; the Ctrl-C test above refuses a second driver on a running sweep by default
 def test_the_same_sweep_in_two_terminals_at_once_gets_two_folders(tmp_path):
     """A second terminal starting the same sweep never writes into the first one's folder."""
     (tmp_path / "small.yaml").write_text(SMALL_GRID.format(epochs=1) + "max_concurrent: 1\n")
@@ -253,37 +289,3 @@ def test_run_resume_if_exists_continues_the_same_sweep_instead_of_a_second(tmp_p
     (tmp_path / "small.yaml").write_text(SMALL_GRID.format(epochs=epochs + 1))  # another sweep, same name
     other = cli("run", "small.yaml", "--resume-if-exists", cwd=tmp_path)
     assert other.returncode == 2 and "another sweep named 'small'" in other.stderr, other.stderr
-
-
-def test_a_second_driver_on_a_running_sweep_is_refused(tmp_path):
-    """`resume` (or `run --resume-if-exists`) while `run` of the same sweep is going: one line
-    naming the live driver, exit 2, nothing started; the first driver goes on undisturbed until
-    its Ctrl-C, and releases the sweep."""
-    import socket
-
-    # Long enough to be still running after both checks; ended by Ctrl-C once they are done.
-    (tmp_path / "small.yaml").write_text(SMALL_GRID.format(epochs=5000) + "max_concurrent: 1\n")
-    exe = Path(sys.executable).parent / "resnet-sweep"
-    first = subprocess.Popen(
-        [str(exe), "run", "small.yaml"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    seen = []
-    for line in first.stdout:
-        seen.append(line)
-        if re.match(r"^\[\d\d:\d\d\] epoch", line):
-            break
-    for args in (["resume", "small"], ["run", "small.yaml", "--resume-if-exists"]):
-        out = cli(*args, cwd=tmp_path, timeout=120)
-        assert out.returncode == 2, (args, out.stdout[-2000:], out.stderr[-2000:])
-        lines = out.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith(
-            f"error: sweep small is already being run by pid {first.pid} on {socket.gethostname()}"
-        ), out.stderr
-        assert "epoch" not in out.stdout
-    first.send_signal(signal.SIGINT)
-    rest = first.communicate(timeout=600)[0]
-    assert first.returncode == 130 and "interrupted at epoch" in rest, "".join(seen) + rest
-    assert not (tmp_path / "ray_results" / "small" / "driver.lock").exists()  # released
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    (parent,), children = child_runs(client, "small")
-    assert len(children) == 1 and len(client.get_metric_history(parent.info.run_id, "val_error")) == 1

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.support import REPO, SWEEPS, cli
+from tests.support import REPO, cli
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -167,17 +167,17 @@ def png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", head[16:24])
 
 
-def test_mlflow_ui_shows_trials_nested_under_the_sweep(workdir):
+def test_mlflow_ui_shows_trials_nested_under_the_sweep(quickstart_sweep, tmp_path):
     require_chromium()
     from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    # 1. A real (tiny) sweep, as a user runs it, into ./mlflow.db and ./mlruns.
-    out = cli("run", SWEEPS / "quickstart.yaml", "--smoke-test", cwd=workdir, timeout=600)
+    # 1. A real (tiny) sweep, as a user runs it, into ./mlflow.db and ./mlruns of its folder.
+    out, sweep_dir = quickstart_sweep.ran, quickstart_sweep.cwd
     assert out.returncode == 0, out.stdout + out.stderr
-    db = workdir / "mlflow.db"
-    assert db.is_file() and (workdir / "mlruns").is_dir()
+    db = sweep_dir / "mlflow.db"
+    assert db.is_file() and (sweep_dir / "mlruns").is_dir()
 
     client = MlflowClient(f"sqlite:///{db}")
     exp = client.get_experiment_by_name("quickstart")
@@ -190,14 +190,14 @@ def test_mlflow_ui_shows_trials_nested_under_the_sweep(workdir):
     assert set(children) == TRIALS
     assert len(runs) == 1 + len(TRIALS)
 
-    # 2. The UI, the way users start it.
+    # 2. The UI, the way users start it: in the sweep's folder.
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log = workdir / "ui.log"
+    log = tmp_path / "ui.log"
     with open(log, "w") as log_file:
         ui = subprocess.Popen(
             [str(Path(sys.executable).parent / "resnet-sweep"), "ui", "--port", str(port)],
-            cwd=workdir,
+            cwd=sweep_dir,
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -208,7 +208,7 @@ def test_mlflow_ui_shows_trials_nested_under_the_sweep(workdir):
 
         # 3. The runs table. MLflow 3.17 opens `#/experiments/<id>` on the GenAI overview (the
         # experiment has no mlflow.experimentKind tag): ask for the classic runs table.
-        driver = new_browser(workdir / "chromium-profile")
+        driver = new_browser(tmp_path / "chromium-profile")
         driver.get(f"{url}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning")
         wait = WebDriverWait(driver, 60, poll_frequency=0.5)
 
@@ -261,7 +261,7 @@ def test_mlflow_ui_shows_trials_nested_under_the_sweep(workdir):
             shot = REPO / "docs" / "mlflow-ui.png"
             shot.parent.mkdir(exist_ok=True)
         else:
-            shot = workdir / "mlflow-ui.png"
+            shot = tmp_path / "mlflow-ui.png"
         assert driver.save_screenshot(str(shot))
         assert png_size(shot) == (WIDTH, HEIGHT)
         assert shot.stat().st_size > 20_000, "a blank page?"

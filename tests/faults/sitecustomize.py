@@ -1,8 +1,9 @@
 """Faults injected into real trial processes (tests only): on PYTHONPATH, Python imports this in
 every process of the sweep, Ray's workers included. RESNET_SWEEP_TEST_FAULTS names a folder of
 `<depth>-<lr>` files, each holding what the trial of that depth and lr does at its second epoch:
-`raise-once` (a RuntimeError on its first attempt only) or `oom` (torch's OutOfMemoryError,
-as CUDA raises it, on every attempt). A file `hold` holding a number k holds every trial once it
+`raise-once` (a RuntimeError on its first attempt only), `oom` (torch's OutOfMemoryError,
+as CUDA raises it, on every attempt) or `hold` (it waits there for as long as the file says so:
+midway while other trials finish). A file `hold` holding a number k holds every trial once it
 has reported epoch k, for as long as the file is there: a test interrupts a sweep in a known
 state, not by the clock (a loaded machine would let a trial run to its end first)."""
 
@@ -26,6 +27,8 @@ def _inject(module) -> None:
         while hold.is_file() and hold.read_text().strip() == str(self.epoch):
             time.sleep(0.05)
         plan = Path(FOLDER, f"{self.cfg.model.depth}-{self.cfg.train.lr:g}")
+        while self.epoch == 1 and plan.is_file() and plan.read_text().strip() == "hold":
+            time.sleep(0.05)
         if self.epoch == 1 and plan.is_file():
             fault = plan.read_text().strip()
             if fault == "oom":
