@@ -110,3 +110,15 @@ def quickstart_sweep(tmp_path_factory):
 
     cwd = tmp_path_factory.mktemp("quickstart")
     return SimpleNamespace(cwd=cwd, ran=cli("run", SWEEPS / "quickstart.yaml", "--smoke-test", cwd=cwd, timeout=600))
+
+
+@pytest.fixture(scope="session")
+def manifest_mlflow(tmp_path_factory):
+    """`mlflow server` with the flags and environment of k8s/base/mlflow.yaml (basic auth),
+    started once for the tests that only ask it for health and logins and the one sweep that
+    logs there (experiment `small`)."""
+    from tests.support import MlflowFromManifest
+
+    server = MlflowFromManifest(tmp_path_factory.mktemp("mlflow"))
+    yield server
+    server.stop()

@@ -392,21 +392,17 @@ def test_no_secret_values_in_manifests_or_rendered_output(capsys):
     assert not re.search(r"(?i)password\s*[:=]\s*\S", text.replace("PASSWORD", "")), "a password value in k8s/"
 
 
-def test_mlflow_server_with_the_manifests_flags_serves_health_and_requires_login(tmp_path):
+def test_mlflow_server_with_the_manifests_flags_serves_health_and_requires_login(manifest_mlflow):
     """The Deployment's own `mlflow server` flags (basic auth, allowed hosts), with SQLite stores in
     place of Postgres: /health answers a kubelet probe, the API needs the login, the in-cluster
     Host header is accepted and an unknown one refused."""
-    server = MlflowFromManifest(tmp_path)
-    try:
-        assert server.get("/health", host="10.1.2.3:5000")[0] == 200  # probes come by pod IP
-        assert server.get("/api/2.0/mlflow/experiments/search?max_results=1", host="mlflow:5000")[0] == 401
-        assert server.get("/api/2.0/mlflow/experiments/search?max_results=1", host="mlflow:5000", login=True)[0] == 200
-        assert (
-            server.get("/api/2.0/mlflow/experiments/search?max_results=1", host="evil.example:5000", login=True)[0]
-            == 403
-        )
-    finally:
-        server.stop()
+    server = manifest_mlflow
+    assert server.get("/health", host="10.1.2.3:5000")[0] == 200  # probes come by pod IP
+    assert server.get("/api/2.0/mlflow/experiments/search?max_results=1", host="mlflow:5000")[0] == 401
+    assert server.get("/api/2.0/mlflow/experiments/search?max_results=1", host="mlflow:5000", login=True)[0] == 200
+    assert (
+        server.get("/api/2.0/mlflow/experiments/search?max_results=1", host="evil.example:5000", login=True)[0] == 403
+    )
 
 
 @pytest.mark.slow  # test_sweeps.py's Ctrl-C test keeps run --resume-if-exists on a local Ray

@@ -5,6 +5,7 @@ real basic-auth server without ever being shown or stored."""
 import re
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from mlflow import MlflowClient
@@ -116,60 +117,63 @@ def test_mlflow_server_killed_midway_and_back_a_minute_later_loses_nothing(tmp_p
         server.stop()
 
 
-def test_login_in_the_tracking_uri_works_with_basic_auth_and_is_never_shown_or_stored(tmp_path, ray_tmpdir):
+def test_login_in_the_tracking_uri_works_with_basic_auth_and_is_never_shown_or_stored(
+    tmp_path, ray_tmpdir, manifest_mlflow
+):
     """`--tracking-uri http://admin:SECRET@host` against a real `mlflow server --app-name
     basic-auth`: the sweep logs there, and SECRET is in no output, no file of the sweep's folder,
     Ray's logs, or MLflow's params and tags. Without the login, or with a wrong one: one line."""
-    from tests.support import MlflowFromManifest
-
-    (tmp_path / "mlflow").mkdir()
-    server = MlflowFromManifest(tmp_path / "mlflow")
+    server = manifest_mlflow
     secret = server.PASSWORD
-    (tmp_path / "small.yaml").write_text(SMALL_GRID.format(epochs=2).replace("[8, 14]", "[8]"))
+    # One trial: every request to a basic-auth server pays a password hash.
+    (tmp_path / "small.yaml").write_text(
+        SMALL_GRID.format(epochs=1).replace("[8, 14]", "[8]").replace("[true, false]", "[true]")
+    )
     env = {"RAY_TMPDIR": str(ray_tmpdir)}
     login = f"http://{server.USER}:{secret}@127.0.0.1:{server.port}"
-    try:
-        outputs = []
-        for uri, code, says in [
-            (server.uri, 2, "requires a login (401)"),
-            (login.replace(secret, "wrong-password"), 2, "refused the login given (401)"),
-        ]:
-            out = cli("run", "small.yaml", "--tracking-uri", uri, cwd=tmp_path, env=env)
-            assert out.returncode == code and out.stderr.count("\n") == 1 and says in out.stderr, out.stderr
-            assert "wrong-password" not in out.stderr
-        # Mid-run, every process the driver started (Ray's GCS, raylet, the trials' workers) is
-        # searched: trials report to the driver and never need the login.
-        proc = start("run", "small.yaml", "--tracking-uri", login, cwd=tmp_path, env=env)
-        seen, searched, in_environments = [], 0, []
-        for line in proc.stdout:
-            seen.append(line)
-            if not searched and re.match(r"^\[\d\d:\d\d\] epoch", line):
-                searched = len(descendants(proc.pid))
-                in_environments = environments_holding(secret, proc.pid)
-        proc.wait(timeout=60)
-        outputs.append("".join(seen))
-        assert proc.returncode == 0, outputs[-1][-3000:]
-        assert f"MLflow http://127.0.0.1:{server.port}" in outputs[-1]
-        assert searched >= 3 and in_environments == [], (searched, in_environments)
-        # resume needs the login again (it is stored nowhere); sync takes it the same way
-        out = cli("resume", "small", cwd=tmp_path, env=env)
-        outputs.append(out.stdout + out.stderr)
-        assert out.returncode == 2 and "requires a login" in out.stderr, out.stderr
-        out = cli("sync", "small", "--tracking-uri", login, cwd=tmp_path, env=env)
-        outputs.append(out.stdout + out.stderr)
-        assert out.returncode == 0 and "created 0 runs" in out.stdout, out.stdout + out.stderr
-
-        leaks = [f"output {i}" for i, text in enumerate(outputs) if secret in text]
-        files = [p for root in (tmp_path / "ray_results", ray_tmpdir) for p in root.rglob("*") if p.is_file()]
-        leaks += [str(p) for p in files if secret.encode() in p.read_bytes()]
-        parents, children, in_runs = runs_holding(server.uri, server.USER, secret, "small")
-        assert len(parents) == 1 and len(children) == 2 and leaks + in_runs == []
-        print(
-            f"\nsecret searched in {len(outputs)} outputs, {len(files)} files, {len(parents + children)} runs, "
-            f"the environments of {searched} processes of the sweep: not found"
+    refusals = [
+        (server.uri, "requires a login (401)"),
+        (login.replace(secret, "wrong-password"), "refused the login given (401)"),
+    ]
+    with ThreadPoolExecutor(len(refusals)) as pool:  # both at once: neither starts anything
+        refused = pool.map(
+            lambda uri: cli("run", "small.yaml", "--tracking-uri", uri, cwd=tmp_path, env=env), [u for u, _ in refusals]
         )
-    finally:
-        server.stop()
+        for (_, says), out in zip(refusals, refused, strict=True):
+            assert out.returncode == 2 and out.stderr.count("\n") == 1 and says in out.stderr, out.stderr
+            assert "wrong-password" not in out.stderr
+    # Mid-run, every process the driver started (Ray's GCS, raylet, the trials' workers) is
+    # searched: trials report to the driver and never need the login.
+    outputs = []
+    proc = start("run", "small.yaml", "--tracking-uri", login, cwd=tmp_path, env=env)
+    seen, searched, in_environments = [], 0, []
+    for line in proc.stdout:
+        seen.append(line)
+        if not searched and re.match(r"^\[\d\d:\d\d\] epoch", line):
+            searched = len(descendants(proc.pid))
+            in_environments = environments_holding(secret, proc.pid)
+    proc.wait(timeout=60)
+    outputs.append("".join(seen))
+    assert proc.returncode == 0, outputs[-1][-3000:]
+    assert f"MLflow http://127.0.0.1:{server.port}" in outputs[-1]
+    assert searched >= 3 and in_environments == [], (searched, in_environments)
+    # resume needs the login again (it is stored nowhere); sync takes it the same way
+    out = cli("resume", "small", cwd=tmp_path, env=env)
+    outputs.append(out.stdout + out.stderr)
+    assert out.returncode == 2 and "requires a login" in out.stderr, out.stderr
+    out = cli("sync", "small", "--tracking-uri", login, cwd=tmp_path, env=env)
+    outputs.append(out.stdout + out.stderr)
+    assert out.returncode == 0 and "created 0 runs" in out.stdout, out.stdout + out.stderr
+
+    leaks = [f"output {i}" for i, text in enumerate(outputs) if secret in text]
+    files = [p for root in (tmp_path / "ray_results", ray_tmpdir) for p in root.rglob("*") if p.is_file()]
+    leaks += [str(p) for p in files if secret.encode() in p.read_bytes()]
+    parents, children, in_runs = runs_holding(server.uri, server.USER, secret, "small")
+    assert len(parents) == 1 and len(children) == 1 and leaks + in_runs == []
+    print(
+        f"\nsecret searched in {len(outputs)} outputs, {len(files)} files, {len(parents + children)} runs, "
+        f"the environments of {searched} processes of the sweep: not found"
+    )
 
 
 @pytest.mark.slow
