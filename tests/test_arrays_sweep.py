@@ -9,6 +9,7 @@ import json
 import shutil
 import signal
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from mlflow import MlflowClient
@@ -29,7 +30,8 @@ search:
     train.lr: [0.05, 0.1, 1000.0]
 resources: {{cpu: 1{array}}}
 """
-NAMES = [f"resnet8-basic-A-lr{lr}-s{seed}" for seed in (0, 1) for lr in ("0.05", "0.1", "1000")]
+SEEDS_LRS = [(seed, lr) for seed in (0, 1) for lr in ("0.05", "0.1", "1000")]
+NAMES = [f"resnet8-basic-A-lr{lr}-s{seed}" for seed, lr in SEEDS_LRS]
 # Everything a trial logs per epoch but its speed (images/s, seconds).
 EXACT = ("iteration", "train_loss", "train_error", "val_loss", "val_error", "test_error", "lr")
 
@@ -61,22 +63,28 @@ def _runs(client: MlflowClient, experiment: str, tmp_path: Path) -> dict[str, di
     return runs
 
 
-def test_array_sweep_gives_each_member_its_single_trials_results(tmp_path):
-    """Must show 2 and 4: with arrays of 4, MLflow holds one child run per member whose every
-    per-epoch metric equals the same trial's in the sweep without arrays (bitwise: fp32 on CPU, one
-    thread per trial); the members that diverge are tagged diverged and end alone, the others
-    complete. The plan shows the arrays; `status`, `report` and `sync` see members as trials."""
-    (tmp_path / "arrays.yaml").write_text(SWEEP.format(name="arrays-on", array=", array: 4"))
-    (tmp_path / "single.yaml").write_text(SWEEP.format(name="arrays-off", array=""))
+@pytest.fixture(scope="module")
+def array_sweep(tmp_path_factory) -> SimpleNamespace:
+    """`resnet-sweep run` of the sweep with arrays of 4, in a folder of its own (``cwd``; ``ran``:
+    the finished command); its store is read by both tests below."""
+    cwd = tmp_path_factory.mktemp("arrays")
+    (cwd / "arrays.yaml").write_text(SWEEP.format(name="arrays-on", array=", array: 4"))
+    return SimpleNamespace(cwd=cwd, ran=cli("run", "arrays.yaml", cwd=cwd))
 
-    plan = cli("plan", "arrays.yaml", cwd=tmp_path)
+
+def test_array_members_are_trials_each_with_its_own_results(array_sweep, tmp_path):
+    """The short end-to-end check of arrays (the comparison with the sweep run without arrays is
+    slow, below): the plan shows the arrays; each member has its own row, progress lines, status
+    and MLflow child run holding its own config's results; `report` and `status` count members
+    as trials."""
+    cwd = array_sweep.cwd
+    plan = cli("plan", "arrays.yaml", cwd=cwd)
     assert plan.returncode == 0, plan.stderr
     assert "arrays: 2 (4+2 members), each one Tune trial on one device" in plan.stdout, plan.stdout
-    arrays = json.loads(cli("plan", "arrays.yaml", "--json", cwd=tmp_path).stdout)["arrays"]
+    arrays = json.loads(cli("plan", "arrays.yaml", "--json", cwd=cwd).stdout)["arrays"]
     assert arrays == [NAMES[:4], NAMES[4:]]
-    assert "arrays" not in json.loads(cli("plan", "single.yaml", "--json", cwd=tmp_path).stdout)
 
-    on = cli("run", "arrays.yaml", cwd=tmp_path)
+    on = array_sweep.ran
     assert on.returncode == 0, on.stdout[-3000:] + on.stderr[-3000:]
     assert "6 trials in 2 arrays of up to 4" in on.stdout
     rows = table_rows(on.stdout)
@@ -85,10 +93,46 @@ def test_array_sweep_gives_each_member_its_single_trials_results(tmp_path):
         assert f"start     {name}" in on.stdout
         ended = "diverged" if "lr1000" in name else "completed"
         assert any(line.split("] ", 1)[-1].startswith(f"{ended:<9} {name}") for line in on.stdout.splitlines()), name
-    off = cli("run", "single.yaml", "--no-report", cwd=tmp_path)
+
+    members = _runs(MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}"), "arrays-on", tmp_path)
+    assert set(members) == set(NAMES)
+    for name, (seed, lr) in zip(NAMES, SEEDS_LRS, strict=True):
+        member = members[name]
+        assert (int(member["params"]["train.seed"]), float(member["params"]["train.lr"])) == (seed, float(lr)), name
+        assert member["tags"]["speed"].endswith(" array=4" if name in arrays[0] else " array=2")
+        if "lr1000" in name:
+            assert member["tags"]["status"] == "diverged" and member["responses"] is None
+        else:
+            assert member["tags"]["status"] == "completed" and member["tags"]["best_epoch"]
+            assert [step for step, _ in member["metrics"]["val_error"]] == [1, 2, 3]
+            assert member["responses"] and {"learning_curve.png", "layer_responses.png"} <= member["artifacts"]
+    trained = [m for name, m in members.items() if "lr1000" not in name]  # no two logged the same results:
+    assert len({json.dumps(m["metrics"]["train_loss"]) for m in trained}) == len(trained)
+    assert len({json.dumps(m["responses"]) for m in trained}) == len(trained)
+
+    report = {r["trial"]: r["status"] for r in csv.DictReader((cwd / "reports" / "arrays-on" / "trials.csv").open())}
+    assert report == {name: "diverged" if "lr1000" in name else "completed" for name in NAMES}
+    status = cli("status", "arrays-on", "--json", cwd=cwd)
+    assert status.returncode == 0, status.stderr
+    standing = json.loads(status.stdout)
+    assert (standing["planned"], standing["done"], standing["state"]) == (6, 6, "completed")
+    assert {word: n for word, n in standing["counts"].items() if n} == {"completed": 4, "diverged": 2}
+
+
+@pytest.mark.slow  # the short array sweep above keeps arrays end to end in the default suite
+def test_array_sweep_gives_each_member_its_single_trials_results(array_sweep, tmp_path):
+    """Must show 2 and 4: with arrays of 4, MLflow holds one child run per member whose every
+    per-epoch metric equals the same trial's in the sweep without arrays (bitwise: fp32 on CPU, one
+    thread per trial); the members that diverge are tagged diverged and end alone, the others
+    complete. `sync` sees members as trials."""
+    cwd = array_sweep.cwd
+    assert array_sweep.ran.returncode == 0, array_sweep.ran.stdout[-3000:] + array_sweep.ran.stderr[-3000:]
+    (cwd / "single.yaml").write_text(SWEEP.format(name="arrays-off", array=""))
+    assert "arrays" not in json.loads(cli("plan", "single.yaml", "--json", cwd=cwd).stdout)
+    off = cli("run", "single.yaml", "--no-report", cwd=cwd)
     assert off.returncode == 0, off.stdout[-3000:] + off.stderr[-3000:]
 
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
     with_arrays, alone = _runs(client, "arrays-on", tmp_path), _runs(client, "arrays-off", tmp_path)
     assert set(with_arrays) == set(alone) == set(NAMES)
     for name in NAMES:
@@ -96,34 +140,19 @@ def test_array_sweep_gives_each_member_its_single_trials_results(tmp_path):
         assert member["params"] == single["params"], name
         assert member["metrics"] == single["metrics"], name  # exactly: every epoch, every metric
         assert member["tags"]["status"] == single["tags"]["status"], name
-        assert member["tags"]["speed"].endswith(" array=4" if name in arrays[0] else " array=2")
-        if "lr1000" in name:
-            assert member["tags"]["status"] == "diverged" and member["responses"] is None
-        else:
-            assert member["tags"]["status"] == "completed"
-            assert [step for step, _ in member["metrics"]["val_error"]] == [1, 2, 3]
+        if "lr1000" not in name:
             assert member["tags"]["best_epoch"] == single["tags"]["best_epoch"]
             assert member["responses"] == single["responses"] and member["responses"]
-            assert {"learning_curve.png", "layer_responses.png"} <= member["artifacts"]
-
-    report = {
-        r["trial"]: r["status"] for r in csv.DictReader((tmp_path / "reports" / "arrays-on" / "trials.csv").open())
-    }
-    assert report == {name: "diverged" if "lr1000" in name else "completed" for name in NAMES}
-    status = cli("status", "arrays-on", "--json", cwd=tmp_path)
-    assert status.returncode == 0, status.stderr
-    standing = json.loads(status.stdout)
-    assert (standing["planned"], standing["done"], standing["state"]) == (6, 6, "completed")
-    assert {word: n for word, n in standing["counts"].items() if n} == {"completed": 4, "diverged": 2}
 
     # `sync` rebuilds the members' runs from Tune's records alone.
-    shutil.move(tmp_path / "mlflow.db", tmp_path / "before.db")
-    synced = cli("sync", "arrays-on", cwd=tmp_path)
+    shutil.move(cwd / "mlflow.db", tmp_path / "before.db")
+    synced = cli("sync", "arrays-on", cwd=cwd)
     assert synced.returncode == 0, synced.stdout + synced.stderr
     assert "arrays-on" in synced.stdout and "6 trials, 14 epochs" in synced.stdout, synced.stdout
-    # (Read from a copy: this process's MLflow keeps the first store's file open under its old URI.)
-    shutil.copy(tmp_path / "mlflow.db", tmp_path / "synced.db")
-    rebuilt = _runs(MlflowClient(f"sqlite:///{tmp_path / 'synced.db'}"), "arrays-on", tmp_path)
+    # (Read from elsewhere: this process's MLflow keeps the first store's file open under its old URI.)
+    shutil.move(cwd / "mlflow.db", tmp_path / "synced.db")
+    shutil.move(tmp_path / "before.db", cwd / "mlflow.db")  # the fixture's store as it was
+    rebuilt = _runs(MlflowClient(f"sqlite:///{tmp_path / 'synced.db'}"), "arrays-on", tmp_path / "synced")
     assert set(rebuilt) == set(NAMES)
     for name in NAMES:
         assert rebuilt[name]["metrics"] == with_arrays[name]["metrics"]
