@@ -11,9 +11,11 @@ from __future__ import annotations
 import io
 import itertools
 import math
+import statistics
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
@@ -28,6 +30,7 @@ WARMUP_STEPS = 2  # untimed: allocation, kernel choice (oneDNN, cuDNN), compilat
 STEPS = 20  # timed training steps, at most (and at most an epoch's)
 STEP_SECONDS = 1.0  # …or fewer: about as many as take this long (at least MIN_STEPS)
 MIN_STEPS = 3
+CHUNKS = 3
 # Evaluated images timed: the first of val (then test) in the trial's eval batches, the last batch
 # cut to fit. On a CPU an image costs about the same in any batch; a GPU is timed on whole batches.
 EVAL_IMAGES = {"cpu": 256, "cuda": 4_096}
@@ -88,35 +91,39 @@ def _measure(cfgs: list[RunConfig], splits: Splits | None, load_s: float, thread
     device = trainer.device
     batch = cfgs[0].train.batch_size
 
-    warmup_s = _timed(device, lambda: trainer.train_steps(WARMUP_STEPS))
-    # As many steps as STEP_SECONDS hold at the warm-up's pace (slower than the steady one), one
-    # run of the loader: a streamed loader starts its decoding anew with each run.
+    warmup_s, _ = _timed(device, trainer.train_steps, WARMUP_STEPS)
+    # As many steps as STEP_SECONDS hold at the warm-up's pace (slower than the steady one), in
+    # CHUNKS runs of the loader: the median chunk's pace stands, so a burst of load from other
+    # work on the machine during one chunk does not.
     steps = max(MIN_STEPS, min(STEPS, int(STEP_SECONDS * WARMUP_STEPS / max(warmup_s, 1e-9))))
-    trained: list[int] = []
-    train_s = _timed(device, lambda: trained.append(trainer.train_steps(steps)))
-    images = trained[0]
-    steps = math.ceil(images / batch)  # an epoch shorter than ``steps`` ends them early
+    paces, timed_steps = [], 0
+    for chunk in _split(steps, CHUNKS):
+        seconds, images = _timed(device, trainer.train_steps, chunk)
+        paces.append(seconds / images)
+        timed_steps += math.ceil(images / batch)  # an epoch shorter than the chunk ends it early
+    train_s_per_image = statistics.median(paces)
 
     trainer.evaluate(_First(_eval_batches(trainer), batch))  # warm-up
     evaluated = _First(_eval_batches(trainer), EVAL_IMAGES.get(device.type, EVAL_IMAGES["cuda"]))
-    eval_s = _timed(device, lambda: trainer.evaluate(evaluated))
-
-    def checkpoint() -> None:
-        torch.save(trainer.state_dict(), io.BytesIO())
-
-    checkpoint_s = _timed(device, checkpoint)
+    eval_s, _ = _timed(device, trainer.evaluate, evaluated)
+    checkpoint_s, _ = _timed(device, lambda: torch.save(trainer.state_dict(), io.BytesIO()))
     return Rate(
         device=str(device),
         speed=str(trainer.speed),
         threads=threads,
         members=len(cfgs),
-        setup_s=load_s + build_s + max(0.0, warmup_s - WARMUP_STEPS * train_s / steps),
-        train_s_per_image=train_s / images,
+        setup_s=load_s + build_s + max(0.0, warmup_s - WARMUP_STEPS * batch * train_s_per_image),
+        train_s_per_image=train_s_per_image,
         eval_s_per_image=eval_s / max(evaluated.count, 1),
         checkpoint_s=checkpoint_s,
-        steps=steps,
+        steps=timed_steps,
         eval_images=evaluated.count,
     )
+
+
+def _split(steps: int, parts: int) -> list[int]:
+    """``steps`` in ``parts`` near-equal chunks."""
+    return [steps // parts + (i < steps % parts) for i in range(parts)]
 
 
 def _eval_batches(trainer: Trainer | ArrayTrainer) -> Iterable:
@@ -139,12 +146,12 @@ class _First:
                 return
 
 
-def _timed(device: torch.device, work) -> float:
-    """Seconds ``work()`` takes, the device's queue drained at both ends."""
+def _timed(device: torch.device, work: Callable, *args) -> tuple[float, Any]:
+    """(seconds ``work(*args)`` takes, the device's queue drained at both ends; what it returns)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    work()
+    result = work(*args)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, result

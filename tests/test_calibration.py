@@ -53,6 +53,11 @@ def _rates(plan, *, cpus=2, gpus=0, train_s=TRAIN_S) -> dict:
     return {C.calibration_key(C._unit_runs(plan, unit), plan.spec): rate for unit in C._units(plan)}
 
 
+def _sharing(running: int, *, threads: int = 1, cpus: float = 2) -> float:
+    """The slowdown of ``running`` trials at once and the driver on ``cpus`` free cores."""
+    return max(1.0, (running * threads + C.DRIVER_CORES) / cpus)
+
+
 def _one_trial_s(plan, epochs: int, *, slowdown: float = 1.0, workers: int = 1, train_s=TRAIN_S) -> float:
     train, val, test = split_sizes(RunConfig.from_flat(plan.configs[0]).dataset)
     compute = epochs * ((train * train_s + (val + test) * EVAL_S) / workers + CHECKPOINT_S)
@@ -74,9 +79,10 @@ def test_trials_start_in_order_as_slots_free_up():
 def test_quickstart_prediction_from_rates():
     plan = _plan(QUICKSTART)
     got = C.predict(plan, _rates(plan))
-    trial = _one_trial_s(plan, 15)
+    assert got["calibration"]["slowdown"] == pytest.approx(_sharing(2))  # two trials and the driver, two cores
+    trial = _one_trial_s(plan, 15, slowdown=_sharing(2))
     assert got["predicted_trial_s"] == pytest.approx({t.name: trial for t in plan.trials})
-    assert got["calibration"]["concurrency"] == 2 and got["calibration"]["slowdown"] == 1.0
+    assert got["calibration"]["concurrency"] == 2
     assert got["predicted_wall_s"] == pytest.approx(C.SWEEP_START_S + 3 * trial + C.SWEEP_END_S)
     model = got["calibration"]["models"]["resnet20-basic-A"]
     assert model["train_images_per_s"] == pytest.approx(1 / TRAIN_S) and model["batch_size"] == 32
@@ -87,13 +93,29 @@ def test_quickstart_prediction_from_rates():
 def test_trials_beyond_the_cores_share_them():
     half = _plan(QUICKSTART.replace("resources: {cpu: 1}", "resources: {cpu: 0.5}"))
     got = C.predict(half, _rates(half))
-    # 4 trials at once on 2 cores, one thread each: each computes half as fast.
-    assert got["calibration"]["concurrency"] == 4 and got["calibration"]["slowdown"] == 2.0
-    trial = _one_trial_s(half, 15, slowdown=2.0)
+    # 4 trials at once on 2 cores, one thread each: each computes about half as fast.
+    assert got["calibration"]["concurrency"] == 4 and got["calibration"]["slowdown"] == pytest.approx(_sharing(4))
+    trial = _one_trial_s(half, 15, slowdown=_sharing(4))
     assert got["predicted_wall_s"] == pytest.approx(C.SWEEP_START_S + 2 * trial + C.SWEEP_END_S)
     one = _plan(QUICKSTART, max_concurrent=1)
     got = C.predict(one, _rates(one))
-    assert got["predicted_wall_s"] == pytest.approx(C.SWEEP_START_S + 6 * _one_trial_s(one, 15) + C.SWEEP_END_S)
+    trial = _one_trial_s(one, 15, slowdown=_sharing(1))
+    assert got["predicted_wall_s"] == pytest.approx(C.SWEEP_START_S + 6 * trial + C.SWEEP_END_S)
+
+
+@pytest.mark.unit
+def test_other_work_on_the_machine_gives_a_second_figure():
+    plan = _plan(QUICKSTART)
+    alone = C.predict(plan, _rates(plan))
+    busy = C.predict(plan, {key: {**rate, "other_work_cores": 1.2} for key, rate in _rates(plan).items()})
+    assert busy["predicted_wall_s"] == alone["predicted_wall_s"]  # the sweep has the machine to itself
+    # If the other work goes on: the trials and the driver get what it leaves (at least a trial's thread).
+    trial = _one_trial_s(plan, 15, slowdown=_sharing(2, cpus=1))
+    assert busy["calibration"]["wall_s_if_other_work_goes_on"] == pytest.approx(
+        C.SWEEP_START_S + 3 * trial + C.SWEEP_END_S
+    )
+    assert any("other work kept 1.2 of the 2 cores busy" in line for line in C.summary_lines(busy))
+    assert not any("other work" in line for line in C.summary_lines(alone))
 
 
 @pytest.mark.unit
@@ -111,7 +133,7 @@ def test_asha_trials_train_their_expected_epochs():
     plan = _plan(QUICKSTART.replace("scheduler: {name: none}", "scheduler: {name: asha, grace_period: 2}"))
     got = C.predict(plan, _rates(plan))
     assert list(got["predicted_trial_s"].values()) == pytest.approx(
-        [_one_trial_s(plan, e) for e in (15, 6, 2, 2, 2, 2)]
+        [_one_trial_s(plan, e, slowdown=_sharing(2)) for e in (15, 6, 2, 2, 2, 2)]
     )
 
 
@@ -124,8 +146,9 @@ def test_an_array_is_one_trial_for_all_its_members():
     rates = _rates(plan)
     assert len(rates) == 1  # one array of three: one model measured
     got = C.predict(plan, rates)
-    assert list(got["predicted_trial_s"].values()) == pytest.approx([_one_trial_s(plan, 15)] * 3)
-    assert got["predicted_wall_s"] == pytest.approx(C.SWEEP_START_S + _one_trial_s(plan, 15) + C.SWEEP_END_S)
+    trial = _one_trial_s(plan, 15, slowdown=_sharing(1))  # the one array runs alone
+    assert list(got["predicted_trial_s"].values()) == pytest.approx([trial] * 3)
+    assert got["predicted_wall_s"] == pytest.approx(C.SWEEP_START_S + trial + C.SWEEP_END_S)
 
 
 @pytest.mark.unit
@@ -134,7 +157,9 @@ def test_data_parallel_workers_each_train_their_share():
     got = C.predict(plan, _rates(plan))
     assert got["calibration"]["concurrency"] == 1
     assert got["calibration"]["models"]["resnet20-basic-A"]["batch_size"] == 16  # each worker's share, measured
-    assert got["predicted_trial_s"]["resnet20-basic-A-lr0.1-s0"] == pytest.approx(_one_trial_s(plan, 15, workers=2))
+    assert got["predicted_trial_s"]["resnet20-basic-A-lr0.1-s0"] == pytest.approx(
+        _one_trial_s(plan, 15, workers=2, slowdown=_sharing(1, threads=2))
+    )
 
 
 @pytest.mark.unit
@@ -145,7 +170,8 @@ def test_optuna_trials_stand_for_its_probe_points():
     plan = _plan(text.replace("model.depth: [20, 32, 56]", "model.depth: [20]"))
     got = C.predict(plan, _rates(plan))
     assert list(got["predicted_trial_s"]) == ["resnet20-basic-A"]  # by model: the trials are drawn later
-    assert got["predicted_wall_s"] == pytest.approx(C.SWEEP_START_S + 3 * _one_trial_s(plan, 15) + C.SWEEP_END_S)
+    trial = _one_trial_s(plan, 15, slowdown=_sharing(2))
+    assert got["predicted_wall_s"] == pytest.approx(C.SWEEP_START_S + 3 * trial + C.SWEEP_END_S)
 
 
 @pytest.mark.unit

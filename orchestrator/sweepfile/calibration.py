@@ -8,12 +8,16 @@ The prediction, for a sweep run on this machine (no --address):
   seconds per training image + its val and test images × the seconds per evaluated image + one
   checkpoint + EPOCH_S) + at its end a pass over val (Fig. 7's layer responses) and, for image
   folders, the 10-crop test; with ASHA only the epochs it is expected to train (asha_trial_epochs);
+  data-parallel workers each train and evaluate their share (measured at their share of the
+  batch; the gradients' all-reduce is not measured);
 - the trials run as Tune starts them: in plan order, each as soon as a slot is free, as many at
   once as the machine fits (ResourcesSpec.fitting: CPUs, GPUs, max_concurrent);
-- trials that ask for more threads (or GPU shares) at once than the machine has share it: their
-  compute is slowed by the ratio (CPU threads over cores; trials on one GPU, no gain assumed from
-  packing them);
+- trials compute slower than measured alone when they share the machine: on CPUs, the threads of
+  the trials at once and DRIVER_CORES against the cores; trials on one GPU share its speed (no
+  gain from packing them is assumed);
 - the sweep adds SWEEP_START_S before its first trial and SWEEP_END_S after its last.
+It assumes the sweep has the machine to itself: the cores other processes kept busy while
+calibrating (OtherWork) give a second figure, the wall time if that work goes on.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import hashlib
 import os
 import platform
 import socket
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from importlib.metadata import version
@@ -46,10 +51,12 @@ __all__ = [
 # Costs that are the orchestrator's, not the trainer's: measured from `resnet-sweep run
 # sweeps/quickstart.yaml` on the 2-core VM (docs/benchmarks.md, "Predicted against actual wall
 # time"), not at `plan --calibrate` time.
-SWEEP_START_S = 12.0  # the command's start to its first trial's: imports, checks, Ray, MLflow
-SWEEP_END_S = 15.0  # the last trial's end to the command's: the final table and the report
-TRIAL_START_S = 2.0  # a trial's start in its worker (Tune's actor, the trial's checkpoint folder)
-EPOCH_S = 0.15  # per epoch: the result to Tune, the checkpoint copied into the sweep's folder
+SWEEP_START_S = 23.0  # the command's start to its first trial's: imports, checks, Ray, MLflow
+SWEEP_END_S = 5.0  # the last trial's end to the command's: the final table and the report
+TRIAL_START_S = 1.5  # a trial's first epoch beyond its others: its worker, its folder, the first result
+EPOCH_S = 0.1  # per epoch: the result to Tune, the checkpoint copied into the sweep's folder
+OTHER_WORK_SHOWN = 0.1  # cores of other work worth a line
+DRIVER_CORES = 0.25  # what the driver (Tune's loop, MLflow's writes) and Ray's own processes use
 
 
 class CalibrationCache(CountCache):
@@ -131,8 +138,9 @@ def calibrate(plan: Plan) -> dict:
     for unit in _units(plan):
         runs = _unit_runs(plan, unit)
         groups.setdefault(calibration_key(runs, spec), [_measured_run(run, spec.resources.workers) for run in runs])
-    rates = measure_rates(list(groups.values()), threads=threads_of(spec))
-    machine = _machine()
+    with OtherWork() as other:
+        rates = measure_rates(list(groups.values()), threads=threads_of(spec))
+    machine = {**_machine(), "other_work_cores": other.cores}
     for key, rate in zip(groups, rates):
         CALIBRATION_CACHE.put(key, {**rate.to_dict(), **machine})
     return predicted(plan)
@@ -177,44 +185,51 @@ def _cpu_name() -> str:
 
 def predict(plan: Plan, rates: dict[str, dict]) -> dict:
     """The sweep's and each trial's wall time on the machine the ``rates`` (calibration key →
-    Rate dict with the machine's cpus and gpus) were measured on. See the module's docstring.
-    ``predicted_trial_s``: by trial name; Optuna's trials are drawn as it runs: by model, a
+    Rate dict with the machine's cpus and gpus) were measured on, if the sweep has it to itself
+    (see the module's docstring); and the sweep's if the other work seen while calibrating goes
+    on. ``predicted_trial_s``: by trial name; Optuna's trials are drawn as it runs: by model, a
     trial of it trained to its end."""
     spec = plan.spec
     resources = spec.resources
-    first = next(iter(rates.values()))
-    slots = resources.fitting(first["cpus"], first["gpus"], spec.max_concurrent)
-    slowdown = _slowdown(resources, slots, first["cpus"], first["gpus"])
+    machine = next(iter(rates.values()))
+    slots = resources.fitting(machine["cpus"], machine["gpus"], spec.max_concurrent)
     units = _units(plan)
     tune_trials = len(units) if plan.trials is not None else plan.num_trials
+    running = min(slots or tune_trials, tune_trials)
     # Optuna's trials stand in turn for its probe points (as the GPU-hour estimate has them).
     unit_of = [i % len(units) for i in range(tune_trials)]
     epochs = _trial_epochs(plan, tune_trials)
     runs = [_unit_runs(plan, unit) for unit in units]
     unit_rates = [rates[calibration_key(r, spec)] for r in runs]
+    other = machine.get("other_work_cores") or 0.0
 
-    def seconds(u: int, trial_epochs: int) -> float:
+    def seconds(u: int, trial_epochs: int, slowdown: float) -> float:
         return _trial_seconds(runs[u][0], unit_rates[u], trial_epochs, plan.epochs_per_trial, resources, slowdown)
 
-    queue = [seconds(u, e) for u, e in zip(unit_of, epochs)]
+    def wall(slowdown: float) -> float:
+        return SWEEP_START_S + schedule([seconds(u, e, slowdown) for u, e in zip(unit_of, epochs)], slots) + SWEEP_END_S
+
+    slowdown = _slowdown(resources, running, machine, other=0.0)
     labels = [plan.model_of[unit[0]] if plan.model_of else r[0].model.name for unit, r in zip(units, runs)]
     if plan.trials is None:
-        trial_s = {}
+        trial_s: dict[str, float] = {}
         for u, label in enumerate(labels):
-            trial_s[label] = max(trial_s.get(label, 0.0), seconds(u, plan.epochs_per_trial))
+            trial_s[label] = max(trial_s.get(label, 0.0), seconds(u, plan.epochs_per_trial, slowdown))
     else:
-        trial_s = {plan.trials[i].name: s for unit, s in zip(units, queue) for i in unit}
+        trial_s = {plan.trials[i].name: seconds(u, epochs[u], slowdown) for u, unit in enumerate(units) for i in unit}
     models = {}
     for label, r, rate in zip(labels, runs, unit_rates):
         macs = plan.models.get(label, {}).get("macs")
         models.setdefault(label, _shown_rate(rate, r[0], len(r), resources.workers, macs))
     return {
-        "predicted_wall_s": SWEEP_START_S + schedule(queue, slots) + SWEEP_END_S,
+        "predicted_wall_s": wall(slowdown),
         "predicted_trial_s": trial_s,
         "calibration": {
             "concurrency": slots,
             "slowdown": slowdown,
-            "machine": {k: first[k] for k in ("host", "cpu_name", "cpus", "gpu_name", "gpus")},
+            "machine": {k: machine.get(k) for k in ("host", "cpu_name", "cpus", "gpu_name", "gpus")},
+            "other_work_cores": other,
+            "wall_s_if_other_work_goes_on": wall(_slowdown(resources, running, machine, other=other)),
             "models": models,
             "overheads_s": {
                 "sweep_start": SWEEP_START_S,
@@ -222,17 +237,48 @@ def predict(plan: Plan, rates: dict[str, dict]) -> dict:
                 "trial_start": TRIAL_START_S,
                 "epoch": EPOCH_S,
             },
+            "driver_cores": DRIVER_CORES,
         },
     }
 
 
-def _slowdown(resources, slots: int, cpus: int, gpus: int) -> float:
-    """How much slower each trial computes than it did alone when measured: trials at once that
-    ask for more threads than the cores, or share GPUs (no gain from packing is assumed)."""
-    threads = max(1, int(resources.cpu)) * resources.workers * slots
+def _slowdown(resources, running: int, machine: dict, *, other: float) -> float:
+    """How much slower each trial computes than it did alone when measured. On GPUs: trials that
+    share one (no gain from packing them is assumed). On CPUs: the threads of the ``running``
+    trials and the driver's share against the cores that ``other`` work leaves free."""
     if resources.gpu:
-        return max(1.0, slots * resources.workers / max(gpus, 1))
-    return max(1.0, threads / cpus)
+        return max(1.0, running * resources.workers / max(machine["gpus"], 1))
+    threads = max(1, int(resources.cpu))
+    demand = threads * resources.workers * running + DRIVER_CORES
+    return max(1.0, demand / max(threads, machine["cpus"] - other))
+
+
+class OtherWork:
+    """Cores that other processes kept busy while this block ran (0 where the kernel's CPU
+    counters, /proc/stat, cannot be read): on a shared machine, what the trials will not get."""
+
+    cores = 0.0
+
+    def __enter__(self) -> OtherWork:
+        self._start = (time.perf_counter(), time.process_time(), _busy_seconds())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        wall, own, busy = self._start
+        wall, busy_now = time.perf_counter() - wall, _busy_seconds()
+        if busy is not None and busy_now is not None and wall > 0:
+            self.cores = max(0.0, (busy_now - busy - (time.process_time() - own)) / wall)
+
+
+def _busy_seconds() -> float | None:
+    """CPU seconds all processes have used since boot, and time stolen by the hypervisor."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()[1:9]  # user nice system idle iowait irq softirq steal
+    except OSError:
+        return None
+    busy = [int(v) for i, v in enumerate(fields) if i not in (3, 4)]
+    return sum(busy) / os.sysconf("SC_CLK_TCK")
 
 
 def _trial_epochs(plan: Plan, tune_trials: int) -> list[int]:
@@ -308,12 +354,21 @@ def summary_lines(prediction: dict) -> list[str]:
     lines.append("predicted wall time per trial:")
     width = max(map(len, trials))
     lines += [f"  {name:<{width}}  {_duration(s)}" for name, s in trials.items()]
-    slow = f", each computing {cal['slowdown']:.2g}× slower for sharing the machine" if cal["slowdown"] > 1 else ""
     at_once = f"{cal['concurrency']} at a time" if cal["concurrency"] else "all at once"
     lines.append(
         f"predicted wall time of `run` on this machine: {_duration(prediction['predicted_wall_s'])} "
-        f"(trials {at_once}{slow}; with {SWEEP_START_S:g} s to start and {SWEEP_END_S:g} s to end)"
+        f"(trials {at_once}; with {SWEEP_START_S:g} s to start and {SWEEP_END_S:g} s to end)"
     )
+    if cal["slowdown"] > 1:
+        lines.append(
+            f"  each trial computing {cal['slowdown']:.2f}× slower than measured alone: the trials at once and "
+            f"the driver share the machine"
+        )
+    if cal["other_work_cores"] >= OTHER_WORK_SHOWN:
+        lines.append(
+            f"  other work kept {cal['other_work_cores']:.1f} of the {machine['cpus']} cores busy while calibrating; "
+            f"if it goes on, `run` takes about {_duration(cal['wall_s_if_other_work_goes_on'])}"
+        )
     return lines
 
 
