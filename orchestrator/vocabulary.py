@@ -76,6 +76,8 @@ PARENT_TAG = "mlflow.parentRunId"
 TAG_STORAGE = "resnet_sweep.storage"  # on the parent: the sweep's experiment folder
 TAG_RETIRED = "resnet_sweep.retired"  # on a trial the sweep file no longer has (`run --extend`): "true"
 TAG_OVERRIDES = "resnet_sweep.overrides"  # on the parent: the `--set KEY=VALUE`s it was run with (JSON list)
+TAG_PREDICTED_WALL = "resnet_sweep.predicted_wall_s"  # on the parent: `plan --calibrate`'s prediction of `run`
+TAG_WALL = "resnet_sweep.wall_s"  # on the parent: what `run` took, its start to its report (with a prediction)
 # A failed trial may be retried on resume; these are never touched again.
 FINAL_STATUSES = {str(Status.COMPLETED), str(Status.STOPPED_EARLY), str(Status.DIVERGED)}
 REPORT_FOLDER = "report"  # the parent run's artifact folder holding the paper report

@@ -5,10 +5,12 @@ workers, Optuna), the calibration cache, and one short real measurement."""
 import json
 
 import pytest
+from mlflow import MlflowClient
 
 from orchestrator.sweepfile import calibration as C
 from orchestrator.sweepfile.plan import asha_expected_epochs, asha_trial_epochs, make_plan, plan_summary
 from orchestrator.sweepfile.spec import SchedulerSpec, parse_spec
+from orchestrator.vocabulary import TAG_PREDICTED_WALL, TAG_ROLE, TAG_WALL
 from resnet_core.config import RunConfig, split_sizes
 from tests.support import SWEEPS, cli
 
@@ -201,7 +203,8 @@ def test_calibrating_a_small_model_measures_it_and_caches_the_rate(cache):
 
 
 def test_plan_calibrate_cli(tmp_path):
-    """The one CLI run: `plan --calibrate`, as JSON and as text; with --extend it is refused."""
+    """`plan --calibrate` as JSON and as text (with --extend it is refused); then `run`, which
+    finds the rates."""
     (tmp_path / "tiny.yaml").write_text(
         "name: tiny\ndataset: {name: digits, image_size: 8}\nmodel: {depth: 8}\ntrain: {epochs: 1, batch_size: 64}\n"
     )
@@ -214,3 +217,16 @@ def test_plan_calibrate_cli(tmp_path):
     assert "train" in text.stdout and "images/s" in text.stdout and "predicted wall time" in text.stdout
     extend = cli("plan", "tiny.yaml", "--calibrate", "--extend", cwd=tmp_path, env=env)
     assert extend.returncode == 2 and "--calibrate" in extend.stderr
+    # `run` finds the rates: the prediction against what it took, in its last line, on the parent
+    # run and in the report.
+    ran = cli("run", "tiny.yaml", cwd=tmp_path, env=env, timeout=300)
+    assert ran.returncode == 0, ran.stderr
+    last = ran.stdout.strip().splitlines()[-1]
+    assert last.startswith("wall time: predicted ") and ", took " in last, ran.stdout
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (parent,) = client.search_runs(
+        [client.get_experiment_by_name("tiny").experiment_id], f"tags.`{TAG_ROLE}` = 'sweep'"
+    )
+    predicted, took = (float(parent.data.tags[tag]) for tag in (TAG_PREDICTED_WALL, TAG_WALL))
+    assert predicted == pytest.approx(plan["predicted_wall_s"], abs=0.1) and 0 < took < 300
+    assert "Wall time of `run`: predicted" in (tmp_path / "reports" / "tiny" / "index.md").read_text()

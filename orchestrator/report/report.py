@@ -45,6 +45,7 @@ def build_report(record: SweepRecord, environment: dict | None = None) -> tuple[
     """The report of a sweep read back from MLflow, and its tables by CSV slug: the sections its
     sweep file and trials call for, in the papers' order, with the claims after the summary, and
     how the sweep was made last (``environment``: its parent run's record, None when it has none)."""
+    from orchestrator.sweepfile.calibration import duration
     from orchestrator.sweepfile.spec import parse_spec
 
     parsed = parse_spec(record.spec_text, source="sweep.yaml")
@@ -67,6 +68,11 @@ def build_report(record: SweepRecord, environment: dict | None = None) -> tuple[
     )
     if retired := record.retired_line():
         report.p(retired + ".")
+    if (predicted := record.plan.get("predicted_wall_s")) is not None and record.wall_s is not None:
+        report.p(
+            f"Wall time of `run`: predicted {duration(predicted)} from the rates `plan --calibrate` measured, "
+            f"took {duration(record.wall_s)} (its start to its report; {record.wall_s / predicted - 1:+.0%})."
+        )
     tables: dict[str, Table] = {}
     varying = varying_keys(trials)
     groups = by_net(trials, varying)

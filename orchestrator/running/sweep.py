@@ -11,6 +11,7 @@ import math
 import os
 import shlex
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -44,6 +45,7 @@ from orchestrator.running.trainable import (
     train_data_parallel_trial,
     train_trial,
 )
+from orchestrator.sweepfile.calibration import duration, predicted
 from orchestrator.sweepfile.growth import trial_identity
 from orchestrator.sweepfile.plan import Plan, make_plan, plan_json
 from orchestrator.sweepfile.space import OPTUNA_STUDY, optuna_space, optuna_warm_start
@@ -59,7 +61,7 @@ from orchestrator.tracking.mlflow_store import (
 )
 from orchestrator.tracking.writer import TRACKING_FENCE
 from orchestrator.trial_table import format_table
-from orchestrator.vocabulary import TAG_OVERRIDES, TAG_STORAGE
+from orchestrator.vocabulary import TAG_OVERRIDES, TAG_PREDICTED_WALL, TAG_STORAGE, TAG_WALL
 from resnet_core import metrics as M
 from resnet_core.data import DataUnavailableError, check_data
 from resnet_core.errors import ConfigError
@@ -179,6 +181,9 @@ def prepare_sweep(
         check_data(RunConfig.from_flat(plan.configs[0]).dataset)
     if address is None:
         check_resources(spec)
+        # `plan --calibrate`'s rates for this machine, if it measured them: the run says at its
+        # end what it predicted against what it took.
+        plan = dataclasses.replace(plan, prediction=predicted(plan))
     where = storage.normalize(storage_path or spec.storage_path or storage.default_storage_path())
     storage.check_usable(where)
     return Prepared(parsed, plan, where, spec.name, uri, spec.tracking.experiment or spec.name)
@@ -408,6 +413,7 @@ def run_sweep(prep: Prepared, *, address: str | None = None, folder_taken: bool 
                 "mlflow.note.content": spec.description,
                 **overrides_tag(prep.parsed),
                 **env_tags,
+                **({TAG_PREDICTED_WALL: f"{plan.prediction['predicted_wall_s']:.1f}"} if plan.prediction else {}),
             },
             artifacts={SPEC_FILE: saved_spec_text(prep.parsed), "plan.json": plan_json(plan), **env_artifacts},
         )
@@ -602,8 +608,20 @@ def _finish(
         reason = " (budget.max_epochs reached)" if spec.budget.max_epochs else ""
         print(f"{num_trials - len(rows)} of {num_trials} planned trials did not run{reason}")
     interrupted = TUNE_INTERRUPT.seen or results.num_terminated + results.num_errors < len(results)
+    prediction = prep.plan.prediction if not interrupted else None
+    if prediction and tracker is not None and tracker.sweep.parent_id:
+        # Before the report, which shows it; the last line below adds the report's own time.
+        try:
+            tracker.client.set_tag(tracker.sweep.parent_id, TAG_WALL, f"{command_seconds():.1f}")
+        except Exception as err:  # MLflow gone since the sweep's last write: only this record is lost
+            print(f"warning: the sweep's wall time was not recorded in MLflow ({type(err).__name__})", file=sys.stderr)
     if report and not interrupted:
         write_report(prep)
+    if prediction:
+        print(
+            f"wall time: predicted {duration(prediction['predicted_wall_s'])} (`plan --calibrate`), "
+            f"took {duration(command_seconds())}"
+        )
     if interrupted:
         again = " ".join(
             shlex.quote(a)
@@ -617,6 +635,20 @@ def _finish(
         print(f"{len(failed)} trial(s) failed", file=sys.stderr)
         return 1
     return 0
+
+
+_IMPORTED = time.monotonic()
+
+
+def command_seconds() -> float:
+    """Seconds since this command started: its process's start (Linux's /proc/self/stat), else
+    since this module was imported."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.monotonic() - _IMPORTED
 
 
 def write_report(prep: Prepared) -> None:

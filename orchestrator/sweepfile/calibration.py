@@ -42,6 +42,7 @@ __all__ = [
     "CalibrationCache",
     "calibrate",
     "calibration_key",
+    "duration",
     "predict",
     "predicted",
     "schedule",
@@ -353,10 +354,10 @@ def summary_lines(prediction: dict) -> list[str]:
     trials = prediction["predicted_trial_s"]
     lines.append("predicted wall time per trial:")
     width = max(map(len, trials))
-    lines += [f"  {name:<{width}}  {_duration(s)}" for name, s in trials.items()]
+    lines += [f"  {name:<{width}}  {duration(s)}" for name, s in trials.items()]
     at_once = f"{cal['concurrency']} at a time" if cal["concurrency"] else "all at once"
     lines.append(
-        f"predicted wall time of `run` on this machine: {_duration(prediction['predicted_wall_s'])} "
+        f"predicted wall time of `run` on this machine: {duration(prediction['predicted_wall_s'])} "
         f"(trials {at_once}; with {SWEEP_START_S:g} s to start and {SWEEP_END_S:g} s to end)"
     )
     if cal["slowdown"] > 1:
@@ -367,7 +368,7 @@ def summary_lines(prediction: dict) -> list[str]:
     if cal["other_work_cores"] >= OTHER_WORK_SHOWN:
         lines.append(
             f"  other work kept {cal['other_work_cores']:.1f} of the {machine['cpus']} cores busy while calibrating; "
-            f"if it goes on, `run` takes about {_duration(cal['wall_s_if_other_work_goes_on'])}"
+            f"if it goes on, `run` takes about {duration(cal['wall_s_if_other_work_goes_on'])}"
         )
     return lines
 
@@ -376,7 +377,7 @@ def _flop_rate(flops: float) -> str:
     return f"{flops / 1e12:.3g} TFLOP/s" if flops >= 1e12 else f"{flops / 1e9:.3g} GFLOP/s"
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f} s"
     return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"

@@ -20,6 +20,7 @@ from orchestrator.vocabulary import (
     TAG_ROLE,
     TAG_STATUS,
     TAG_STOPPED_AT,
+    TAG_WALL,
 )
 from resnet_core import metrics as M
 
@@ -76,6 +77,7 @@ class SweepRecord:
     plan: dict  # plan.json as `run` logged it
     trials: list[TrialRecord]
     retired: int = 0  # runs of trials the sweep file no longer has (`run --extend`), left out of ``trials``
+    wall_s: float | None = None  # what `run` took to its report, recorded where it had a prediction
 
     def retired_line(self) -> str | None:
         """What `status` and `report` say about the trials they leave out."""
@@ -216,6 +218,7 @@ def read_sweep(
         plan=plan,
         trials=trials,
         retired=retired,
+        wall_s=float(wall) if (wall := parent.data.tags.get(TAG_WALL)) else None,
     )
 
 
