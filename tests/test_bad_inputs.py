@@ -3,14 +3,20 @@ storage paths, data folders, checkpoints and resume targets. Each case is one li
 field (and the YAML line), exit 2 (1 for what only trying finds: a dead cluster, data that
 cannot be downloaded), no traceback, nothing started or written.
 
-The same table is the "Bad input" section of docs/reliability.md:
-``python -m tests.test_bad_inputs --markdown`` runs every case and prints it."""
+The same table is in the "Bad input" section of docs/reliability.md, row for row and word for
+word: ``python -m tests.test_bad_inputs --markdown`` runs every case and prints it, ``--write``
+puts it in the page (from the repository root). Each case's test also compares its row with the
+page's, so the page cannot keep a stale message. A row shows the working folder as ``.``, and
+what depends on the machine (its CPU count, the S3 client's network error) as ``<…>``."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
+import random
+import re
 import resource
 import subprocess
 import sys
@@ -40,12 +46,13 @@ class Case:
     words: tuple[str, ...]  # the line must name these: the field first
     code: int = 2
     files: dict[str, str | bytes] = field(default_factory=dict)  # put in the working directory first
+    varies: tuple[tuple[str, str], ...] = ()  # (regex, replacement): the machine-dependent part, for the table
 
 
-def sweep(name: str, text: str, words: tuple[str, ...], line: int | None = None, *, command: str = "run") -> Case:
+def sweep(name: str, text: str, words: tuple[str, ...], line: int | None = None, *, command: str = "run", **kw) -> Case:
     """A sweep file as `resnet-sweep run sweep.yaml` (or plan) meets it; ``line``: the YAML line named."""
     located = (f"sweep.yaml:{line}:",) if line else ()
-    return Case(name, (command, "sweep.yaml"), words + located, files={"sweep.yaml": text})
+    return Case(name, (command, "sweep.yaml"), words + located, files={"sweep.yaml": text}, **kw)
 
 
 def with_valid(name: str, argv: tuple[str, ...], words: tuple[str, ...], code: int = 2, **kw) -> Case:
@@ -179,13 +186,16 @@ CASES = [
     ),
     sweep("more GPUs than the machine has", VALID + "resources: {gpu: 1}\n", ("resources.gpu", "this machine has 0")),
     sweep(
-        "more CPUs than the machine has", VALID + "resources: {cpu: 100000}\n", ("resources.cpu", "this machine has")
+        "more CPUs than the machine has",
+        VALID + "resources: {cpu: 100000}\n",
+        ("resources.cpu", "this machine has"),
+        varies=((r"this machine has \d+$", "this machine has <its CPU count>"),),
     ),
     sweep("1.5 GPUs per trial", VALID + "resources: {gpu: 1.5}\n", ("resources.gpu", "one device"), 9),
     sweep(
-        "2 GPUs per trial (a trial uses one device)",
+        "2 GPUs per trial in resources.gpu (not resources.workers)",
         VALID + "resources: {gpu: 2}\n",
-        ("resources.gpu", "one device"),
+        ("resources.gpu", "one device", "resources.workers"),
         9,
     ),
     sweep("repeated seeds", VALID + "  seeds: [0, 0]\n", ("search.seeds", "distinct"), 9),
@@ -415,7 +425,10 @@ CASES = [
         files={"notes.txt": "x"},
     ),
     with_valid(
-        "s3:// without a bucket", ("run", "sweep.yaml", "--storage-path", "s3://"), ("storage_path", "cannot use s3://")
+        "s3:// without a bucket",
+        ("run", "sweep.yaml", "--storage-path", "s3://"),
+        ("storage_path", "cannot use s3://"),
+        varies=((r"from this machine \(.*\)$", "from this machine (<the S3 client's error>)"),),
     ),
     with_valid(
         "S3 keys in the storage URI",
@@ -488,7 +501,7 @@ CASES = [
         "--resume with random bytes",
         ("train", "--dataset", "digits", "--resume", "state.pt"),
         ("--resume", "is not a checkpoint"),
-        files={"state.pt": os.urandom(256)},
+        files={"state.pt": random.Random(0).randbytes(256)},
     ),
     Case(
         "--resume with a text file",
@@ -557,6 +570,10 @@ def test_bad_input_is_one_line_naming_the_field(case, tmp_path, capfd):
     assert capfd.readouterr().err == ""  # nothing reached stderr around the one line either
     ray = sys.modules.get("ray")
     assert ray is None or not ray.is_initialized()
+    # the page shows this very line (the table's whole text: with the test of its rows below)
+    assert row(case, code, err, tmp_path) == doc_rows().get(case.name), (
+        f"docs/reliability.md's bad-input row {case.name!r} is stale: {REGENERATE}"
+    )
 
 
 @pytest.mark.unit
@@ -636,28 +653,71 @@ def test_ui_on_the_network_warns_that_anyone_can_reach_it(tmp_path):
     assert first.startswith("warning: --host 0.0.0.0") and "without authentication" in first, first
 
 
+HEADER = "| input | command | exit | what the user sees |\n|---|---|---|---|"
+BEGIN = "<!-- bad-input table: written by `python -m tests.test_bad_inputs --write`; do not edit -->"
+END = "<!-- end of the bad-input table -->"
+REGENERATE = "regenerate it with `python -m tests.test_bad_inputs --write` (from the repository root)"
+
+
+def row(case: Case, code: int, err: str, folder: Path) -> str:
+    """The case's row of the table: its command, exit code and line, with the working folder
+    shown as `.` and the parts that depend on the machine (``case.varies``) replaced."""
+    command = " ".join(["resnet-sweep", *(a if len(a) < 60 else a[:57] + "…" for a in case.argv)])
+    line = err.strip()
+    for path in dict.fromkeys([str(folder), os.path.realpath(folder)]):
+        line = line.replace(path, ".")
+    for pattern, replacement in case.varies:
+        line = re.sub(pattern, replacement, line)
+    cells = [case.name, f"`{command}`", str(code), f"`{line}`"]
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
 def markdown() -> str:
-    """The table of docs/reliability.md: each case run as in the test, in a fresh folder (shown as `.`)."""
-    rows = ["| input | command | exit | what the user sees |", "|---|---|---|---|"]
+    """The table of docs/reliability.md: each case run as in the test, in a fresh folder."""
+    rows = [HEADER]
     for case in CASES:
-        command = " ".join(["resnet-sweep", *(a if len(a) < 60 else a[:57] + "…" for a in case.argv)])
         with tempfile.TemporaryDirectory() as folder:
             code, err, _, _ = run_case(case, Path(folder))
-        line = err.strip().replace(folder, ".")
-        cells = [case.name, f"`{command}`", str(code), f"`{line}`"]
-        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+            rows.append(row(case, code, err, Path(folder)))
     return "\n".join(rows) + "\n"
 
 
-@pytest.mark.unit
-def test_reliability_doc_lists_every_case():
+def doc_table(doc: str | None = None) -> str:
+    """The table as docs/reliability.md has it, between its two markers."""
+    doc = DOC.read_text() if doc is None else doc
+    assert BEGIN in doc and END in doc, f"docs/reliability.md lost its bad-input table's markers: {REGENERATE}"
+    return doc[doc.index(BEGIN) + len(BEGIN) : doc.index(END)].strip("\n") + "\n"
+
+
+@functools.cache
+def doc_rows() -> dict[str, str]:
+    """The page's rows by their first cell (the case's name)."""
+    rows = doc_table().splitlines()[2:]
+    return {r.split(" | ")[0].removeprefix("| "): r for r in rows}
+
+
+def write() -> None:
     doc = DOC.read_text()
-    table = doc[doc.index("## Bad input") :]
-    for case in CASES:
-        assert f"| {case.name} | `resnet-sweep {case.argv[0]}" in table, (
-            f"{case.name}: rerun python -m tests.test_bad_inputs --markdown"
-        )
+    doc_table(doc)
+    before, after = doc[: doc.index(BEGIN) + len(BEGIN)], doc[doc.index(END) :]
+    DOC.write_text(f"{before}\n\n{markdown()}\n{after}")
+
+
+@pytest.mark.unit
+def test_the_page_has_one_row_per_case_in_order():
+    """With each case's test comparing its row word for word, the page's table is the output of
+    ``--markdown``."""
+    lines = doc_table().splitlines()
+    assert "\n".join(lines[:2]) == HEADER, REGENERATE
+    assert list(doc_rows()) == [c.name for c in CASES] and len(lines) == len(CASES) + 2, (
+        f"docs/reliability.md's bad-input table has other rows than the cases: {REGENERATE}"
+    )
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--markdown"]:
     sys.stdout.write(markdown())
+elif __name__ == "__main__" and sys.argv[1:] == ["--write"]:
+    write()
+    print(f"wrote the bad-input table of {DOC.relative_to(REPO)}")
+elif __name__ == "__main__":
+    sys.exit("usage: python -m tests.test_bad_inputs --markdown | --write")
