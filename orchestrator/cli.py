@@ -1,5 +1,6 @@
 """`resnet-sweep …`: the command line. Exit codes: 0 success, 1 runtime failure, 2 bad input
-(nothing was started), 3 the training run diverged (`train`)."""
+(nothing was started), 3 the training run diverged (`train`), 130 interrupted
+(Ctrl-C)."""
 
 from __future__ import annotations
 
@@ -675,7 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="resnet-sweep",
         description="Reproduce and extend the ResNet papers as Ray Tune sweeps tracked in MLflow.",
-        epilog="exit codes: 0 success, 1 runtime failure, 2 bad input (nothing started), 3 training diverged",
+        epilog="exit codes: 0 success, 1 runtime failure, 2 bad input (nothing started), 3 training diverged, 130 interrupted (Ctrl-C)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
