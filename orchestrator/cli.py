@@ -577,15 +577,18 @@ def cmd_ui(args) -> int:
         check_scheme,
         default_tracking_uri,
         normalize_tracking_uri,
+        redact,
+        use_tracking_uri,
     )
 
     uri = normalize_tracking_uri(args.tracking_uri or default_tracking_uri())
     try:
         check_scheme(uri)
+        shown = use_tracking_uri(uri)  # without its login: what is printed
     except TrackingUnavailableError as err:
         raise UsageError(f"--tracking-uri: {err}") from None
     if uri.startswith(("http://", "https://")):
-        raise UsageError(f"--tracking-uri: {uri} is an MLflow server: it serves its own UI, open it in a browser")
+        raise UsageError(f"--tracking-uri: {shown} is an MLflow server: it serves its own UI, open it in a browser")
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise UsageError(
             f"--tracking-uri: no MLflow store at {uri.removeprefix('sqlite:///')}; run a sweep here first or pass --tracking-uri"
@@ -598,8 +601,14 @@ def cmd_ui(args) -> int:
             file=sys.stderr,
         )
     url = f"http://{args.host}:{args.port}"
-    print(f"MLflow UI for {uri} at {url}  (Ctrl-C to stop)")
-    for exp in MlflowClient(uri).search_experiments():
+    try:
+        experiments = MlflowClient(uri).search_experiments()
+    except Exception as err:  # a database that does not answer, or whose driver is not installed
+        first = (str(err).strip().splitlines() or [""])[0]
+        print(f"error: cannot read the MLflow store {shown} ({type(err).__name__}: {redact(first)})", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"MLflow UI for {shown} at {url}  (Ctrl-C to stop)")
+    for exp in experiments:
         if exp.name != "Default":  # MLflow 3 opens on GenAI pages: link the runs tables directly
             print(f"  {exp.name}: {url}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning")
     sys.stdout.flush()

@@ -68,10 +68,11 @@ def build_report(record: SweepRecord, environment: dict | None = None) -> tuple[
     )
     if retired := record.retired_line():
         report.p(retired + ".")
-    if (predicted := record.plan.get("predicted_wall_s")) is not None and record.wall_s is not None:
+    if record.predicted_wall_s and record.wall_s is not None:
         report.p(
-            f"Wall time of `run`: predicted {duration(predicted)} from the rates `plan --calibrate` measured, "
-            f"took {duration(record.wall_s)} (its start to its report; {record.wall_s / predicted - 1:+.0%})."
+            f"Wall time of `run`: predicted {duration(record.predicted_wall_s)} from the rates `plan --calibrate` "
+            f"measured, took {duration(record.wall_s)} (its start to its report; "
+            f"{record.wall_s / record.predicted_wall_s - 1:+.0%})."
         )
     tables: dict[str, Table] = {}
     varying = varying_keys(trials)

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import subprocess
@@ -37,6 +38,8 @@ NODE_TIMEOUT_S = 10  # a node that has not answered by then is recorded as such;
 GIT_TIMEOUT_S = 10
 GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/kfd")  # NVIDIA's driver, AMD's ROCm
 DIFF_LIMIT = 1_000_000  # bytes of git-diff.patch; a bigger diff is cut, and says so
+MIN_SECRET_CHARS = 6  # shorter values of secret-named variables are not searched for ("1", "true")
+URI_PASSWORD = re.compile(r"(://[^/\s:@]+:)[^/\s@]+@")  # scheme://user:PASSWORD@
 TAG_PREFIX = "resnet_sweep.env."
 TAG_DIRTY = "resnet_sweep.git.dirty"
 TAG_COMMIT = "mlflow.source.git.commit"
@@ -101,7 +104,19 @@ def git_diff(folder: Path) -> str:
     if len(data) > DIFF_LIMIT:
         data = data[: data.rfind(b"\n", 0, DIFF_LIMIT) + 1]
         data += f"# … cut: the diff is longer than {DIFF_LIMIT:,} bytes; the lines above are its start\n".encode()
-    return redact(data.decode("utf-8", errors="replace"))
+    return _without_secrets(redact(data.decode("utf-8", errors="replace")))
+
+
+def _without_secrets(diff: str) -> str:
+    """The diff with what looks like a secret replaced: the values of this process's environment
+    variables named like one (AWS_SECRET_ACCESS_KEY, *_TOKEN, *_PASSWORD) and the password of
+    any URI (scheme://user:PASSWORD@host): a changed file may hold either."""
+    from orchestrator.tracking.mlflow_store import SECRET_PARAM
+
+    for name, value in os.environ.items():
+        if SECRET_PARAM.search(name) and len(value) >= MIN_SECRET_CHARS:
+            diff = diff.replace(value, "***")
+    return URI_PASSWORD.sub(r"\1***@", diff)
 
 
 # --- this process and its machine ----------------------------------------------------------------------

@@ -212,8 +212,8 @@ def _tracking_uri(given: str | None, spec) -> str:
             f"URI in --tracking-uri, or the login in MLFLOW_TRACKING_PASSWORD or "
             f"MLFLOW_TRACKING_TOKEN, instead",
         )
-    uri = use_tracking_uri(given or spec.tracking.tracking_uri or default_tracking_uri())
     try:
+        uri = use_tracking_uri(given or spec.tracking.tracking_uri or default_tracking_uri())
         check_tracking_uri(uri)
     except Exception as err:
         raise SpecError(field, str(err)) from None

@@ -77,10 +77,16 @@ class CalibrationCache(CountCache):
         folder = Path(resnet_core.__file__).parent
         for name in ("array.py", "blocks.py", "calibrate.py", "config.py", "data.py", "resnet.py", "train.py"):
             digest.update((folder / name).read_bytes())
+        digest.update(Path(__file__).read_bytes())  # the machine's keys, what predict reads
         return digest.hexdigest()[:16]
 
 
 CALIBRATION_CACHE = CalibrationCache()
+# What predict reads of a cached rate: one written by an older version without them is not used.
+RATE_KEYS = {
+    "device", "speed", "threads", "members", "setup_s", "train_s_per_image", "eval_s_per_image", "checkpoint_s",
+    "steps", "cpus", "gpus",
+}  # fmt: skip
 
 
 def threads_of(spec) -> int:
@@ -154,7 +160,7 @@ def predicted(plan: Plan) -> dict | None:
     for unit in _units(plan):
         key = calibration_key(_unit_runs(plan, unit), plan.spec)
         rate = CALIBRATION_CACHE.get(key)
-        if not isinstance(rate, dict):
+        if not isinstance(rate, dict) or not RATE_KEYS <= rate.keys():
             return None
         rates[key] = rate
     return predict(plan, rates)

@@ -4,6 +4,7 @@ is built or loaded."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -100,13 +101,24 @@ class CountCache:
             digest.update((folder / name).read_bytes())
         return digest.hexdigest()[:16]
 
-    def _load(self) -> dict[str, list[int]]:
+    def _read(self) -> dict[str, Any]:
+        """The entries on disk: none where the file is missing, cut off, of another version or
+        not the cache's shape."""
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        if (
+            not isinstance(data, dict)
+            or data.get("version") != self.version
+            or not isinstance(data.get("counts"), dict)
+        ):
+            return {}
+        return data["counts"]
+
+    def _load(self) -> dict[str, Any]:
         if self._entries is None:
-            try:
-                data = json.loads(self.path.read_text())
-                self._entries = data["counts"] if data.get("version") == self.version else {}
-            except (OSError, ValueError, KeyError, TypeError):
-                self._entries = {}
+            self._entries = self._read()
         return self._entries
 
     def get(self, key: str) -> Any:
@@ -114,15 +126,35 @@ class CountCache:
 
     def put(self, key: str, counts: Any) -> None:
         """``counts``: anything JSON holds (a tuple is kept as a list)."""
-        entries = self._load()
-        entries[key] = list(counts) if isinstance(counts, tuple) else counts
-        try:  # written whole and renamed: a second `plan` at the same time reads one file or the other
+        value = list(counts) if isinstance(counts, tuple) else counts
+        self._load()[key] = value
+        try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
-            tmp.write_text(json.dumps({"version": self.version, "counts": entries}))
-            os.replace(tmp, self.path)
+            # Under a lock, the file read again and this entry added: what another process put
+            # since this one read it stays. Written whole and renamed: a reader sees one file or
+            # the other.
+            with _locked(self.path.with_name(f".{self.path.name}.lock")):
+                entries = {**self._read(), key: value}
+                tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+                tmp.write_text(json.dumps({"version": self.version, "counts": entries}))
+                os.replace(tmp, self.path)
+            self._entries = {**entries, **self._entries}
         except OSError:
             pass
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock on ``path`` while the block runs (POSIX flock; without fcntl, none: a
+    lost cache entry only costs counting it again)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
 
 
 COUNT_CACHE = CountCache()

@@ -95,6 +95,13 @@ def use_tracking_uri(uri: str) -> str:
     check_tracking_uri: MLflow's client cannot send one."""
     uri = normalize_tracking_uri(uri)
     parts = urllib.parse.urlsplit(uri)
+    if _scheme(uri) != "sqlite" and "@" in uri.split("://", 1)[-1] and "@" not in parts.netloc:
+        # A login holding '/', '?' or '#' as they are: the URL parser takes part of the password
+        # for the host, path or query, where it would be shown. The URI is not repeated here.
+        raise TrackingUnavailableError(
+            f"the tracking URI's login holds '/', '?' or '#': percent-encode them (%2F, %3F, %23), or give the "
+            f"login in {USERNAME} and {PASSWORD}"
+        )
     hidden = _query_secrets(parts.query)
     if parts.password is None and parts.username is None and not hidden:
         return uri

@@ -16,6 +16,7 @@ from orchestrator.vocabulary import (
     LAYER_RESPONSES,
     PARENT_TAG,
     TAG_ERROR,
+    TAG_PREDICTED_WALL,
     TAG_RETIRED,
     TAG_ROLE,
     TAG_STATUS,
@@ -77,7 +78,10 @@ class SweepRecord:
     plan: dict  # plan.json as `run` logged it
     trials: list[TrialRecord]
     retired: int = 0  # runs of trials the sweep file no longer has (`run --extend`), left out of ``trials``
-    wall_s: float | None = None  # what `run` took to its report, recorded where it had a prediction
+    # What `run` predicted (`plan --calibrate`'s rates) and took to its report, both recorded by
+    # one `run` where it had a prediction (none after `run --extend`).
+    predicted_wall_s: float | None = None
+    wall_s: float | None = None
 
     def retired_line(self) -> str | None:
         """What `status` and `report` say about the trials they leave out."""
@@ -218,6 +222,7 @@ def read_sweep(
         plan=plan,
         trials=trials,
         retired=retired,
+        predicted_wall_s=float(p) if (p := parent.data.tags.get(TAG_PREDICTED_WALL)) else None,
         wall_s=float(wall) if (wall := parent.data.tags.get(TAG_WALL)) else None,
     )
 

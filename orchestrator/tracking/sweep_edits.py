@@ -8,7 +8,15 @@ from __future__ import annotations
 from orchestrator.sweepfile.growth import identity_of_params
 from orchestrator.tracking.mlflow_store import open_client
 from orchestrator.tracking.records import MAX_RUNS
-from orchestrator.vocabulary import PARENT_TAG, TAG_OVERRIDES, TAG_RETIRED, TAG_ROLE, TAG_SWEEP
+from orchestrator.vocabulary import (
+    PARENT_TAG,
+    TAG_OVERRIDES,
+    TAG_PREDICTED_WALL,
+    TAG_RETIRED,
+    TAG_ROLE,
+    TAG_SWEEP,
+    TAG_WALL,
+)
 
 __all__ = ["record_growth"]
 
@@ -33,6 +41,9 @@ def record_growth(
         client.set_tag(parent, key, value)
     if not tags.get(TAG_OVERRIDES) and TAG_OVERRIDES in parents[0].data.tags:  # run without `--set` now
         client.delete_tag(parent, TAG_OVERRIDES)
+    for tag in (TAG_PREDICTED_WALL, TAG_WALL):  # the first `run`'s prediction and time: not the grown sweep's
+        if tag in parents[0].data.tags:
+            client.delete_tag(parent, tag)
     for name, text in artifacts.items():
         client.log_text(parent, text, name)
     marked = 0
