@@ -97,6 +97,15 @@ def test_a_big_diff_is_cut_and_says_so(repo, monkeypatch):
 
 
 @pytest.mark.unit
+def test_the_diff_hides_secret_named_environment_values_and_uri_passwords(repo, monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI-secret")
+    (repo / "train.py").write_text('key = "wJalrXUtnFEMI-secret"\nuri = "postgresql://bob:db-pw-77@db:5432/x"\n')
+    patch = env.git_diff(repo)
+    assert "wJalrXUtnFEMI" not in patch and "db-pw-77" not in patch
+    assert '+key = "***"' in patch and "postgresql://bob:***@db:5432/x" in patch
+
+
+@pytest.mark.unit
 def test_pip_freeze_lists_each_installed_distribution_once_sorted():
     lines = env.pip_freeze().splitlines()
     names = [line.split("==")[0].lower().replace("_", "-") for line in lines]

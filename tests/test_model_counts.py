@@ -107,3 +107,16 @@ def test_counting_loads_neither_dynamo_nor_sympy():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.unit
+def test_two_processes_putting_at_once_keep_both_entries_and_a_bad_file_is_ignored(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    first, second = CountCache(), CountCache()
+    assert first.get("a") is None and second.get("b") is None  # both read the empty cache
+    second.put("b", (2, 3))
+    first.put("a", (1, 2))  # read before b was written: merged under the lock, not overwritten
+    assert CountCache().get("a") == [1, 2] and CountCache().get("b") == [2, 3]
+    for text in ("[]", "null", '{"version": "x", "co', '{"counts": []}'):
+        first.path.write_text(text)
+        assert CountCache().get("a") is None  # not the cache's shape: empty, no error

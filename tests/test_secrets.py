@@ -53,6 +53,16 @@ def test_an_http_query_is_refused_without_showing_its_token():
     assert redact("GET /?token=tok-123456") == "GET /?token=***"
 
 
+@pytest.mark.unit
+@pytest.mark.parametrize("mark", ["/", "?", "#"])
+def test_a_login_with_an_unencoded_slash_query_or_hash_is_refused_without_showing_it(mark):
+    # The URL parser would take "S3cr" for the host or path and show the rest: refused, not repeated.
+    with pytest.raises(TrackingUnavailableError) as err:
+        use_tracking_uri(f"http://alice:S3cr{mark}etPW@127.0.0.1:5000")
+    assert "S3cr" not in str(err.value) and "etPW" not in str(err.value) and "percent-encode" in str(err.value)
+    assert use_tracking_uri("sqlite:////tmp/at@sign/mlflow.db") == "sqlite:////tmp/at@sign/mlflow.db"  # a path
+
+
 def test_a_secret_in_the_sweep_files_tracking_uri_is_refused_by_name(tmp_path):
     (tmp_path / "s.yaml").write_text(
         "name: s\ndataset: {name: synthetic, synthetic_size: 64, image_size: 8, val_size: 16}\nmodel: {depth: 8}\ntrain: {epochs: 1}\n"
