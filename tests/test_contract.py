@@ -28,6 +28,7 @@ LAYERS = (
     ("orchestrator.running",),  # Ray Tune: the driver, trials, cluster, progress, the MLflow tracker
     ("orchestrator.k8s", "orchestrator.flags"),  # Kubernetes manifests; the CLI's flags
     ("orchestrator.cli",),
+    ("orchestrator.cli_reference",),  # docs/cli.md, written from the CLI's parser
 )
 ONLY_ORCHESTRATOR = {"ray", "mlflow", "yaml", "optuna"}
 
