@@ -202,12 +202,12 @@ def test_calibrating_a_small_model_measures_it_and_caches_the_rate(cache):
     assert C.CalibrationCache().path.is_file() and C.predicted(plan) == got
 
 
+TINY = "name: tiny\ndataset: {name: digits, image_size: 8}\nmodel: {depth: 8}\ntrain: {epochs: 1, batch_size: 64}\n"
+
+
 def test_plan_calibrate_cli(tmp_path):
-    """`plan --calibrate` as JSON and as text (with --extend it is refused); then `run`, which
-    finds the rates."""
-    (tmp_path / "tiny.yaml").write_text(
-        "name: tiny\ndataset: {name: digits, image_size: 8}\nmodel: {depth: 8}\ntrain: {epochs: 1, batch_size: 64}\n"
-    )
+    """`plan --calibrate` as JSON and as text; with --extend it is refused."""
+    (tmp_path / "tiny.yaml").write_text(TINY)
     env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
     out = cli("plan", "tiny.yaml", "--calibrate", "--json", cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr
@@ -217,8 +217,17 @@ def test_plan_calibrate_cli(tmp_path):
     assert "train" in text.stdout and "images/s" in text.stdout and "predicted wall time" in text.stdout
     extend = cli("plan", "tiny.yaml", "--calibrate", "--extend", cwd=tmp_path, env=env)
     assert extend.returncode == 2 and "--calibrate" in extend.stderr
-    # `run` finds the rates: the prediction against what it took, in its last line, on the parent
-    # run and in the report.
+
+
+@pytest.mark.slow
+def test_run_after_plan_calibrate_says_predicted_against_took(tmp_path):
+    """`run` finds the rates `plan --calibrate` measured: the prediction against what it took, in
+    its last line, on the parent run and in the report."""
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    out = cli("plan", "tiny.yaml", "--calibrate", "--json", cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr
+    plan = json.loads(out.stdout)
     ran = cli("run", "tiny.yaml", cwd=tmp_path, env=env, timeout=300)
     assert ran.returncode == 0, ran.stderr
     last = ran.stdout.strip().splitlines()[-1]

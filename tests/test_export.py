@@ -22,7 +22,7 @@ from resnet_core.errors import ConfigError
 from resnet_core.export import save_export, torchvision_name
 from resnet_core.resnet import build_model
 from resnet_core.train import Trainer
-from tests.support import VALID, child_runs, cli
+from tests.support import child_runs, cli
 
 DATA = DataConfig(name="synthetic", synthetic_size=96, synthetic_classes=4, image_size=16, val_size=32)
 
@@ -177,14 +177,13 @@ def test_the_best_epochs_checkpoint_is_exported_when_kept_else_the_latest_and_it
     )
 
 
-def test_export_best_of_a_sweep_gives_its_logged_test_error_exactly(tmp_path, capsys, monkeypatch):
+def test_export_best_of_a_sweep_gives_its_logged_test_error_exactly(tmp_path, capsys, monkeypatch, quickstart_sweep):
     """The best trial's best epoch (Tune keeps its checkpoint besides the latest), evaluated on
-    the digits test split as the trainer evaluates it: the test error MLflow logged for it."""
-    (tmp_path / "t.yaml").write_text(VALID)  # digits, depths 8 and 14, 2 epochs
-    out = cli("run", "t.yaml", "--no-report", cwd=tmp_path)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    _, children = child_runs(client, "t")
+    the test split as the trainer evaluates it: the test error MLflow logged for it. The sweep:
+    the quickstart's smoke test (session fixture), read from another folder."""
+    sweeps = quickstart_sweep.cwd / "ray_results"
+    client = MlflowClient(f"sqlite:///{quickstart_sweep.cwd / 'mlflow.db'}")
+    _, children = child_runs(client, "quickstart")
     best_epoch = {c.info.run_id: int(c.data.tags["best_epoch"]) for c in children}
     logged = {  # each trial's errors at its best epoch, as MLflow has them
         c.info.run_id: {
@@ -198,19 +197,22 @@ def test_export_best_of_a_sweep_gives_its_logged_test_error_exactly(tmp_path, ca
     # The lowest val error, the earliest trial on ties.
     best = min(children, key=lambda c: (logged[c.info.run_id][M.VAL_ERROR], c.data.tags[TAG_TRIAL_ID]))
 
-    out = cli("export", "t", "--best", "--out", "a path with spaces/best.pt", cwd=tmp_path)
+    out = cli(
+        "export", "quickstart", "--best", "--out", "a path with spaces/best.pt", "--storage-path", sweeps, cwd=tmp_path
+    )
     assert out.returncode == 0 and "not kept" not in out.stderr, out.stdout + out.stderr
     path = tmp_path / "a path with spaces" / "best.pt"
     epoch = best_epoch[best.info.run_id]
     assert re.match(
-        rf"exported {best.info.run_name} of sweep t, epoch {epoch} \(.*\) to a path with spaces/best.pt", out.stdout
+        rf"exported {best.info.run_name} of sweep quickstart, epoch {epoch} \(.*\) to a path with spaces/best.pt",
+        out.stdout,
     )
 
     exported = load_export(path)
     assert exported.source["trial"] == best.info.run_name and exported.class_names == [str(d) for d in range(10)]
     config = RunConfig.from_flat(exported.source["config"])
     assert str(config.model.depth) == best.data.params["model.depth"]
-    trainer = Trainer(config)  # the digits test split, evaluated as the trainer evaluates it
+    trainer = Trainer(config)  # the test split, evaluated as the trainer evaluates it
     assert torch.equal(trainer.test_loader.mean, exported.mean)
     trainer.model = trainer.infer = load_model(path)
     test_error = logged[best.info.run_id][M.TEST_ERROR]
@@ -219,13 +221,13 @@ def test_export_best_of_a_sweep_gives_its_logged_test_error_exactly(tmp_path, ca
 
     # The errors, one line each (in this process: the CLI's code, without another start-up).
     monkeypatch.chdir(tmp_path)
-    assert main(["export", "t", "--trial", "resnet99", "--out", "x.pt"]) == 2
-    assert main(["export", "nothere", "--best", "--out", "x.pt"]) == 2
+    assert main(["export", "quickstart", "--trial", "resnet99", "--out", "x.pt", "--storage-path", str(sweeps)]) == 2
+    assert main(["export", "nothere", "--best", "--out", "x.pt", "--storage-path", str(sweeps)]) == 2
     lines = capsys.readouterr().err.splitlines()
-    assert lines == [
-        "error: --trial: no trial 'resnet99' in sweep t; its trials: resnet8-basic-A-lr0.1-s0, "
-        "resnet14-basic-A-lr0.1-s0",
-        f"error: no sweep named 'nothere' in {tmp_path / 'ray_results'} (and no sweep folder at that path); "
-        "sweeps there: t",
+    head, _, names = lines[0].partition("; its trials: ")
+    assert head == "error: --trial: no trial 'resnet99' in sweep quickstart"
+    assert sorted(names.split(", ")) == sorted(c.info.run_name for c in children)
+    assert lines[1:] == [
+        f"error: no sweep named 'nothere' in {sweeps} (and no sweep folder at that path); sweeps there: quickstart",
     ]
     assert not (tmp_path / "x.pt").exists()

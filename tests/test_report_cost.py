@@ -5,6 +5,7 @@ and each repeated configuration's mean, std and 95% interval over seeds."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 import re
@@ -246,3 +247,17 @@ def test_random_sweep_report_has_pareto_and_parallel_coordinates(tmp_path):
     for name, (time, error) in measured.items():
         beaten = any(t <= time and e <= error and (t, e) != (time, error) for t, e in measured.values())
         assert (name in {r["trial"] for r in rows}) is not beaten, name
+
+
+@pytest.mark.unit
+def test_the_summary_says_the_predicted_wall_time_against_what_run_took():
+    from orchestrator.report.report import build_report
+
+    trials = [_trial("a0", 8, 0.1, 1.0)]
+    timed = dataclasses.replace(_record(trials, "grid"), predicted_wall_s=100.0, wall_s=85.0)
+    assert "Wall time of `run`: predicted 100 s from the rates `plan --calibrate` measured, took 85 s" in (
+        build_report(timed)[0].markdown()
+    )
+    assert "(its start to its report; -15%)" in build_report(timed)[0].markdown()
+    # No prediction (no calibration, or the sweep grew since): no line.
+    assert "Wall time" not in build_report(dataclasses.replace(timed, predicted_wall_s=None))[0].markdown()

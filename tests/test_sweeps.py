@@ -233,6 +233,7 @@ def test_trainable_never_imports_mlflow():
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
+@pytest.mark.slow  # budget.max_epochs' arithmetic: tests/test_spec.py and the plan's unit tests
 def test_epoch_budget_stops_the_sweep_and_says_so(tmp_path):
     text = SMALL_GRID.format(epochs=2) + "max_concurrent: 1\nbudget: {max_epochs: 3}\n"
     (tmp_path / "small.yaml").write_text(text)
