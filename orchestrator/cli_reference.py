@@ -17,6 +17,7 @@ from typing import Any
 
 from orchestrator import cli
 from orchestrator.flags import MODEL_FLAGS, TRAIN_FLAGS
+from orchestrator.sweepfile.reference import anchor, page_main
 
 __all__ = ["COMMAND", "EXIT_CODES", "REFERENCE_PATH", "cli_reference", "main"]
 
@@ -190,12 +191,6 @@ def _subcommands(parser: argparse.ArgumentParser) -> list[tuple[str, str, argpar
     return found
 
 
-def _anchor(heading: str) -> str:
-    """GitHub's anchor of a Markdown heading."""
-    text = heading.lstrip("#").strip().lower()
-    return "".join(c for c in text if c.isalnum() or c in " -_").replace(" ", "-")
-
-
 def _command_part(name: str, summary: str, parser: argparse.ArgumentParser) -> list[str]:
     """The section of one command (its subcommands after it)."""
     parts = [f"## `{parser.prog}`", summary[:1].upper() + summary[1:] + "."]
@@ -207,7 +202,7 @@ def _command_part(name: str, summary: str, parser: argparse.ArgumentParser) -> l
         parts.append(
             _table(
                 ("command", "what it does"),
-                [(f"[`{parser.prog} {n}`](#{_anchor(s.prog)})", h) for n, h, s in subcommands],
+                [(f"[`{parser.prog} {n}`](#{anchor(s.prog)})", h) for n, h, s in subcommands],
             )
         )
     for group in parser._action_groups:
@@ -271,7 +266,7 @@ lists under the key shown."""
     parts.append(
         _table(
             ("command", "what it does"),
-            [(f"[`{parser.prog} {n}`](#{_anchor(s.prog)})", h) for n, h, s in commands]
+            [(f"[`{parser.prog} {n}`](#{anchor(s.prog)})", h) for n, h, s in commands]
             + [("[exit codes](#exit-codes)", "what each exit code means")],
         )
     )
@@ -282,25 +277,13 @@ lists under the key shown."""
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog=COMMAND, description="Write docs/cli.md from resnet-sweep's parser, or check it is current."
+    return page_main(
+        argv,
+        prog=COMMAND,
+        description="Write docs/cli.md from resnet-sweep's parser, or check it is current.",
+        path=REFERENCE_PATH,
+        page=cli_reference,
     )
-    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 when the page is stale")
-    parser.add_argument("--out", type=Path, default=REFERENCE_PATH, help=f"the page (default: {REFERENCE_PATH})")
-    args = parser.parse_args(argv)
-    if args.out == REFERENCE_PATH and not (REFERENCE_PATH.parents[1] / "pyproject.toml").is_file():
-        parser.error(f"{REFERENCE_PATH.parents[1]} is not a source checkout: give --out PATH")
-    text = cli_reference()
-    if args.check:
-        if not args.out.is_file() or args.out.read_text() != text:
-            print(f"{args.out} is stale: regenerate it with {COMMAND}", file=sys.stderr)
-            return 1
-        print(f"{args.out} is current")
-        return 0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(f"wrote {args.out}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -22,15 +22,12 @@ calibrating (OtherWork) give a second figure, the wall time if that work goes on
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import os
 import platform
 import socket
 import time
 from collections.abc import Sequence
 from dataclasses import replace
-from importlib.metadata import version
 from pathlib import Path
 
 from orchestrator.sweepfile.model_counts import CountCache
@@ -65,20 +62,9 @@ class CalibrationCache(CountCache):
     keyed by this machine and everything a rate depends on (calibration_key); valid for one
     version of the training code and of torch."""
 
-    @functools.cached_property
-    def path(self) -> Path:
-        return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "resnet-sweep" / "calibration.json"
-
-    @functools.cached_property
-    def version(self) -> str:
-        import resnet_core
-
-        digest = hashlib.sha256(version("torch").encode())
-        folder = Path(resnet_core.__file__).parent
-        for name in ("array.py", "blocks.py", "calibrate.py", "config.py", "data.py", "resnet.py", "train.py"):
-            digest.update((folder / name).read_bytes())
-        digest.update(Path(__file__).read_bytes())  # the machine's keys, what predict reads
-        return digest.hexdigest()[:16]
+    FILE = "calibration.json"
+    SOURCES = ("array.py", "blocks.py", "calibrate.py", "config.py", "data.py", "resnet.py", "train.py")
+    EXTRA_SOURCES = (Path(__file__),)  # the machine's keys, what predict reads
 
 
 CALIBRATION_CACHE = CalibrationCache()

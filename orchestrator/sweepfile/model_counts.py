@@ -81,24 +81,30 @@ class CountCache:
     torch: counting a model means importing torch (≈ 1–2 s). A cache that cannot be read or
     written is simply not used."""
 
+    FILE = "model-counts.json"
+    # What the entries depend on besides torch's version: resnet_core's source files (and others, by path).
+    SOURCES: tuple[str, ...] = ("blocks.py", "resnet.py", "analysis.py", "config.py")
+    EXTRA_SOURCES: tuple[Path, ...] = ()
+
     def __init__(self) -> None:
         self._entries: dict[str, list[int]] | None = None
 
     @functools.cached_property
     def path(self) -> Path:
-        return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "resnet-sweep" / "model-counts.json"
+        return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "resnet-sweep" / self.FILE
 
     @functools.cached_property
     def version(self) -> str:
-        """The model code (its source files) and torch's version: counts of another are not these."""
+        """The code the entries came from (its source files) and torch's version: entries of
+        another are not these."""
         from importlib.metadata import version
 
         import resnet_core
 
         digest = hashlib.sha256(version("torch").encode())
         folder = Path(resnet_core.__file__).parent
-        for name in ("blocks.py", "resnet.py", "analysis.py", "config.py"):
-            digest.update((folder / name).read_bytes())
+        for path in [folder / name for name in self.SOURCES] + list(self.EXTRA_SOURCES):
+            digest.update(path.read_bytes())
         return digest.hexdigest()[:16]
 
     def _read(self) -> dict[str, Any]:

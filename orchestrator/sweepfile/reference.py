@@ -14,7 +14,7 @@ import inspect
 import sys
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -295,30 +295,30 @@ def sweep_file_reference(spec: type[BaseModel] = SweepSpec, sections: Mapping[st
     whose keys named in ``sections`` take the fields of those dataclasses."""
     parts = _model_parts(spec, "", sections)
     contents = "Sections: " + ", ".join(
-        f"[{p.splitlines()[0].removeprefix('## ')}](#{_anchor(p.splitlines()[0])})" for p in parts
+        f"[{p.splitlines()[0].removeprefix('## ')}](#{anchor(p.splitlines()[0])})" for p in parts
     )
     return "\n\n".join([INTRO.rstrip(), contents, *parts]) + "\n"
 
 
-def _anchor(heading: str) -> str:
+def anchor(heading: str) -> str:
     """GitHub's anchor of a Markdown heading."""
     text = heading.lstrip("#").strip().lower()
     return "".join(c for c in text if c.isalnum() or c in " -_").replace(" ", "-")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog=COMMAND, description="Write docs/sweep-file.md from the sweep file's models, or check it is current."
-    )
+def page_main(argv: list[str] | None, *, prog: str, description: str, path: Path, page: Callable[[], str]) -> int:
+    """The command of a generated page (this one, docs/cli.md's): write ``page()`` to ``path``
+    (or --out), or with --check exit 1 when the file there differs."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 when the page is stale")
-    parser.add_argument("--out", type=Path, default=REFERENCE_PATH, help=f"the page (default: {REFERENCE_PATH})")
+    parser.add_argument("--out", type=Path, default=path, help=f"the page (default: {path})")
     args = parser.parse_args(argv)
-    if args.out == REFERENCE_PATH and not (REFERENCE_PATH.parents[1] / "pyproject.toml").is_file():
-        parser.error(f"{REFERENCE_PATH.parents[1]} is not a source checkout: give --out PATH")
-    text = sweep_file_reference()
+    if args.out == path and not (path.parents[1] / "pyproject.toml").is_file():
+        parser.error(f"{path.parents[1]} is not a source checkout: give --out PATH")
+    text = page()
     if args.check:
         if not args.out.is_file() or args.out.read_text() != text:
-            print(f"{args.out} is stale: regenerate it with {COMMAND}", file=sys.stderr)
+            print(f"{args.out} is stale: regenerate it with {prog}", file=sys.stderr)
             return 1
         print(f"{args.out} is current")
         return 0
@@ -326,6 +326,16 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(text)
     print(f"wrote {args.out}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return page_main(
+        argv,
+        prog=COMMAND,
+        description="Write docs/sweep-file.md from the sweep file's models, or check it is current.",
+        path=REFERENCE_PATH,
+        page=sweep_file_reference,
+    )
 
 
 if __name__ == "__main__":
