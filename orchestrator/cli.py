@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import signal
 import sys
@@ -940,5 +941,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def program() -> None:
+    """The `resnet-sweep` executable: `main` on the process's arguments, then exit with its code."""
+    code = main()
+    # The process is about to exit: the interpreter's last garbage collection of the Ray, MLflow
+    # and torch heap (about 1 GB after a sweep) frees nothing the OS would not and costs 2-3 s on
+    # two cores. Frozen objects are left out of it; Ray's shutdown and open files run as before.
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    program()

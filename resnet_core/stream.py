@@ -25,9 +25,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
-import torchvision.transforms.v2.functional as TF
 from torch.utils.data import DataLoader, Dataset
-from torchvision.io import ImageReadMode, decode_image, read_file
 
 from .config import batch_sizes
 from .distributed import Shard
@@ -82,6 +80,11 @@ class FolderImages(Dataset):
         return torch.stack([self.crops(index, view, seed) for index, seed in rows.tolist()])
 
     def crops(self, index: int, view: str, seed: int) -> torch.Tensor:
+        # Imported here, not at the top: torchvision pulls in torch._dynamo (about 2 s), which
+        # every sweep driver and in-memory trial would pay without ever decoding a file.
+        import torchvision.transforms.v2.functional as TF
+        from torchvision.io import ImageReadMode, decode_image, read_file
+
         path = os.path.join(self.root, self.files[index].decode())
         try:
             image = decode_image(read_file(path), mode=ImageReadMode.RGB)

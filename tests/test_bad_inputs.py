@@ -314,6 +314,11 @@ CASES = [
     ),
     # --- flags -----------------------------------------------------------------------------------------
     with_valid(
+        "a misspelt key in --set",
+        ("run", "sweep.yaml", "--set", "train.epoch=1"),
+        ("--set train.epoch", "did you mean epochs"),
+    ),
+    with_valid(
         "an unknown flag after run",
         ("run", "sweep.yaml", "--bogus"),
         ("unrecognized arguments: --bogus", "resnet-sweep run --help"),

@@ -33,19 +33,20 @@ def test_trainer_bench_compares_every_row_with_the_conventional_pipeline(tmp_pat
     assert "(default)" in rows[3]  # CPU defaults: fp32 with fused SGD
 
 
-@pytest.mark.slow  # the trainer and loader benches keep the default suite's check that benches run
+@pytest.mark.slow  # the trainer bench keeps the default suite's check that benches run
 def test_packing_bench_runs_k_processes(tmp_path):
     table = bench("packing", tmp_path)
     assert "| 1 |" in table and "| 2 |" in table and "1.00x" in table
 
 
-@pytest.mark.slow  # the trainer and loader benches keep the default suite's check that benches run
+@pytest.mark.slow  # the trainer bench keeps the default suite's check that benches run
 def test_arrays_bench_compares_arrays_with_one_trial_and_processes(tmp_path):
     rows = [line for line in bench("arrays", tmp_path).splitlines() if line.startswith("| ResNet-8 ")]
     assert [r.split(" | ")[1] for r in rows] == ["1", "2"]
     assert rows[0].split(" | ")[5] == "–" and rows[1].split(" | ")[5] != "–"  # processes only for K=2
 
 
+@pytest.mark.slow  # the trainer bench keeps the default suite's check that benches run
 def test_loader_bench_compares_the_streaming_loader_with_the_conventional_pipeline(tmp_path):
     table = bench("loader", tmp_path)
     rows = [line.split(" | ") for line in table.splitlines() if line.startswith(("| ours ", "| conventional "))]

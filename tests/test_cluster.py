@@ -78,6 +78,13 @@ def test_two_node_sweep_with_token_auth_runs_on_both_nodes(tmp_path, cluster, s3
     ), line
     assert "epoch" not in out.stdout and s3_server.env["AWS_SECRET_ACCESS_KEY"] not in out.stdout + out.stderr
 
+
+@pytest.mark.slow  # the default suite keeps the two-node sweep and its storage check above
+def test_no_token_and_a_gone_cluster_are_one_line_each_in_seconds(tmp_path, cluster):
+    cluster.start_head()
+    user = {"HOME": str(cluster.env["HOME"])}
+    sweep_file(tmp_path)
+
     # No token here: one line that says so, in seconds (Ray alone retries for a minute).
     start = time.time()
     out = cli("run", "small.yaml", "--address", cluster.address, cwd=tmp_path, env={"HOME": str(tmp_path / "nobody")})

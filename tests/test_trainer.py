@@ -242,7 +242,7 @@ def test_digits_resnet20_30_epochs_reaches_3_percent(tmp_path):
 
 @pytest.mark.unit
 def test_a_last_batch_of_one_image_joins_the_batch_before_it():
-    """65 training images in batches of 8, ResNet-50 at 32 px (its last stage's maps are 1×1):
+    """65 training images in batches of 8, ResNet-18 at 32 px (its last stage's maps are 1×1):
     a last batch of one image would stop batch norm ('Expected more than 1 value per channel');
     it trains with the 8th batch instead (9 images), as one process, an array and data-parallel
     shares do (resnet_core.config.batch_sizes), and an epoch is 8 iterations."""
@@ -255,8 +255,8 @@ def test_a_last_batch_of_one_image_joins_the_batch_before_it():
     assert smallest_training_batch(Shard(0, 2), sync_bn=True) == 2  # global statistics: as one process
     assert smallest_training_batch(Shard(0, 2), sync_bn=False) == 4  # each worker's share: 2 at least
     cfg = RunConfig(
-        model=ModelConfig(arch="imagenet", depth=50),
-        dataset=DataConfig(name="digits", image_size=32, train_limit=65, val_size=64),
+        model=ModelConfig(arch="imagenet", depth=18),
+        dataset=DataConfig(name="digits", image_size=32, train_limit=65, val_size=64, eval_limit=8),
         train=TrainConfig(batch_size=8, epochs=1, lr=0.01, device="cpu"),
     )
     result = Trainer(cfg).run()
