@@ -1,3 +1,4 @@
+import gc
 import os
 import signal
 import subprocess
@@ -126,3 +127,10 @@ def manifest_mlflow(tmp_path_factory):
     server = MlflowFromManifest(tmp_path_factory.mktemp("mlflow"))
     yield server
     server.stop()
+
+
+def pytest_collection_finish(session):
+    """Every test module is imported (torch, Ray, MLflow with them): their objects live as long as
+    the session, so Python's full collections need not walk them again (each took 0.3-1 s)."""
+    gc.collect()
+    gc.freeze()
