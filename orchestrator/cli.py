@@ -628,6 +628,9 @@ def cmd_ui(args) -> int:
         "--workers",
         str(args.workers),
     ]
+    # MLflow's job runner (a second process, for GenAI jobs no sweep uses) makes the UI start and
+    # stop 2-3 s slower; a user who wants it sets the variable.
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     os.execv(sys.executable, cmd)  # the UI becomes this process: signals reach it directly
 
 

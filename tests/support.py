@@ -4,14 +4,17 @@ from here, never from another test file."""
 
 from __future__ import annotations
 
+import atexit
 import functools
 import http.client
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -35,10 +38,29 @@ REPO = Path(__file__).resolve().parent.parent
 SWEEPS = REPO / "sweeps"
 
 
+@functools.cache
+def _empty_store() -> Path:
+    from mlflow import MlflowClient
+
+    folder = tempfile.mkdtemp(prefix="store")
+    atexit.register(shutil.rmtree, folder, True)
+    path = Path(folder) / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()  # MLflow makes it and migrates its schema
+    return path
+
+
+def migrated_store(folder: Path) -> Path:
+    """An empty MLflow store at ``folder``/mlflow.db, its schema made by MLflow once per test
+    session: a new SQLite store spends 1.5-3 s in MLflow's migrations, which a test that is not
+    about a first run need not pay again. (Its Default experiment names the first store's folder.)"""
+    return Path(shutil.copyfile(_empty_store(), folder / "mlflow.db"))
+
+
 def cli(*args: str, cwd: Path, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the installed `resnet-sweep` command as a user would."""
     exe = Path(sys.executable).parent / "resnet-sweep"
-    return subprocess.run(
+    _t = time.time()
+    _r = subprocess.run(
         [str(exe), *map(str, args)],
         cwd=cwd,
         capture_output=True,
@@ -46,6 +68,11 @@ def cli(*args: str, cwd: Path, timeout: float = 600, env: dict | None = None) ->
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+    with open("/tmp/clilog.txt", "a") as _f:
+        _f.write(
+            f"{time.time() - _t:6.1f} {os.environ.get('PYTEST_CURRENT_TEST', '?')[:70]} | {' '.join(map(str, args))[:80]}\n"
+        )
+    return _r
 
 
 def start(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
@@ -180,6 +207,8 @@ class MlflowServer:
     def start(self) -> MlflowServer:
         import urllib.request
 
+        if not (self.folder / "mlflow.db").exists():
+            migrated_store(self.folder)
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -200,6 +229,7 @@ class MlflowServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # as k8s/base/mlflow.yaml
         )
         wait_for_server(self.proc, "mlflow server", lambda: urllib.request.urlopen(self.uri + "/health", timeout=2))
         return self
@@ -388,6 +418,7 @@ class MlflowFromManifest:
         }
         env["MLFLOW_AUTH_CONFIG_PATH"] = str(folder / "basic_auth.ini")
         env["HOME"] = str(folder)
+        migrated_store(folder)
         self.proc = subprocess.Popen(
             [str(BIN / container["command"][0]), *container["command"][1:], *args],
             env={**os.environ, **env},

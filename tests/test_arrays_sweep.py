@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 from mlflow import MlflowClient
 
-from tests.support import child_runs, cli, kill_when_midway, table_rows
+from tests.support import child_runs, cli, kill_when_midway, migrated_store, table_rows
 
 # Six trials of one shape: per seed, two learning rates that train and one that diverges in its
 # first epoch; in plan order the arrays are (s0 0.05, s0 0.1, s0 1000, s1 0.05) and (s1 0.1, s1 1000).
@@ -69,6 +69,7 @@ def array_sweep(tmp_path_factory) -> SimpleNamespace:
     the finished command); its store is read by both tests below."""
     cwd = tmp_path_factory.mktemp("arrays")
     (cwd / "arrays.yaml").write_text(SWEEP.format(name="arrays-on", array=", array: 4"))
+    migrated_store(cwd)
     return SimpleNamespace(cwd=cwd, ran=cli("run", "arrays.yaml", cwd=cwd))
 
 

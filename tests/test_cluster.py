@@ -13,7 +13,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.ray_nodes import LocalCluster, free_port, token_home
-from tests.support import SMALL_GRID, child_runs, cli, table_rows
+from tests.support import SMALL_GRID, child_runs, cli, migrated_store, table_rows
 
 
 def sweep_file(folder: Path, epochs: int = 3, size: int = 8, limit: int = 256) -> Path:
@@ -41,12 +41,12 @@ def one_line(stderr: str) -> str:
     return lines[0]
 
 
-def test_two_node_sweep_with_token_auth_runs_on_both_nodes(tmp_path, cluster, s3_server):
+def test_two_node_sweep_with_token_auth_runs_on_both_nodes(tmp_path, cluster):
     head = cluster.start_head()
-    # The worker node cannot reach the S3 endpoint (its environment points elsewhere).
-    worker = cluster.add_worker(env={"AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"})
+    worker = cluster.add_worker()
     user = {"HOME": str(cluster.env["HOME"])}  # the token is in ~/.ray; RAY_AUTH_MODE is not set
     sweep_file(tmp_path)
+    migrated_store(tmp_path)
 
     out = cli("run", "small.yaml", "--address", cluster.address, cwd=tmp_path, env=user)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -65,6 +65,15 @@ def test_two_node_sweep_with_token_auth_runs_on_both_nodes(tmp_path, cluster, s3
         assert steps == [1, 2, 3]
         assert f"(node {child.data.tags['node_id'][:8]})" in out.stdout  # progress lines say where
 
+
+@pytest.mark.slow  # the default suite keeps the two-node sweep above
+def test_unusable_storage_no_token_and_a_gone_cluster_are_one_line_each_in_seconds(tmp_path, cluster, s3_server):
+    cluster.start_head()
+    # The worker node cannot reach the S3 endpoint (its environment points elsewhere).
+    worker = cluster.add_worker(env={"AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"})
+    user = {"HOME": str(cluster.env["HOME"])}
+    sweep_file(tmp_path)
+
     # Storage that one node cannot use: one line naming storage_path, before any trial.
     env = {**user, **s3_server.env}
     out = cli(
@@ -77,13 +86,6 @@ def test_two_node_sweep_with_token_auth_runs_on_both_nodes(tmp_path, cluster, s3
         and worker.node_id[:8] in line
     ), line
     assert "epoch" not in out.stdout and s3_server.env["AWS_SECRET_ACCESS_KEY"] not in out.stdout + out.stderr
-
-
-@pytest.mark.slow  # the default suite keeps the two-node sweep and its storage check above
-def test_no_token_and_a_gone_cluster_are_one_line_each_in_seconds(tmp_path, cluster):
-    cluster.start_head()
-    user = {"HOME": str(cluster.env["HOME"])}
-    sweep_file(tmp_path)
 
     # No token here: one line that says so, in seconds (Ray alone retries for a minute).
     start = time.time()

@@ -24,6 +24,7 @@ from tests.support import (
     child_runs,
     cli,
     ctrl_c_when,
+    migrated_store,
     table_rows,
     write_folder,
 )
@@ -179,6 +180,7 @@ def straight(tmp_path_factory) -> SimpleNamespace:
     cwd = tmp_path_factory.mktemp("sweep")
     write_sweep(cwd, "straight")
     planned = cli("plan", "straight.yaml", "--json", cwd=cwd)
+    migrated_store(cwd)
     ran = cli("run", "straight.yaml", "--no-report", cwd=cwd, timeout=600)
     return SimpleNamespace(cwd=cwd, planned=planned, ran=ran, client=MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}"))
 

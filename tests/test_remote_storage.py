@@ -8,7 +8,16 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.ray_nodes import free_port
-from tests.support import S3_KEY_ID, S3_SECRET, SMALL_GRID, child_runs, cli, kill_when_midway, table_rows
+from tests.support import (
+    S3_KEY_ID,
+    S3_SECRET,
+    SMALL_GRID,
+    child_runs,
+    cli,
+    kill_when_midway,
+    migrated_store,
+    table_rows,
+)
 
 
 def _bucket_texts(s3) -> dict[str, bytes]:
@@ -35,6 +44,7 @@ def test_a_sweep_in_s3_keeps_its_results_and_checkpoints_there_and_no_credential
     (tmp_path / "small.yaml").write_text(
         SMALL_GRID.format(epochs=1).replace("[8, 14]", "[8]") + "storage_path: s3://sweeps/ray\n"
     )
+    migrated_store(tmp_path)
     out = cli("run", "small.yaml", "--no-report", cwd=tmp_path, env=s3_server.env, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "results in s3://sweeps/ray/small" in out.stdout and len(table_rows(out.stdout)) == 2, out.stdout

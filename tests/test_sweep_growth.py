@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from orchestrator.sweepfile.growth import EarlierTrial, plan_growth, trial_identity
 from orchestrator.sweepfile.space import OPTUNA_STUDY, optuna_warm_start
 from orchestrator.sweepfile.spec import SpecError, load_spec, parse_spec
-from tests.support import SWEEPS, child_runs, cli, ctrl_c_when, tune_records
+from tests.support import SWEEPS, child_runs, cli, ctrl_c_when, migrated_store, tune_records
 
 GROW = """\
 name: grow
@@ -139,6 +139,7 @@ def test_set_then_extend_trains_only_the_new_trials_under_one_parent_run(tmp_pat
     work = tmp_path / "a folder with spaces"
     work.mkdir()
     (work / "grow.yaml").write_text(grow_file([8], [0]))
+    migrated_store(work)
     out = cli("run", "grow.yaml", "--set", "train.epochs=1", "--set", "dataset.eval_limit=64", "--no-report", cwd=work)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     client, parents, children = _runs(work, "grow")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.support import SMALL_GRID, SWEEPS, child_runs, cli, kill_when_midway, start, table_rows
+from tests.support import SMALL_GRID, SWEEPS, child_runs, cli, kill_when_midway, migrated_store, start, table_rows
 
 UNSEEN = """\
 name: unseen
@@ -38,6 +38,7 @@ resources: {cpu: 1}
 
 def test_unseen_sweep_optuna_asha_end_to_end(tmp_path):
     (tmp_path / "unseen.yaml").write_text(UNSEEN)
+    migrated_store(tmp_path)
     out = cli("run", "unseen.yaml", cwd=tmp_path, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     rows = table_rows(out.stdout)
@@ -147,14 +148,17 @@ def test_ctrl_c_midway_says_interrupted_everywhere_then_resume_finishes(tmp_path
     covered by the S3, resume-if-exists and Kubernetes-entrypoint tests.)"""
     import socket
 
-    epochs = 2
+    epochs = 3
     # The test's fault hook (tests/faults) holds both depth-14 trials after their first epoch
-    # while the depth-8 ones finish: a known state, however loaded the machine.
+    # while the depth-8 ones finish: a known state, however loaded the machine. It lets them go
+    # with the Ctrl-C, as a training trial would be (Tune waits 10 s for a trial that never
+    # reports again); at most one more epoch then, not their last.
     faults = tmp_path / "faults"
     faults.mkdir()
     (faults / "14-0.1").write_text("hold")
     env = {"PYTHONPATH": str(Path(__file__).parent / "faults"), "RESNET_SWEEP_TEST_FAULTS": str(faults)}
     (tmp_path / "small.yaml").write_text(SMALL_GRID.format(epochs=epochs) + "tracking: {log_best_checkpoint: true}\n")
+    migrated_store(tmp_path)
     first = start("run", "small.yaml", "--resume-if-exists", cwd=tmp_path, env=env)
     lines, done, held = [], set(), set()
     for line in first.stdout:
@@ -177,6 +181,7 @@ def test_ctrl_c_midway_says_interrupted_everywhere_then_resume_finishes(tmp_path
         ), out.stderr
         assert "epoch" not in out.stdout
     first.send_signal(signal.SIGINT)
+    (faults / "14-0.1").unlink()
     seen = "".join(lines) + first.communicate(timeout=300)[0]
     assert first.returncode == 130, seen[-3000:]
     assert not (tmp_path / "ray_results" / "small" / "driver.lock").exists()  # released

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from tests.support import child_runs, cli, table_rows
+from tests.support import child_runs, cli, migrated_store, table_rows
 
 FAULTS = """\
 name: faults
@@ -32,6 +32,7 @@ def test_exception_out_of_memory_and_divergence_each_end_with_their_own_status(w
     (faults / "8-0.1").write_text("raise-once")  # fails at its 2nd epoch once: retried, completes
     (faults / "14-0.1").write_text("oom")  # out of memory at its 2nd epoch, on the retry too
     (workdir / "faults.yaml").write_text(FAULTS)  # lr 1000 diverges by itself
+    migrated_store(workdir)
     out = cli(
         "run",
         "faults.yaml",

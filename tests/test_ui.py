@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.support import REPO, cli
+from tests.support import REPO, cli, descendants
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -205,6 +205,14 @@ def test_mlflow_ui_shows_trials_nested_under_the_sweep(quickstart_sweep, tmp_pat
     driver = None
     try:
         wait_healthy(ui, url, log)
+        # The UI's server alone: MLflow's job runner (GenAI jobs, 8 processes) is not started.
+        commands = []
+        for pid in descendants(ui.pid):
+            try:
+                commands.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+            except OSError:  # ended meanwhile
+                pass
+        assert commands and not [c for c in commands if "mlflow.server.jobs" in c or "huey" in c], commands
 
         # 3. The runs table. MLflow 3.17 opens `#/experiments/<id>` on the GenAI overview (the
         # experiment has no mlflow.experimentKind tag): ask for the classic runs table.
