@@ -59,8 +59,7 @@ def migrated_store(folder: Path) -> Path:
 def cli(*args: str, cwd: Path, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the installed `resnet-sweep` command as a user would."""
     exe = Path(sys.executable).parent / "resnet-sweep"
-    _t = time.time()
-    _r = subprocess.run(
+    return subprocess.run(
         [str(exe), *map(str, args)],
         cwd=cwd,
         capture_output=True,
@@ -68,11 +67,6 @@ def cli(*args: str, cwd: Path, timeout: float = 600, env: dict | None = None) ->
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
-    with open("/tmp/clilog.txt", "a") as _f:
-        _f.write(
-            f"{time.time() - _t:6.1f} {os.environ.get('PYTEST_CURRENT_TEST', '?')[:70]} | {' '.join(map(str, args))[:80]}\n"
-        )
-    return _r
 
 
 def start(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
