@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from orchestrator.cli import EXIT_DIVERGED, main
 from resnet_core import metrics as M
 from resnet_core.data import DataConfig, DataUnavailableError, DeviceLoader, load_splits
 from resnet_core.errors import ConfigError
@@ -139,7 +140,9 @@ def test_bad_recipe_values_name_the_field():
         assert err.value.field == field
 
 
-def test_train_cli_json_and_divergence(tmp_path):
+def test_train_cli_json_and_divergence(tmp_path, monkeypatch, capsys):
+    """`resnet-sweep train` as a user runs it; then a diverging run (in-process: the same command
+    line, without a second interpreter) ends with exit 3, one line, and its JSON says so."""
     out = cli(
         "train",
         "--dataset",
@@ -172,44 +175,22 @@ def test_train_cli_json_and_divergence(tmp_path):
     assert result["status"] == "completed" and 0 <= result["test_error"] <= 1
     assert all(isinstance(v, float) for v in result["layer_response_std"])
 
-    out = cli(
-        "train",
-        "--dataset",
-        "digits",
-        "--image-size",
-        "16",
-        "--depth",
-        "20",
-        "--epochs",
-        "2",
-        "--lr",
-        "10",
-        "--json-out",
-        "d.json",
-        cwd=tmp_path,
-    )
-    assert out.returncode == 3, out.stdout + out.stderr
-    assert "diverged" in out.stderr and "Traceback" not in out.stderr
+    monkeypatch.chdir(tmp_path)
+    argv = "train --dataset digits --image-size 16 --depth 20 --epochs 2 --lr 10 --json-out d.json".split()
+    assert main(argv) == EXIT_DIVERGED
+    err = capsys.readouterr().err
+    assert "diverged" in err and "Traceback" not in err
     assert json.loads((tmp_path / "d.json").read_text())["status"] == "diverged"
 
 
-def test_train_cli_checkpoint_and_resume(tmp_path):
-    args = [
-        "train",
-        "--dataset",
-        "synthetic",
-        "--image-size",
-        "16",
-        "--depth",
-        "8",
-        "--batch-size",
-        "64",
-        "--epochs",
-        "2",
-    ]
-    assert cli(*args, "--checkpoint-dir", "ck", "--json-out", "full.json", cwd=tmp_path).returncode == 0
-    out = cli(*args, "--resume", "ck/epoch0001.pt", "--json-out", "resumed.json", cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
+@pytest.mark.unit
+def test_train_cli_checkpoint_and_resume(tmp_path, monkeypatch):
+    """`train --checkpoint-dir`, then `train --resume` of its first epoch ends where the straight
+    run ended (in-process: the command line itself runs as a process in the test above)."""
+    monkeypatch.chdir(tmp_path)
+    args = "train --dataset synthetic --image-size 16 --depth 8 --batch-size 64 --epochs 2".split()
+    assert main([*args, "--checkpoint-dir", "ck", "--json-out", "full.json"]) == 0
+    assert main([*args, "--resume", "ck/epoch0001.pt", "--json-out", "resumed.json"]) == 0
     full, resumed = (json.loads((tmp_path / f).read_text()) for f in ("full.json", "resumed.json"))
     assert full["history"][-1][M.VAL_ERROR] == resumed["history"][-1][M.VAL_ERROR]
     assert full["history"][-1][M.TRAIN_LOSS] == resumed["history"][-1][M.TRAIN_LOSS]
