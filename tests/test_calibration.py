@@ -7,6 +7,7 @@ import json
 import pytest
 from mlflow import MlflowClient
 
+from orchestrator.cli import main
 from orchestrator.sweepfile import calibration as C
 from orchestrator.sweepfile.plan import asha_expected_epochs, asha_trial_epochs, make_plan, plan_summary
 from orchestrator.sweepfile.spec import SchedulerSpec, parse_spec
@@ -205,18 +206,20 @@ def test_calibrating_a_small_model_measures_it_and_caches_the_rate(cache):
 TINY = "name: tiny\ndataset: {name: digits, image_size: 8}\nmodel: {depth: 8}\ntrain: {epochs: 1, batch_size: 64}\n"
 
 
-def test_plan_calibrate_cli(tmp_path):
-    """`plan --calibrate` as JSON and as text; with --extend it is refused."""
+def test_plan_calibrate_cli(tmp_path, cache, monkeypatch, capsys):
+    """`plan --calibrate` as JSON (the command as a process) and as text (in-process, the same
+    command line); with --extend it is refused."""
     (tmp_path / "tiny.yaml").write_text(TINY)
-    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
-    out = cli("plan", "tiny.yaml", "--calibrate", "--json", cwd=tmp_path, env=env)
+    out = cli("plan", "tiny.yaml", "--calibrate", "--json", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     plan = json.loads(out.stdout)
     assert plan["predicted_wall_s"] > 0 and list(plan["predicted_trial_s"]) == ["resnet8-basic-A-lr0.1-s0"]
-    text = cli("plan", "tiny.yaml", "--calibrate", cwd=tmp_path, env=env)
-    assert "train" in text.stdout and "images/s" in text.stdout and "predicted wall time" in text.stdout
-    extend = cli("plan", "tiny.yaml", "--calibrate", "--extend", cwd=tmp_path, env=env)
-    assert extend.returncode == 2 and "--calibrate" in extend.stderr
+    monkeypatch.chdir(tmp_path)
+    assert main(["plan", "tiny.yaml", "--calibrate"]) == 0
+    text = capsys.readouterr().out
+    assert "train" in text and "images/s" in text and "predicted wall time" in text
+    assert main(["plan", "tiny.yaml", "--calibrate", "--extend"]) == 2
+    assert "--calibrate" in capsys.readouterr().err
 
 
 @pytest.mark.slow
