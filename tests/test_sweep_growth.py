@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from orchestrator.cli import main
 from orchestrator.sweepfile.growth import EarlierTrial, plan_growth, trial_identity
 from orchestrator.sweepfile.space import OPTUNA_STUDY, optuna_warm_start
 from orchestrator.sweepfile.spec import SpecError, load_spec, parse_spec
@@ -132,7 +133,7 @@ def _runs(folder: Path, experiment: str):
     return client, *child_runs(client, experiment)
 
 
-def test_set_then_extend_trains_only_the_new_trials_under_one_parent_run(tmp_path):
+def test_set_then_extend_trains_only_the_new_trials_under_one_parent_run(tmp_path, monkeypatch, capsys):
     """Must show 1 and 2 (the grid half) and 3: a sweep run with `--set`, its file edited to two
     seeds and one more depth, `run --extend`: the counts first, only the new trials trained, one
     parent run holding the overrides and the environment record, the first trial's run untouched."""
@@ -164,9 +165,9 @@ def test_set_then_extend_trains_only_the_new_trials_under_one_parent_run(tmp_pat
     # The edited file: two seeds, one more depth (the same overrides, so the same fixed settings).
     (work / "grow.yaml").write_text(grow_file([8, 14], [0, 1]))
     sets = ["--set", "train.epochs=1", "--set", "dataset.eval_limit=64"]
-    planned = cli("plan", "grow.yaml", "--extend", *sets, "--json", cwd=work)
-    assert planned.returncode == 0, planned.stderr
-    assert json.loads(planned.stdout) | {"folder": None} == {
+    monkeypatch.chdir(work)  # plan and status in-process: the same command lines, no interpreter each
+    assert main(["plan", "grow.yaml", "--extend", *sets, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) | {"folder": None} == {
         "name": "grow",
         "exists": True,
         "folder": None,
@@ -190,8 +191,8 @@ def test_set_then_extend_trains_only_the_new_trials_under_one_parent_run(tmp_pat
     assert len({(c.data.params["model.depth"], c.data.params["train.seed"]) for c in children}) == 4  # no duplicate
     untouched = [c for c in children if c.info.end_time == first_end]
     assert len(untouched) == 1 and untouched[0].data.params["model.depth"] == "8"
-    status = cli("status", "grow", "--json", cwd=work)
-    assert json.loads(status.stdout)["done"] == 4, status.stdout + status.stderr
+    assert main(["status", "grow", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["done"] == 4
     assert (work / "reports" / "grow" / "index.md").is_file()
 
 
