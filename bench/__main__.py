@@ -7,6 +7,7 @@ run and never gate CI. From the repository root (or with its path from anywhere)
     python bench orchestration  a 16-trial sweep: wall time vs the ideal and vs bare Ray Tune
     python bench asha           the quickstart space with and without ASHA: epochs spent, best val error
     python bench loader         the streaming image-folder loader: decoded+augmented images/s per worker
+    python bench ui             `resnet-sweep ui` with and without MLflow's job runner: start, memory, stop
 
 `python bench NAME --help` for each one's options; numbers go to docs/benchmarks.md.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: resnet_core, bench
 
-NAMES = ("trainer", "packing", "arrays", "orchestration", "asha", "loader")
+NAMES = ("trainer", "packing", "arrays", "orchestration", "asha", "loader", "ui")
 
 
 def main(argv: list[str]) -> int:

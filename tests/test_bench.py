@@ -59,11 +59,19 @@ def test_loader_bench_compares_the_streaming_loader_with_the_conventional_pipeli
     assert all(r[4] == "1.00x |" for r in rows[1::2])
 
 
+@pytest.mark.slow  # the trainer bench keeps the default suite's check that benches run
+def test_ui_bench_starts_the_ui_both_ways(tmp_path):
+    rows = [line.split(" | ") for line in bench("ui", tmp_path).splitlines() if line.startswith("| ")][1:]
+    assert [r[0] for r in rows] == ["| ours (job runner off)", "| MLflow's default (job runner on)"]
+    assert int(rows[0][2]) < int(rows[1][2])  # fewer processes: the runner is off
+    assert rows[1][5] == "1.00x |"
+
+
 @pytest.mark.parametrize("name", ["nonsense", ""])
 def test_an_unknown_bench_lists_them_all(tmp_path, name):
     proc = subprocess.run(
         [sys.executable, str(BENCH), *([name] if name else [])], cwd=tmp_path, capture_output=True, text=True
     )
     assert proc.returncode == 2
-    for known in ("trainer", "packing", "orchestration", "asha", "arrays", "loader"):
+    for known in ("trainer", "packing", "orchestration", "asha", "arrays", "loader", "ui"):
         assert f"python bench {known}" in proc.stderr
