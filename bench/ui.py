@@ -1,7 +1,8 @@
-"""`resnet-sweep ui` as it starts (MLflow's job runner off) against MLflow's default (the runner
-on: `MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true`), alternated round by round on one store: seconds
-until /health answers, the processes and resident memory of the UI's process tree then, and
-seconds from SIGTERM until every one of them has exited."""
+"""`resnet-sweep ui` as it starts (MLflow's job runner off: the variable unset) against MLflow's
+default (the runner on: `MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true`), alternated round by round on
+one store, each mode first in every other round: seconds until /health answers, the processes of
+the UI's session and their proportional memory (PSS: shared pages split among the processes
+sharing them) 2 s later, and seconds from SIGTERM until every one of them has exited."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from bench.table import emit, parse_with_smoke_test
 
-MODES = {"ours (job runner off)": "false", "MLflow's default (job runner on)": "true"}
+MODES = {"ours (job runner off)": None, "MLflow's default (job runner on)": "true"}
 
 
 def _free_port() -> int:
@@ -40,23 +41,25 @@ def _tree(root: int) -> list[int]:
     return pids
 
 
-def _resident_mib(pids: list[int]) -> float:
+def _proportional_mib(pids: list[int]) -> float:
     total = 0
     for pid in pids:
         try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
                     total += int(line.split()[1])
-        except OSError:
+        except OSError:  # ended meanwhile
             pass
     return total / 1024
 
 
-def once(folder: Path, job_execution: str, timeout: float) -> tuple[float, int, float, float]:
-    """One start and stop: (seconds to /health, processes, MiB resident, seconds to stop)."""
+def once(folder: Path, job_execution: str | None, timeout: float) -> tuple[float, int, float, float]:
+    """One start and stop: (seconds to /health, processes, MiB proportional, seconds to stop)."""
     exe = Path(sys.executable).parent / "resnet-sweep"
     port = _free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": job_execution}
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"}
+    if job_execution is not None:
+        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = job_execution
     start = time.perf_counter()
     proc = subprocess.Popen(
         [str(exe), "ui", "--port", str(port)],
@@ -80,17 +83,18 @@ def once(folder: Path, job_execution: str, timeout: float) -> tuple[float, int, 
         up = time.perf_counter() - start
         time.sleep(2)  # what it started right after answering is part of it too
         pids = _tree(proc.pid)
-        resident = _resident_mib(pids)
+        memory = _proportional_mib(pids)
     finally:
         stopping = time.perf_counter()
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
         while _tree(proc.pid) and time.perf_counter() - stopping < 60:
+            proc.poll()  # reaps the leader once it exits
             time.sleep(0.05)
         stopped = time.perf_counter() - stopping
         if _tree(proc.pid):
             os.killpg(proc.pid, signal.SIGKILL)
-    return up, len(pids), resident, stopped
+        proc.wait(timeout=30)
+    return up, len(pids), memory, stopped
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-ui-") as tmp:
         MlflowClient(f"sqlite:///{Path(tmp) / 'mlflow.db'}").search_experiments()  # the store it serves
         for i in range(args.rounds):
-            for mode, value in MODES.items():
-                runs[mode].append(once(Path(tmp), value, args.timeout))
+            for mode in list(MODES)[:: 1 if i % 2 == 0 else -1]:
+                runs[mode].append(once(Path(tmp), MODES[mode], args.timeout))
                 print(f"round {i + 1}/{args.rounds}  {mode}: {runs[mode][-1][0]:.2f} s to answer", flush=True)
     load_after = os.getloadavg()[0]
 
@@ -131,6 +135,6 @@ def main(argv: list[str] | None = None) -> int:
         f"`resnet-sweep ui`, medians of {args.rounds} alternated starts ({os.cpu_count()} CPUs, load avg "
         f"{load_before:.2f} before / {load_after:.2f} after)"
     )
-    columns = ("mode", "s to /health", "processes", "MiB resident", "s to stop", "start vs default, pair by pair")
+    columns = ("mode", "s to /health", "processes", "MiB (PSS)", "s to stop", "start vs default, pair by pair")
     emit(title, columns, rows, args.out, argv, "ui")
     return 0

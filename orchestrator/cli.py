@@ -602,6 +602,11 @@ def cmd_ui(args) -> int:
             f"(whoever reaches port {args.port} can read, change and delete runs)",
             file=sys.stderr,
         )
+    # MLflow's job runner (8 processes, for GenAI jobs no sweep uses) makes the UI start and stop
+    # 1-3 s slower and hold ~0.8 GiB more; a user who wants it sets the variable.
+    jobs = os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    if jobs.strip().lower() not in ("true", "false", "1", "0"):
+        raise UsageError(f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION: {jobs!r} is not true or false")
     url = f"http://{args.host}:{args.port}"
     try:
         experiments = MlflowClient(uri).search_experiments()
@@ -628,9 +633,6 @@ def cmd_ui(args) -> int:
         "--workers",
         str(args.workers),
     ]
-    # MLflow's job runner (a second process, for GenAI jobs no sweep uses) makes the UI start and
-    # stop 2-3 s slower; a user who wants it sets the variable.
-    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     os.execv(sys.executable, cmd)  # the UI becomes this process: signals reach it directly
 
 

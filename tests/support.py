@@ -52,7 +52,8 @@ def _empty_store() -> Path:
 def migrated_store(folder: Path) -> Path:
     """An empty MLflow store at ``folder``/mlflow.db, its schema made by MLflow once per test
     session: a new SQLite store spends 1.5-3 s in MLflow's migrations, which a test that is not
-    about a first run need not pay again. (Its Default experiment names the first store's folder.)"""
+    about a first run need not pay again. Its Default experiment, which no test uses, keeps the
+    artifact folder MLflow gave it then: ./mlruns of the folder the test session runs in."""
     return Path(shutil.copyfile(_empty_store(), folder / "mlflow.db"))
 
 
@@ -412,7 +413,8 @@ class MlflowFromManifest:
         }
         env["MLFLOW_AUTH_CONFIG_PATH"] = str(folder / "basic_auth.ini")
         env["HOME"] = str(folder)
-        migrated_store(folder)
+        if not (folder / "mlflow.db").exists():
+            migrated_store(folder)
         self.proc = subprocess.Popen(
             [str(BIN / container["command"][0]), *container["command"][1:], *args],
             env={**os.environ, **env},

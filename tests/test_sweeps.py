@@ -152,7 +152,9 @@ def test_ctrl_c_midway_says_interrupted_everywhere_then_resume_finishes(tmp_path
     # The test's fault hook (tests/faults) holds both depth-14 trials after their first epoch
     # while the depth-8 ones finish: a known state, however loaded the machine. It lets them go
     # with the Ctrl-C, as a training trial would be (Tune waits 10 s for a trial that never
-    # reports again); at most one more epoch then, not their last.
+    # reports again): each is stopped before its epoch 2 ends or after it (a checkpoint Tune's
+    # state may lack), never at its last. (tests/test_checkpoints.py's slow tests interrupt
+    # trials held in place, the first of those.)
     faults = tmp_path / "faults"
     faults.mkdir()
     (faults / "14-0.1").write_text("hold")

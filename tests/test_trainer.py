@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from orchestrator.cli import EXIT_DIVERGED, main
+from orchestrator.cli import main
 from resnet_core import metrics as M
 from resnet_core.data import DataConfig, DataUnavailableError, DeviceLoader, load_splits
 from resnet_core.errors import ConfigError
@@ -177,20 +177,22 @@ def test_train_cli_json_and_divergence(tmp_path, monkeypatch, capsys):
 
     monkeypatch.chdir(tmp_path)
     argv = "train --dataset digits --image-size 16 --depth 20 --epochs 2 --lr 10 --json-out d.json".split()
-    assert main(argv) == EXIT_DIVERGED
+    assert main(argv) == 3
     err = capsys.readouterr().err
-    assert "diverged" in err and "Traceback" not in err
+    assert len(err.splitlines()) == 1 and err.startswith("diverged in epoch "), err
     assert json.loads((tmp_path / "d.json").read_text())["status"] == "diverged"
 
 
 @pytest.mark.unit
-def test_train_cli_checkpoint_and_resume(tmp_path, monkeypatch):
+def test_train_cli_checkpoint_and_resume(tmp_path, monkeypatch, capsys):
     """`train --checkpoint-dir`, then `train --resume` of its first epoch ends where the straight
     run ended (in-process: the command line itself runs as a process in the test above)."""
     monkeypatch.chdir(tmp_path)
     args = "train --dataset synthetic --image-size 16 --depth 8 --batch-size 64 --epochs 2".split()
     assert main([*args, "--checkpoint-dir", "ck", "--json-out", "full.json"]) == 0
+    capsys.readouterr()
     assert main([*args, "--resume", "ck/epoch0001.pt", "--json-out", "resumed.json"]) == 0
+    assert "resumed from ck/epoch0001.pt at epoch 1" in capsys.readouterr().err
     full, resumed = (json.loads((tmp_path / f).read_text()) for f in ("full.json", "resumed.json"))
     assert full["history"][-1][M.VAL_ERROR] == resumed["history"][-1][M.VAL_ERROR]
     assert full["history"][-1][M.TRAIN_LOSS] == resumed["history"][-1][M.TRAIN_LOSS]

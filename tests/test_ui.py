@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from orchestrator.cli import main
 from tests.support import REPO, cli, descendants
 
 CHROMIUM = "/usr/bin/chromium"
@@ -290,3 +291,17 @@ def test_ui_on_a_busy_port_is_one_line_naming_port(workdir):
     assert out.stderr.strip().splitlines() == [
         f"error: --port: {port} on 127.0.0.1 is not available (Address already in use); pass another --port"
     ], out.stderr
+
+
+@pytest.mark.unit
+def test_ui_with_a_job_runner_setting_mlflow_cannot_read_is_one_line(workdir, monkeypatch, capsys):
+    """The UI leaves MLflow's job runner off unless MLFLOW_SERVER_ENABLE_JOB_EXECUTION says
+    otherwise; a value MLflow would fail on (with a traceback, after the UI's address was printed)
+    is one line first."""
+    (workdir / "mlflow.db").touch()
+    monkeypatch.setenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "yes")
+    assert main(["ui", "--port", str(free_port())]) == 2
+    said = capsys.readouterr()
+    assert said.out == "" and said.err.splitlines() == [
+        "error: MLFLOW_SERVER_ENABLE_JOB_EXECUTION: 'yes' is not true or false"
+    ]
