@@ -624,8 +624,6 @@ def cmd_ui(args) -> int:
         "-m",
         "mlflow",
         "ui",
-        "--backend-store-uri",
-        uri,
         "--host",
         args.host,
         "--port",
@@ -633,6 +631,9 @@ def cmd_ui(args) -> int:
         "--workers",
         str(args.workers),
     ]
+    # The store's URI goes in the environment, not the command line: a database password in it
+    # would be in `ps` for every account on the machine.
+    os.environ["MLFLOW_BACKEND_STORE_URI"] = uri
     os.execv(sys.executable, cmd)  # the UI becomes this process: signals reach it directly
 
 

@@ -20,7 +20,7 @@ import pytest
 from mlflow import MlflowClient
 
 from orchestrator.cli import main
-from tests.support import REPO, cli, descendants
+from tests.support import REPO, cli, descendants, migrated_store
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -305,3 +305,26 @@ def test_ui_with_a_job_runner_setting_mlflow_cannot_read_is_one_line(workdir, mo
     assert said.out == "" and said.err.splitlines() == [
         "error: MLFLOW_SERVER_ENABLE_JOB_EXECUTION: 'yes' is not true or false"
     ]
+
+
+@pytest.mark.unit
+def test_the_ui_gets_its_store_by_the_environment_not_the_command_line(tmp_path, monkeypatch, capsys):
+    """A database URI may hold a password: it must not be in the UI's command line (`ps` shows
+    that to every account), only in its environment. Checked at the exec, in-process."""
+    folder = tmp_path / "pass-word-in-path"
+    folder.mkdir()
+    uri = f"sqlite:///{migrated_store(folder)}"
+    monkeypatch.setenv("MLFLOW_BACKEND_STORE_URI", "restored after the test")
+    execs = []
+
+    def execv(path, argv):
+        execs.append((argv, dict(os.environ)))
+        raise SystemExit(0)
+
+    monkeypatch.setattr(os, "execv", execv)
+    with pytest.raises(SystemExit):
+        main(["ui", "--tracking-uri", uri, "--port", str(free_port())])
+    ((argv, env),) = execs
+    assert argv[1:4] == ["-m", "mlflow", "ui"] and not [a for a in argv if "pass-word" in a], argv
+    assert env["MLFLOW_BACKEND_STORE_URI"] == uri
+    assert f"MLflow UI for {uri}" in capsys.readouterr().out
