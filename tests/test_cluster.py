@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from orchestrator.running.cluster import _init, _one_line
 from tests.ray_nodes import LocalCluster, free_port, token_home
 from tests.support import SMALL_GRID, child_runs, cli, migrated_store, table_rows
 
@@ -268,3 +269,47 @@ def test_ray_client_keeps_the_mlflow_login_out_of_rays_records_logs_and_trials(t
         )
     finally:
         server.stop()
+
+
+@pytest.mark.unit
+def test_a_ray_client_failure_with_the_heads_traceback_is_one_line():
+    """As Ray Client gave it when the head could not start the client's server (a loaded head)."""
+    said = (
+        "Initialization failure from server:\nTraceback (most recent call last):\n"
+        '  File ".../ray/util/client/server/proxier.py", line 772, in Datapath\n    raise RuntimeError(\n'
+        "RuntimeError: Starting Ray client server failed. See ray_client_server_23000.err for detailed logs.\n\n"
+    )
+    assert _one_line(ConnectionError(said)) == (
+        "Initialization failure from server: RuntimeError: Starting Ray client server failed. "
+        "See ray_client_server_23000.err for detailed logs."
+    )
+    assert _one_line(ConnectionError("Failed to connect\nto the GCS")) == "Failed to connect to the GCS"
+
+
+@pytest.mark.unit
+def test_a_ray_client_server_that_failed_to_start_is_asked_for_again(monkeypatch, capsys):
+    """The head's failure to start a connection's server is worth a new connection (with a note);
+    any other failure is not retried."""
+    monkeypatch.setattr(time, "sleep", lambda s: None)
+    failed = "Initialization failure from server:\nRuntimeError: Starting Ray client server failed. See x.err"
+    calls = []
+
+    class Ray:
+        def __init__(self, errors):
+            self.errors = errors
+
+        def init(self, address, **options):
+            calls.append(address)
+            if self.errors:
+                raise self.errors.pop(0)
+
+    _init(Ray([ConnectionAbortedError(failed)]), "ray://head:10001", {})
+    assert calls == ["ray://head:10001"] * 2
+    assert capsys.readouterr().err == (
+        "note: the head could not start this connection's Ray Client server; connecting again (2 of 3)\n"
+    )
+    with pytest.raises(ConnectionAbortedError):
+        _init(Ray([ConnectionAbortedError(failed)] * 3), "ray://head:10001", {})
+    with pytest.raises(ConnectionError):
+        _init(Ray([ConnectionError("no cluster answers"), None]), "ray://head:10001", {})
+    assert len(calls) == 2 + 3 + 1

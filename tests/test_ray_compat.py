@@ -122,6 +122,16 @@ def test_tunes_stop_and_error_lines_are_recognised():
     assert not TrialErrorTraces().filter(error)
 
 
+def test_ray_clients_server_failure_is_the_text_its_head_sends():
+    """connect() connects again when the head says this (not a security or correctness hook:
+    with another text the failure is one line at once, as before)."""
+    import inspect
+
+    from ray.util.client.server import proxier
+
+    assert ray_compat.CLIENT_SERVER_FAILED in inspect.getsource(proxier)
+
+
 def test_changed_tune_messages_are_loud(monkeypatch):
     monkeypatch.setattr(ray_compat, "STOP_PREFIX", "A line Tune never logs")
     with pytest.raises(RayCompatError) as err:

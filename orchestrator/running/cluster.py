@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -141,6 +142,15 @@ def _keep_credentials_out_of_runtime_envs() -> None:
     ray_compat.stop_copying_env(CREDENTIAL_ENV)
 
 
+def _one_line(err: Exception) -> str:
+    """Ray's text of ``err`` on one line. Ray Client passes on the head's whole traceback; its
+    last line is the error that counts."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if "Traceback (most recent call last):" in lines:
+        return f"{lines[0]} {lines[-1]}"
+    return " ".join(lines)
+
+
 def connect(address: str | None, driver_env: dict[str, str] | None = None) -> None:
     """Start a private local Ray (no --address), or attach to the cluster at ``address``.
 
@@ -194,8 +204,7 @@ def connect(address: str | None, driver_env: dict[str, str] | None = None) -> No
     # On resume, Tune warns of every trial that has not started yet: it has no results, rightly.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     try:
-        with without_login():  # a local Ray's processes, trials included, start without the MLflow login
-            ray.init(address=target, **options)
+        _init(ray, target, options)
     except (ConnectionError, RuntimeError, ValueError) as err:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         hint = ""
@@ -204,7 +213,27 @@ def connect(address: str | None, driver_env: dict[str, str] | None = None) -> No
                 f"; if the cluster uses token auth (Ray's default), copy the head node's ~/.ray/auth_token "
                 f"to this machine (or set {TOKEN_ENV})"
             )
-        raise ClusterError(f"could not start or reach {where}: {err}{hint}") from None
+        raise ClusterError(f"could not start or reach {where}: {_one_line(err)}{hint}") from None
+
+
+def _init(ray, target: str, options: dict, attempts: int = 3) -> None:
+    for attempt in range(1, attempts + 1):
+        try:
+            with without_login():  # a local Ray's processes, trials included, start without the MLflow login
+                ray.init(address=target, **options)
+            return
+        except ConnectionError as err:
+            # Ray Client's head at times fails to start the server of a new connection (its
+            # process exits at once; Ray 2.60, seen with two nodes on one machine); the next
+            # connection gets a new one.
+            if attempt == attempts or ray_compat.CLIENT_SERVER_FAILED not in str(err):
+                raise
+            print(
+                f"note: the head could not start this connection's Ray Client server; connecting again "
+                f"({attempt + 1} of {attempts})",
+                file=sys.stderr,
+            )
+            time.sleep(attempt)
 
 
 def runs_tune_remotely(address: str | None) -> bool:

@@ -25,6 +25,7 @@ from typing import Any
 from resnet_core.requirements import declared
 
 __all__ = [
+    "CLIENT_SERVER_FAILED",
     "ERROR_LOGGER",
     "ERROR_PREFIX",
     "RESULT_FILE",
@@ -44,6 +45,9 @@ __all__ = [
 STOP_LOGGER, STOP_PREFIX = "ray.tune.tune", "Stop signal received"
 # Tune logs each trial error's whole trace with this line (ray/tune/execution/tune_controller.py).
 ERROR_LOGGER, ERROR_PREFIX = "ray.tune.execution.tune_controller", "Trial task failed for trial"
+# Ray Client's head failed to start the server of a connection (ray/util/client/server/proxier.py):
+# worth connecting again.
+CLIENT_SERVER_FAILED = "Starting Ray client server failed"
 # The name of a trial's result file in its folder (ray.tune.result.EXPR_RESULT_FILE).
 RESULT_FILE = "result.json"
 
