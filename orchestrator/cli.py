@@ -603,7 +603,7 @@ def cmd_ui(args) -> int:
             file=sys.stderr,
         )
     # MLflow's job runner (8 processes, for GenAI jobs no sweep uses) makes the UI start and stop
-    # 1-3 s slower and hold ~0.8 GiB more; a user who wants it sets the variable.
+    # 1-3 s slower and hold ~0.7 GiB more; a user who wants it sets the variable.
     jobs = os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     if jobs.strip().lower() not in ("true", "false", "1", "0"):
         raise UsageError(f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION: {jobs!r} is not true or false")
