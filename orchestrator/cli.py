@@ -595,6 +595,11 @@ def cmd_ui(args) -> int:
         raise UsageError(
             f"--tracking-uri: no MLflow store at {uri.removeprefix('sqlite:///')}; run a sweep here first or pass --tracking-uri"
         )
+    # MLflow's job runner (8 processes, for GenAI jobs no sweep uses) makes the UI start and stop
+    # 1-3 s slower and hold ~0.7 GiB more; a user who wants it sets the variable.
+    jobs = os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    if jobs.strip().lower() not in ("true", "false", "1", "0"):
+        raise UsageError(f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION: {jobs!r} is not true or false")
     _check_port_free(args.host, args.port)
     if not _is_loopback(args.host):
         print(
@@ -602,11 +607,6 @@ def cmd_ui(args) -> int:
             f"(whoever reaches port {args.port} can read, change and delete runs)",
             file=sys.stderr,
         )
-    # MLflow's job runner (8 processes, for GenAI jobs no sweep uses) makes the UI start and stop
-    # 1-3 s slower and hold ~0.7 GiB more; a user who wants it sets the variable.
-    jobs = os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-    if jobs.strip().lower() not in ("true", "false", "1", "0"):
-        raise UsageError(f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION: {jobs!r} is not true or false")
     url = f"http://{args.host}:{args.port}"
     try:
         experiments = MlflowClient(uri).search_experiments()

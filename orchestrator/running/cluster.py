@@ -16,6 +16,7 @@ from orchestrator.persistence import storage
 from orchestrator.running import ray_compat
 from orchestrator.sweepfile.spec import SpecError
 from orchestrator.tracking.login import without_login
+from orchestrator.vocabulary import error_line
 
 __all__ = [
     "ClusterError",
@@ -147,7 +148,7 @@ def _one_line(err: Exception) -> str:
     last line is the error that counts."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     if "Traceback (most recent call last):" in lines:
-        return f"{lines[0]} {lines[-1]}"
+        return f"{lines[0]} {error_line(str(err))}"
     return " ".join(lines)
 
 
