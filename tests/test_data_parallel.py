@@ -77,7 +77,7 @@ def _only_run(client: MlflowClient, experiment: str):
     return children[0]
 
 
-@pytest.mark.slow  # one step of two workers is checked in-process in the default suite, and a two-worker trial resumes there
+@pytest.mark.slow  # two workers against one process: the slow one-step test; a two-worker trial resumes in the default suite
 def test_two_workers_match_one_with_the_same_global_batch(tmp_path):
     """Must show 2: a trial of 2 data-parallel workers logs the loss curve of the 1-process run
     of the same config and seed, as one MLflow child run: equal up to the rounding of the
@@ -248,6 +248,7 @@ def _two_ranks(folder, phase: str, sync_bn: bool) -> dict[int, tuple]:
     return got
 
 
+@pytest.mark.slow  # the resume test below keeps two real ranks in the default suite
 def test_one_step_of_two_workers_is_one_step_of_one_process(tmp_path):
     """The data-parallel step is the 1-process step up to float rounding (gloo's sum, sync BN's
     statistics): after one step every tensor is within 1e-5 of one process's, relative to its

@@ -60,6 +60,8 @@ def normalize(path: str, field: str = FIELD) -> str:
             f"may hold keys that would be printed and saved: give an S3-compatible server's address in "
             f"AWS_ENDPOINT_URL instead",
         )
+    if not parts.netloc:  # S3 would look for the bucket '' on AWS: seconds of retries, then a DNS error
+        raise SpecError(field, f"{path} names no bucket: give {parts.scheme}://BUCKET/FOLDER")
     if parts.password or parts.username:
         raise SpecError(
             field,
